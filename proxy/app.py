@@ -1,0 +1,209 @@
+"""Wiring: long-lived resources, the middleware order and the routes. No logic of its own.
+
+Order of a request: ``error_boundary`` (request id, one access-log line, domain errors → pages) →
+router → an ``/oauth2/*`` handler or ``handle_proxy`` → the session cookie is written by
+``write_session_cookie`` as the response headers go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
+from .crypto import Sealer, random_token
+from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
+from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, login_url,
+                    start_login)
+from .pages import NO_STORE, html_page, json_answer
+from .provider import Provider
+from .session import CODEC, SESSION_STATE, CookieCodec, get_session, set_session, write_session_cookie
+from .upstream import Forwarder, Upstream, identity_headers, make_client
+
+log = logging.getLogger("authproxy")
+access_log = logging.getLogger("authproxy.access")
+
+FORWARDER = web.AppKey("authproxy_forwarder", Forwarder)
+# Delay between attempts to load the provider's metadata while it is unreachable at start-up.
+DISCOVERY_RETRY = (0.5, 1.0, 2.0, 5.0, 10.0)
+# A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": 16384})
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[SEALER] = sealer = Sealer(config.cookie.keys)
+    app[CODEC] = CookieCodec(config.cookie, sealer, clock)
+    app.cleanup_ctx.append(_provider_ctx)
+    app.cleanup_ctx.append(_upstreams_ctx)
+    app.on_response_prepare.append(write_session_cookie)
+    app.on_response_prepare.append(_stamp_response)
+    r = app.router
+    r.add_get("/ping", handle_ping)
+    r.add_get("/ready", handle_ready)
+    r.add_get("/oauth2/start", handle_start)
+    r.add_get("/oauth2/callback", handle_callback)
+    r.add_route("*", "/oauth2/sign_out", handle_sign_out)
+    r.add_get("/oauth2/signed_out", handle_signed_out)
+    r.add_get("/oauth2/userinfo", handle_userinfo)
+    r.add_get("/oauth2/auth", handle_auth)
+    r.add_route("*", "/{tail:.*}", handle_proxy)
+    return app
+
+
+# -- resources ---------------------------------------------------------------------------------
+
+
+async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The provider's HTTP client, and its metadata loaded in the background until it succeeds."""
+    config = app[CONFIG]
+    ssl_ctx: ssl.SSLContext | bool = True
+    if config.provider.ca_file:
+        ssl_ctx = ssl.create_default_context(cafile=config.provider.ca_file)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
+    app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK])
+    task = asyncio.create_task(_load_metadata(provider))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await http.close()
+
+
+async def _load_metadata(provider: Provider) -> None:
+    for attempt in range(10**9):
+        try:
+            await provider.load_metadata()
+            log.info("provider metadata loaded from %s", provider.config.issuer or "explicit endpoints")
+            return
+        except ProviderError as exc:
+            log.warning("provider metadata not loaded (attempt %d): %s", attempt + 1, exc)
+        await asyncio.sleep(DISCOVERY_RETRY[min(attempt, len(DISCOVERY_RETRY) - 1)])
+
+
+async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    upstreams = [Upstream(u, make_client(u)) for u in app[CONFIG].upstreams]
+    app[FORWARDER] = Forwarder(app[CONFIG], upstreams)
+    yield
+    await asyncio.gather(*(u.client.close() for u in upstreams))
+
+
+# -- the error boundary and access log ----------------------------------------------------------
+
+
+@web.middleware
+async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request an id, log one line for it, and turn domain errors into pages."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = incoming if _REQUEST_ID_OK.match(incoming) else random_token(12)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except AuthProxyError as exc:
+        status = exc.status
+        log.warning("%s %s failed: %s (%s) rid=%s", request.method, request.path, type(exc).__name__, exc,
+                    request[REQUEST_ID])
+        return error_response(request, exc)
+    except Exception:
+        log.exception("unexpected error on %s %s rid=%s", request.method, request.path, request[REQUEST_ID])
+        return error_response(request, AuthProxyError("An unexpected error happened in the proxy."))
+    finally:
+        if access_log.isEnabledFor(logging.INFO):
+            session = request.get(SESSION_STATE)
+            user = session.get().identity.sub if session is not None and session.get() else "-"
+            access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status,
+                            (time.perf_counter() - started) * 1000, user, request[REQUEST_ID])
+
+
+def error_response(request: web.Request, exc: AuthProxyError) -> web.Response:
+    rid = request[REQUEST_ID]
+    if not is_navigation(request):
+        return json_answer(exc.status, {"error": type(exc).__name__, "message": str(exc), "request_id": rid})
+    retry_to = "/" if isinstance(exc, LoginError) else request.path_qs
+    if isinstance(exc, (LoginError, StateMismatch)):
+        actions = [("Sign in again", "/oauth2/start?rd=" + quote(retry_to, safe=""))]
+    else:
+        actions = [("Try again", retry_to)]
+    return html_page(exc.status, exc.title, str(exc), rid, actions)
+
+
+async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries the request id; the proxy's own answers are never cached."""
+    rid = request.get(REQUEST_ID)
+    if rid and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = rid
+    if request.path.startswith("/oauth2/"):
+        response.headers.update(NO_STORE)
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+async def handle_proxy(request: web.Request) -> web.StreamResponse:
+    """Every request that is not the proxy's own: authenticate, then forward upstream."""
+    session = get_session(request)
+    if session is not None and session.access_expired(request.app[CLOCK]()):
+        set_session(request, None)
+        session = None
+    if session is None:
+        return await unauthenticated(request)
+    forwarder = request.app[FORWARDER]
+    upstream = forwarder.route(request.path)
+    if upstream is None:
+        return html_page(404, "Not found", "No application is configured for this path.", request[REQUEST_ID])
+    return await forwarder.forward(request, upstream, session)
+
+
+async def unauthenticated(request: web.Request) -> web.StreamResponse:
+    """A browser navigation goes to the provider; anything else gets a 401 it can act on."""
+    rd = request.raw_path
+    if is_navigation(request):
+        raise await start_login(request, rd)
+    return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
+                             "login_url": login_url(request, rd), "request_id": request[REQUEST_ID]},
+                       headers={"WWW-Authenticate": 'Bearer realm="authproxy"'})
+
+
+async def handle_ping(request: web.Request) -> web.Response:
+    return web.Response(text="OK", headers=NO_STORE)
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    if request.app[PROVIDER].metadata is None:
+        return web.Response(status=503, text="provider metadata not loaded", headers=NO_STORE)
+    return web.Response(text="OK", headers=NO_STORE)
+
+
+async def handle_userinfo(request: web.Request) -> web.Response:
+    session = get_session(request)
+    if session is None:
+        return json_answer(401, {"error": "unauthenticated"}, headers={"WWW-Authenticate": "Bearer"})
+    ident = session.identity
+    return json_answer(200, {"user": ident.sub, "email": ident.email, "preferred_username": ident.preferred_username,
+                             "name": ident.name, "groups": list(ident.groups)})
+
+
+async def handle_auth(request: web.Request) -> web.Response:
+    """For nginx ``auth_request``: 202 with the identity headers, or 401."""
+    session = get_session(request)
+    if session is None or session.access_expired(request.app[CLOCK]()):
+        return web.Response(status=401, headers={**NO_STORE, "WWW-Authenticate": "Bearer"})
+    return web.Response(status=202, headers={**NO_STORE, **identity_headers(session)})

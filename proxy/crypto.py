@@ -1,0 +1,107 @@
+"""Sealing values for the browser, random values and PKCE — the only module that imports ``cryptography``.
+
+A sealed value is ``"1." + base64url(key_id ‖ nonce ‖ AES-256-GCM ciphertext+tag)``:
+
+- the leading ``1.`` is the format version, so a later format can be told apart and old cookies
+  rejected cleanly rather than misread;
+- each configured cookie secret is stretched with HKDF-SHA256 (RFC 5869) into the AEAD key, so the
+  raw secret is never used directly and a future second purpose gets its own derived key;
+- ``key_id`` is 4 bytes of a hash of the derived key: opening picks the right key at once, which
+  makes secret rotation (first key seals, every key opens) cost nothing per request;
+- the associated data binds the value to its purpose — the cookie's name — so a value cut from one
+  cookie and pasted into another does not open.
+
+AES-GCM with random 96-bit nonces is safe for far more values than one proxy ever seals under one key
+(NIST SP 800-38D §8.3 bounds it at 2^32).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import CookieError
+
+VERSION = "1."
+_KEY_ID_LEN = 4
+_NONCE_LEN = 12
+_TAG_LEN = 16
+_HKDF_INFO = b"authproxy cookie sealing v1"
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode base64url with or without padding; raises ``binascii.Error``/``ValueError`` on junk."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def derive_key(secret: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+
+
+class Sealer:
+    """Seals and opens short values with the configured secrets; the first secret seals."""
+
+    def __init__(self, secrets_: Sequence[bytes]) -> None:
+        if not secrets_:
+            raise ValueError("at least one secret is needed")
+        self._ciphers: dict[bytes, AESGCM] = {}
+        self._seal_id = b""
+        for index, secret in enumerate(secrets_):
+            key = derive_key(secret)
+            key_id = hashlib.sha256(key).digest()[:_KEY_ID_LEN]
+            self._ciphers.setdefault(key_id, AESGCM(key))
+            if index == 0:
+                self._seal_id = key_id
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> str:
+        nonce = secrets.token_bytes(_NONCE_LEN)
+        ciphertext = self._ciphers[self._seal_id].encrypt(nonce, plaintext, associated_data)
+        return VERSION + b64url_encode(self._seal_id + nonce + ciphertext)
+
+    def open(self, sealed: str, associated_data: bytes) -> bytes:
+        """Return the plaintext, or raise ``CookieError`` saying why it cannot be trusted."""
+        if not sealed.startswith(VERSION):
+            raise CookieError("unknown format version")
+        try:
+            raw = b64url_decode(sealed[len(VERSION):])
+        except (binascii.Error, ValueError) as exc:
+            raise CookieError("not base64url") from exc
+        if len(raw) < _KEY_ID_LEN + _NONCE_LEN + _TAG_LEN:
+            raise CookieError("too short")
+        key_id, nonce = raw[:_KEY_ID_LEN], raw[_KEY_ID_LEN:_KEY_ID_LEN + _NONCE_LEN]
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            raise CookieError("sealed with a key that is not configured")
+        try:
+            return cipher.decrypt(nonce, raw[_KEY_ID_LEN + _NONCE_LEN:], associated_data)
+        except InvalidTag as exc:
+            raise CookieError("failed authentication (tampered, truncated or another purpose)") from exc
+
+
+def random_token(nbytes: int = 32) -> str:
+    """A URL-safe random string: ``state``, ``nonce``, session ids."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A PKCE verifier and its S256 challenge (RFC 7636 §4.1–4.2): 43 chars of 32 random bytes."""
+    verifier = secrets.token_urlsafe(32)
+    challenge = b64url_encode(hashlib.sha256(verifier.encode("ascii")).digest())
+    return verifier, challenge
+
+
+def fingerprint(value: str) -> str:
+    """A short, non-reversible name for a secret value: cache keys and log correlation."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]

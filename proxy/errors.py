@@ -1,0 +1,153 @@
+"""The exception tree of authproxy, and what each branch becomes at the HTTP boundary.
+
+Internal code raises these domain errors; only the error middleware in ``app.py`` turns them into
+responses (an HTML page for a browser, JSON for an API client) and a log line with the request id.
+Nothing below ever carries a token, a code or a cookie value in its message::
+
+    AuthProxyError                    base; ``status`` and ``title`` say how it is shown
+    ├── ConfigError                   start-up only: every problem with its YAML path (exit 2)
+    ├── CookieError                   a cookie that does not open: treated as "no session", never shown
+    ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
+    │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
+    │   └── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
+    ├── ProviderError                 the provider failed a step: unreachable, 5xx, bad JSON (502)
+    │   ├── ProviderUnavailable       needed the provider, could not reach it, no fallback (503)
+    │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
+    ├── TokenValidationError          an ID token or userinfo failed a check (502; ``code`` says which)
+    └── UpstreamError                 the app behind us is unreachable (502)
+        └── UpstreamTimeout           the app behind us is too slow (504)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class AuthProxyError(Exception):
+    """Base of every error authproxy raises on purpose.
+
+    ``status`` is the HTTP status the error middleware answers with; ``title`` is the one-line
+    heading of the error page; ``str(error)`` is the sentence shown to the user and logged.
+    """
+
+    status: int = 500
+    title: str = "Something went wrong"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration: where, what, and how to fix it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(AuthProxyError):
+    """The configuration is not usable; lists every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        count = len(problems)
+        lines = [f"{source}: {count} configuration problem{'s' if count != 1 else ''}:"]
+        lines += [f"  - {problem}" for problem in problems]
+        super().__init__("\n".join(lines))
+
+
+class CookieError(AuthProxyError):
+    """A cookie that is malformed, tampered with, expired or sealed with an unknown key.
+
+    Never shown to a user: the session layer turns it into "signed out" and logs a warning.
+    """
+
+    status = 401
+    title = "Signed out"
+
+
+class LoginError(AuthProxyError):
+    status = 400
+    title = "Sign-in could not be completed"
+
+
+class StateMismatch(LoginError):
+    """The callback's ``state`` matches none of this browser's login cookies (RFC 6749 §10.12)."""
+
+    status = 403
+
+
+class AuthorizationDenied(LoginError):
+    """The provider redirected back with ``error=…`` instead of a code (RFC 6749 §4.1.2.1)."""
+
+    status = 403
+
+    def __init__(self, error: str, description: str | None = None) -> None:
+        self.error = error
+        text = f"The identity provider did not grant access ({error})"
+        if description:
+            text += f": {description[:200]}"
+        super().__init__(text + ".")
+
+
+class ProviderError(AuthProxyError):
+    """The identity provider failed at ``step`` (discovery, jwks, token, refresh, userinfo).
+
+    ``transient`` is true when trying again later may work (unreachable, timed out, 5xx); the
+    refresh logic uses it to keep a still-valid session going instead of ending it.
+    """
+
+    status = 502
+    title = "The identity provider failed"
+
+    def __init__(self, step: str, detail: str, *, transient: bool = False) -> None:
+        self.step = step
+        self.detail = detail
+        self.transient = transient
+        super().__init__(f"The identity provider failed during {step}: {detail}.")
+
+
+class ProviderUnavailable(ProviderError):
+    """A session needed the provider (to refresh) and it could not be reached: try again later."""
+
+    status = 503
+    title = "The identity provider is unavailable"
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(step, detail, transient=True)
+
+
+class TokenRejected(ProviderError):
+    """The provider answered a grant with an OAuth error code (RFC 6749 §5.2)."""
+
+    def __init__(self, step: str, code: str, description: str | None = None) -> None:
+        self.code = code
+        detail = f"it answered {code}" + (f" ({description[:200]})" if description else "")
+        super().__init__(step, detail)
+
+    @property
+    def ends_session(self) -> bool:
+        """``invalid_grant``/``invalid_client`` mean the grant is gone: retrying cannot help."""
+        return self.code in ("invalid_grant", "invalid_client", "unauthorized_client")
+
+
+class TokenValidationError(AuthProxyError):
+    """An ID token (OIDC Core §3.1.3.7) or userinfo response failed a check; ``code`` names it."""
+
+    status = 502
+    title = "Sign-in failed a security check"
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        super().__init__(f"The identity provider's answer failed a security check ({code}): {detail}.")
+
+
+class UpstreamError(AuthProxyError):
+    status = 502
+    title = "The application is unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    title = "The application did not answer in time"

@@ -1,0 +1,259 @@
+"""Signing in and out: ``/oauth2/start``, ``/oauth2/callback``, ``/oauth2/sign_out`` and the redirect guard.
+
+The authorization-code flow (RFC 6749 §4.1) with PKCE S256 (RFC 7636), ``state`` and, for OpenID
+Connect, ``nonce``, as the OAuth 2.0 Security BCP (RFC 9700 §2.1) asks. Everything the callback
+must check later — state, PKCE verifier, nonce, where to go back to — lives in a short-lived login
+cookie *named after the state*, sealed like the session: two tabs signing in at once each find their
+own, and a burst of logins evicts the oldest instead of piling cookies up until the browser gets 431.
+
+Every redirect target that came from a request (``rd``, the stored page) passes ``safe_redirect``,
+which only ever yields a URL on ``public_url``'s origin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from html import escape
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
+
+from aiohttp import web
+
+from .config import Config
+from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
+from .crypto import pkce_pair, random_token
+from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
+from .pages import NO_STORE, html_page
+from .session import Identity, Session, defer_cookie, get_session, set_session
+
+log = logging.getLogger("authproxy.login")
+
+# A login must come back from the provider within this long.
+LOGIN_TTL = 600
+# Login cookies kept at once (one per tab signing in); the oldest beyond this are evicted.
+MAX_LOGIN_COOKIES = 3
+
+# Characters never allowed in a redirect target: controls (CR/LF injection), backslash (browsers
+# read "\" as "/"), and spaces.
+_UNSAFE_REDIRECT = re.compile(r"[\x00-\x20\x7f\\]")
+# After percent-decoding, a space is harmless, but controls and backslashes are not.
+_UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def safe_redirect(target: str | None, config: Config, default: str = "/") -> str:
+    """An absolute URL on ``public_url``'s origin for ``target``, or for ``default`` if it is unsafe.
+
+    Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
+    origin is exactly ``public_url``'s without userinfo. Everything else — scheme-relative
+    (``//host``), backslashes, encoded slashes that decode to ``//``, other schemes, controls,
+    non-ASCII — falls back to ``default``.
+    """
+    origin = config.public_origin
+    for candidate in (target, default):
+        path = _same_origin_path(candidate, origin)
+        if path is not None:
+            return origin + path
+    return origin + "/"
+
+
+def _same_origin_path(target: str | None, origin: str) -> str | None:
+    if not target or len(target) > 4096 or not target.isascii() or _UNSAFE_REDIRECT.search(target):
+        return None
+    if not target.startswith("/"):
+        parts = urlsplit(target)
+        if parts.scheme.lower() not in ("http", "https") or parts.username or parts.password or "@" in parts.netloc:
+            return None
+        if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
+                _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
+            return None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if target.startswith("//"):
+        return None
+    decoded = target
+    for _ in range(3):          # repeated decoding must not reveal "//" or "/\" either
+        decoded = unquote(decoded)
+        if decoded.startswith("//") or decoded.startswith("/\\") or _UNSAFE_DECODED.search(decoded.split("?")[0]):
+            return None
+    return target
+
+
+def _default_port_origin(scheme: str, netloc: str) -> str:
+    default = {"http": ":80", "https": ":443"}[scheme]
+    return f"{scheme}://{netloc[:-len(default)]}" if netloc.endswith(default) else ""
+
+
+def is_navigation(request: web.Request) -> bool:
+    """Whether this request is a top-level page navigation, which may be redirected to the provider.
+
+    Anything else (fetch, XHR, images, API clients) gets a 401 with the login URL: a fetch that
+    followed a redirect to the provider would only end in a CORS error.
+    """
+    h = request.headers
+    mode, dest = h.get("Sec-Fetch-Mode"), h.get("Sec-Fetch-Dest")
+    if mode is not None and mode != "navigate":
+        return False
+    if dest is not None and dest != "document":
+        return False
+    if h.get("X-Requested-With", "").lower() == "xmlhttprequest":
+        return False
+    accept = h.get("Accept", "").lower()
+    return any(kind in accept for kind in ("text/html", "application/xhtml+xml", "*/*"))
+
+
+def login_url(request: web.Request, rd: str) -> str:
+    """Where to send a user to sign in and come back to ``rd``: our own ``/oauth2/start``."""
+    return request.app[CONFIG].public_url + "/oauth2/start?" + urlencode({"rd": rd})
+
+
+# -- the login cookie ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoginState:
+    state: str
+    verifier: str
+    nonce: str | None
+    rd: str
+    created: float
+
+
+def _login_prefix(config: Config) -> str:
+    return config.cookie.name + "_login_"
+
+
+def _open_login(request: web.Request, name: str) -> LoginState | None:
+    try:
+        raw = request.app[SEALER].open(request.cookies[name], name.encode())
+        data = json.loads(raw)
+        login = LoginState(**data)
+    except (CookieError, ValueError, TypeError):
+        return None
+    if login.created + LOGIN_TTL < request.app[CLOCK]() or name != _login_prefix(request.app[CONFIG]) + login.state:
+        return None
+    return login
+
+
+def _login_cookie_attrs(config: Config) -> dict[str, Any]:
+    # The provider sends the browser back with a cross-site top-level GET: "Strict" would withhold
+    # the cookie there, so login cookies are Lax unless the operator chose None.
+    samesite = "None" if config.cookie.samesite == "none" else "Lax"
+    return {"path": config.cookie.path, "domain": config.cookie.domain, "secure": config.cookie.secure,
+            "httponly": True, "samesite": samesite}
+
+
+async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
+    """A redirect to the provider's authorization endpoint, with a new login cookie set."""
+    config, provider = request.app[CONFIG], request.app[PROVIDER]
+    state, (verifier, challenge) = random_token(), pkce_pair()
+    nonce = random_token() if provider.is_oidc else None
+    target = safe_redirect(rd, config)
+    response = web.HTTPFound(provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
+                             headers=NO_STORE)
+    prefix, now = _login_prefix(config), request.app[CLOCK]()
+    existing = [(name, _open_login(request, name)) for name in request.cookies if name.startswith(prefix)]
+    live = sorted((login.created, name) for name, login in existing if login is not None)
+    evict = [name for name, login in existing if login is None] + [n for _, n in live[:max(0, len(live) - MAX_LOGIN_COOKIES + 1)]]
+    attrs = _login_cookie_attrs(config)
+    for name in evict:
+        response.del_cookie(name, **attrs)
+    name = prefix + state
+    payload = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
+    sealed = request.app[SEALER].seal(json.dumps(asdict(payload)).encode(), name.encode())
+    response.set_cookie(name, sealed, max_age=LOGIN_TTL, **attrs)
+    return response
+
+
+async def handle_start(request: web.Request) -> web.StreamResponse:
+    raise await start_login(request, request.query.get("rd") or "/")
+
+
+async def handle_callback(request: web.Request) -> web.StreamResponse:
+    """The provider's redirect back (RFC 6749 §4.1.2): check, exchange, verify, start the session."""
+    config, provider, q = request.app[CONFIG], request.app[PROVIDER], request.query
+    state = q.get("state")
+    if not state:
+        raise StateMismatch("The sign-in response carried no state; start again from the application.")
+    name = _login_prefix(config) + state
+    login = _open_login(request, name) if name in request.cookies else None
+    if login is None:
+        raise StateMismatch("This sign-in response does not belong to a sign-in started in this browser "
+                            "(or it was already used, or it is older than 10 minutes); start again.")
+    # The state is single-use: its cookie goes whatever happens next.
+    attrs = _login_cookie_attrs(config)
+    defer_cookie(request, lambda resp: resp.del_cookie(name, **attrs))
+    if "error" in q:
+        raise AuthorizationDenied(q["error"][:80], q.get("error_description"))
+    # RFC 9207: a mix-up attack shows as an authorization response from another issuer.
+    if "iss" in q and provider.is_oidc and q["iss"] != config.provider.issuer:
+        raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
+    code = q.get("code")
+    if not code:
+        raise LoginError("The sign-in response carried no authorization code; start again.")
+    tokens = await provider.exchange_code(code, login.verifier)
+    claims: dict[str, Any] = {}
+    if provider.is_oidc:
+        if not tokens.id_token:
+            raise TokenValidationError("id_token", "the token response has no ID token")
+        claims = await provider.verify_id_token(tokens.id_token, nonce=login.nonce)
+    if config.provider.use_userinfo or not provider.is_oidc:
+        info = await provider.userinfo(tokens.access_token)
+        if claims and info.get("sub") != claims["sub"]:
+            raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
+        claims = {**info, **claims}
+    now = request.app[CLOCK]()
+    session = Session(identity=identity_from_claims(claims), access_token=tokens.access_token, created_at=now,
+                      expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
+                      sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None)
+    set_session(request, session)   # replaces whatever session cookie came in: no fixation
+    log.info("login: sub=%s", session.identity.sub)
+    target = safe_redirect(login.rd, config)
+    if config.cookie.samesite == "strict":
+        # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
+        # a same-site navigation from this page carries them.
+        return html_redirect(target)
+    raise web.HTTPFound(target, headers=NO_STORE)
+
+
+def html_redirect(target: str) -> web.Response:
+    body = (f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={escape(target)}">'
+            f'<title>Signed in</title><p>Signed in. <a href="{escape(target)}">Continue</a></p>')
+    return web.Response(text=body, content_type="text/html", headers=NO_STORE)
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise TokenValidationError("sub", "the provider did not say who the user is (no sub)")
+
+    def text(key: str) -> str | None:
+        value = claims.get(key)
+        return value if isinstance(value, str) and value else None
+
+    email = text("email")
+    if claims.get("email_verified") is False:
+        email = None        # an unverified address proves nothing about the user
+    groups = claims.get("groups")
+    return Identity(sub=sub, email=email, preferred_username=text("preferred_username"), name=text("name"),
+                    groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ())
+
+
+async def handle_sign_out(request: web.Request) -> web.StreamResponse:
+    """End the session here, then at the provider when it supports RP-initiated logout."""
+    config, provider = request.app[CONFIG], request.app[PROVIDER]
+    session = get_session(request)
+    set_session(request, None)
+    signed_out = config.public_url + "/oauth2/signed_out"
+    end_session = provider.end_session_url(id_token_hint=session.id_token if session else None,
+                                           post_logout_redirect_uri=signed_out)
+    if session is not None:
+        log.info("logout: sub=%s", session.identity.sub)
+    raise web.HTTPFound(end_session or safe_redirect(request.query.get("rd"), config, default=signed_out),
+                        headers=NO_STORE)
+
+
+async def handle_signed_out(request: web.Request) -> web.StreamResponse:
+    return html_page(200, "You are signed out", "Your session has ended. Sign in again to continue.",
+                     request.get(REQUEST_ID, "-"), actions=[("Sign in again", "/oauth2/start?rd=%2F")])

@@ -1,0 +1,312 @@
+"""Everything said to the identity provider: discovery, JWKS, the authorization URL, grants, userinfo.
+
+This is the only module that talks to the provider. It returns plain values (``Metadata``,
+``TokenSet``, claim dicts) and raises only ``ProviderError`` (the provider failed a step),
+``TokenRejected`` (it answered an OAuth ``error``) and ``TokenValidationError`` (its answer failed a
+check), so callers never see aiohttp or joserfc exceptions.
+
+ID-token verification follows OpenID Connect Core §3.1.3.7: the signature is checked by joserfc
+against the provider's JWKS with an explicit algorithm allow-list (never ``none``, never HMAC: the
+client secret is not a signing key we accept), then the claims one by one with our own clock and
+skew, each failure with a short code for the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_plus, urlencode
+
+import aiohttp
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from .config import ProviderConfig
+from .errors import ProviderError, TokenRejected, TokenValidationError
+
+log = logging.getLogger("authproxy.provider")
+
+# A JWKS is re-read after this long even if every kid is known, to pick up revoked keys.
+JWKS_TTL = 3600.0
+# An unknown kid refetches the JWKS at most this often: forged tokens cannot cause a refetch storm,
+# while a real key rotation is picked up by the first login after it.
+JWKS_REFETCH_MIN_INTERVAL = 1.0
+# Largest provider response we read (discovery, JWKS, tokens, userinfo).
+MAX_RESPONSE_BYTES = 1 << 20
+# Key types that can verify an asymmetric signature; symmetric ("oct") keys in a JWKS are ignored.
+_KEY_TYPES_BY_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """The provider's endpoints (OpenID Connect Discovery 1.0 §3, or explicit configuration)."""
+
+    issuer: str | None
+    authorization_endpoint: str
+    token_endpoint: str
+    userinfo_endpoint: str | None = None
+    jwks_uri: str | None = None
+    end_session_endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSet:
+    """A successful token response (RFC 6749 §5.1), with ``expires_in`` turned into a time."""
+
+    access_token: str
+    expires_at: float | None
+    refresh_token: str | None
+    id_token: str | None
+
+    def __repr__(self) -> str:
+        return f"TokenSet(expires_at={self.expires_at}, refresh_token={'yes' if self.refresh_token else 'no'})"
+
+
+class Provider:
+    """One configured identity provider, with its metadata and signing keys cached."""
+
+    def __init__(self, config: ProviderConfig, redirect_uri: str, http: aiohttp.ClientSession,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.redirect_uri = redirect_uri
+        self.is_oidc = config.type == "oidc"
+        self._http = http
+        self._clock = clock
+        self._metadata: Metadata | None = None
+        self._keys: KeySet | None = None
+        self._keys_fetched_at = float("-inf")
+        self._keys_lock = asyncio.Lock()
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> Metadata | None:
+        return self._metadata
+
+    async def load_metadata(self) -> Metadata:
+        """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
+        c = self.config
+        found: Mapping[str, Any] = {}
+        if c.issuer and self.is_oidc:
+            url = c.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            found = await self._get_json("discovery", url)
+            if found.get("issuer") != c.issuer:
+                raise ProviderError("discovery", f"the document names issuer {str(found.get('issuer'))[:200]!r}, "
+                                    f"not the configured {c.issuer!r} (OpenID Connect Discovery §4.3)")
+
+        def pick(name: str) -> str | None:
+            value = getattr(c, name) or found.get(name)
+            return value if isinstance(value, str) and value else None
+
+        auth, token = pick("authorization_endpoint"), pick("token_endpoint")
+        if not auth or not token:
+            raise ProviderError("discovery", "no authorization_endpoint or token_endpoint is known")
+        self._metadata = Metadata(issuer=c.issuer, authorization_endpoint=auth, token_endpoint=token,
+                                  userinfo_endpoint=pick("userinfo_endpoint"), jwks_uri=pick("jwks_uri"),
+                                  end_session_endpoint=pick("end_session_endpoint"))
+        return self._metadata
+
+    def _meta(self) -> Metadata:
+        if self._metadata is None:
+            raise ProviderError("discovery", "the provider's metadata has not been loaded yet", transient=True)
+        return self._metadata
+
+    # -- the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC Core §3.1.2.1) -------
+
+    def authorization_url(self, *, state: str, code_challenge: str, nonce: str | None) -> str:
+        params = dict(self.config.extra_authorize_params)
+        params.update(response_type="code", client_id=self.config.client_id, redirect_uri=self.redirect_uri,
+                      scope=" ".join(self.config.scopes), state=state,
+                      code_challenge=code_challenge, code_challenge_method="S256")
+        if nonce is not None:
+            params["nonce"] = nonce
+        endpoint = self._meta().authorization_endpoint
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    def end_session_url(self, *, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
+        """RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0 §2), if the provider has it."""
+        endpoint = self._metadata.end_session_endpoint if self._metadata else None
+        if not endpoint:
+            return None
+        params = {"client_id": self.config.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
+        if id_token_hint:
+            params["id_token_hint"] = id_token_hint
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    # -- grants (RFC 6749 §4.1.3 and §6) ------------------------------------------------------
+
+    async def exchange_code(self, code: str, code_verifier: str) -> TokenSet:
+        return await self._grant("token exchange", {"grant_type": "authorization_code", "code": code,
+                                                    "redirect_uri": self.redirect_uri,
+                                                    "code_verifier": code_verifier})
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        return await self._grant("refresh", {"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    async def _grant(self, step: str, form: dict[str, str]) -> TokenSet:
+        c = self.config
+        auth = None
+        if c.token_endpoint_auth_method == "client_secret_post":
+            form = {**form, "client_id": c.client_id, "client_secret": c.client_secret.get()}
+        else:
+            # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
+            auth = aiohttp.BasicAuth(quote_plus(c.client_id), quote_plus(c.client_secret.get()))
+        body = await self._post_json(step, self._meta().token_endpoint, form, auth)
+        return self._token_set(step, body)
+
+    def _token_set(self, step: str, body: Mapping[str, Any]) -> TokenSet:
+        access = body.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise ProviderError(step, "the token response has no access_token")
+        token_type = body.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise ProviderError(step, f"token_type is {str(token_type)[:40]!r}, but only Bearer tokens can be "
+                                "forwarded (RFC 6750)")
+        expires_in = body.get("expires_in")
+        expires_at = None
+        if expires_in is not None:
+            try:
+                expires_at = self._clock() + float(expires_in)
+            except (TypeError, ValueError):
+                raise ProviderError(step, "expires_in is not a number") from None
+        refresh, id_token = body.get("refresh_token"), body.get("id_token")
+        return TokenSet(access_token=access, expires_at=expires_at,
+                        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+                        id_token=id_token if isinstance(id_token, str) and id_token else None)
+
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        endpoint = self._meta().userinfo_endpoint
+        if not endpoint:
+            raise ProviderError("userinfo", "the provider has no userinfo_endpoint")
+        return await self._get_json("userinfo", endpoint, headers={"Authorization": f"Bearer {access_token}"})
+
+    # -- ID token verification (OIDC Core §3.1.3.7, §12.2 for refresh) ---------------------------
+
+    async def verify_id_token(self, id_token: str, *, nonce: str | None,
+                              expected_sub: str | None = None) -> dict[str, Any]:
+        """Verify signature and claims; return the claims. ``nonce=None`` is for refreshed tokens."""
+        try:
+            header = jws.extract_compact(id_token.encode("ascii")).headers()
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise TokenValidationError("malformed", "the ID token is not a compact JWS") from exc
+        alg = header.get("alg")
+        if alg not in self.config.id_token_algorithms:
+            raise TokenValidationError("alg", f"the ID token is signed with {str(alg)[:20]!r}, which is not in "
+                                       "provider.id_token_algorithms")
+        key = await self._signing_key(header.get("kid"), alg)
+        try:
+            claims = dict(jwt.decode(id_token, key, algorithms=[alg]).claims)
+        except JoseError as exc:
+            raise TokenValidationError("signature", f"the ID token's signature does not verify ({exc.error})") from exc
+        self._check_claims(claims, nonce=nonce, expected_sub=expected_sub)
+        return claims
+
+    def _check_claims(self, claims: Mapping[str, Any], *, nonce: str | None, expected_sub: str | None) -> None:
+        c, now, skew = self.config, self._clock(), self.config.clock_skew
+        if claims.get("iss") != c.issuer:
+            raise TokenValidationError("iss", "the ID token was issued by someone else")
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if c.client_id not in audiences:
+            raise TokenValidationError("aud", "the ID token is not meant for this client")
+        azp = claims.get("azp")
+        if (len(audiences) > 1 or azp is not None) and azp != c.client_id:
+            raise TokenValidationError("azp", "the ID token's authorized party is not this client")
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(exp, (int, float)) or exp + skew <= now:
+            raise TokenValidationError("exp", "the ID token has expired or has no exp")
+        if not isinstance(iat, (int, float)) or iat - skew > now:
+            raise TokenValidationError("iat", "the ID token has no iat or was issued in the future")
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise TokenValidationError("sub", "the ID token has no subject")
+        if nonce is not None and claims.get("nonce") != nonce:
+            raise TokenValidationError("nonce", "the ID token's nonce is missing or not the one sent")
+        if expected_sub is not None and claims["sub"] != expected_sub:
+            raise TokenValidationError("sub", "the refreshed ID token names another subject")
+
+    async def _signing_key(self, kid: object, alg: str) -> Any:
+        """The JWKS key for ``kid``; an unknown kid refetches the JWKS (rate-limited) once."""
+        if self._keys is None or self._clock() - self._keys_fetched_at >= JWKS_TTL:
+            await self._fetch_keys()
+        key = self._find_key(kid, alg)
+        if key is None and self._clock() - self._keys_fetched_at >= JWKS_REFETCH_MIN_INTERVAL:
+            await self._fetch_keys()
+            key = self._find_key(kid, alg)
+        if key is None:
+            what = f"kid {str(kid)[:40]!r}" if kid is not None else "no kid, and not exactly one key of its type"
+            raise TokenValidationError("kid", f"no signing key fits the ID token ({what})")
+        return key
+
+    def _find_key(self, kid: object, alg: str) -> Any:
+        """Key choice: by ``kid``; without a kid only when exactly one key of the right type exists
+        (trying several keys in turn would make a forged token cost us a verification per key)."""
+        if self._keys is None:
+            return None
+        kty = _KEY_TYPES_BY_ALG_PREFIX.get(alg[:2])
+        candidates = [k for k in self._keys.keys if k.key_type == kty and k.get("use") in (None, "sig")]
+        if kid is not None:
+            candidates = [k for k in candidates if k.kid == kid]
+        return candidates[0] if len(candidates) == 1 else None
+
+    async def _fetch_keys(self) -> None:
+        async with self._keys_lock:
+            uri = self._meta().jwks_uri
+            if not uri:
+                raise ProviderError("jwks", "the provider publishes no jwks_uri")
+            self._keys_fetched_at = self._clock()
+            doc = await self._get_json("jwks", uri)
+            raw_keys = doc.get("keys") if isinstance(doc.get("keys"), list) else []
+            usable = [k for k in raw_keys if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP")]
+            try:
+                self._keys = KeySet.import_key_set({"keys": usable})
+            except (JoseError, ValueError, TypeError) as exc:
+                raise ProviderError("jwks", "the JWKS holds a key that cannot be read") from exc
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def _get_json(self, step: str, url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return await self._call(step, "GET", url, headers=headers)
+
+    async def _post_json(self, step: str, url: str, form: Mapping[str, str],
+                         auth: aiohttp.BasicAuth | None) -> dict[str, Any]:
+        return await self._call(step, "POST", url, data=form, auth=auth)
+
+    async def _call(self, step: str, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        headers = {"Accept": "application/json", **(kwargs.pop("headers", None) or {})}
+        try:
+            async with self._http.request(method, url, headers=headers, allow_redirects=False,
+                                          timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                                          **kwargs) as resp:
+                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                status = resp.status
+        except asyncio.TimeoutError:
+            raise ProviderError(step, f"no answer within {self.config.timeout:g}s", transient=True) from None
+        except aiohttp.ClientError as exc:
+            raise ProviderError(step, f"could not connect ({type(exc).__name__})", transient=True) from None
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise ProviderError(step, "the answer is larger than 1 MiB")
+        body = _parse_json_object(raw)
+        if status >= 500:
+            raise ProviderError(step, f"it answered HTTP {status}", transient=True)
+        if status >= 400 and body is not None and isinstance(body.get("error"), str):
+            desc = body.get("error_description")
+            raise TokenRejected(step, body["error"][:80], desc if isinstance(desc, str) else None)
+        if status != 200:
+            raise ProviderError(step, f"it answered HTTP {status}")
+        if body is None:
+            raise ProviderError(step, "the answer is not a JSON object")
+        return body
+
+
+def _parse_json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None

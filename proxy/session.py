@@ -1,0 +1,231 @@
+"""The session: what a signed-in browser carries, how it is sealed into cookies, and when it is written.
+
+The session lives entirely in the browser, sealed by ``crypto.Sealer`` with the cookie's name as
+associated data, so the browser can neither read nor forge it. A sealed session bigger than one
+cookie can hold (browsers keep ~4096 bytes of name and value) is split into ``NAME_0``, ``NAME_1``…
+and joined again on the way in; a reordered or missing chunk simply fails authentication.
+
+Loading is lazy (``get_session``): requests that never ask — ``/ping``, static skips — pay nothing.
+Writing happens once, in ``write_session_cookie`` on ``app.on_response_prepare``, and only when the
+handler changed the session: that hook fires for raised redirects and for streamed upstream
+responses alike, where a middleware running after the handler would be too late.
+
+A cookie that does not open, or whose session has ended, is an anonymous user: a warning in the log,
+the cookie cleared, never a 500 (aiohttp-session does the same).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from aiohttp import web
+
+from .config import CookieConfig
+from .crypto import Sealer
+from .errors import CookieError
+
+log = logging.getLogger("authproxy.session")
+
+# Bytes of sealed value per cookie: browsers cap name+value near 4096; leave room for the name.
+CHUNK_SIZE = 3800
+# More chunks than this is a session no browser would send back whole (≈ 30 KB of headers).
+MAX_CHUNKS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the user is, as forwarded upstream (``X-Forwarded-User`` etc.)."""
+
+    sub: str
+    email: str | None = None
+    preferred_username: str | None = None
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One signed-in user's tokens and identity. ``repr`` never shows a token."""
+
+    identity: Identity
+    access_token: str = field(repr=False)
+    created_at: float
+    expires_at: float | None = None       # access token expiry (epoch seconds); None = no expiry given
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    sid: str | None = None                # OIDC session id, for back-channel logout
+
+    def __repr__(self) -> str:
+        return (f"Session(sub={self.identity.sub!r}, access_token=yes, "
+                f"refresh_token={'yes' if self.refresh_token else 'no'}, "
+                f"id_token={'yes' if self.id_token else 'no'}, expires_at={self.expires_at})")
+
+    def access_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def with_tokens(self, **changes: Any) -> Session:
+        return replace(self, **changes)
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data["identity"]["groups"] = list(self.identity.groups)
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Session:
+        try:
+            data = json.loads(raw)
+            ident = data.pop("identity")
+            ident["groups"] = tuple(ident.get("groups") or ())
+            return cls(identity=Identity(**ident), **data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CookieError("session payload is not in the expected shape") from exc
+
+
+class CookieCodec:
+    """Turns a Session into ``(cookie name, value)`` pairs and back, chunking big values."""
+
+    def __init__(self, config: CookieConfig, sealer: Sealer, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.name = config.name
+        self._sealer = sealer
+        self._aad = config.name.encode("utf-8")
+        self.clock = clock
+
+    def owned_names(self, cookies: Mapping[str, str]) -> list[str]:
+        """The session cookie names present in a request: the plain name and any chunks."""
+        prefix = self.name + "_"
+        return [n for n in cookies if n == self.name or (n.startswith(prefix) and n[len(prefix):].isdigit())]
+
+    def dump(self, session: Session) -> list[tuple[str, str]]:
+        sealed = self._sealer.seal(session.to_bytes(), self._aad)
+        if len(sealed) <= CHUNK_SIZE:
+            return [(self.name, sealed)]
+        parts = [sealed[i:i + CHUNK_SIZE] for i in range(0, len(sealed), CHUNK_SIZE)]
+        if len(parts) > MAX_CHUNKS:
+            raise CookieError(f"the session needs {len(parts)} cookies; at most {MAX_CHUNKS} fit in a request")
+        return [(f"{self.name}_{i}", part) for i, part in enumerate(parts)]
+
+    def load(self, cookies: Mapping[str, str]) -> Session | None:
+        """The session in these cookies; None if there is none; CookieError if it is bad or over."""
+        sealed = cookies.get(self.name)
+        if sealed is None:
+            parts = []
+            for i in range(MAX_CHUNKS + 1):
+                part = cookies.get(f"{self.name}_{i}")
+                if part is None:
+                    break
+                parts.append(part)
+            if not parts:
+                return None
+            sealed = "".join(parts)
+        session = Session.from_bytes(self._sealer.open(sealed, self._aad))
+        now = self.clock()
+        if session.created_at + self.config.expire <= now:
+            raise CookieError("session is older than cookie.expire")
+        if session.access_expired(now) and not session.refresh_token:
+            raise CookieError("access token expired and there is no refresh token")
+        return session
+
+    def set_on(self, response: web.StreamResponse, name: str, value: str, max_age: float) -> None:
+        c = self.config
+        response.set_cookie(name, value, max_age=max(int(max_age), 0), path=c.path, domain=c.domain,
+                            secure=c.secure, httponly=True, samesite=c.samesite.capitalize())
+
+    def clear_on(self, response: web.StreamResponse, name: str) -> None:
+        c = self.config
+        response.del_cookie(name, path=c.path, domain=c.domain, secure=c.secure, httponly=True,
+                            samesite=c.samesite.capitalize())
+
+
+class SessionState:
+    """The per-request view of the session: loaded once, written only if changed.
+
+    ``deferred`` holds other cookie changes (such as clearing a spent login cookie) that must reach
+    the browser whatever response ends the request, error pages included.
+    """
+
+    __slots__ = ("_codec", "_cookies", "_loaded", "_session", "changed", "present", "deferred")
+
+    def __init__(self, codec: CookieCodec, cookies: Mapping[str, str]) -> None:
+        self._codec = codec
+        self._cookies = cookies
+        self._loaded = False
+        self._session: Session | None = None
+        self.changed = False
+        self.present = codec.owned_names(cookies)
+        self.deferred: list[Callable[[web.StreamResponse], None]] = []
+
+    def get(self) -> Session | None:
+        if not self._loaded:
+            self._loaded = True
+            try:
+                self._session = self._codec.load(self._cookies)
+            except CookieError as exc:
+                log.warning("session cookie ignored: %s", exc)
+                self._session = None
+                self.changed = bool(self.present)     # clear the bad cookie
+        return self._session
+
+    def set(self, session: Session | None) -> None:
+        self._loaded = True
+        self._session = session
+        self.changed = True
+
+
+SESSION_STATE = web.RequestKey("authproxy_session_state", SessionState)
+CODEC = web.AppKey("authproxy_cookie_codec", CookieCodec)
+
+
+def session_state(request: web.Request) -> SessionState:
+    state = request.get(SESSION_STATE)
+    if state is None:
+        state = SessionState(request.app[CODEC], request.cookies)
+        request[SESSION_STATE] = state
+    return state
+
+
+def get_session(request: web.Request) -> Session | None:
+    return session_state(request).get()
+
+
+def set_session(request: web.Request, session: Session | None) -> None:
+    """Replace (or with None, end) the request's session; the cookie follows on the response."""
+    session_state(request).set(session)
+
+
+def defer_cookie(request: web.Request, change: Callable[[web.StreamResponse], None]) -> None:
+    """Apply ``change`` to whichever response this request ends with (see ``write_session_cookie``)."""
+    session_state(request).deferred.append(change)
+
+
+async def write_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: write or clear the session cookies if this request changed them."""
+    state = request.get(SESSION_STATE)
+    if state is None:
+        return
+    for change in state.deferred:
+        change(response)
+    if not state.changed:
+        return
+    codec = request.app[CODEC]
+    written: set[str] = set()
+    session = state.get()
+    if session is not None:
+        try:
+            pairs = codec.dump(session)
+        except CookieError as exc:
+            log.error("session not stored: %s", exc)
+            pairs = []
+        max_age = session.created_at + codec.config.expire - codec.clock()
+        for name, value in pairs:
+            codec.set_on(response, name, value, max_age)
+            written.add(name)
+    for name in state.present:
+        if name not in written:
+            codec.clear_on(response, name)

@@ -1,0 +1,84 @@
+import base64
+
+import pytest
+
+from proxy.crypto import Sealer, b64url_decode, b64url_encode, pkce_pair, random_token
+from proxy.errors import CookieError
+
+A, B = b"a" * 32, b"b" * 32
+
+
+def test_round_trip_and_version_prefix():
+    sealer = Sealer([A])
+    sealed = sealer.seal(b"hello", b"name")
+    assert sealed.startswith("1.")
+    assert b"hello" not in b64url_decode(sealed[2:])
+    assert sealer.open(sealed, b"name") == b"hello"
+
+
+def test_each_seal_is_different():
+    sealer = Sealer([A])
+    assert sealer.seal(b"x", b"n") != sealer.seal(b"x", b"n")
+
+
+@pytest.mark.parametrize("position", [2, 5, 10, 20, -1])
+def test_any_flipped_character_fails(position):
+    sealer = Sealer([A])
+    sealed = sealer.seal(b"payload" * 10, b"n")
+    chars = list(sealed)
+    chars[position] = "A" if chars[position] != "A" else "B"
+    with pytest.raises(CookieError):
+        sealer.open("".join(chars), b"n")
+
+
+def test_truncated_fails():
+    sealer = Sealer([A])
+    sealed = sealer.seal(b"payload" * 10, b"n")
+    for cut in (3, 10, len(sealed) - 1):
+        with pytest.raises(CookieError):
+            sealer.open(sealed[:cut], b"n")
+
+
+def test_other_purpose_fails():
+    sealer = Sealer([A])
+    with pytest.raises(CookieError, match="authentication"):
+        sealer.open(sealer.seal(b"x", b"one"), b"two")
+
+
+def test_other_secret_fails():
+    with pytest.raises(CookieError, match="not configured"):
+        Sealer([B]).open(Sealer([A]).seal(b"x", b"n"), b"n")
+
+
+def test_rotation_first_seals_all_open():
+    old = Sealer([A]).seal(b"old", b"n")
+    rotated = Sealer([B, A])
+    assert rotated.open(old, b"n") == b"old"
+    new = rotated.seal(b"new", b"n")
+    assert Sealer([B]).open(new, b"n") == b"new"
+    with pytest.raises(CookieError):
+        Sealer([A]).open(new, b"n")
+
+
+@pytest.mark.parametrize("junk", ["", "1.", "2.abc", "1.!!!!", "1." + "A" * 10, "abc"])
+def test_junk_is_cookie_error(junk):
+    with pytest.raises(CookieError):
+        Sealer([A]).open(junk, b"n")
+
+
+def test_pkce_s256():
+    import hashlib
+    verifier, challenge = pkce_pair()
+    assert 43 <= len(verifier) <= 128
+    assert challenge == base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def test_random_tokens_differ_and_are_urlsafe():
+    values = {random_token() for _ in range(50)}
+    assert len(values) == 50
+    assert all(set(v) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") for v in values)
+
+
+def test_b64url_round_trip():
+    for data in (b"", b"\x00", b"\xff" * 7):
+        assert b64url_decode(b64url_encode(data)) == data

@@ -1,0 +1,70 @@
+"""The redirect guard and the navigation test: the two decisions every login redirect depends on."""
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from proxy.login import is_navigation, safe_redirect
+from tests.unit.conftest import make_config
+
+ORIGIN = "https://app.example.com"
+
+SAFE = [
+    ("/", ORIGIN + "/"),
+    ("/a/b?c=d&e=f", ORIGIN + "/a/b?c=d&e=f"),
+    ("/path%20with%20space", ORIGIN + "/path%20with%20space"),
+    ("https://app.example.com/x?y=1", ORIGIN + "/x?y=1"),
+    ("HTTPS://APP.EXAMPLE.COM/x", ORIGIN + "/x"),
+    ("https://app.example.com:443/x", ORIGIN + "/x"),
+    ("https://app.example.com", ORIGIN + "/"),
+    ("/%2Fnot-a-host-but-a-path-segment-after-one-slash", None),   # decodes to //…: refused
+]
+
+UNSAFE = [
+    "//evil.example", "///evil.example", "////evil.example/x", "/\\evil.example", "\\/\\/evil.example",
+    "\\\\evil.example", "https:evil.example", "https:/evil.example", "http://evil.example", "https://evil.example/",
+    "https://app.example.com.evil.example/", "https://app.example.com@evil.example", "https://user:pw@app.example.com/",
+    "https://evil.example#@app.example.com", "https://evil.example?@app.example.com",
+    "%2F%2Fevil.example", "/%2F/evil.example", "/%2f%2fevil.example", "/%252F%252Fevil.example", "/%09/evil.example",
+    "/%5Cevil.example", "/%5cevil.example", "/\tevil.example", "/\n/evil.example", "/x\r\nSet-Cookie: a=b",
+    "javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<script>alert(1)</script>", "vbscript:x",
+    "ftp://app.example.com/", "http://app.example.com/", "https://app.example.com:444/", "HtTpS:evil.example",
+    "https://аpp.example.com/", "https://xn--pp-8cd.example.com/", "/\u2215\u2215evil.example", " /x", "evil.example",
+    "https://app.example.com\\@evil.example", "//app.example.com/", "/.\\/evil.example",
+]
+
+
+@pytest.mark.parametrize("target,expected", SAFE)
+def test_safe_targets_stay(target, expected):
+    result = safe_redirect(target, make_config())
+    assert result == (expected or ORIGIN + "/")
+
+
+@pytest.mark.parametrize("target", UNSAFE)
+def test_unsafe_targets_fall_back_to_default(target):
+    assert safe_redirect(target, make_config(), default="/home") == ORIGIN + "/home"
+
+
+def test_at_least_forty_payloads():
+    assert len(UNSAFE) >= 40
+
+
+def test_unsafe_default_falls_back_to_root():
+    assert safe_redirect(None, make_config(), default="//evil") == ORIGIN + "/"
+
+
+def _req(headers):
+    return make_mocked_request("GET", "/", headers=headers)
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({"Accept": "text/html,application/xhtml+xml"}, True),
+    ({"Accept": "*/*"}, True),
+    ({"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}, True),
+    ({"Accept": "text/html", "Sec-Fetch-Mode": "cors"}, False),
+    ({"Accept": "*/*", "Sec-Fetch-Dest": "image"}, False),
+    ({"Accept": "text/html", "X-Requested-With": "XMLHttpRequest"}, False),
+    ({"Accept": "application/json"}, False),
+    ({}, False),
+])
+def test_is_navigation(headers, expected):
+    assert is_navigation(_req(headers)) is expected
