@@ -27,7 +27,7 @@ from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .pages import NO_STORE, html_page
-from .session import Identity, Session, defer_cookie, get_session, set_session
+from .session import Identity, Session, cookie_header, defer_cookie, get_session, set_session
 
 log = logging.getLogger("authproxy.login")
 
@@ -136,12 +136,12 @@ def _open_login(request: web.Request, name: str) -> LoginState | None:
     return login
 
 
-def _login_cookie_attrs(config: Config) -> dict[str, Any]:
+def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
     # The provider sends the browser back with a cross-site top-level GET: "Strict" would withhold
     # the cookie there, so login cookies are Lax unless the operator chose None.
     samesite = "None" if config.cookie.samesite == "none" else "Lax"
-    return {"path": config.cookie.path, "domain": config.cookie.domain, "secure": config.cookie.secure,
-            "httponly": True, "samesite": samesite}
+    return cookie_header(name, value, max_age=max_age, path=config.cookie.path, domain=config.cookie.domain,
+                         secure=config.cookie.secure, samesite=samesite)
 
 
 async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
@@ -156,13 +156,12 @@ async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
     existing = [(name, _open_login(request, name)) for name in request.cookies if name.startswith(prefix)]
     live = sorted((login.created, name) for name, login in existing if login is not None)
     evict = [name for name, login in existing if login is None] + [n for _, n in live[:max(0, len(live) - MAX_LOGIN_COOKIES + 1)]]
-    attrs = _login_cookie_attrs(config)
     for name in evict:
-        response.del_cookie(name, **attrs)
+        response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
     name = prefix + state
     payload = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
     sealed = request.app[SEALER].seal(json.dumps(asdict(payload)).encode(), name.encode())
-    response.set_cookie(name, sealed, max_age=LOGIN_TTL, **attrs)
+    response.headers.add("Set-Cookie", _login_cookie(config, name, sealed, LOGIN_TTL))
     return response
 
 
@@ -182,8 +181,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         raise StateMismatch("This sign-in response does not belong to a sign-in started in this browser "
                             "(or it was already used, or it is older than 10 minutes); start again.")
     # The state is single-use: its cookie goes whatever happens next.
-    attrs = _login_cookie_attrs(config)
-    defer_cookie(request, lambda resp: resp.del_cookie(name, **attrs))
+    defer_cookie(request, _login_cookie(config, name, "", 0))
     if "error" in q:
         raise AuthorizationDenied(q["error"][:80], q.get("error_description"))
     # RFC 9207: a mix-up attack shows as an authorization response from another issuer.

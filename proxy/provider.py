@@ -14,6 +14,7 @@ skew, each failure with a short code for the log.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -151,13 +152,14 @@ class Provider:
 
     async def _grant(self, step: str, form: dict[str, str]) -> TokenSet:
         c = self.config
-        auth = None
+        headers = {}
         if c.token_endpoint_auth_method == "client_secret_post":
             form = {**form, "client_id": c.client_id, "client_secret": c.client_secret.get()}
         else:
             # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
-            auth = aiohttp.BasicAuth(quote_plus(c.client_id), quote_plus(c.client_secret.get()))
-        body = await self._post_json(step, self._meta().token_endpoint, form, auth)
+            pair = f"{quote_plus(c.client_id)}:{quote_plus(c.client_secret.get())}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        body = await self._call(step, "POST", self._meta().token_endpoint, data=form, headers=headers)
         return self._token_set(step, body)
 
     def _token_set(self, step: str, body: Mapping[str, Any]) -> TokenSet:
@@ -272,10 +274,6 @@ class Provider:
 
     async def _get_json(self, step: str, url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._call(step, "GET", url, headers=headers)
-
-    async def _post_json(self, step: str, url: str, form: Mapping[str, str],
-                         auth: aiohttp.BasicAuth | None) -> dict[str, Any]:
-        return await self._call(step, "POST", url, data=form, auth=auth)
 
     async def _call(self, step: str, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         headers = {"Accept": "application/json", **(kwargs.pop("headers", None) or {})}

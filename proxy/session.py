@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from http.cookies import Morsel
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -132,22 +133,43 @@ class CookieCodec:
             raise CookieError("access token expired and there is no refresh token")
         return session
 
-    def set_on(self, response: web.StreamResponse, name: str, value: str, max_age: float) -> None:
+    def set_header(self, name: str, value: str, max_age: float) -> str:
         c = self.config
-        response.set_cookie(name, value, max_age=max(int(max_age), 0), path=c.path, domain=c.domain,
-                            secure=c.secure, httponly=True, samesite=c.samesite.capitalize())
+        return cookie_header(name, value, max_age=max_age, path=c.path, domain=c.domain, secure=c.secure,
+                             samesite=c.samesite.capitalize())
 
-    def clear_on(self, response: web.StreamResponse, name: str) -> None:
+    def clear_header(self, name: str) -> str:
         c = self.config
-        response.del_cookie(name, path=c.path, domain=c.domain, secure=c.secure, httponly=True,
-                            samesite=c.samesite.capitalize())
+        return cookie_header(name, "", max_age=0, path=c.path, domain=c.domain, secure=c.secure,
+                             samesite=c.samesite.capitalize())
+
+
+def cookie_header(name: str, value: str, *, max_age: float, path: str, domain: str | None, secure: bool,
+                  samesite: str) -> str:
+    """A ``Set-Cookie`` value, always ``HttpOnly``.
+
+    Built by hand because ``on_response_prepare`` runs after aiohttp has turned ``set_cookie`` calls
+    into headers (aiohttp 3.14 ``StreamResponse._start``): cookies must be added as headers there.
+    """
+    morsel: Morsel[str] = Morsel()
+    morsel.set(name, value, value)
+    morsel["max-age"] = str(max(int(max_age), 0))
+    morsel["path"] = path
+    if domain:
+        morsel["domain"] = domain
+    morsel["secure"] = secure
+    morsel["httponly"] = True
+    morsel["samesite"] = samesite
+    if max_age <= 0:
+        morsel["expires"] = "Thu, 01 Jan 1970 00:00:00 GMT"
+    return morsel.OutputString()
 
 
 class SessionState:
     """The per-request view of the session: loaded once, written only if changed.
 
-    ``deferred`` holds other cookie changes (such as clearing a spent login cookie) that must reach
-    the browser whatever response ends the request, error pages included.
+    ``deferred`` holds other ``Set-Cookie`` values (such as clearing a spent login cookie) that must
+    reach the browser whatever response ends the request, error pages included.
     """
 
     __slots__ = ("_codec", "_cookies", "_loaded", "_session", "changed", "present", "deferred")
@@ -159,7 +181,7 @@ class SessionState:
         self._session: Session | None = None
         self.changed = False
         self.present = codec.owned_names(cookies)
-        self.deferred: list[Callable[[web.StreamResponse], None]] = []
+        self.deferred: list[str] = []
 
     def get(self) -> Session | None:
         if not self._loaded:
@@ -199,9 +221,9 @@ def set_session(request: web.Request, session: Session | None) -> None:
     session_state(request).set(session)
 
 
-def defer_cookie(request: web.Request, change: Callable[[web.StreamResponse], None]) -> None:
-    """Apply ``change`` to whichever response this request ends with (see ``write_session_cookie``)."""
-    session_state(request).deferred.append(change)
+def defer_cookie(request: web.Request, set_cookie: str) -> None:
+    """Send this ``Set-Cookie`` value on whichever response ends the request."""
+    session_state(request).deferred.append(set_cookie)
 
 
 async def write_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
@@ -209,8 +231,8 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
     state = request.get(SESSION_STATE)
     if state is None:
         return
-    for change in state.deferred:
-        change(response)
+    for header in state.deferred:
+        response.headers.add("Set-Cookie", header)
     if not state.changed:
         return
     codec = request.app[CODEC]
@@ -224,8 +246,8 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
             pairs = []
         max_age = session.created_at + codec.config.expire - codec.clock()
         for name, value in pairs:
-            codec.set_on(response, name, value, max_age)
+            response.headers.add("Set-Cookie", codec.set_header(name, value, max_age))
             written.add(name)
     for name in state.present:
         if name not in written:
-            codec.clear_on(response, name)
+            response.headers.add("Set-Cookie", codec.clear_header(name))

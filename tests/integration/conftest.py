@@ -1,0 +1,69 @@
+"""The whole gateway against real servers: oidc-provider, an echo upstream, and authproxy, all on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.echo import EchoServer, start_echo
+from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, IdPFactory, client_metadata
+from tests.support.idp import IdP
+from tests.support.ports import free_port
+from tests.support.proxyrun import RunningProxy, config_dict, start_proxy
+
+
+@dataclass
+class Stack:
+    idp: IdP
+    echo: EchoServer
+    proxy: RunningProxy
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def stack_factory(idp_factory: IdPFactory) -> AsyncIterator[StackFactory]:
+    """``await stack_factory(idp_options={...}, client={...}, **config_sections)`` starts all three."""
+    started: list[Stack] = []
+
+    async def factory(*, idp_options: dict[str, Any] | None = None, client: dict[str, Any] | None = None,
+                      clock: Callable[[], float] | None = None, **sections: Any) -> Stack:
+        port = free_port()
+        public = f"http://127.0.0.1:{port}"
+        meta = client_metadata(public + "/oauth2/callback", post_logout_redirect_uri=public + "/oauth2/signed_out",
+                               **(client or {}))
+        idp = await idp_factory(clients=[meta], **(idp_options or {}))
+        echo = await start_echo(free_port())
+        data = config_dict(port=port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
+                           client_secret=CLIENT_SECRET, **sections)
+        kwargs = {"clock": clock} if clock else {}
+        proxy = await start_proxy(data, **kwargs)
+        stack = Stack(idp=idp, echo=echo, proxy=proxy)
+        started.append(stack)
+        return stack
+
+    yield factory
+    for stack in started:
+        await stack.proxy.close()
+        await stack.echo.close()
+
+
+@pytest.fixture
+async def stack(stack_factory: StackFactory) -> Stack:
+    return await stack_factory()
+
+
+@pytest.fixture
+async def browser_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A cookie-keeping HTTP client for 127.0.0.1 (the default jar ignores IP-address cookies)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield session

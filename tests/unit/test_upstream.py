@@ -1,0 +1,67 @@
+"""Header policy: what the proxy owns is stripped before anything is added."""
+
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+
+from proxy.session import Identity, Session
+from proxy.upstream import Forwarder, Upstream, strip_cookies
+from tests.unit.conftest import make_config
+
+SESSION = Session(identity=Identity(sub="alice", email="a@x.test", preferred_username="al", groups=("g1", "g2")),
+                  access_token="AT", created_at=0.0)
+
+
+def forwarder():
+    return Forwarder(make_config(), [])
+
+
+def headers_for(raw):
+    req = make_mocked_request("GET", "/x", headers=CIMultiDict(raw))
+    return forwarder().request_headers(req, SESSION)
+
+
+def test_spoofed_identity_and_authorization_are_replaced():
+    h = headers_for([("Authorization", "Bearer evil"), ("X-Forwarded-User", "root"), ("x-forwarded-email", "r@x"),
+                     ("X-FORWARDED-GROUPS", "admin"), ("X_Forwarded_User", "root"), ("X-Forwarded-Uri", "/admin"),
+                     ("X-Forwarded-Preferred-Username", "root"), ("X-Real-IP", "1.2.3.4"), ("Forwarded", "for=x")])
+    assert h.getall("Authorization") == ["Bearer AT"]
+    assert h.getall("X-Forwarded-User") == ["alice"]
+    assert h.getall("X-Forwarded-Email") == ["a@x.test"]
+    assert h.getall("X-Forwarded-Groups") == ["g1,g2"]
+    assert h.getall("X-Forwarded-Preferred-Username") == ["al"]
+    assert "X_Forwarded_User" not in h and "X-Forwarded-Uri" not in h and "X-Real-IP" not in h and "Forwarded" not in h
+
+
+def test_hop_by_hop_and_connection_listed_are_dropped():
+    h = headers_for([("Connection", "keep-alive, X-Secret-Hop"), ("Keep-Alive", "5"), ("X-Secret-Hop", "1"),
+                     ("TE", "trailers"), ("Upgrade", "h2c"), ("Proxy-Authorization", "Basic x"), ("X-App", "kept")])
+    for name in ("Connection", "Keep-Alive", "X-Secret-Hop", "TE", "Upgrade", "Proxy-Authorization"):
+        assert name not in h
+    assert h["X-App"] == "kept"
+
+
+def test_proxy_cookies_removed_app_cookies_kept():
+    h = headers_for([("Cookie", "_authproxy=s; app=1; _authproxy_0=c; _authproxy_login_abc=l; theme=dark")])
+    assert h["Cookie"] == "app=1; theme=dark"
+    assert "Cookie" not in headers_for([("Cookie", "_authproxy=s")])
+
+
+def test_strip_cookies_keeps_values_with_equals():
+    assert strip_cookies("a=b=c; _p=1", frozenset({"_p"}), ("_p_",)) == "a=b=c"
+
+
+def test_no_session_means_no_identity():
+    req = make_mocked_request("GET", "/x", headers={"X-Forwarded-User": "root"})
+    h = forwarder().request_headers(req, None)
+    assert "Authorization" not in h and "X-Forwarded-User" not in h
+
+
+def test_longest_prefix_wins_on_segment_boundary():
+    cfg = make_config(upstreams=[{"path": "/", "url": "http://127.0.0.1:1"},
+                                 {"path": "/app", "url": "http://127.0.0.1:2"},
+                                 {"path": "/app/api", "url": "http://127.0.0.1:3"}])
+    f = Forwarder(cfg, [Upstream(u, client=None) for u in cfg.upstreams])
+    assert f.route("/app/api/x").config.url.endswith(":3")
+    assert f.route("/app/apix").config.url.endswith(":2")
+    assert f.route("/app").config.url.endswith(":2")
+    assert f.route("/application").config.url.endswith(":1")
