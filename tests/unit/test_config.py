@@ -1,0 +1,466 @@
+"""Tests for proxy.config: defaults, every validation rule (path and message), env substitution, loading."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from proxy.config import (Config, CookieConfig, LoggingConfig, ProviderConfig, Secret, UpstreamConfig, load_config,
+                          parse_config, parse_duration)
+from proxy.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
+
+KEY = "q" * 43  # base64url of 32 bytes, unpadded
+OTHER_KEY = "cXFx" * 10 + "cXE="  # standard base64 of 32 bytes, padded
+CLIENT_SECRET = "very-secret-client-value"
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "public_url": "https://app.example.com",
+        "provider": {"issuer": "https://idp.example.com", "client_id": "authproxy", "client_secret": CLIENT_SECRET},
+        "cookie": {"secret": KEY},
+        "upstreams": [{"path": "/", "url": "http://127.0.0.1:8080"}],
+    }
+
+
+def with_(**sections: dict[str, Any]) -> dict[str, Any]:
+    """The minimal config with keys merged into (or, for top-level scalars, set on) its sections."""
+    data = minimal()
+    for name, values in sections.items():
+        if isinstance(data.get(name), dict) and isinstance(values, dict):
+            data[name] = {**data[name], **values}
+        else:
+            data[name] = values
+    return data
+
+
+def problems(data: object, environ: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="test.yaml", environ=environ or {})
+    return {problem.path: problem.message for problem in caught.value.problems}
+
+
+def assert_problem(data: object, path: str, fragment: str) -> None:
+    found = problems(data)
+    assert path in found, found
+    assert fragment in found[path], found[path]
+
+
+# --- a valid config and its defaults -----------------------------------------------------------------------------
+
+
+def test_minimal_config_has_the_documented_defaults() -> None:
+    config = parse_config(minimal(), environ={})
+    assert (config.listen, config.listen_host, config.listen_port) == ("0.0.0.0:4180", "0.0.0.0", 4180)
+    assert config.redirect_uri == "https://app.example.com/oauth2/callback"
+    assert config.logging == LoggingConfig(level="info", format="text")
+    p = config.provider
+    assert (p.type, p.scopes, p.use_userinfo, p.clock_skew, p.timeout) == ("oidc", ["openid", "email", "profile"],
+                                                                           False, 60.0, 10.0)
+    assert p.token_endpoint_auth_method == "client_secret_basic"
+    assert "none" not in p.id_token_algorithms and p.id_token_algorithms[0] == "RS256"
+    assert p.client_secret.get() == CLIENT_SECRET and p.extra_authorize_params == {}
+    c = config.cookie
+    assert (c.name, c.secure, c.samesite, c.domain, c.path) == ("_authproxy", True, "lax", None, "/")
+    assert (c.expire, c.refresh_before) == (168 * 3600.0, 60.0)
+    assert c.keys == (b"\xaa" * 32,)
+    assert config.upstreams == [UpstreamConfig(path="/", url="http://127.0.0.1:8080", timeout=30.0,
+                                               connect_timeout=5.0)]
+
+
+def test_models_are_frozen() -> None:
+    config = parse_config(minimal(), environ={})
+    with pytest.raises(ValueError, match="frozen"):
+        config.listen = "127.0.0.1:1"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("public_url", "origin", "redirect_uri"), [
+    ("https://App.Example.com/", "https://app.example.com", "https://App.Example.com/oauth2/callback"),
+    ("https://app.example.com:443/auth/", "https://app.example.com",
+     "https://app.example.com:443/auth/oauth2/callback"),
+    ("http://localhost:8000", "http://localhost:8000", "http://localhost:8000/oauth2/callback"),
+    ("HTTP://[::1]:80", "http://[::1]", "HTTP://[::1]:80/oauth2/callback"),
+])
+def test_public_url_origin_and_redirect_uri(public_url: str, origin: str, redirect_uri: str) -> None:
+    config = parse_config(with_(public_url=public_url), environ={})
+    assert (config.public_origin, config.redirect_uri) == (origin, redirect_uri)
+
+
+@pytest.mark.parametrize(("listen", "host", "port"), [("127.0.0.1:0", "127.0.0.1", 0), ("[::]:4180", "::", 4180),
+                                                      ("localhost:8080", "localhost", 8080)])
+def test_listen_host_and_port(listen: str, host: str, port: int) -> None:
+    config = parse_config(with_(listen=listen), environ={})
+    assert (config.listen_host, config.listen_port) == (host, port)
+
+
+def test_case_insensitive_choices_and_oauth2_provider() -> None:
+    config = parse_config(with_(
+        cookie={"samesite": "Strict"}, logging={"level": "DEBUG", "format": "JSON"},
+        provider={"type": "oauth2", "issuer": None, "client_id": "gh", "client_secret": "s",
+                  "authorization_endpoint": "https://gh.example/authorize",
+                  "token_endpoint": "https://gh.example/token",
+                  "userinfo_endpoint": "https://api.gh.example/user", "scopes": ["read:user"]}), environ={})
+    assert (config.cookie.samesite, config.logging.level, config.logging.format) == ("strict", "debug", "json")
+    assert config.provider.use_userinfo is True
+
+
+def test_oidc_with_explicit_endpoints_needs_no_issuer() -> None:
+    endpoints = {"issuer": None, "authorization_endpoint": "https://idp.example/a",
+                 "token_endpoint": "https://idp.example/t", "jwks_uri": "https://idp.example/jwks"}
+    assert parse_config(with_(provider=endpoints), environ={}).provider.issuer is None
+
+
+def test_ca_file_must_exist(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert parse_config(with_(provider={"ca_file": str(bundle)}), environ={}).provider.ca_file == str(bundle)
+    assert_problem(with_(provider={"ca_file": str(tmp_path / "nope.pem")}), "provider.ca_file", "no such file")
+
+
+# --- one failing case per rule: the path and a piece of the message ----------------------------------------------
+
+RULES = [
+    ({"listen": "4180"}, "listen", 'must be "host:port"'),
+    ({"listen": "::1:4180"}, "listen", "[::]:4180"),
+    ({"listen": "host:99999"}, "listen", 'must be "host:port"'),
+    ({"listen": "my host:80"}, "listen", 'must be "host:port"'),
+    ({"listen": "[nope]:80"}, "listen", 'must be "host:port"'),
+    ({"public_url": "ftp://app.example.com"}, "public_url", "http or https URL"),
+    ({"public_url": "https://app.example.com/?a=b"}, "public_url", "query or fragment"),
+    ({"public_url": "https://user:pw@app.example.com"}, "public_url", "user name or password"),
+    ({"provider": {"type": "saml"}}, "provider.type", "must be one of 'oidc' or 'oauth2', got 'saml'"),
+    ({"provider": {"issuer": "idp.example.com"}}, "provider.issuer", "http or https URL"),
+    ({"provider": {"issuer": None}}, "provider.issuer", "required for type oidc"),
+    ({"provider": {"issuer": None, "token_endpoint": "https://i/t"}}, "provider.issuer",
+     "missing: authorization_endpoint, jwks_uri"),
+    ({"provider": {"type": "oauth2", "issuer": None}}, "provider.authorization_endpoint", "required for type oauth2"),
+    ({"provider": {"type": "oauth2", "issuer": None}}, "provider.token_endpoint", "required for type oauth2"),
+    ({"provider": {"type": "oauth2", "issuer": None}}, "provider.userinfo_endpoint", "add userinfo_endpoint"),
+    ({"provider": {"type": "oauth2", "use_userinfo": False, "authorization_endpoint": "https://i/a",
+                   "token_endpoint": "https://i/t", "userinfo_endpoint": "https://i/u"}},
+     "provider.use_userinfo", "claims always come from userinfo"),
+    ({"provider": {"token_endpoint": "not a url"}}, "provider.token_endpoint", "http or https URL"),
+    ({"provider": {"client_id": " "}}, "provider.client_id", "is empty"),
+    ({"provider": {"client_secret": ""}}, "provider.client_secret", "the value is empty"),
+    ({"provider": {"scopes": ["email"]}}, "provider.scopes", 'needs the "openid" scope; add openid'),
+    ({"provider": {"scopes": ["openid email"]}}, "provider.scopes[0]", "its own list item"),
+    ({"provider": {"scopes": "openid email"}}, "provider.scopes", "expected a list, got 'openid email'"),
+    ({"provider": {"token_endpoint_auth_method": "private_key_jwt"}}, "provider.token_endpoint_auth_method",
+     "'client_secret_basic' or 'client_secret_post'"),
+    ({"provider": {"id_token_algorithms": ["RS256", "none"]}}, "provider.id_token_algorithms[1]", "unsigned"),
+    ({"provider": {"id_token_algorithms": ["HS256"]}}, "provider.id_token_algorithms[0]", "HMAC"),
+    ({"provider": {"id_token_algorithms": ["RS257"]}}, "provider.id_token_algorithms[0]", "unknown algorithm"),
+    ({"provider": {"id_token_algorithms": []}}, "provider.id_token_algorithms", "at least one"),
+    ({"provider": {"use_userinfo": "maybe"}}, "provider.use_userinfo", "expected true or false, got 'maybe'"),
+    ({"provider": {"clock_skew": "-5s"}}, "provider.clock_skew", "invalid duration '-5s'"),
+    ({"provider": {"timeout": 0}}, "provider.timeout", "longer than zero"),
+    ({"provider": {"extra_authorize_params": {"prompt": "consent", "scope": "x", "nonce": "n"}}},
+     "provider.extra_authorize_params", "may not set nonce, scope"),
+    ({"provider": {"extra_authorize_params": {"max_age": 300}}}, "provider.extra_authorize_params.max_age",
+     "expected a string, got 300; put it in quotes"),
+    ({"provider": {"issuer": "https://idp.example.com", "isuer": "x"}}, "provider.isuer",
+     "unknown key 'isuer'; did you mean 'issuer'?"),
+    ({"provider": "https://idp.example.com"}, "provider", "expected a mapping of keys to values"),
+    ({"cookie": {"name": "my cookie"}}, "cookie.name", "not a valid cookie name"),
+    ({"cookie": {"name": "__Host-s", "path": "/app"}}, "cookie.name", 'path "/" and no domain'),
+    ({"cookie": {"name": "__Secure-s", "secure": False}}, "cookie.name", "must be secure"),
+    ({"cookie": {"samesite": "None", "secure": False}}, "cookie.samesite", '"none" requires secure: true'),
+    ({"cookie": {"samesite": "sometimes"}}, "cookie.samesite", "'lax', 'strict' or 'none'"),
+    ({"cookie": {"domain": "https://example.com"}}, "cookie.domain", "must be a host name"),
+    ({"cookie": {"path": "app"}}, "cookie.path", 'must start with "/"'),
+    ({"cookie": {"expire": "0s"}}, "cookie.expire", "longer than zero"),
+    ({"cookie": {"refresh_before": "soon"}}, "cookie.refresh_before", "invalid duration 'soon'"),
+    ({"cookie": {"secret": []}}, "cookie.secret", "at least one"),
+    ({"cookie": {"secret": "c2hvcnQ"}}, "cookie.secret", "must be exactly 32; make one with `authproxy secret`"),
+    ({"cookie": {"secret": "not base64!"}}, "cookie.secret", "not base64; make one with"),
+    ({"cookie": {"secret": 12345}}, "cookie.secret", "expected a string, got a number"),
+    ({"cookie": {"secret": [KEY, 12345]}}, "cookie.secret[1]", "expected a string, got a number"),
+    ({"cookie": {"secure": "yes please"}}, "cookie.secure", "expected true or false"),
+    ({"upstreams": []}, "upstreams", "at least one"),
+    ({"upstreams": {"path": "/", "url": "http://a"}}, "upstreams", 'each starting with "- "'),
+    ({"upstreams": [{"path": "api", "url": "http://a"}]}, "upstreams[0].path", 'must start with "/"'),
+    ({"upstreams": [{"path": "/", "url": "127.0.0.1:8080"}]}, "upstreams[0].url", "http or https URL"),
+    ({"upstreams": [{"path": "/", "url": "http://a", "timeout": "1 minute"}]}, "upstreams[0].timeout",
+     "invalid duration"),
+    ({"upstreams": [{"path": "/", "url": "http://a", "connect_timeout": 0}]}, "upstreams[0].connect_timeout",
+     "longer than zero"),
+    ({"upstreams": [{"path": "/", "url": "http://a"}, {"path": "/", "url": "http://b"}]}, "upstreams[1].path",
+     "already the path of upstreams[0]"),
+    ({"upstreams": [{"path": "/", "url": "http://a", "adress": "x"}]}, "upstreams[0].adress", "unknown key 'adress'"),
+    ({"logging": {"level": "verbose"}}, "logging.level", "'debug', 'info', 'warning' or 'error', got 'verbose'"),
+    ({"logging": {"format": "xml"}}, "logging.format", "'text' or 'json'"),
+    ({"loging": {}}, "loging", "did you mean 'logging'?"),
+    ({"bogus": 1}, "bogus", "remove it (keys allowed here: listen, public_url"),
+]
+
+
+@pytest.mark.parametrize(("change", "path", "fragment"), RULES, ids=[f"{r[1]}-{i}" for i, r in enumerate(RULES)])
+def test_each_rule_reports_its_path_and_how_to_fix_it(change: dict[str, Any], path: str, fragment: str) -> None:
+    assert_problem(with_(**change), path, fragment)
+
+
+@pytest.mark.parametrize(("section", "key", "example"), [
+    (None, "public_url", 'public_url: "https://app.example.com"'),
+    (None, "provider", "client_secret"),
+    (None, "cookie", "${COOKIE_SECRET}"),
+    (None, "upstreams", 'path: "/"'),
+    ("provider", "client_id", 'client_id: "authproxy"'),
+    ("provider", "client_secret", "${CLIENT_SECRET}"),
+    ("cookie", "secret", "authproxy secret"),
+])
+def test_missing_keys_say_what_to_add(section: str | None, key: str, example: str) -> None:
+    data = minimal()
+    del (data[section] if section else data)[key]
+    path = f"{section}.{key}" if section else key
+    assert_problem(data, path, "required key is missing; add it, e.g.")
+    assert_problem(data, path, example)
+
+
+def test_missing_upstream_url() -> None:
+    assert_problem(with_(upstreams=[{"path": "/"}]), "upstreams[0].url", 'url: "http://127.0.0.1:8080"')
+
+
+def test_every_problem_is_reported_at_once_in_file_order() -> None:
+    data = {"listen": "nowhere",
+            "provider": {"issuer": "https://idp.example.com", "client_id": "", "client_secret": "s"},
+            "cookie": {"secret": "c2hvcnQ"},
+            "upstreams": [{"path": "/", "url": "x"}],
+            "logging": {"level": "loud", "colour": True}}
+    found = problems(data)
+    assert list(found) == ["listen", "provider.client_id", "cookie.secret", "upstreams[0].url", "logging.level",
+                           "logging.colour", "public_url"], found
+
+
+def test_cross_field_rules_of_one_section_are_reported_with_other_sections_problems() -> None:
+    found = problems(with_(provider={"issuer": None}, cookie={"samesite": "none", "secure": False},
+                           upstreams=[{"path": "/", "url": "http://a"}, {"path": "/", "url": "http://b"}],
+                           logging={"level": "loud"}))
+    assert set(found) == {"provider.issuer", "cookie.samesite", "upstreams[1].path", "logging.level"}
+
+
+def test_config_error_message_lists_the_source_and_every_problem() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(with_(listen="nowhere", logging={"level": "loud"}), source="authproxy.yaml", environ={})
+    assert str(caught.value) == (
+        "authproxy.yaml: 2 configuration problems:\n"
+        '  - listen: must be "host:port", e.g. "0.0.0.0:4180" or "[::]:4180" for IPv6; got \'nowhere\'\n'
+        "  - logging.level: must be one of 'debug', 'info', 'warning' or 'error', got 'loud'")
+
+
+@pytest.mark.parametrize("data", [None, [], "public_url: x"])
+def test_top_level_must_be_a_mapping(data: object) -> None:
+    assert_problem(data, "(top level)", "write keys such as public_url")
+
+
+# --- secrets -----------------------------------------------------------------------------------------------------
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret("hunter2")
+    assert repr(secret) == str(secret) == "Secret('**********')"
+    assert f"{secret}" == "Secret('**********')"
+    assert secret.get() == "hunter2"
+    assert secret == Secret("hunter2") and secret != Secret("other") and secret != "hunter2"
+    assert len({secret, Secret("hunter2")}) == 1
+
+
+def test_config_repr_and_json_dump_hide_secrets() -> None:
+    config = parse_config(minimal(), environ={})
+    for text in (repr(config), str(config), config.model_dump_json()):
+        assert CLIENT_SECRET not in text and KEY not in text
+
+
+def test_problems_never_echo_secret_values() -> None:
+    found = problems(with_(provider={"client_secret": ["hunter2-client"]}, cookie={"secret": ["hunter2-cookie"]}))
+    assert "expected a string, got a list" in found["provider.client_secret"]
+    assert not any("hunter2" in message for message in found.values()), found
+
+
+def test_cookie_secret_list_rotates_keys() -> None:
+    config = parse_config(with_(cookie={"secret": [OTHER_KEY, KEY + "="]}), environ={})
+    assert config.cookie.keys == (b"qqq" * 10 + b"qq", b"\xaa" * 32)
+    assert all(isinstance(secret, Secret) for secret in config.cookie.secret)
+
+
+def test_each_wrong_cookie_key_in_a_list_is_reported() -> None:
+    found = problems(with_(cookie={"secret": [KEY, "c2hvcnQ=", KEY[:-4]]}))
+    assert set(found) == {"cookie.secret[1]", "cookie.secret[2]"}
+    assert "decodes to 5 bytes but must be exactly 32" in found["cookie.secret[1]"]
+    assert "secrets.token_bytes(32)" in found["cookie.secret[2]"]
+
+
+# --- environment substitution ------------------------------------------------------------------------------------
+
+
+def test_environment_substitution_everywhere_with_defaults_and_escapes() -> None:
+    data = with_(public_url="https://${HOST}", provider={"client_secret": "${CLIENT_SECRET}"},
+                 cookie={"secret": ["${COOKIE_SECRET}"], "name": "${COOKIE_NAME:-_authproxy}",
+                         "path": "${EMPTY:-/app}"},
+                 upstreams=[{"path": "/$${literal}", "url": "http://${UPSTREAM:-127.0.0.1:9}/"}])
+    environ = {"HOST": "proxy.example.com", "CLIENT_SECRET": "from-env", "COOKIE_SECRET": OTHER_KEY, "EMPTY": ""}
+    config = parse_config(data, environ=environ)
+    assert config.public_url == "https://proxy.example.com"
+    assert config.provider.client_secret.get() == "from-env"
+    assert (config.cookie.name, config.cookie.path) == ("_authproxy", "/app")
+    assert config.upstreams[0].path == "/${literal}" and config.upstreams[0].url == "http://127.0.0.1:9/"
+
+
+def test_environment_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHPROXY_TEST_CLIENT_ID", "from-os")
+    assert parse_config(with_(provider={"client_id": "${AUTHPROXY_TEST_CLIENT_ID}"})).provider.client_id == "from-os"
+
+
+def test_unset_environment_variables_are_problems_at_their_paths() -> None:
+    found = problems(with_(provider={"client_secret": "${CLIENT_SECRET}"}, cookie={"secret": [KEY, "${OLD}"]},
+                           listen="${LISTEN}"))
+    fix = "is not set; export it or write the value in the file"
+    assert found == {"listen": f"environment variable LISTEN {fix}",
+                     "provider.client_secret": f"environment variable CLIENT_SECRET {fix}",
+                     "cookie.secret[1]": f"environment variable OLD {fix}"}
+
+
+def test_malformed_reference_is_a_problem() -> None:
+    assert_problem(with_(provider={"client_id": "${not closed"}), "provider.client_id", "write $${ for a literal")
+
+
+def test_substitution_does_not_change_the_input() -> None:
+    data = with_(provider={"client_id": "${ID}"})
+    before = copy.deepcopy(data)
+    parse_config(data, environ={"ID": "x"})
+    assert data == before
+
+
+# --- durations ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("168h", 604800.0), ("60s", 60.0), ("1h30m", 5400.0), ("500ms", 0.5), ("2m", 120.0), ("7d", 604800.0),
+    ("1.5h", 5400.0), ("1m0.5s", 60.5), (" 90 ", 90.0), ("0", 0.0), (45, 45.0), (0.25, 0.25),
+])
+def test_parse_duration(text: str | int | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "5x", "1h 30m", "-5s", "5 s", "1e3", -1, float("inf"), True, None, [1]])
+def test_parse_duration_rejects_with_a_clear_message(text: Any) -> None:
+    with pytest.raises(ValueError, match=r"duration|seconds"):
+        parse_duration(text)
+
+
+def test_durations_in_config_accept_strings_and_numbers() -> None:
+    config = parse_config(with_(cookie={"expire": "1h", "refresh_before": 0}, provider={"clock_skew": 5.5}), environ={})
+    assert (config.cookie.expire, config.cookie.refresh_before, config.provider.clock_skew) == (3600.0, 0.0, 5.5)
+
+
+# --- loading files -----------------------------------------------------------------------------------------------
+
+
+def test_load_config_reads_yaml_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "authproxy.yaml"
+    path.write_text('public_url: "https://app.example.com/"\n'
+                    "provider:\n  issuer: https://idp.example.com\n  client_id: authproxy\n"
+                    "  client_secret: ${CLIENT_SECRET}\n"
+                    "cookie:\n  secret: ${COOKIE_SECRET}\n"
+                    "upstreams:\n  - path: /\n    url: http://127.0.0.1:8080\n")
+    config = load_config(path, environ={"CLIENT_SECRET": "s", "COOKIE_SECRET": KEY})
+    assert config.public_url == "https://app.example.com"
+    assert isinstance(config.provider, ProviderConfig) and isinstance(config.cookie, CookieConfig)
+
+
+def test_load_config_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen: 0.0.0.0:4180\nprovider:\n  issuer: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    (problem,) = caught.value.problems
+    assert problem.path.startswith("line ") and ", column " in problem.path
+    assert "invalid YAML" in problem.message and str(path) in str(caught.value)
+
+
+def test_load_config_duplicate_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("listen: 0.0.0.0:1\ncookie: {}\nlisten: 0.0.0.0:2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert [str(problem) for problem in caught.value.problems] == [
+        "line 3, column 1: invalid YAML: duplicate key 'listen'; keep only one: otherwise the later one would "
+        "silently win"]
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file") as caught:
+        load_config(tmp_path / "absent.yaml")
+    assert caught.value.source == os.fspath(tmp_path / "absent.yaml")
+
+
+def test_load_config_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="the configuration is empty"):
+        load_config(path, environ={})
+
+
+# --- config.example.yaml -----------------------------------------------------------------------------------------
+
+EXAMPLE_ENV = {"CLIENT_SECRET": "example-client-secret", "COOKIE_SECRET": KEY}
+
+
+def test_example_config_validates() -> None:
+    config = load_config(EXAMPLE, environ=EXAMPLE_ENV)
+    assert config.provider.client_secret.get() == "example-client-secret"
+    assert config.cookie.keys == (b"\xaa" * 32,)
+    assert config.upstreams[0].path == "/" and config.upstreams[0].url == "http://127.0.0.1:8080"
+
+
+def test_example_config_needs_its_environment_variables() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE, environ={})
+    assert {problem.path for problem in caught.value.problems} == {"provider.client_secret", "cookie.secret"}
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation) if (found := _nested_model(arg))), None)
+
+
+def _keys_missing_from(model: type[BaseModel], node: object, path: str) -> list[str]:
+    missing = []
+    for name, field in model.model_fields.items():
+        if not isinstance(node, dict) or name not in node:
+            missing.append(path + name)
+        elif (nested := _nested_model(field.annotation)) is not None:
+            items = node[name] if isinstance(node[name], list) else [node[name]]
+            for item in items:
+                missing += _keys_missing_from(nested, item, f"{path}{name}.")
+    return missing
+
+
+def test_example_config_shows_every_key_of_every_model() -> None:
+    assert _keys_missing_from(Config, yaml.safe_load(EXAMPLE.read_text()), "") == []
+
+
+def test_example_config_shows_the_defaults() -> None:
+    config = load_config(EXAMPLE, environ=EXAMPLE_ENV)
+    shown_instead_of_default = {("ProviderConfig", "issuer")}
+    for section in (config, config.provider, config.cookie, config.upstreams[0], config.logging):
+        for name, field in type(section).model_fields.items():
+            if not field.is_required() and (type(section).__name__, name) not in shown_instead_of_default:
+                assert getattr(section, name) == field.default, f"{type(section).__name__}.{name}"
+
+
+def test_example_config_comments_every_key() -> None:
+    previous = ""
+    for line in EXAMPLE.read_text().splitlines():
+        if re.match(r"\s*(- )?\w+:", line):
+            assert "#" in line or previous.lstrip().startswith("#"), f"no comment for: {line}"
+        previous = line if line.strip() else previous
