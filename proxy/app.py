@@ -19,20 +19,20 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
-from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
+from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
 from .crypto import Sealer, random_token
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
-from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, login_url,
-                    start_login)
+from .gate import handle_auth, handle_proxy, handle_userinfo
+from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
-from .session import CODEC, SESSION_STATE, CookieCodec, get_session, set_session, write_session_cookie
-from .upstream import Forwarder, Upstream, identity_headers, make_client
+from .refresh import Refresher
+from .session import CODEC, SESSION_STATE, CookieCodec, write_session_cookie
+from .upstream import FORWARDER, Forwarder, Upstream, make_client
 
 log = logging.getLogger("authproxy")
 access_log = logging.getLogger("authproxy.access")
 
-FORWARDER = web.AppKey("authproxy_forwarder", Forwarder)
 # Delay between attempts to load the provider's metadata while it is unreachable at start-up.
 DISCOVERY_RETRY = (0.5, 1.0, 2.0, 5.0, 10.0)
 # A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
@@ -75,6 +75,7 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
         ssl_ctx = ssl.create_default_context(cafile=config.provider.ca_file)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
     app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK])
+    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK])
     task = asyncio.create_task(_load_metadata(provider))
     yield
     task.cancel()
@@ -154,32 +155,7 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
         response.headers.update(NO_STORE)
 
 
-# -- handlers ----------------------------------------------------------------------------------
-
-
-async def handle_proxy(request: web.Request) -> web.StreamResponse:
-    """Every request that is not the proxy's own: authenticate, then forward upstream."""
-    session = get_session(request)
-    if session is not None and session.access_expired(request.app[CLOCK]()):
-        set_session(request, None)
-        session = None
-    if session is None:
-        return await unauthenticated(request)
-    forwarder = request.app[FORWARDER]
-    upstream = forwarder.route(request.path)
-    if upstream is None:
-        return html_page(404, "Not found", "No application is configured for this path.", request[REQUEST_ID])
-    return await forwarder.forward(request, upstream, session)
-
-
-async def unauthenticated(request: web.Request) -> web.StreamResponse:
-    """A browser navigation goes to the provider; anything else gets a 401 it can act on."""
-    rd = request.raw_path
-    if is_navigation(request):
-        raise await start_login(request, rd)
-    return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
-                             "login_url": login_url(request, rd), "request_id": request[REQUEST_ID]},
-                       headers={"WWW-Authenticate": 'Bearer realm="authproxy"'})
+# -- handlers ---------------------------------------------------------------------------------
 
 
 async def handle_ping(request: web.Request) -> web.Response:
@@ -190,20 +166,3 @@ async def handle_ready(request: web.Request) -> web.Response:
     if request.app[PROVIDER].metadata is None:
         return web.Response(status=503, text="provider metadata not loaded", headers=NO_STORE)
     return web.Response(text="OK", headers=NO_STORE)
-
-
-async def handle_userinfo(request: web.Request) -> web.Response:
-    session = get_session(request)
-    if session is None:
-        return json_answer(401, {"error": "unauthenticated"}, headers={"WWW-Authenticate": "Bearer"})
-    ident = session.identity
-    return json_answer(200, {"user": ident.sub, "email": ident.email, "preferred_username": ident.preferred_username,
-                             "name": ident.name, "groups": list(ident.groups)})
-
-
-async def handle_auth(request: web.Request) -> web.Response:
-    """For nginx ``auth_request``: 202 with the identity headers, or 401."""
-    session = get_session(request)
-    if session is None or session.access_expired(request.app[CLOCK]()):
-        return web.Response(status=401, headers={**NO_STORE, "WWW-Authenticate": "Bearer"})
-    return web.Response(status=202, headers={**NO_STORE, **identity_headers(session)})

@@ -12,10 +12,12 @@ from aiohttp import web
 from .config import Config
 from .crypto import Sealer
 from .provider import Provider
+from .refresh import Refresher
 
 CONFIG = web.AppKey("authproxy_config", Config)
 PROVIDER = web.AppKey("authproxy_provider", Provider)
 SEALER = web.AppKey("authproxy_sealer", Sealer)
+REFRESHER = web.AppKey("authproxy_refresher", Refresher)
 CLOCK = web.AppKey("authproxy_clock", Callable[[], float])
 
 REQUEST_ID = web.RequestKey("authproxy_request_id", str)

@@ -202,8 +202,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
             raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
         claims = {**info, **claims}
     now = request.app[CLOCK]()
-    session = Session(identity=identity_from_claims(claims), access_token=tokens.access_token, created_at=now,
-                      expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
+    session = Session(identity=Identity.from_claims(claims), access_token=tokens.access_token, created_at=now,
+                      issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
                       sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None)
     set_session(request, session)   # replaces whatever session cookie came in: no fixation
     log.info("login: sub=%s", session.identity.sub)
@@ -219,23 +219,6 @@ def html_redirect(target: str) -> web.Response:
     body = (f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={escape(target)}">'
             f'<title>Signed in</title><p>Signed in. <a href="{escape(target)}">Continue</a></p>')
     return web.Response(text=body, content_type="text/html", headers=NO_STORE)
-
-
-def identity_from_claims(claims: dict[str, Any]) -> Identity:
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise TokenValidationError("sub", "the provider did not say who the user is (no sub)")
-
-    def text(key: str) -> str | None:
-        value = claims.get(key)
-        return value if isinstance(value, str) and value else None
-
-    email = text("email")
-    if claims.get("email_verified") is False:
-        email = None        # an unverified address proves nothing about the user
-    groups = claims.get("groups")
-    return Identity(sub=sub, email=email, preferred_username=text("preferred_username"), name=text("name"),
-                    groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ())
 
 
 async def handle_sign_out(request: web.Request) -> web.StreamResponse:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from .config import CookieConfig
 from .crypto import Sealer
-from .errors import CookieError
+from .errors import CookieError, TokenValidationError
 
 log = logging.getLogger("authproxy.session")
 
@@ -48,6 +48,22 @@ class Identity:
     name: str | None = None
     groups: tuple[str, ...] = ()
 
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any]) -> Identity:
+        """The identity in ID-token or userinfo claims; an unverified email is not an email."""
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise TokenValidationError("sub", "the provider did not say who the user is (no sub)")
+
+        def text(key: str) -> str | None:
+            value = claims.get(key)
+            return value if isinstance(value, str) and value else None
+
+        email = text("email") if claims.get("email_verified") is not False else None
+        groups = claims.get("groups")
+        return cls(sub=sub, email=email, preferred_username=text("preferred_username"), name=text("name"),
+                   groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ())
+
 
 @dataclass(frozen=True, slots=True)
 class Session:
@@ -57,6 +73,7 @@ class Session:
     access_token: str = field(repr=False)
     created_at: float
     expires_at: float | None = None       # access token expiry (epoch seconds); None = no expiry given
+    issued_at: float | None = None        # when this access token was obtained (for the refresh window)
     refresh_token: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
     sid: str | None = None                # OIDC session id, for back-channel logout

@@ -170,3 +170,6 @@ class Forwarder:
                 return out
         await out.write_eof()
         return out
+
+
+FORWARDER = web.AppKey("authproxy_forwarder", Forwarder)

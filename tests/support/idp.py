@@ -189,6 +189,13 @@ class IdP:
             self._stopped_events = self.events()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
+    async def pause(self) -> None:
+        """Stop the process but keep its state: the provider is unreachable until ``resume()``."""
+        await self._terminate()
+
+    async def resume(self) -> None:
+        await self._start()
+
     async def restart(self, *, keep_state: bool = True, **changes: Any) -> None:
         """Stop and start again on the same port with `changes` applied to the config (None removes a key).
 

@@ -1,0 +1,137 @@
+"""Refreshing access tokens (RFC 6749 §6) exactly once per session and expiry.
+
+Providers that rotate refresh tokens (RFC 9700 §4.14.2) treat a second use of a spent refresh
+token as theft and revoke the whole grant. So two requests of one session must never both
+refresh. Three things make sure of it within a process:
+
+1. **Single flight.** Refreshes are keyed by a hash of the refresh token being spent. The first
+   request starts the refresh as a task; concurrent requests of the same session await that task
+   (shielded, so a client hanging up cannot cancel a refresh others wait for).
+2. **Recent results.** A request still carrying the pre-refresh cookie a moment later (another tab,
+   a request that left before the new cookie arrived) finds the result in a short-lived cache keyed
+   by the same hash, and gets the new cookie — it never presents the spent token (mod_auth_openidc
+   keeps such results for 30 s too).
+3. **Classified failures.** ``invalid_grant``/``invalid_client`` end the session; an unreachable or
+   failing provider is transient: a still-valid access token keeps being used, an expired one gets
+   a 503 until the provider is back.
+
+With several processes sharing sessions (workers, replicas), the Redis store adds a lock around the
+same steps; this module is the in-process half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import replace
+
+from .crypto import fingerprint
+from .errors import ProviderError, ProviderUnavailable, TokenValidationError
+from .provider import Provider
+from .session import Identity, Session
+
+log = logging.getLogger("authproxy.refresh")
+
+# How long a refresh result is served to requests that still carry the spent refresh token.
+RECENT_TTL = 30.0
+# Upper bound on remembered results, so a refresh storm across many sessions cannot grow memory.
+RECENT_MAX = 10_000
+
+
+class SessionEnded(Exception):
+    """The provider said the grant is gone (or its answer failed a check): sign in again."""
+
+
+class Refresher:
+    """Decides when a session's tokens are due and refreshes them once, sharing the result."""
+
+    def __init__(self, provider: Provider, refresh_before: float, clock: Callable[[], float] = time.time) -> None:
+        self._provider = provider
+        self._refresh_before = refresh_before
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Task[Session]] = {}
+        self._recent: OrderedDict[str, tuple[float, Session]] = OrderedDict()
+        self.grants = 0          # refresh grants actually sent (for tests and metrics)
+
+    def due(self, session: Session, now: float) -> bool:
+        """Whether to refresh now: within ``refresh_before`` of expiry, but never earlier than half
+        the token's lifetime, so short-lived tokens are not refreshed on every request."""
+        if session.expires_at is None or not session.refresh_token:
+            return False
+        window = self._refresh_before
+        if session.issued_at is not None:
+            window = min(window, (session.expires_at - session.issued_at) / 2)
+        return now >= session.expires_at - window
+
+    async def ensure_fresh(self, session: Session) -> Session:
+        """The session to forward with: refreshed if due, else unchanged.
+
+        Raises ``SessionEnded`` when the user must sign in again and ``ProviderUnavailable`` when
+        the token has expired and the provider cannot be reached to refresh it.
+        """
+        now = self._clock()
+        if not self.due(session, now):
+            return session
+        try:
+            return await self.refresh(session)
+        except ProviderError as exc:
+            if not exc.transient:      # invalid_grant, invalid_client, a malformed answer: start over
+                log.info("refresh failed, session ended: sub=%s (%s)", session.identity.sub, exc)
+                raise SessionEnded(str(exc)) from exc
+            if not session.access_expired(self._clock()):
+                log.warning("refresh failed, access token still valid, will retry: %s", exc)
+                return session
+            raise ProviderUnavailable("refresh", exc.detail) from exc
+        except TokenValidationError as exc:
+            log.warning("refreshed ID token rejected, session ended: sub=%s (%s)", session.identity.sub, exc)
+            raise SessionEnded(str(exc)) from exc
+
+    async def refresh(self, session: Session) -> Session:
+        assert session.refresh_token is not None
+        key = fingerprint(session.refresh_token)
+        recent = self._recent_result(key)
+        if recent is not None:
+            return recent
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._refresh(key, session))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _refresh(self, key: str, session: Session) -> Session:
+        assert session.refresh_token is not None
+        self.grants += 1
+        tokens = await self._provider.refresh(session.refresh_token)
+        identity = session.identity
+        if tokens.id_token:
+            # OIDC Core §12.2: same iss and sub; a nonce is not required on refreshed ID tokens.
+            claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
+                                                          expected_sub=session.identity.sub)
+            identity = Identity.from_claims(claims)
+        now = self._clock()
+        fresh = replace(session, identity=identity, access_token=tokens.access_token, issued_at=now,
+                        expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or session.refresh_token,
+                        id_token=tokens.id_token or session.id_token)
+        self._remember(key, fresh, now)
+        log.info("refreshed: sub=%s", identity.sub)
+        return fresh
+
+    def _recent_result(self, key: str) -> Session | None:
+        entry = self._recent.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if entry[0] <= now:
+            del self._recent[key]
+            return None
+        # Without rotation the refresh token stays the same: a result that is itself due is stale.
+        return None if self.due(entry[1], now) else entry[1]
+
+    def _remember(self, key: str, session: Session, now: float) -> None:
+        self._recent[key] = (now + RECENT_TTL, session)
+        while len(self._recent) > RECENT_MAX or (self._recent and next(iter(self._recent.values()))[0] <= now):
+            self._recent.popitem(last=False)
