@@ -37,6 +37,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Ge
                       ValidationError, field_validator, model_validator)
 from pydantic_core import ErrorDetails, core_schema
 
+from . import presets
 from .errors import ConfigError, Problem
 
 Loc = tuple[str | int, ...]
@@ -281,10 +282,29 @@ Url = Annotated[str, _http_url("https://idp.example.com")]
 CookieKey = Annotated[Secret, AfterValidator(_cookie_key)]
 
 
-class ProviderConfig(_Model):
-    """The identity provider: OpenID Connect with discovery, or plain OAuth 2.0 with explicit endpoints."""
+ClaimPath = Annotated[str, AfterValidator(_non_empty)]
 
-    type: Literal["oidc", "oauth2"] = "oidc"
+
+class ClaimsConfig(_Model):
+    """Where the identity is found in the ID token or userinfo claims: dotted paths such as
+    ``realm_access.roles``. ``user`` applies to plain OAuth 2.0 only: with OpenID Connect the user is
+    always the ID token's ``sub`` (OIDC Core §2), so the refresh check can compare it."""
+
+    user: ClaimPath = "sub"
+    email: ClaimPath = "email"
+    name: ClaimPath = "name"
+    preferred_username: ClaimPath = "preferred_username"
+    groups: ClaimPath = "groups"
+
+
+class ProviderConfig(_Model):
+    """The identity provider: OpenID Connect with discovery, plain OAuth 2.0 with explicit endpoints,
+    or a preset (``presets.py``) that fills either in."""
+
+    type: Literal["oidc", "oauth2", "github", "google", "microsoft", "gitlab", "keycloak"] = "oidc"
+    tenant: str | None = None
+    base_url: Url | None = None
+    claims: ClaimsConfig = ClaimsConfig()
     issuer: Url | None = None
     authorization_endpoint: Url | None = None
     token_endpoint: Url | None = None
@@ -305,14 +325,24 @@ class ProviderConfig(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _oauth2_uses_userinfo(cls, data: Any) -> Any:
-        """Plain OAuth 2.0 has no ID token, so userinfo is where the claims come from."""
-        if isinstance(data, dict) and data.get("type") == "oauth2" and "use_userinfo" not in data:
-            return {**data, "use_userinfo": True}
+    def _expand_preset(cls, data: Any) -> Any:
+        """Fill in a preset's defaults; plain OAuth 2.0 has no ID token, so claims come from userinfo."""
+        if not isinstance(data, dict):
+            return data
+        data = presets.expand(data)
+        if presets.protocol_of(str(data.get("type", "oidc"))) == "oauth2" and "use_userinfo" not in data:
+            data["use_userinfo"] = True
         return data
 
+    @property
+    def protocol(self) -> Literal["oidc", "oauth2"]:
+        return "oauth2" if presets.protocol_of(self.type) == "oauth2" else "oidc"
+
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
-        if self.type == "oidc":
+        preset_problems = list(presets.problems(self.type, self.tenant, self.issuer))
+        for key, message in preset_problems:
+            yield (key,), message
+        if self.protocol == "oidc" and not preset_problems:
             yield from self._oidc_problems()
         else:
             for name in ("authorization_endpoint", "token_endpoint"):
@@ -321,7 +351,7 @@ class ProviderConfig(_Model):
             if not self.use_userinfo:
                 yield ("use_userinfo",), ("type oauth2 has no ID token, so claims always come from userinfo; "
                                           "remove use_userinfo or set it to true")
-        discovers = self.type == "oidc" and self.issuer is not None
+        discovers = self.protocol == "oidc" and self.issuer is not None
         if self.use_userinfo and not discovers and self.userinfo_endpoint is None:
             yield ("userinfo_endpoint",), ("claims come from userinfo but there is no issuer to discover it "
                                            'from; add userinfo_endpoint, e.g. "https://idp.example.com/userinfo"')

@@ -27,7 +27,7 @@ from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .pages import NO_STORE, html_page
-from .session import Identity, Session, cookie_header, defer_cookie, get_session, set_session
+from .session import Session, cookie_header, defer_cookie, get_session, set_session
 
 log = logging.getLogger("authproxy.login")
 
@@ -202,7 +202,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
             raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
         claims = {**info, **claims}
     now = request.app[CLOCK]()
-    session = Session(identity=Identity.from_claims(claims), access_token=tokens.access_token, created_at=now,
+    session = Session(identity=provider.identity_from(claims), access_token=tokens.access_token, created_at=now,
                       issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
                       sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None)
     set_session(request, session)   # replaces whatever session cookie came in: no fixation

@@ -18,10 +18,11 @@ import base64
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import parse_qsl, quote_plus, urlencode
 
 import aiohttp
 from joserfc import jws, jwt
@@ -29,17 +30,23 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .config import ProviderConfig
+from . import __version__
 from .errors import ProviderError, TokenRejected, TokenValidationError
+from .session import Identity
 
 log = logging.getLogger("authproxy.provider")
 
 # A JWKS is re-read after this long even if every kid is known, to pick up revoked keys.
 JWKS_TTL = 3600.0
-# An unknown kid refetches the JWKS at most this often: forged tokens cannot cause a refetch storm,
-# while a real key rotation is picked up by the first login after it.
-JWKS_REFETCH_MIN_INTERVAL = 1.0
+# An unknown kid refetches the JWKS once, then counts as unknown for this long; and at most
+# JWKS_REFETCH_BURST refetches happen per JWKS_REFETCH_WINDOW whatever the kids. Forged tokens
+# cannot cause a refetch storm, while a real key rotation is picked up by the first login after it.
+JWKS_UNKNOWN_KID_TTL = 60.0
+JWKS_REFETCH_BURST = 5
+JWKS_REFETCH_WINDOW = 60.0
 # Largest provider response we read (discovery, JWKS, tokens, userinfo).
 MAX_RESPONSE_BYTES = 1 << 20
+USER_AGENT = f"authproxy/{__version__}"
 # Key types that can verify an asymmetric signature; symmetric ("oct") keys in a JWKS are ignored.
 _KEY_TYPES_BY_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -76,13 +83,15 @@ class Provider:
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.redirect_uri = redirect_uri
-        self.is_oidc = config.type == "oidc"
+        self.is_oidc = config.protocol == "oidc"
         self._http = http
         self._clock = clock
         self._metadata: Metadata | None = None
         self._keys: KeySet | None = None
         self._keys_fetched_at = float("-inf")
         self._keys_lock = asyncio.Lock()
+        self._refetches: deque[float] = deque()
+        self._unknown_kids: dict[object, float] = {}
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -183,10 +192,26 @@ class Provider:
                         id_token=id_token if isinstance(id_token, str) and id_token else None)
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
+        """Claims from the userinfo endpoint (OIDC Core §5.3), or a plain OAuth 2.0 provider's user API.
+
+        GitHub shows an email in ``/user`` only if the user made it public; otherwise the primary
+        verified address comes from ``/user/emails`` (needs the ``user:email`` scope).
+        """
         endpoint = self._meta().userinfo_endpoint
         if not endpoint:
             raise ProviderError("userinfo", "the provider has no userinfo_endpoint")
-        return await self._get_json("userinfo", endpoint, headers={"Authorization": f"Bearer {access_token}"})
+        auth = {"Authorization": f"Bearer {access_token}"}
+        claims = await self._get_json("userinfo", endpoint, headers=auth)
+        if self.config.type == "github" and not claims.get("email"):
+            emails = await self._call("userinfo", "GET", endpoint.rstrip("/") + "/emails", headers=auth, as_list=True)
+            primary = [e for e in emails if isinstance(e, dict) and e.get("primary") and e.get("verified")]
+            if primary and isinstance(primary[0].get("email"), str):
+                claims["email"] = primary[0]["email"]
+        return claims
+
+    def identity_from(self, claims: Mapping[str, Any]) -> Identity:
+        user_path = "sub" if self.is_oidc else self.config.claims.user
+        return Identity.from_claims(claims, self.config.claims, user_path=user_path)
 
     # -- ID token verification (OIDC Core §3.1.3.7, §12.2 for refresh) ---------------------------
 
@@ -237,13 +262,28 @@ class Provider:
         if self._keys is None or self._clock() - self._keys_fetched_at >= JWKS_TTL:
             await self._fetch_keys()
         key = self._find_key(kid, alg)
-        if key is None and self._clock() - self._keys_fetched_at >= JWKS_REFETCH_MIN_INTERVAL:
+        if key is None and self._may_refetch_for(kid):
             await self._fetch_keys()
             key = self._find_key(kid, alg)
+            if key is None:
+                self._unknown_kids[kid] = self._clock() + JWKS_UNKNOWN_KID_TTL
         if key is None:
             what = f"kid {str(kid)[:40]!r}" if kid is not None else "no kid, and not exactly one key of its type"
             raise TokenValidationError("kid", f"no signing key fits the ID token ({what})")
         return key
+
+    def _may_refetch_for(self, kid: object) -> bool:
+        now = self._clock()
+        if self._unknown_kids.get(kid, float("-inf")) > now:
+            return False
+        while self._refetches and self._refetches[0] <= now - JWKS_REFETCH_WINDOW:
+            self._refetches.popleft()
+        if len(self._refetches) >= JWKS_REFETCH_BURST:
+            return False
+        self._refetches.append(now)
+        if len(self._unknown_kids) > 1000:
+            self._unknown_kids = {k: t for k, t in self._unknown_kids.items() if t > now}
+        return True
 
     def _find_key(self, kid: object, alg: str) -> Any:
         """Key choice: by ``kid``; without a kid only when exactly one key of the right type exists
@@ -275,36 +315,45 @@ class Provider:
     async def _get_json(self, step: str, url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._call(step, "GET", url, headers=headers)
 
-    async def _call(self, step: str, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        headers = {"Accept": "application/json", **(kwargs.pop("headers", None) or {})}
+    async def _call(self, step: str, method: str, url: str, *, as_list: bool = False, **kwargs: Any) -> Any:
+        """One request to the provider; the parsed JSON answer, or the error that says what failed."""
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **(kwargs.pop("headers", None) or {})}
         try:
             async with self._http.request(method, url, headers=headers, allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=self.config.timeout),
                                           **kwargs) as resp:
                 raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                status = resp.status
+                status, content_type = resp.status, resp.content_type
         except asyncio.TimeoutError:
             raise ProviderError(step, f"no answer within {self.config.timeout:g}s", transient=True) from None
         except aiohttp.ClientError as exc:
             raise ProviderError(step, f"could not connect ({type(exc).__name__})", transient=True) from None
         if len(raw) > MAX_RESPONSE_BYTES:
             raise ProviderError(step, "the answer is larger than 1 MiB")
-        body = _parse_json_object(raw)
         if status >= 500:
             raise ProviderError(step, f"it answered HTTP {status}", transient=True)
-        if status >= 400 and body is not None and isinstance(body.get("error"), str):
+        body = _parse_body(raw, content_type)
+        if as_list and status == 200 and isinstance(body, list):
+            return body
+        if not isinstance(body, dict):
+            raise ProviderError(step, f"it answered HTTP {status} with something that is not a JSON object")
+        # RFC 6749 §5.2 errors come with 400/401 — and from GitHub with 200.
+        if isinstance(body.get("error"), str) and (status >= 400 or "access_token" not in body):
             desc = body.get("error_description")
             raise TokenRejected(step, body["error"][:80], desc if isinstance(desc, str) else None)
         if status != 200:
             raise ProviderError(step, f"it answered HTTP {status}")
-        if body is None:
-            raise ProviderError(step, "the answer is not a JSON object")
         return body
 
 
-def _parse_json_object(raw: bytes) -> dict[str, Any] | None:
+def _parse_body(raw: bytes, content_type: str) -> Any:
+    """JSON, or a form-encoded token response (GitHub's answer when asked without ``Accept``)."""
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except (UnicodeDecodeError, ValueError):
+            return None
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
-    return value if isinstance(value, dict) else None

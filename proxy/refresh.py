@@ -31,7 +31,7 @@ from dataclasses import replace
 from .crypto import fingerprint
 from .errors import ProviderError, ProviderUnavailable, TokenValidationError
 from .provider import Provider
-from .session import Identity, Session
+from .session import Session
 
 log = logging.getLogger("authproxy.refresh")
 
@@ -111,7 +111,7 @@ class Refresher:
             # OIDC Core §12.2: same iss and sub; a nonce is not required on refreshed ID tokens.
             claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
                                                           expected_sub=session.identity.sub)
-            identity = Identity.from_claims(claims)
+            identity = self._provider.identity_from(claims)
         now = self._clock()
         fresh = replace(session, identity=identity, access_token=tokens.access_token, issued_at=now,
                         expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or session.refresh_token,

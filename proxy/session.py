@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import CookieConfig
+from .config import ClaimsConfig, CookieConfig
 from .crypto import Sealer
 from .errors import CookieError, TokenValidationError
 
@@ -49,20 +49,44 @@ class Identity:
     groups: tuple[str, ...] = ()
 
     @classmethod
-    def from_claims(cls, claims: Mapping[str, Any]) -> Identity:
-        """The identity in ID-token or userinfo claims; an unverified email is not an email."""
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise TokenValidationError("sub", "the provider did not say who the user is (no sub)")
+    def from_claims(cls, claims: Mapping[str, Any], paths: ClaimsConfig | None = None,
+                    user_path: str = "sub") -> Identity:
+        """The identity in ID-token or userinfo claims, found at the configured claim paths.
 
-        def text(key: str) -> str | None:
-            value = claims.get(key)
+        An email with ``email_verified: false`` is not an email: it proves nothing about the user.
+        """
+        paths = paths or _STANDARD_PATHS
+        user = claim_at(claims, user_path)
+        if isinstance(user, int) and not isinstance(user, bool):
+            user = str(user)                     # GitHub's numeric user id
+        if not isinstance(user, str) or not user:
+            raise TokenValidationError("sub", f"the provider did not say who the user is (no {user_path})")
+
+        def text(path: str) -> str | None:
+            value = claim_at(claims, path)
             return value if isinstance(value, str) and value else None
 
-        email = text("email") if claims.get("email_verified") is not False else None
-        groups = claims.get("groups")
-        return cls(sub=sub, email=email, preferred_username=text("preferred_username"), name=text("name"),
+        email = text(paths.email) if claims.get("email_verified") is not False else None
+        groups = claim_at(claims, paths.groups)
+        if isinstance(groups, str):
+            groups = [groups]
+        return cls(sub=user, email=email, preferred_username=text(paths.preferred_username), name=text(paths.name),
                    groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ())
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (``realm_access.roles``); a claim named with dots wins if it exists."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+_STANDARD_PATHS = ClaimsConfig()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,198 @@
+"""ID-token verification (OIDC Core §3.1.3.7), key choice and JWKS refetch limits, token-response parsing.
+
+A small in-process aiohttp server plays the provider's JWKS and token endpoints; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+from joserfc import jwt
+from joserfc.jwk import ECKey, OctKey, RSAKey
+
+from proxy.errors import ProviderError, TokenRejected, TokenValidationError
+from proxy.provider import JWKS_REFETCH_BURST, Metadata, Provider
+from tests.unit.conftest import make_config
+
+NOW = 1_700_000_000.0
+ISS = "https://idp.example.com"
+RSA1 = RSAKey.generate_key(2048, parameters={"kid": "r1"})
+RSA2 = RSAKey.generate_key(2048, parameters={"kid": "r2"})
+EC1 = ECKey.generate_key("P-256", parameters={"kid": "e1"})
+
+
+def claims(**changes):
+    base = {"iss": ISS, "aud": "cid", "sub": "alice", "exp": NOW + 300, "iat": NOW, "nonce": "n1"}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def sign(key, alg="RS256", kid=True, **changes):
+    header = {"alg": alg}
+    if kid and key.kid:
+        header["kid"] = key.kid
+    return jwt.encode(header, claims(**changes), key)
+
+
+class FakeIdP:
+    def __init__(self) -> None:
+        self.keys = [RSA1]
+        self.jwks_hits = 0
+        self.token_answer: tuple[int, str, str] = (200, "application/json", "{}")
+
+    def app(self) -> web.Application:
+        async def jwks(request):
+            self.jwks_hits += 1
+            return web.json_response({"keys": [k.as_dict(private=False) for k in self.keys]})
+
+        async def token(request):
+            status, ctype, body = self.token_answer
+            return web.Response(status=status, text=body, content_type=ctype)
+
+        app = web.Application()
+        app.router.add_get("/jwks", jwks)
+        app.router.add_post("/token", token)
+        return app
+
+
+@pytest.fixture
+async def idp_and_provider(aiohttp_server):
+    idp = FakeIdP()
+    server = await aiohttp_server(idp.app())
+    base = str(server.make_url("")).rstrip("/")
+    config = make_config(provider={"issuer": ISS, "client_id": "cid", "client_secret": "csecret"}).provider
+    clock = {"now": NOW}
+    async with aiohttp.ClientSession() as http:
+        provider = Provider(config, "https://app.example.com/oauth2/callback", http, lambda: clock["now"])
+        provider._metadata = Metadata(issuer=ISS, authorization_endpoint=base + "/auth", token_endpoint=base + "/token",
+                                      jwks_uri=base + "/jwks")
+        yield idp, provider, clock
+
+
+async def test_valid_token(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    assert (await provider.verify_id_token(sign(RSA1), nonce="n1"))["sub"] == "alice"
+
+
+@pytest.mark.parametrize("changes,code", [
+    ({"iss": "https://evil.example"}, "iss"),
+    ({"aud": "other"}, "aud"),
+    ({"aud": ["cid", "other"]}, "azp"),                 # several audiences without azp
+    ({"aud": ["cid", "other"], "azp": "other"}, "azp"),
+    ({"exp": NOW - 120}, "exp"),
+    ({"exp": None}, "exp"),
+    ({"iat": None}, "iat"),
+    ({"iat": NOW + 3600}, "iat"),
+    ({"sub": None}, "sub"),
+    ({"nonce": None}, "nonce"),
+    ({"nonce": "other"}, "nonce"),
+])
+async def test_claim_checks(idp_and_provider, changes, code):
+    _, provider, _ = idp_and_provider
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(sign(RSA1, **changes), nonce="n1")
+    assert info.value.code == code
+
+
+async def test_azp_matching_client_with_several_audiences_passes(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    token = sign(RSA1, aud=["cid", "other"], azp="cid")
+    assert (await provider.verify_id_token(token, nonce="n1"))["azp"] == "cid"
+
+
+async def test_small_clock_skew_tolerated(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    await provider.verify_id_token(sign(RSA1, exp=NOW - 30, iat=NOW + 30), nonce="n1")
+
+
+async def test_alg_none_and_hmac_with_client_secret_are_refused(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    payload = base64.urlsafe_b64encode(json.dumps(claims()).encode()).rstrip(b"=").decode()
+    header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(f"{header}.{payload}.", nonce="n1")
+    assert info.value.code == "alg"
+    hs = jwt.encode({"alg": "HS256"}, claims(), OctKey.import_key(b"csecret" * 5))
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(hs, nonce="n1")
+    assert info.value.code == "alg"
+
+
+async def test_unknown_key_is_rejected_after_one_refetch(idp_and_provider):
+    idp, provider, _ = idp_and_provider
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(sign(RSA2), nonce="n1")
+    assert info.value.code == "kid" and idp.jwks_hits == 2        # initial fetch + one refetch
+    with pytest.raises(TokenValidationError):
+        await provider.verify_id_token(sign(RSA2), nonce="n1")
+    assert idp.jwks_hits == 2                                       # the same unknown kid: no refetch
+
+
+async def test_rotation_picked_up_by_refetch(idp_and_provider):
+    idp, provider, _ = idp_and_provider
+    await provider.verify_id_token(sign(RSA1), nonce="n1")
+    idp.keys = [EC1]
+    assert (await provider.verify_id_token(sign(EC1, alg="ES256"), nonce="n1"))["sub"] == "alice"
+    assert idp.jwks_hits == 2
+
+
+async def test_forged_kids_cannot_cause_a_refetch_storm(idp_and_provider):
+    idp, provider, _ = idp_and_provider
+    await provider.verify_id_token(sign(RSA1), nonce="n1")
+    for i in range(30):
+        forged = RSAKey.generate_key(2048, parameters={"kid": f"forged-{i}"}) if i < 3 else RSA2
+        token = jwt.encode({"alg": "RS256", "kid": f"forged-{i}"}, claims(), forged)
+        with pytest.raises(TokenValidationError):
+            await provider.verify_id_token(token, nonce="n1")
+    assert idp.jwks_hits <= 1 + JWKS_REFETCH_BURST
+
+
+async def test_kid_absent_one_key_accepted_two_keys_rejected(idp_and_provider):
+    idp, provider, clock = idp_and_provider
+    assert (await provider.verify_id_token(sign(RSA1, kid=False), nonce="n1"))["sub"] == "alice"
+    idp.keys = [RSA1, RSA2]
+    clock["now"] += 4000                                            # past the JWKS TTL
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(sign(RSA1, kid=False, exp=clock["now"] + 60, iat=clock["now"]), nonce="n1")
+    assert info.value.code == "kid"
+
+
+async def test_refreshed_token_must_keep_subject(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    await provider.verify_id_token(sign(RSA1, nonce=None), nonce=None, expected_sub="alice")
+    with pytest.raises(TokenValidationError):
+        await provider.verify_id_token(sign(RSA1, sub="mallory", nonce=None), nonce=None, expected_sub="alice")
+
+
+@pytest.mark.parametrize("answer,error,transient", [
+    ((500, "text/html", "<h1>oops</h1>"), ProviderError, True),
+    ((200, "text/html", "<html>login</html>"), ProviderError, False),
+    ((200, "application/json", "{not json"), ProviderError, False),
+    ((400, "application/json", '{"error":"invalid_grant"}'), TokenRejected, False),
+    ((200, "application/json", '{"error":"bad_verification_code"}'), TokenRejected, False),
+    ((200, "application/json", '{"access_token":"a","token_type":"mac"}'), ProviderError, False),
+    ((200, "application/json", '{"token_type":"Bearer"}'), ProviderError, False),
+])
+async def test_bad_token_responses(idp_and_provider, answer, error, transient):
+    idp, provider, _ = idp_and_provider
+    idp.token_answer = answer
+    with pytest.raises(error) as info:
+        await provider.exchange_code("code", "verifier")
+    assert info.value.transient is transient
+
+
+async def test_form_encoded_token_response(idp_and_provider):
+    idp, provider, _ = idp_and_provider
+    idp.token_answer = (200, "application/x-www-form-urlencoded", "access_token=gho_x&token_type=bearer&scope=a")
+    tokens = await provider.exchange_code("code", "verifier")
+    assert tokens.access_token == "gho_x" and tokens.expires_at is None and tokens.refresh_token is None
+
+
+async def test_expires_in_becomes_a_time(idp_and_provider):
+    idp, provider, _ = idp_and_provider
+    idp.token_answer = (200, "application/json", '{"access_token":"a","token_type":"Bearer","expires_in":300}')
+    assert (await provider.refresh("rt")).expires_at == NOW + 300

@@ -1,0 +1,124 @@
+"""When to refresh, single flight, the recent-results cache, and failure classification."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.errors import ProviderError, ProviderUnavailable, TokenRejected
+from proxy.provider import TokenSet
+from proxy.refresh import RECENT_TTL, Refresher, SessionEnded
+from proxy.session import Identity, Session
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeProvider:
+    """Counts refresh grants; answers after a short pause so concurrent callers overlap."""
+
+    def __init__(self, clock: Clock, *, fail: Exception | None = None, rotate: bool = True) -> None:
+        self.clock, self.fail, self.rotate, self.calls = clock, fail, rotate, []
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        self.calls.append(refresh_token)
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise self.fail
+        n = len(self.calls)
+        return TokenSet(access_token=f"AT{n}", expires_at=self.clock() + 300,
+                        refresh_token=f"RT{n}" if self.rotate else None, id_token=None)
+
+
+def session(clock: Clock, *, lifetime: float = 300, left: float = 300, rt: str | None = "RT0") -> Session:
+    return Session(identity=Identity(sub="alice"), access_token="AT0", created_at=clock() - 10,
+                   issued_at=clock() - (lifetime - left), expires_at=clock() + left, refresh_token=rt)
+
+
+@pytest.mark.parametrize("lifetime,left,due", [
+    (300, 120, False), (300, 61, False), (300, 60, True), (300, 0, True), (300, -5, True),
+    (4, 2.5, False), (4, 2.0, True),        # short tokens: half the lifetime, not 60 s
+])
+def test_due_window(lifetime, left, due):
+    clock = Clock()
+    refresher = Refresher(FakeProvider(clock), refresh_before=60, clock=clock)
+    assert refresher.due(session(clock, lifetime=lifetime, left=left), clock()) is due
+
+
+def test_never_due_without_refresh_token_or_expiry():
+    clock = Clock()
+    refresher = Refresher(FakeProvider(clock), refresh_before=60, clock=clock)
+    assert not refresher.due(session(clock, left=-1, rt=None), clock())
+    no_expiry = Session(identity=Identity(sub="a"), access_token="x", created_at=0, refresh_token="r")
+    assert not refresher.due(no_expiry, clock())
+
+
+async def test_concurrent_callers_share_one_refresh():
+    clock = Clock()
+    provider = FakeProvider(clock)
+    refresher = Refresher(provider, refresh_before=60, clock=clock)
+    stale = session(clock, left=10)
+    results = await asyncio.gather(*(refresher.ensure_fresh(stale) for _ in range(20)))
+    assert provider.calls == ["RT0"]
+    assert {r.access_token for r in results} == {"AT1"}
+    assert results[0].refresh_token == "RT1" and results[0].created_at == stale.created_at
+
+
+async def test_pre_refresh_session_gets_cached_result_until_ttl():
+    clock = Clock()
+    provider = FakeProvider(clock)
+    refresher = Refresher(provider, refresh_before=60, clock=clock)
+    stale = session(clock, left=10)
+    first = await refresher.ensure_fresh(stale)
+    clock.now += RECENT_TTL - 1
+    assert (await refresher.ensure_fresh(stale)).access_token == first.access_token
+    assert len(provider.calls) == 1
+    clock.now += 2                                  # past the cache: the spent token would be sent again
+    await refresher.ensure_fresh(stale)
+    assert len(provider.calls) == 2
+
+
+async def test_kept_refresh_token_when_not_rotated():
+    clock = Clock()
+    refresher = Refresher(FakeProvider(clock, rotate=False), refresh_before=60, clock=clock)
+    fresh = await refresher.ensure_fresh(session(clock, left=10))
+    assert fresh.refresh_token == "RT0" and fresh.access_token == "AT1"
+
+
+async def test_invalid_grant_ends_session():
+    clock = Clock()
+    refresher = Refresher(FakeProvider(clock, fail=TokenRejected("refresh", "invalid_grant")), 60, clock)
+    with pytest.raises(SessionEnded):
+        await refresher.ensure_fresh(session(clock, left=10))
+
+
+async def test_transient_failure_keeps_valid_token_and_503s_expired_one():
+    clock = Clock()
+    down = ProviderError("refresh", "could not connect", transient=True)
+    refresher = Refresher(FakeProvider(clock, fail=down), 60, clock)
+    still_valid = session(clock, left=10)
+    assert await refresher.ensure_fresh(still_valid) is still_valid
+    with pytest.raises(ProviderUnavailable) as info:
+        await refresher.ensure_fresh(session(clock, left=-1))
+    assert info.value.status == 503
+
+
+async def test_malformed_answer_ends_session():
+    clock = Clock()
+    bad = ProviderError("refresh", "token_type is 'mac'")
+    refresher = Refresher(FakeProvider(clock, fail=bad), 60, clock)
+    with pytest.raises(SessionEnded):
+        await refresher.ensure_fresh(session(clock, left=10))
+
+
+async def test_not_due_is_untouched():
+    clock = Clock()
+    provider = FakeProvider(clock)
+    s = session(clock)
+    assert await Refresher(provider, 60, clock).ensure_fresh(s) is s and provider.calls == []
