@@ -187,6 +187,41 @@ def _absolute_path(value: str) -> str:
     return value
 
 
+def _upstream_url(value: str) -> str:
+    """http(s)://host[:port][/base], or unix:/absolute/path.sock for an app listening on a socket."""
+    if value.startswith("unix:"):
+        if not value[5:].startswith("/"):
+            raise ValueError(f"a unix socket URL is unix:/absolute/path.sock; got {value!r}")
+        return value
+    _split_url(value, "http://127.0.0.1:8080 or unix:/run/app.sock")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc}); e.g. \"^/public/\"") from None
+    return value
+
+
+def _origin(value: str) -> str:
+    parts = _split_url(value, "https://app.example.com")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"an origin is scheme://host[:port] with nothing after it; got {value!r}")
+    return value.rstrip("/").lower()
+
+
+def _existing_dir(value: str) -> str:
+    if not os.path.isdir(value):
+        raise ValueError(f"no such directory {value!r}; create it or remove the key")
+    return value
+
+
+def _upper_all(values: object) -> object:
+    return [v.upper() if isinstance(v, str) else v for v in values] if isinstance(values, list) else values
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; write the value the identity provider gave you")
@@ -322,6 +357,8 @@ class ProviderConfig(_Model):
     timeout: PositiveDuration = 10.0
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
     extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
+    accept_bearer_tokens: bool = False
+    bearer_audiences: list[str] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -414,13 +451,56 @@ class CookieConfig(_Model):
                               "set secure: true or choose another name")
 
 
+class AuthorizationConfig(_Model):
+    """Who may pass once signed in. Every list that is not empty must be satisfied by one of its
+    entries; all lists empty means any signed-in user."""
+
+    email_domains: list[Annotated[str, BeforeValidator(_lower)]] = []
+    allowed_emails: list[Annotated[str, BeforeValidator(_lower)]] = []
+    allowed_groups: list[str] = []
+    allowed_users: list[str] = []
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.email_domains or self.allowed_emails or self.allowed_groups or self.allowed_users)
+
+
+class TLSConfig(_Model):
+    """How authproxy checks an https upstream's certificate."""
+
+    ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
+    insecure_skip_verify: bool = False
+
+
 class UpstreamConfig(_Model):
     """One app behind the proxy, chosen by the longest matching path prefix."""
 
     path: Annotated[str, AfterValidator(_absolute_path)]
-    url: Annotated[str, _http_url("http://127.0.0.1:8080")]
+    url: Annotated[str, AfterValidator(_upstream_url)]
+    strip_prefix: bool = False
+    pass_host_header: bool = True
     timeout: PositiveDuration = 30.0
     connect_timeout: PositiveDuration = 5.0
+    tls: TLSConfig = TLSConfig()
+    websockets: bool = True
+    flush_interval: Duration = 0.0
+    authorization: AuthorizationConfig | None = None
+
+
+class SkipAuthRule(_Model):
+    """Requests that pass without a session — and without any identity or Bearer header."""
+
+    path: Annotated[str, AfterValidator(_regex)]
+    methods: Annotated[list[str], BeforeValidator(_upper_all)] = []
+
+
+class CorsConfig(_Model):
+    """CORS headers on the proxy's own 401/403 answers, and unauthenticated preflights."""
+
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    allow_credentials: bool = True
+    allow_preflight: bool = False
+    max_age: Duration = 600.0
 
 
 class LoggingConfig(_Model):
@@ -436,6 +516,12 @@ class Config(_Model):
     provider: ProviderConfig
     cookie: CookieConfig
     upstreams: list[UpstreamConfig]
+    authorization: AuthorizationConfig = AuthorizationConfig()
+    api_paths: list[Annotated[str, AfterValidator(_absolute_path)]] = []
+    skip_auth: list[SkipAuthRule] = []
+    cors: CorsConfig = CorsConfig()
+    websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("listen")

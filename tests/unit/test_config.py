@@ -439,7 +439,8 @@ def _keys_missing_from(model: type[BaseModel], node: object, path: str) -> list[
         if not isinstance(node, dict) or name not in node:
             missing.append(path + name)
         elif (nested := _nested_model(field.annotation)) is not None:
-            items = node[name] if isinstance(node[name], list) else [node[name]]
+            # null means "not set" for an optional section documented elsewhere (upstreams[].authorization)
+            items = node[name] if isinstance(node[name], list) else [] if node[name] is None else [node[name]]
             for item in items:
                 missing += _keys_missing_from(nested, item, f"{path}{name}.")
     return missing
