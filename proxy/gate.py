@@ -16,6 +16,7 @@ from .pages import NO_STORE, html_page, json_answer
 from .refresh import SessionEnded
 from .session import Session, get_session, set_session
 from .upstream import FORWARDER, identity_headers
+from .websocket import forward_websocket, is_websocket_upgrade
 
 
 async def authenticate(request: web.Request) -> Session | None:
@@ -45,6 +46,8 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     upstream = forwarder.route(request.path)
     if upstream is None:
         return html_page(404, "Not found", "No application is configured for this path.", request[REQUEST_ID])
+    if is_websocket_upgrade(request):
+        return await forward_websocket(request, upstream, session)
     return await forwarder.forward(request, upstream, session)
 
 

@@ -101,6 +101,7 @@ class Session:
     refresh_token: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
     sid: str | None = None                # OIDC session id, for back-channel logout
+    id: str = ""                          # random per sign-in: names this session in logs and registries
 
     def __repr__(self) -> str:
         return (f"Session(sub={self.identity.sub!r}, access_token=yes, "
