@@ -7,6 +7,7 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     AuthProxyError                    base; ``status`` and ``title`` say how it is shown
     ├── ConfigError                   start-up only: every problem with its YAML path (exit 2)
     ├── CookieError                   a cookie that does not open: treated as "no session", never shown
+    ├── BadRequest                    a request the proxy refuses to interpret (400)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
     │   └── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
@@ -65,6 +66,13 @@ class CookieError(AuthProxyError):
 
     status = 401
     title = "Signed out"
+
+
+class BadRequest(AuthProxyError):
+    """A request whose target cannot be interpreted safely (e.g. a NUL byte in the path)."""
+
+    status = 400
+    title = "Bad request"
 
 
 class LoginError(AuthProxyError):

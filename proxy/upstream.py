@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import ssl
 from collections.abc import Iterable
+from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +26,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config, UpstreamConfig
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import BadRequest, UpstreamError, UpstreamTimeout
 from .session import Session
 
 log = logging.getLogger("authproxy.upstream")
@@ -44,8 +47,50 @@ PROXY_SET = frozenset({
     "x-auth-request-preferred-username", "x-auth-request-access-token",
 })
 _DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length"}
-# Bytes read from the upstream per write to the client.
-CHUNK = 64 * 1024
+# Characters left as they are when a normalised path is encoded again for the upstream
+# (RFC 3986 §3.3 pchar without "%", plus "/").
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+# Raw paths containing none of these are already normal: the common case skips the work.
+_NEEDS_NORMALISING = re.compile(r"%|/\.|//|\\")
+
+NORMALISED_PATH = web.RequestKey("authproxy_normalised_path", str)
+
+
+def normalize_path(raw_path: str) -> str:
+    """The one path used both to match rules and to forward (percent-encoded, query removed).
+
+    Percent-decoding (``%2e``, ``%2F``), backslashes and dot-segments (RFC 3986 §5.2.4) are all
+    resolved *before* matching, and the result is what the upstream receives: a request cannot match
+    ``/public`` and reach ``/admin`` through ``/public/../admin``, ``/public/%2e%2e/admin`` or
+    ``/public%2F..%2Fadmin``. The price: an encoded slash in a path reaches the app as a real one.
+    """
+    path = raw_path.split("?", 1)[0].split("#", 1)[0] or "/"
+    if not _NEEDS_NORMALISING.search(path):
+        return path
+    decoded = unquote(path, errors="strict") if "%" in path else path
+    if "\x00" in decoded:
+        raise BadRequest("The request path contains a NUL byte.")
+    segments: list[str] = []
+    for segment in decoded.replace("\\", "/").split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = "/" if decoded.endswith(("/", "/.", "/..")) and segments else ""
+    return quote("/" + "/".join(segments) + trailing, safe=_PATH_SAFE)
+
+
+def normalized_path(request: web.Request) -> str:
+    """The request's normalised path, computed once per request."""
+    path = request.get(NORMALISED_PATH)
+    if path is None:
+        try:
+            path = normalize_path(request.raw_path)
+        except UnicodeDecodeError:
+            raise BadRequest("The request path is not valid UTF-8 after percent-decoding.") from None
+        request[NORMALISED_PATH] = path
+    return path
 
 
 def identity_headers(session: Session) -> dict[str, str]:
@@ -77,7 +122,9 @@ class Upstream:
     def __init__(self, config: UpstreamConfig, client: aiohttp.ClientSession) -> None:
         self.config = config
         self.prefix = config.path.rstrip("/")
-        self.base = config.url.rstrip("/")
+        # A unix socket is reached through its connector; the URL only supplies the path.
+        self.base = "http://localhost" if config.url.startswith("unix:") else config.url.rstrip("/")
+        self.host = None if config.url.startswith("unix:") else URL(config.url).raw_authority
         self.client = client
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                              sock_read=config.timeout)
@@ -85,9 +132,28 @@ class Upstream:
     def matches(self, path: str) -> bool:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
+    def target(self, path: str, query: str) -> URL:
+        """The upstream URL for a normalised path, with ``strip_prefix`` applied."""
+        if self.config.strip_prefix and self.prefix:
+            path = path[len(self.prefix):] or "/"
+            if not path.startswith("/"):
+                path = "/" + path
+        return URL(self.base + path + (f"?{query}" if query else ""), encoded=True)
+
 
 def make_client(config: UpstreamConfig) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+    """One pooled client per upstream: keep-alive connections, no cookie jar, no decompression."""
+    connector: aiohttp.BaseConnector
+    if config.url.startswith("unix:"):
+        connector = aiohttp.UnixConnector(path=config.url[len("unix:"):], limit=0, keepalive_timeout=60)
+    else:
+        ssl_ctx: ssl.SSLContext | bool = True
+        if config.tls.insecure_skip_verify:
+            ssl_ctx = False
+        elif config.tls.ca_file:
+            ssl_ctx = ssl.create_default_context(cafile=config.tls.ca_file)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300,
+                                         ssl=ssl_ctx)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                  auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
 
@@ -109,7 +175,8 @@ class Forwarder:
                 return upstream
         return None
 
-    def request_headers(self, request: web.Request, session: Session | None) -> CIMultiDict[str]:
+    def request_headers(self, request: web.Request, session: Session | None,
+                        upstream: Upstream | None = None) -> CIMultiDict[str]:
         incoming = request.headers
         connection_listed = {t.strip().lower() for t in incoming.get("Connection", "").split(",") if t.strip()}
         headers: CIMultiDict[str] = CIMultiDict()
@@ -125,7 +192,10 @@ class Forwarder:
                 headers["Cookie"] = kept
         if "Content-Length" in incoming:
             headers["Content-Length"] = incoming["Content-Length"]
-        headers["Host"] = request.host
+        if upstream is None or upstream.config.pass_host_header or upstream.host is None:
+            headers["Host"] = request.host
+        else:
+            headers["Host"] = upstream.host
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = self._proto
         headers["X-Forwarded-Host"] = request.host
@@ -135,8 +205,8 @@ class Forwarder:
         return headers
 
     async def forward(self, request: web.Request, upstream: Upstream, session: Session | None) -> web.StreamResponse:
-        url = URL(upstream.base + request.raw_path, encoded=True)
-        headers = self.request_headers(request, session)
+        url = upstream.target(normalized_path(request), request.query_string)
+        headers = self.request_headers(request, session, upstream)
         body = request.content if request.body_exists else None
         try:
             resp = await upstream.client.request(request.method, url, headers=headers, data=body,
@@ -147,11 +217,15 @@ class Forwarder:
             log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)
             raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
         try:
-            return await self._relay(request, resp)
+            return await self._relay(request, resp, upstream.config.flush_interval)
         finally:
-            resp.close() if not resp.content.at_eof() else resp.release()
+            if resp.content.at_eof():
+                resp.release()          # the connection goes back to the pool
+            else:
+                resp.close()            # cut short (client gone, upstream broke): never reuse it
 
-    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse,
+                     flush_interval: float) -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, reason=resp.reason)
         connection_listed = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
         for name, value in resp.headers.items():
@@ -161,8 +235,11 @@ class Forwarder:
         await out.prepare(request)
         if request.method != "HEAD" and resp.status not in (204, 304):
             try:
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
+                if flush_interval > 0:
+                    await _copy_batched(resp.content, out, flush_interval)
+                else:
+                    async for chunk in resp.content.iter_any():
+                        await out.write(chunk)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Headers are gone already: all we can do is end the client's response early.
                 log.warning("upstream response broke off: %s", type(exc).__name__)
@@ -170,6 +247,22 @@ class Forwarder:
                 return out
         await out.write_eof()
         return out
+
+
+async def _copy_batched(source: aiohttp.StreamReader, out: web.StreamResponse, interval: float) -> None:
+    """Copy, writing at most once per ``interval`` (or per CHUNK bytes): fewer, larger writes for
+    upstreams that emit many tiny pieces, at the cost of up to ``interval`` of extra latency."""
+    loop = asyncio.get_running_loop()
+    pending: list[bytes] = []
+    size, deadline = 0, loop.time() + interval
+    async for chunk in source.iter_any():
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= CHUNK or loop.time() >= deadline:
+            await out.write(b"".join(pending))
+            pending, size, deadline = [], 0, loop.time() + interval
+    if pending:
+        await out.write(b"".join(pending))
 
 
 FORWARDER = web.AppKey("authproxy_forwarder", Forwarder)
