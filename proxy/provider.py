@@ -203,11 +203,19 @@ class Provider:
         auth = {"Authorization": f"Bearer {access_token}"}
         claims = await self._get_json("userinfo", endpoint, headers=auth)
         if self.config.type == "github" and not claims.get("email"):
-            emails = await self._call("userinfo", "GET", endpoint.rstrip("/") + "/emails", headers=auth, as_list=True)
-            primary = [e for e in emails if isinstance(e, dict) and e.get("primary") and e.get("verified")]
-            if primary and isinstance(primary[0].get("email"), str):
-                claims["email"] = primary[0]["email"]
+            claims["email"] = await self._github_primary_email(endpoint.rstrip("/") + "/emails", auth)
         return claims
+
+    async def _github_primary_email(self, url: str, auth: Mapping[str, str]) -> str | None:
+        """The primary verified address, or None: an email is optional, so a refusal (no
+        ``user:email`` scope, a GitHub App without the email permission) must not fail the login."""
+        try:
+            emails = await self._call("userinfo", "GET", url, headers=auth, as_list=True)
+        except ProviderError as exc:
+            log.warning("no email from %s: %s", url, exc.detail)
+            return None
+        primary = [e for e in emails if isinstance(e, dict) and e.get("primary") and e.get("verified")]
+        return primary[0]["email"] if primary and isinstance(primary[0].get("email"), str) else None
 
     def identity_from(self, claims: Mapping[str, Any]) -> Identity:
         user_path = "sub" if self.is_oidc else self.config.claims.user

@@ -1,0 +1,72 @@
+"""A real nginx (Debian's nginx-light) serving static files from a temp dir, on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+_CONF = """
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp;
+  proxy_temp_path {root}/tmp;
+  fastcgi_temp_path {root}/tmp;
+  uwsgi_temp_path {root}/tmp;
+  scgi_temp_path {root}/tmp;
+  sendfile on;
+  keepalive_requests 100000;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root}/www;
+    location = /tiny {{ default_type text/plain; return 200 "ok\\n"; }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    url: str
+    root: Path
+    proc: asyncio.subprocess.Process
+
+    @property
+    def www(self) -> Path:
+        return self.root / "www"
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def start_nginx(port: int) -> Nginx:
+    root = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
+    root.chmod(0o755)                    # nginx's worker runs as an unprivileged user
+    (root / "www").mkdir()
+    (root / "tmp").mkdir()
+    (root / "nginx.conf").write_text(_CONF.format(root=root, port=port))
+    proc = await asyncio.create_subprocess_exec(NGINX, "-c", str(root / "nginx.conf"), "-p", str(root),
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return Nginx(url=f"http://127.0.0.1:{port}", root=root, proc=proc)
+        except OSError:
+            if proc.returncode is not None:
+                raise RuntimeError(f"nginx exited: {(await proc.stderr.read()).decode()}")
+            await asyncio.sleep(0.05)
+    raise RuntimeError("nginx did not start")
