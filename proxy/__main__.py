@@ -1,5 +1,14 @@
-"""The command line: ``authproxy --config FILE``, ``--check-config FILE``, ``--version``, ``secret``.
+"""The command line.
 
+    authproxy [--config FILE]          run the proxy (default command)
+    authproxy --check-config FILE      validate, print every problem, exit 0 or 2
+    authproxy secret                   print a new random cookie secret
+    authproxy ping [--url URL]         exit 0 if /ping answers 200 (container HEALTHCHECK; no curl needed)
+    authproxy config-schema            print the configuration's JSON Schema (for editors and CI)
+    authproxy --version
+
+Without ``--config``, ``$AUTHPROXY_CONFIG`` or /etc/authproxy/config.yaml is read; if that file does
+not exist and ``AUTHPROXY_*`` variables are set, the configuration comes from the environment alone.
 Exit status 2 means the configuration is unusable; every problem is printed before anything listens.
 """
 
@@ -7,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import logging
 import os
 import secrets
 import sys
+import urllib.error
+import urllib.request
 
 from . import __version__
-from .config import Config, load_config
+from .config import ENV_PREFIX, Config, load_config
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/authproxy/config.yaml"
@@ -21,13 +33,32 @@ DEFAULT_CONFIG = "/etc/authproxy/config.yaml"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authproxy", description="Authenticating reverse proxy (OIDC / OAuth 2.0).")
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get("AUTHPROXY_CONFIG", DEFAULT_CONFIG),
-                        help=f"YAML configuration (default: $AUTHPROXY_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument("--config", metavar="FILE", help=f"YAML configuration (default: $AUTHPROXY_CONFIG or "
+                                                         f"{DEFAULT_CONFIG}, else the environment)")
     parser.add_argument("--check-config", metavar="FILE", help="validate FILE, print every problem, and exit")
     parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
-    parser.add_argument("command", nargs="?", choices=["run", "secret"], default="run",
-                        help="run (default) the proxy, or print a new random cookie secret")
+    parser.add_argument("--url", default="http://127.0.0.1:4180/ping", help="for ping: the URL to check")
+    parser.add_argument("command", nargs="?", choices=["run", "secret", "ping", "config-schema"], default="run",
+                        help="run (default), secret, ping or config-schema")
     return parser
+
+
+def config_path(explicit: str | None) -> str | None:
+    """The file to read, or None for a configuration from the environment alone."""
+    if explicit:
+        return explicit
+    path = os.environ.get("AUTHPROXY_CONFIG", DEFAULT_CONFIG)
+    if not os.path.exists(path) and any(name.startswith(ENV_PREFIX) for name in os.environ):
+        return None
+    return path
+
+
+def ping(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:   # noqa: S310 - an operator-given local URL
+            return 0 if resp.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "secret":
         print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
         return 0
-    path = args.check_config or args.config
+    if args.command == "ping":
+        return ping(args.url)
+    if args.command == "config-schema":
+        print(json.dumps(Config.model_json_schema(), indent=2))
+        return 0
+    path = args.check_config or config_path(args.config)
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -44,28 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{path}: configuration is valid")
         return 0
-    run(config)
-    return 0
+    return run(config, path)
 
 
-def configure_logging(config: Config) -> None:
-    logging.basicConfig(stream=sys.stderr, level=config.logging.level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(config: Config, path: str | None) -> int:
+    from .logs import configure_logging
+    from .server import run as serve
 
-
-def run(config: Config) -> None:
-    from aiohttp import web
-
-    from .app import create_app
-
-    configure_logging(config)
+    configure_logging(config.logging)
     upstreams = ", ".join(f"{u.path} -> {u.url}" for u in config.upstreams)
+    provider = config.provider.issuer or config.provider.authorization_endpoint
     logging.getLogger("authproxy").info(
-        "authproxy %s listening on %s:%d for %s; provider %s; upstreams %s", __version__, config.listen_host,
-        config.listen_port, config.public_url, config.provider.issuer or config.provider.authorization_endpoint,
-        upstreams)
-    web.run_app(create_app(config), host=config.listen_host, port=config.listen_port, access_log=None,
-                print=None, handler_cancellation=True)
+        "authproxy %s listening on %s:%d for %s; provider %s (%s); upstreams %s; %d worker(s)", __version__,
+        config.listen_host, config.listen_port, config.public_url, provider, config.provider.type, upstreams,
+        config.worker_count)
+    return serve(config, lambda: load_config(path))
 
 
 if __name__ == "__main__":

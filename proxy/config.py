@@ -222,6 +222,12 @@ def _upper_all(values: object) -> object:
     return [v.upper() if isinstance(v, str) else v for v in values] if isinstance(values, list) else values
 
 
+def _workers(value: int | str) -> int | str:
+    if isinstance(value, int) and not 1 <= value <= 256:
+        raise ValueError(f"must be between 1 and 256, or \"auto\" for one per CPU; got {value}")
+    return value
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; write the value the identity provider gave you")
@@ -523,12 +529,20 @@ class Config(_Model):
     websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
+    shutdown_timeout: Duration = 30.0
+    workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
+    metrics_listen: str | None = None
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        _split_listen(value)
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_listen(value)
         return value
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
 
     @field_validator("upstreams")
     @classmethod
@@ -568,8 +582,61 @@ class Config(_Model):
         return f"{scheme}://{host}" if parts.port in (None, default) else f"{scheme}://{host}:{parts.port}"
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read, substitute and validate the YAML file at ``path``; raise ConfigError listing every problem."""
+ENV_PREFIX = "AUTHPROXY_"
+# Environment variables with the prefix that are not configuration keys.
+_ENV_NOT_KEYS = frozenset({"AUTHPROXY_CONFIG"})
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Configuration keys from ``AUTHPROXY_<KEY>__<SUBKEY>`` variables (``__`` nests, a number indexes a list).
+
+    ``AUTHPROXY_PROVIDER__ISSUER=https://idp`` sets ``provider.issuer``; ``AUTHPROXY_UPSTREAMS__0__URL``
+    sets ``upstreams[0].url``; a value starting with ``[`` or ``{`` is read as YAML (``["a", "b"]``).
+    This is how Kubernetes injects secrets; values here override the file's. Only variables whose first
+    part names a top-level key count, so ``${AUTHPROXY_SOMETHING}`` can still be used for substitution.
+    """
+    data: dict[str, Any] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
+            continue
+        parts: list[Any] = [int(p) if p.isdigit() else p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        if parts[0] not in Config.model_fields:
+            continue
+        value: Any = environ[name]
+        if value.lstrip().startswith(("[", "{")):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass                      # left as text: validation then says what is wrong
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return data
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` over ``base``: mappings merge key by key; integer keys address list items."""
+    if isinstance(override, dict) and isinstance(base, list) and all(isinstance(k, int) for k in override):
+        merged = list(base)
+        for index, value in override.items():
+            while len(merged) <= index:
+                merged.append({})
+            merged[index] = _merge(merged[index], value)
+        return merged
+    if isinstance(override, dict) and all(isinstance(k, int) for k in override) and override and base is None:
+        return _merge([], override)
+    if isinstance(override, dict) and isinstance(base, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in override.items()}}
+    return override
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file at ``path`` (None: environment only), apply ``AUTHPROXY_*`` overrides,
+    substitute ``${VAR}`` and validate; raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return parse_config({}, source="(environment)", environ=env)
     source = os.fsdecode(path)
     try:
         with open(source, encoding="utf-8") as file:
@@ -580,13 +647,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem("(file)", f"cannot be read ({exc}); check that it is a readable "
                                                      "UTF-8 text file")]) from None
-    return parse_config(_parse_yaml(text, source), source=source, environ=environ)
+    return parse_config(_parse_yaml(text, source), source=source, environ=env)
 
 
 def parse_config(data: object, *, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
     """Substitute ``${VAR}`` in already-parsed YAML and validate it; raise ConfigError listing every problem."""
-    if not isinstance(data, dict):
-        what = "empty" if data is None else f"{_kind(data)}, not a mapping"
+    overrides = env_overrides(os.environ if environ is None else environ)
+    if overrides and (isinstance(data, dict) or data is None):
+        data = _merge(data or {}, overrides)
+    if not isinstance(data, dict) or not data:
+        what = "empty" if not data else f"{_kind(data)}, not a mapping"
         raise ConfigError(source, [Problem("(top level)", f"the configuration is {what}; write keys such as "
                                                           "public_url, provider, cookie and upstreams "
                                                           "(see config.example.yaml)")])

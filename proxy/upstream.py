@@ -205,7 +205,7 @@ class Forwarder:
         return headers
 
     async def forward(self, request: web.Request, upstream: Upstream, session: Session | None) -> web.StreamResponse:
-        url = upstream.target(normalized_path(request), request.query_string)
+        url = upstream.target(normalized_path(request), request.rel_url.raw_query_string)
         headers = self.request_headers(request, session, upstream)
         body = request.content if request.body_exists else None
         try:

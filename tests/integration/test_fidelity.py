@@ -118,6 +118,14 @@ async def test_strip_prefix_and_path_normalisation(signed_in, rich):
         assert (await resp.json())["raw_path"] == "/x"
 
 
+async def test_query_string_reaches_upstream_byte_for_byte(signed_in):
+    stack, client = signed_in
+    from yarl import URL
+    raw = "/q?y=a%20b&h=%23frag&p=1%2B1&u=%C3%A9&empty=&flag"
+    async with client.get(URL(stack.url + raw, encoded=True), headers=API) as resp:
+        assert (await resp.json())["raw_path"] == raw
+
+
 async def test_pass_host_header(signed_in, rich):
     stack, client = signed_in
     async with client.get(stack.url + "/echo", headers=API) as resp:

@@ -465,3 +465,47 @@ def test_example_config_comments_every_key() -> None:
         if re.match(r"\s*(- )?\w+:", line):
             assert "#" in line or previous.lstrip().startswith("#"), f"no comment for: {line}"
         previous = line if line.strip() else previous
+
+
+# -- configuration from the environment (AUTHPROXY_<KEY>__<SUBKEY>) ----------------------------------
+
+ENV_ONLY = {
+    "AUTHPROXY_PUBLIC_URL": "https://app.example.com",
+    "AUTHPROXY_PROVIDER__ISSUER": "https://idp.example.com",
+    "AUTHPROXY_PROVIDER__CLIENT_ID": "123",
+    "AUTHPROXY_PROVIDER__CLIENT_SECRET": "from-env",
+    "AUTHPROXY_PROVIDER__SCOPES": "[openid, email]",
+    "AUTHPROXY_COOKIE__SECRET": "a" * 43,
+    "AUTHPROXY_COOKIE__SECURE": "false",
+    "AUTHPROXY_UPSTREAMS__0__PATH": "/",
+    "AUTHPROXY_UPSTREAMS__0__URL": "http://127.0.0.1:8080",
+}
+
+
+def test_config_from_environment_only() -> None:
+    config = load_config(None, environ=ENV_ONLY)
+    assert config.provider.client_id == "123" and config.provider.client_secret.get() == "from-env"
+    assert config.provider.scopes == ["openid", "email"] and config.cookie.secure is False
+    assert config.upstreams[0].url == "http://127.0.0.1:8080"
+
+
+def test_environment_overrides_the_file(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(EXAMPLE.read_text())
+    env = {**EXAMPLE_ENV, "AUTHPROXY_PROVIDER__CLIENT_SECRET": "injected", "AUTHPROXY_UPSTREAMS__0__URL":
+           "http://127.0.0.1:9999", "AUTHPROXY_LOGGING__LEVEL": "debug"}
+    config = load_config(path, environ=env)
+    assert config.provider.client_secret.get() == "injected"
+    assert config.upstreams[0].url == "http://127.0.0.1:9999" and config.upstreams[0].path == "/"
+    assert config.logging.level == "debug"
+
+
+def test_environment_problems_are_reported_with_their_key_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={**ENV_ONLY, "AUTHPROXY_COOKIE__SAMESITE": "sideways"})
+    assert [p.path for p in info.value.problems] == ["cookie.samesite"]
+
+
+def test_prefixed_variables_that_name_no_key_are_left_for_substitution() -> None:
+    config = load_config(None, environ={**ENV_ONLY, "AUTHPROXY_MY_SECRET": "x"})
+    assert config.provider.client_id == "123"

@@ -1,0 +1,136 @@
+"""Running the proxy as a process: listening, signals, reloads, and several workers on one port.
+
+- **SIGTERM / SIGINT**: stop accepting, let in-flight requests finish for up to ``shutdown_timeout``,
+  exit 0 — what a container orchestrator expects during a rolling update.
+- **SIGHUP**: read the configuration again. A bad file is rejected with every problem logged and
+  the running configuration stays in force; a good one starts a new listener (``SO_REUSEPORT``, so
+  no connection is refused in between) and the old one drains like on SIGTERM.
+- **workers: N**: a supervisor forks N processes that all listen on the port (``SO_REUSEPORT``:
+  the kernel spreads connections), restarts a worker that dies, and passes SIGTERM/SIGHUP on.
+  Each worker has its own in-process refresh single-flight; see the README's scale-out section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+from .errors import ConfigError
+
+log = logging.getLogger("authproxy")
+
+# A worker that dies sooner than this after starting is restarted only after a pause, so a
+# configuration that crashes at once does not turn into a fork loop.
+WORKER_MIN_LIFETIME = 5.0
+WORKER_RESTART_PAUSE = 1.0
+
+
+async def start_runner(config: Config) -> web.AppRunner:
+    runner = web.AppRunner(create_app(config), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=config.shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
+    return runner
+
+
+async def serve(config: Config, reload: Callable[[], Config]) -> None:
+    """Serve until SIGTERM/SIGINT; reload on SIGHUP."""
+    loop = asyncio.get_running_loop()
+    stop, hup = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    runner = await start_runner(config)
+    log.info("ready on %s:%d (pid %d)", config.listen_host, config.listen_port, os.getpid())
+    while True:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if stop.is_set():
+            log.info("shutting down: finishing in-flight requests (up to %gs)", config.shutdown_timeout)
+            await runner.cleanup()
+            log.info("stopped")
+            return
+        hup.clear()
+        try:
+            new_config = reload()
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration stays in force:\n%s", exc)
+            continue
+        new_runner = await start_runner(new_config)
+        old, runner, config = runner, new_runner, new_config
+        log.info("configuration reloaded; draining the old listener")
+        await old.cleanup()
+
+
+def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int:
+    """Fork ``count`` workers and keep them running; returns the exit status for the supervisor."""
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:                                  # the worker
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            try:
+                asyncio.run(serve(config, reload))
+                os._exit(0)
+            except BaseException:                      # noqa: BLE001 - a worker must never return into the supervisor
+                log.exception("worker %d failed", os.getpid())
+                os._exit(1)
+        children[pid] = time.monotonic()
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or sig in (signal.SIGTERM, signal.SIGINT)
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for _ in range(count):
+        spawn()
+    log.info("supervisor %d started %d workers", os.getpid(), count)
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(code)
+        if stopping:
+            status = status or (code if code > 0 else 0)
+            continue
+        log.error("worker %d exited with %d; starting a new one", pid, code)
+        if time.monotonic() - started < WORKER_MIN_LIFETIME:
+            time.sleep(WORKER_RESTART_PAUSE)
+        spawn()
+    return status
+
+
+def run(config: Config, reload: Callable[[], Config]) -> int:
+    count = config.worker_count
+    if count <= 1:
+        asyncio.run(serve(config, reload))
+        return 0
+    sys.stdout.flush()
+    return run_workers(config, reload, count)
