@@ -18,17 +18,18 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from .config import Config
+from .config import CALLBACK_PATH, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
 from .crypto import Sealer, random_token
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
+from .metrics import METRICS, Metrics, handle_metrics, status_class
 from .gate import handle_auth, handle_proxy, handle_userinfo
 from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
 from .refresh import Refresher
 from .session import CODEC, SESSION_STATE, CookieCodec, write_session_cookie
-from .upstream import FORWARDER, Forwarder, Upstream, make_client
+from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
 log = logging.getLogger("authproxy")
 access_log = logging.getLogger("authproxy.access")
@@ -47,6 +48,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(_provider_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_response_prepare.append(write_session_cookie)
@@ -60,6 +62,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     r.add_get("/oauth2/signed_out", handle_signed_out)
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
+    if config.metrics_listen is None:
+        r.add_get("/metrics", handle_metrics)
     r.add_route("*", "/{tail:.*}", handle_proxy)
     return app
 
@@ -74,8 +78,8 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
     if config.provider.ca_file:
         ssl_ctx = ssl.create_default_context(cafile=config.provider.ca_file)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
-    app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK])
-    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK])
+    app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
+    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS])
     task = asyncio.create_task(_load_metadata(provider))
     yield
     task.cancel()
@@ -120,6 +124,8 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
         raise
     except AuthProxyError as exc:
         status = exc.status
+        if request.path == CALLBACK_PATH:
+            request.app[METRICS].login_failed(getattr(exc, "code", type(exc).__name__), request[REQUEST_ID])
         log.warning("%s %s failed: %s (%s) rid=%s", request.method, request.path, type(exc).__name__, exc,
                     request[REQUEST_ID])
         return error_response(request, exc)
@@ -127,11 +133,21 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unexpected error on %s %s rid=%s", request.method, request.path, request[REQUEST_ID])
         return error_response(request, AuthProxyError("An unexpected error happened in the proxy."))
     finally:
+        elapsed = time.perf_counter() - started
+        upstream = request.get(UPSTREAM_LABEL, "proxy")
+        metrics = request.app[METRICS]
+        metrics.requests.labels(upstream, status_class(status)).inc()
+        metrics.request_seconds.labels(upstream).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            session = request.get(SESSION_STATE)
-            user = session.get().identity.sub if session is not None and session.get() else "-"
-            access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status,
-                            (time.perf_counter() - started) * 1000, user, request[REQUEST_ID])
+            state = request.get(SESSION_STATE)
+            session = state.peek() if state is not None else None
+            user = session.identity.sub if session is not None else "-"
+            access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status, elapsed * 1000,
+                            user, request[REQUEST_ID],
+                            extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
+                                              "client": request.remote, "user": user, "method": request.method,
+                                              "path": request.path, "status": status, "upstream": upstream,
+                                              "duration_ms": round(elapsed * 1000, 2)}})
 
 
 def error_response(request: web.Request, exc: AuthProxyError) -> web.Response:

@@ -26,6 +26,7 @@ from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
+from .metrics import METRICS
 from .pages import NO_STORE, html_page
 from .session import Session, cookie_header, defer_cookie, get_session, set_session
 
@@ -152,6 +153,7 @@ async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
     target = safe_redirect(rd, config)
     response = web.HTTPFound(provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
                              headers=NO_STORE)
+    request.app[METRICS].login_started()
     prefix, now = _login_prefix(config), request.app[CLOCK]()
     existing = [(name, _open_login(request, name)) for name in request.cookies if name.startswith(prefix)]
     live = sorted((login.created, name) for name, login in existing if login is not None)
@@ -206,7 +208,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
                       issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
                       sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16))
     set_session(request, session)   # replaces whatever session cookie came in: no fixation
-    log.info("login: sub=%s", session.identity.sub)
+    request.app[METRICS].login_completed(session.identity.sub, request[REQUEST_ID])
     target = safe_redirect(login.rd, config)
     if config.cookie.samesite == "strict":
         # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
@@ -230,7 +232,7 @@ async def handle_sign_out(request: web.Request) -> web.StreamResponse:
     end_session = provider.end_session_url(id_token_hint=session.id_token if session else None,
                                            post_logout_redirect_uri=signed_out)
     if session is not None:
-        log.info("logout: sub=%s", session.identity.sub)
+        request.app[METRICS].logged_out(session.identity.sub)
     raise web.HTTPFound(end_session or safe_redirect(request.query.get("rd"), config, default=signed_out),
                         headers=NO_STORE)
 

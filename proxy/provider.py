@@ -32,6 +32,7 @@ from joserfc.jwk import KeySet
 from .config import ProviderConfig
 from . import __version__
 from .errors import ProviderError, TokenRejected, TokenValidationError
+from .metrics import Metrics
 from .session import Identity
 
 log = logging.getLogger("authproxy.provider")
@@ -80,12 +81,13 @@ class Provider:
     """One configured identity provider, with its metadata and signing keys cached."""
 
     def __init__(self, config: ProviderConfig, redirect_uri: str, http: aiohttp.ClientSession,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.config = config
         self.redirect_uri = redirect_uri
         self.is_oidc = config.protocol == "oidc"
         self._http = http
         self._clock = clock
+        self._metrics = metrics
         self._metadata: Metadata | None = None
         self._keys: KeySet | None = None
         self._keys_fetched_at = float("-inf")
@@ -326,12 +328,15 @@ class Provider:
     async def _call(self, step: str, method: str, url: str, *, as_list: bool = False, **kwargs: Any) -> Any:
         """One request to the provider; the parsed JSON answer, or the error that says what failed."""
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **(kwargs.pop("headers", None) or {})}
+        started = time.perf_counter()
         try:
             async with self._http.request(method, url, headers=headers, allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=self.config.timeout),
                                           **kwargs) as resp:
                 raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 status, content_type = resp.status, resp.content_type
+            if self._metrics is not None:
+                self._metrics.provider_seconds.labels(step).observe(time.perf_counter() - started)
         except asyncio.TimeoutError:
             raise ProviderError(step, f"no answer within {self.config.timeout:g}s", transient=True) from None
         except aiohttp.ClientError as exc:

@@ -22,7 +22,6 @@ same steps; this module is the in-process half.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,10 +29,9 @@ from dataclasses import replace
 
 from .crypto import fingerprint
 from .errors import ProviderError, ProviderUnavailable, TokenValidationError
+from .metrics import Metrics
 from .provider import Provider
 from .session import Session
-
-log = logging.getLogger("authproxy.refresh")
 
 # How long a refresh result is served to requests that still carry the spent refresh token.
 RECENT_TTL = 30.0
@@ -48,8 +46,10 @@ class SessionEnded(Exception):
 class Refresher:
     """Decides when a session's tokens are due and refreshes them once, sharing the result."""
 
-    def __init__(self, provider: Provider, refresh_before: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, provider: Provider, refresh_before: float, clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self._provider = provider
+        self._metrics = metrics or Metrics()
         self._refresh_before = refresh_before
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[Session]] = {}
@@ -78,15 +78,17 @@ class Refresher:
         try:
             return await self.refresh(session)
         except ProviderError as exc:
+            sub = session.identity.sub
             if not exc.transient:      # invalid_grant, invalid_client, a malformed answer: start over
-                log.info("refresh failed, session ended: sub=%s (%s)", session.identity.sub, exc)
+                self._metrics.refreshed("ended", sub, getattr(exc, "code", exc.detail))
                 raise SessionEnded(str(exc)) from exc
             if not session.access_expired(self._clock()):
-                log.warning("refresh failed, access token still valid, will retry: %s", exc)
+                self._metrics.refreshed("deferred", sub, exc.detail)   # still valid: retried on a later request
                 return session
+            self._metrics.refreshed("unavailable", sub, exc.detail)
             raise ProviderUnavailable("refresh", exc.detail) from exc
         except TokenValidationError as exc:
-            log.warning("refreshed ID token rejected, session ended: sub=%s (%s)", session.identity.sub, exc)
+            self._metrics.refreshed("ended", session.identity.sub, exc.code)
             raise SessionEnded(str(exc)) from exc
 
     async def refresh(self, session: Session) -> Session:
@@ -94,9 +96,12 @@ class Refresher:
         key = fingerprint(session.refresh_token)
         recent = self._recent_result(key)
         if recent is not None:
+            self._metrics.refreshes.labels("reused").inc()
             return recent
         task = self._inflight.get(key)
-        if task is None:
+        if task is not None:
+            self._metrics.refreshes.labels("shared").inc()
+        else:
             task = asyncio.create_task(self._refresh(key, session))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
@@ -117,7 +122,7 @@ class Refresher:
                         expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or session.refresh_token,
                         id_token=tokens.id_token or session.id_token)
         self._remember(key, fresh, now)
-        log.info("refreshed: sub=%s", identity.sub)
+        self._metrics.refreshed("success", identity.sub)
         return fresh
 
     def _recent_result(self, key: str) -> Session | None:

@@ -18,13 +18,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from .app import create_app
 from .config import Config
 from .errors import ConfigError
+from .metrics import METRICS, handle_metrics
 
 log = logging.getLogger("authproxy")
 
@@ -35,11 +36,28 @@ WORKER_RESTART_PAUSE = 1.0
 
 
 async def start_runner(config: Config) -> web.AppRunner:
-    runner = web.AppRunner(create_app(config), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=config.shutdown_timeout)
+    app = create_app(config)
+    if config.metrics_listen:
+        app.cleanup_ctx.append(_metrics_listener(config.metrics_listen))
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
     return runner
+
+
+def _metrics_listener(listen: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``/metrics`` on its own address, so it need not be reachable where users are."""
+    async def ctx(main: web.Application) -> AsyncIterator[None]:
+        host, _, port = listen.rpartition(":")
+        metrics_app = web.Application()
+        metrics_app[METRICS] = main[METRICS]
+        metrics_app.router.add_get("/metrics", handle_metrics)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=True).start()
+        yield
+        await runner.cleanup()
+    return ctx
 
 
 async def serve(config: Config, reload: Callable[[], Config]) -> None:

@@ -236,6 +236,10 @@ class SessionState:
                 self.changed = bool(self.present)     # clear the bad cookie
         return self._session
 
+    def peek(self) -> Session | None:
+        """The session if it was loaded during the request, without loading it (for the access log)."""
+        return self._session if self._loaded else None
+
     def set(self, session: Session | None) -> None:
         self._loaded = True
         self._session = session

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
@@ -27,6 +28,7 @@ from yarl import URL
 
 from .config import Config, UpstreamConfig
 from .errors import BadRequest, UpstreamError, UpstreamTimeout
+from .metrics import METRICS
 from .session import Session
 
 log = logging.getLogger("authproxy.upstream")
@@ -54,6 +56,8 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _NEEDS_NORMALISING = re.compile(r"%|/\.|//|\\")
 
 NORMALISED_PATH = web.RequestKey("authproxy_normalised_path", str)
+# The ``path`` of the upstream a request went to, for metrics and logs.
+UPSTREAM_LABEL = web.RequestKey("authproxy_upstream_label", str)
 
 
 def normalize_path(raw_path: str) -> str:
@@ -208,9 +212,12 @@ class Forwarder:
         url = upstream.target(normalized_path(request), request.rel_url.raw_query_string)
         headers = self.request_headers(request, session, upstream)
         body = request.content if request.body_exists else None
+        request[UPSTREAM_LABEL] = upstream.config.path
+        started = time.perf_counter()
         try:
             resp = await upstream.client.request(request.method, url, headers=headers, data=body,
                                                  allow_redirects=False, timeout=upstream.timeout)
+            request.app[METRICS].upstream_seconds.labels(upstream.config.path).observe(time.perf_counter() - started)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
         except aiohttp.ClientError as exc:

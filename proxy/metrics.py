@@ -1,0 +1,83 @@
+"""Prometheus metrics (text exposition format, via prometheus-client) and the auth-event log.
+
+Each app has its own ``CollectorRegistry``, so several proxies in one process (tests, reloads)
+never mix their numbers. Everything counted here is also an auth event in the log (``event``
+field in JSON logs): login, refresh, logout, denied — with a reason, never with a token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+events_log = logging.getLogger("authproxy.events")
+
+# Latency buckets in seconds: a proxy's own work is sub-millisecond, upstreams and providers slower.
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("authproxy_requests", "Requests answered, by upstream and status class",
+                                ["upstream", "status_class"], registry=r)
+        self.request_seconds = Histogram("authproxy_request_duration_seconds",
+                                         "Time from request to response headers", ["upstream"],
+                                         buckets=_BUCKETS, registry=r)
+        self.upstream_seconds = Histogram("authproxy_upstream_duration_seconds",
+                                          "Time the upstream took to answer with headers", ["upstream"],
+                                          buckets=_BUCKETS, registry=r)
+        self.logins = Counter("authproxy_logins", "Sign-ins by stage (started, completed, failed) and reason",
+                              ["stage", "reason"], registry=r)
+        self.refreshes = Counter("authproxy_refreshes", "Token refreshes by outcome", ["outcome"], registry=r)
+        self.logouts = Counter("authproxy_logouts", "Sessions ended by sign-out", registry=r)
+        self.denied = Counter("authproxy_denied", "Signed-in requests refused by authorization rules",
+                              registry=r)
+        self.websockets = Gauge("authproxy_websockets_active", "WebSocket connections open", registry=r)
+        self.provider_seconds = Histogram("authproxy_provider_request_duration_seconds",
+                                          "Time of each call to the identity provider", ["step"],
+                                          buckets=_BUCKETS, registry=r)
+
+    def event(self, event: str, message: str, **fields: Any) -> None:
+        """Log an auth event with its fields; the caller counts it in the matching metric."""
+        events_log.info(message, extra={"fields": {"event": event, **fields}})
+
+    def login_started(self) -> None:
+        self.logins.labels("started", "").inc()
+
+    def login_completed(self, sub: str, request_id: str) -> None:
+        self.logins.labels("completed", "").inc()
+        self.event("login", f"login: sub={sub}", sub=sub, request_id=request_id)
+
+    def login_failed(self, reason: str, request_id: str) -> None:
+        self.logins.labels("failed", reason).inc()
+        self.event("login_failed", f"login failed: {reason}", reason=reason, request_id=request_id)
+
+    def refreshed(self, outcome: str, sub: str, reason: str = "") -> None:
+        self.refreshes.labels(outcome).inc()
+        self.event("refresh", f"refresh {outcome}: sub={sub}" + (f" ({reason})" if reason else ""),
+                   outcome=outcome, sub=sub, reason=reason)
+
+    def logged_out(self, sub: str) -> None:
+        self.logouts.inc()
+        self.event("logout", f"logout: sub={sub}", sub=sub)
+
+    def refused(self, sub: str, reason: str, request_id: str) -> None:
+        self.denied.inc()
+        self.event("denied", f"denied: sub={sub} ({reason})", sub=sub, reason=reason, request_id=request_id)
+
+
+METRICS = web.AppKey("authproxy_metrics", Metrics)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
