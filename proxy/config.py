@@ -222,6 +222,20 @@ def _upper_all(values: object) -> object:
     return [v.upper() if isinstance(v, str) else v for v in values] if isinstance(values, list) else values
 
 
+def _redis_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError(f"must be a redis://, rediss:// (TLS) or unix:// URL, e.g. redis://127.0.0.1:6379/0; "
+                         f"got {value!r}")
+    if parts.password:
+        raise ValueError("must not contain a password; put it in session.redis.password, from the environment")
+    return value
+
+
 def _workers(value: int | str) -> int | str:
     if isinstance(value, int) and not 1 <= value <= 256:
         raise ValueError(f"must be between 1 and 256, or \"auto\" for one per CPU; got {value}")
@@ -493,6 +507,38 @@ class UpstreamConfig(_Model):
     authorization: AuthorizationConfig | None = None
 
 
+class RedisConfig(_Model):
+    """Where the Redis session store connects: one server, a Sentinel-managed master, or a Cluster."""
+
+    url: Annotated[str, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    password: Secret | None = None
+    sentinel_master: str | None = None
+    sentinel_urls: list[Annotated[str, AfterValidator(_redis_url)]] = []
+    cluster: bool = False
+    key_prefix: str = "authproxy:"
+    connect_timeout: PositiveDuration = 2.0
+    timeout: PositiveDuration = 2.0
+    lock_timeout: PositiveDuration = 10.0
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.sentinel_master and not self.sentinel_urls:
+            yield ("sentinel_urls",), ("sentinel_master needs the sentinels' addresses; add sentinel_urls, e.g. "
+                                       '["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]')
+        if self.sentinel_master and self.cluster:
+            yield ("cluster",), "Sentinel and Cluster exclude each other; set one of them"
+
+
+class SessionConfig(_Model):
+    """Where sessions live: in the cookie (default, no server state) or in Redis (the cookie is a ticket)."""
+
+    store: Literal["cookie", "redis"] = "cookie"
+    redis: RedisConfig | None = None
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.store == "redis" and self.redis is None:
+            yield ("redis",), 'store redis needs its connection; add redis: {url: "redis://127.0.0.1:6379/0"}'
+
+
 class SkipAuthRule(_Model):
     """Requests that pass without a session — and without any identity or Bearer header."""
 
@@ -522,6 +568,7 @@ class Config(_Model):
     provider: ProviderConfig
     cookie: CookieConfig
     upstreams: list[UpstreamConfig]
+    session: SessionConfig = SessionConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
     api_paths: list[Annotated[str, AfterValidator(_absolute_path)]] = []
     skip_auth: list[SkipAuthRule] = []
