@@ -29,7 +29,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from .config import RedisConfig
-from .crypto import Sealer, b64url_decode, b64url_encode, random_token
+from .crypto import Sealer, b64url_decode, b64url_encode, fingerprint, random_token
 from .errors import CookieError
 from .session import Session
 from .store import StoreUnavailable
@@ -81,6 +81,10 @@ class RedisStore:
     def _key(self, kind: str, value: str) -> str:
         return f"{self._prefix}{kind}:{value}"
 
+    def _index(self, kind: str, value: str) -> str:
+        """Index keys name a hash of the ``sub``/``sid``, so a dump shows no user identifiers."""
+        return f"{self._prefix}{kind}:{fingerprint(value)}"
+
     def _open_ticket(self, cookies: Mapping[str, str]) -> tuple[str, bytes] | None:
         raw = cookies.get(self.name)
         if raw is None:
@@ -121,16 +125,20 @@ class RedisStore:
 
     async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]:
         """Store the session; the ticket cookie is new only when the session is (a new sign-in)."""
-        try:
-            ticket = self._open_ticket(cookies)
-        except CookieError:
-            ticket = None
+        ticket = self._safe_ticket(cookies)
         if ticket is None or ticket[0] != session.id:
             ticket = (session.id or random_token(16), secrets.token_bytes(32))
         session_id, key = ticket
         await self._put(session_id, key, session)
         self._remember(session_id, key)
-        return [(self.name, self._ticket(session_id, key))]
+        same = ticket == self._safe_ticket(cookies)
+        return [(self.name, cookies[self.name] if same else self._ticket(session_id, key))]
+
+    def _safe_ticket(self, cookies: Mapping[str, str]) -> tuple[str, bytes] | None:
+        try:
+            return self._open_ticket(cookies)
+        except CookieError:
+            return None
 
     async def _put(self, session_id: str, key: bytes, session: Session) -> None:
         ttl = max(1, int(session.created_at + self._max_life - self._clock()))
@@ -139,7 +147,7 @@ class RedisStore:
             await self._redis.set(self._key("s", session_id), sealed, ex=ttl)
             for kind, value in (("sid", session.sid), ("sub", session.identity.sub)):
                 if value:
-                    index = self._key(kind, value)
+                    index = self._index(kind, value)
                     await self._redis.sadd(index, session_id)
                     await self._redis.expire(index, int(self._max_life))
         except RedisError as exc:
@@ -192,7 +200,7 @@ class RedisStore:
             for kind, value in (("sid", sid), ("sub", sub)):
                 if not value:
                     continue
-                index = self._key(kind, value)
+                index = self._index(kind, value)
                 ids = await self._redis.smembers(index)
                 for session_id in ids:
                     sid_text = session_id.decode() if isinstance(session_id, bytes) else session_id

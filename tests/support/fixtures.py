@@ -61,3 +61,14 @@ async def idp_factory() -> AsyncIterator[IdPFactory]:
     yield factory
     for idp in started:
         await idp.stop()
+
+
+@pytest.fixture
+async def redis_server():
+    """A real redis-server on a free port, without persistence; stopped after the test."""
+    from tests.support.ports import free_port
+    from tests.support.redis_server import start_redis
+
+    server = await start_redis(free_port())
+    yield server
+    await server.stop()

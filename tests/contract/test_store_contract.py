@@ -1,0 +1,169 @@
+"""One contract, every session store: the cookie store and the Redis store (against a real redis-server)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from proxy.config import RedisConfig
+from proxy.crypto import Sealer, random_token
+from proxy.errors import CookieError
+from proxy.redis_store import RedisStore
+from proxy.session import CookieCodec, Identity, Session
+from proxy.store import CookieStore, MemoryDenylist, StoreUnavailable
+from tests.unit.conftest import make_config
+
+SECRET = base64.urlsafe_b64encode(b"c" * 32).decode()
+OTHER = base64.urlsafe_b64encode(b"x" * 32).decode()
+EXPIRE = 3600.0
+
+
+def session(sub: str = "alice", sid: str | None = "sid-1", token: str = "AT-secret-1", **changes) -> Session:
+    now = time.time()
+    base = dict(identity=Identity(sub=sub, email=f"{sub}@x.test"), access_token=token, created_at=now,
+                issued_at=now, expires_at=now + 300, refresh_token=f"RT-{token}", id_token="ID-token", sid=sid,
+                id=random_token(16))
+    base.update(changes)
+    return Session(**base)
+
+
+def cookie_store(secret: str = SECRET) -> CookieStore:
+    cfg = make_config(cookie={"secret": secret, "expire": "1h"}).cookie
+    return CookieStore(CookieCodec(cfg, Sealer(cfg.keys)), MemoryDenylist())
+
+
+def redis_store(url: str, secret: str = SECRET) -> RedisStore:
+    cfg = make_config(cookie={"secret": secret, "expire": "1h"})
+    return RedisStore(RedisConfig(url=url, key_prefix="t:"), cfg.cookie.name, EXPIRE, Sealer(cfg.cookie.keys))
+
+
+@pytest.fixture(params=["cookie", "redis"])
+async def make_store(request, redis_server):
+    """A factory: ``make_store(secret=...)`` builds a store of the parametrised kind."""
+    stores = []
+    if request.param == "redis":
+        def factory(secret: str = SECRET):
+            stores.append(redis_store(redis_server.url, secret))
+            return stores[-1]
+    else:
+        def factory(secret: str = SECRET):
+            stores.append(cookie_store(secret))
+            return stores[-1]
+    factory.kind = request.param
+    yield factory
+    for store in stores:
+        await store.close()
+
+
+async def test_round_trip(make_store):
+    store = make_store()
+    s = session()
+    cookies = dict(await store.save(s, {}))
+    assert await store.load(cookies) == s
+
+
+async def test_no_cookie_is_no_session(make_store):
+    assert await make_store().load({"other": "x"}) is None
+
+
+async def test_cookie_never_shows_a_token(make_store):
+    cookies = dict(await make_store().save(session(token="AT-visible?"), {}))
+    assert all("AT-visible" not in v and "alice" not in v for v in cookies.values())
+
+
+async def test_tampered_or_foreign_cookie_is_cookie_error(make_store):
+    store = make_store()
+    cookies = dict(await store.save(session(), {}))
+    name, value = next(iter(cookies.items()))
+    flipped = value[:-3] + ("A" if value[-3] != "A" else "B") + value[-2:]
+    with pytest.raises(CookieError):
+        await store.load({name: flipped})
+    with pytest.raises(CookieError):
+        await make_store(secret=OTHER).load(cookies)
+
+
+async def test_saving_again_keeps_the_ticket_and_updates_tokens(make_store):
+    store = make_store()
+    s = session()
+    cookies = dict(await store.save(s, {}))
+    refreshed = s.with_tokens(access_token="AT-secret-2")
+    again = dict(await store.save(refreshed, cookies))
+    assert (await store.load(again)).access_token == "AT-secret-2"
+    if make_store.kind == "redis":
+        assert again == cookies                                    # same ticket: the cookie need not change
+        assert (await store.load(cookies)).access_token == "AT-secret-2"
+
+
+async def test_two_sessions_stay_apart(make_store):
+    store = make_store()
+    a = dict(await store.save(session("alice"), {}))
+    b = dict(await store.save(session("bob", sid="sid-2"), {}))
+    assert (await store.load(a)).identity.sub == "alice"
+    assert (await store.load(b)).identity.sub == "bob"
+
+
+async def test_backchannel_end_by_sid_and_by_sub(make_store):
+    store = make_store()
+    a1 = dict(await store.save(session("alice", sid="sid-a1", token="t1"), {}))
+    a2 = dict(await store.save(session("alice", sid="sid-a2", token="t2"), {}))
+    b = dict(await store.save(session("bob", sid="sid-b"), {}))
+    await store.end_sessions(sid="sid-a1", sub=None)
+    with pytest.raises(CookieError):
+        await store.load(a1)
+    assert (await store.load(a2)).identity.sub == "alice"
+    await store.end_sessions(sid=None, sub="alice")
+    with pytest.raises(CookieError):
+        await store.load(a2)
+    assert (await store.load(b)).identity.sub == "bob"
+
+
+async def test_sign_in_after_a_sub_wide_logout_is_not_ended(make_store):
+    store = make_store()
+    await store.end_sessions(sid=None, sub="alice")
+    later = session("alice", sid="sid-new", created_at=time.time() + 1)
+    cookies = dict(await store.save(later, {}))
+    assert (await store.load(cookies)).sid == "sid-new"
+
+
+async def test_refresh_lock_and_reload(make_store):
+    store = make_store()
+    s = session()
+    cookies = dict(await store.save(s, {}))
+    loaded = await store.load(cookies)
+    async with store.refresh_lock(loaded):
+        current = await store.reload(loaded)
+        assert current == s
+        await store.update(current.with_tokens(access_token="AT-after-lock"))
+    if make_store.kind == "redis":
+        assert (await store.load(cookies)).access_token == "AT-after-lock"
+
+
+async def test_healthy(make_store):
+    assert await make_store().healthy()
+
+
+async def test_redis_holds_only_ciphertext(redis_server):
+    import redis.asyncio as aioredis
+    store = redis_store(redis_server.url)
+    await store.save(session(token="AT-in-redis"), {})
+    client = aioredis.from_url(redis_server.url)
+    try:
+        keys = await client.keys("t:*")
+        dump = b"".join([k + (await client.get(k) if k.startswith(b"t:s:") else b"".join(await client.smembers(k)))
+                         for k in keys])
+    finally:
+        await client.aclose()
+        await store.close()
+    assert dump and b"AT-in-redis" not in dump and b"alice" not in dump and b"RT-" not in dump
+
+
+async def test_redis_down_is_store_unavailable(redis_server):
+    store = redis_store(redis_server.url)
+    cookies = dict(await store.save(session(), {}))
+    await redis_server.kill()
+    with pytest.raises(StoreUnavailable):
+        await store.load(cookies)
+    assert not await store.healthy()
+    await store.close()
