@@ -48,6 +48,10 @@ JWKS_REFETCH_WINDOW = 60.0
 # Largest provider response we read (discovery, JWKS, tokens, userinfo).
 MAX_RESPONSE_BYTES = 1 << 20
 USER_AGENT = f"authproxy/{__version__}"
+# Back-Channel Logout 1.0 §2.4: the event a logout token carries.
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+# A logout token older (or newer) than this is refused: it is meant to be delivered at once.
+LOGOUT_TOKEN_MAX_AGE = 300.0
 # Key types that can verify an asymmetric signature; symmetric ("oct") keys in a JWKS are ignored.
 _KEY_TYPES_BY_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -228,20 +232,53 @@ class Provider:
     async def verify_id_token(self, id_token: str, *, nonce: str | None,
                               expected_sub: str | None = None) -> dict[str, Any]:
         """Verify signature and claims; return the claims. ``nonce=None`` is for refreshed tokens."""
+        claims = await self.verify_signature(id_token, "ID token")
+        self._check_claims(claims, nonce=nonce, expected_sub=expected_sub)
+        return claims
+
+    async def verify_signature(self, token: str, what: str) -> dict[str, Any]:
+        """A JWT's claims once its signature verifies with a JWKS key and an allowed algorithm."""
         try:
-            header = jws.extract_compact(id_token.encode("ascii")).headers()
+            header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeError) as exc:
-            raise TokenValidationError("malformed", "the ID token is not a compact JWS") from exc
+            raise TokenValidationError("malformed", f"the {what} is not a compact JWS") from exc
         alg = header.get("alg")
         if alg not in self.config.id_token_algorithms:
-            raise TokenValidationError("alg", f"the ID token is signed with {str(alg)[:20]!r}, which is not in "
+            raise TokenValidationError("alg", f"the {what} is signed with {str(alg)[:20]!r}, which is not in "
                                        "provider.id_token_algorithms")
         key = await self._signing_key(header.get("kid"), alg)
         try:
-            claims = dict(jwt.decode(id_token, key, algorithms=[alg]).claims)
+            claims = jwt.decode(token, key, algorithms=[alg]).claims
         except JoseError as exc:
-            raise TokenValidationError("signature", f"the ID token's signature does not verify ({exc.error})") from exc
-        self._check_claims(claims, nonce=nonce, expected_sub=expected_sub)
+            raise TokenValidationError("signature", f"the {what}'s signature does not verify ({exc.error})") from exc
+        if not isinstance(claims, dict):
+            raise TokenValidationError("malformed", f"the {what}'s payload is not a JSON object")
+        return dict(claims)
+
+    async def verify_logout_token(self, token: str) -> dict[str, Any]:
+        """A back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.6): signature, iss,
+        aud, iat, exp if present, the back-channel-logout event, sid or sub, and no nonce."""
+        claims = await self.verify_signature(token, "logout token")
+        c, now, skew = self.config, self._clock(), self.config.clock_skew
+        aud = claims.get("aud")
+        if claims.get("iss") != c.issuer:
+            raise TokenValidationError("iss", "the logout token was issued by someone else")
+        if c.client_id not in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []):
+            raise TokenValidationError("aud", "the logout token is not meant for this client")
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, (int, float)) or abs(iat - now) > LOGOUT_TOKEN_MAX_AGE + skew:
+            raise TokenValidationError("iat", "the logout token has no iat or is too old or from the future")
+        if exp is not None and (not isinstance(exp, (int, float)) or exp + skew <= now):
+            raise TokenValidationError("exp", "the logout token has expired")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
+            raise TokenValidationError("events", "the logout token lacks the back-channel logout event")
+        if "nonce" in claims:
+            raise TokenValidationError("nonce", "a logout token must not carry a nonce")
+        if not isinstance(claims.get("sid"), str) and not isinstance(claims.get("sub"), str):
+            raise TokenValidationError("sid", "the logout token names neither a session (sid) nor a user (sub)")
+        if not isinstance(claims.get("jti"), str):
+            raise TokenValidationError("jti", "the logout token has no jti")
         return claims
 
     def _check_claims(self, claims: Mapping[str, Any], *, nonce: str | None, expected_sub: str | None) -> None:

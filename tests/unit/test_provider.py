@@ -196,3 +196,41 @@ async def test_expires_in_becomes_a_time(idp_and_provider):
     idp, provider, _ = idp_and_provider
     idp.token_answer = (200, "application/json", '{"access_token":"a","token_type":"Bearer","expires_in":300}')
     assert (await provider.refresh("rt")).expires_at == NOW + 300
+
+
+# -- back-channel logout tokens (OpenID Connect Back-Channel Logout 1.0 §2.6) ------------------------
+
+from proxy.provider import BACKCHANNEL_EVENT  # noqa: E402
+
+
+def logout_token(key=RSA1, **changes):
+    base = {"iss": ISS, "aud": "cid", "iat": NOW, "exp": NOW + 120, "jti": "j1", "sid": "s1", "sub": "alice",
+            "events": {BACKCHANNEL_EVENT: {}}}
+    base.update(changes)
+    return jwt.encode({"alg": "RS256", "kid": key.kid}, {k: v for k, v in base.items() if v is not None}, key)
+
+
+async def test_logout_token_valid(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    assert (await provider.verify_logout_token(logout_token()))["sid"] == "s1"
+    assert (await provider.verify_logout_token(logout_token(sid=None)))["sub"] == "alice"
+
+
+@pytest.mark.parametrize("changes,code", [
+    ({"iss": "https://evil.example"}, "iss"), ({"aud": "other"}, "aud"), ({"iat": None}, "iat"),
+    ({"iat": NOW - 3600}, "iat"), ({"exp": NOW - 600}, "exp"), ({"events": None}, "events"),
+    ({"events": {"other": {}}}, "events"), ({"nonce": "n"}, "nonce"), ({"sid": None, "sub": None}, "sid"),
+    ({"jti": None}, "jti"),
+])
+async def test_logout_token_checks(idp_and_provider, changes, code):
+    _, provider, _ = idp_and_provider
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_logout_token(logout_token(**changes))
+    assert info.value.code == code
+
+
+async def test_logout_token_signed_by_unknown_key_is_refused(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_logout_token(logout_token(key=RSA2))
+    assert info.value.code == "kid"
