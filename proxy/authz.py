@@ -1,0 +1,171 @@
+"""Access rules: who may pass once signed in, which requests pass without anyone, and CORS on denials.
+
+``authorize(identity, rules)`` applies one ``AuthorizationConfig``: every list that is not empty must
+be satisfied by one of its entries (a user must match every non-empty list); all lists empty lets any
+signed-in user in. An upstream with its own ``authorization`` uses it *instead of* the global rules.
+``/oauth2/auth`` checks the global rules *and* the rules in its query string, both.
+
+Emails are compared case-insensitively and only when well formed: exactly one ``@`` with something
+on both sides. ``alice@evil.test@example.com`` matches neither ``example.com`` nor
+``evil.test``: mail systems, providers and apps read such addresses differently, so none of them
+is trusted. An email the provider marked unverified never reaches here (``Identity.from_claims``
+drops it), so it fails every email rule.
+
+``skip_auth`` rules are regular expressions searched in the normalised path (``upstream.normalize_path``:
+decoded, dot segments resolved, percent-encoded again — what the upstream receives) together with the
+method; the query never takes part. As defence in depth, a request whose *raw* path holds dot
+segments or an encoded ``/`` or ``\\`` never skips: every path that takes such tricks to spell is
+one a client obscured, and anything that still forwarded the raw path (RFC 3986 §5.2.4, §6.2.2)
+would otherwise let ``/admin/..%2Fpublic/x`` pass as ``/public/x``. Such requests simply need a
+sign-in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from .config import AuthorizationConfig, Config, UpstreamConfig
+from .session import Identity
+
+# The query parameters /oauth2/auth understands; any other is refused, so a misspelt rule
+# (``allowed_group=admins``) cannot silently let everyone in.
+QUERY_RULES = ("email_domains", "allowed_emails", "allowed_groups", "allowed_users")
+# Response headers a front end on another origin may read from our 401/403 (Fetch §3.2.6).
+CORS_EXPOSED = "WWW-Authenticate, X-Request-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of ``authorize``; ``reason`` is for the operator's log, never shown to the user."""
+
+    allowed: bool
+    reason: str
+
+
+ALLOWED = Decision(True, "allowed")
+
+
+def authorize(identity: Identity, rules: AuthorizationConfig) -> Decision:
+    """Whether ``identity`` satisfies every non-empty list of ``rules``."""
+    email = _well_formed(identity.email)
+    if rules.email_domains:
+        if email is None:
+            return Decision(False, "email_domains: no verified, well-formed email")
+        domain = email.rpartition("@")[2]
+        if "*" not in rules.email_domains and domain not in rules.email_domains:
+            return Decision(False, f"email_domains: {domain!r} is not allowed")
+    if rules.allowed_emails:
+        if email is None:
+            return Decision(False, "allowed_emails: no verified, well-formed email")
+        if email not in rules.allowed_emails:
+            return Decision(False, "allowed_emails: email not listed")
+    if rules.allowed_groups and not set(identity.groups) & set(rules.allowed_groups):
+        return Decision(False, "allowed_groups: in none of the allowed groups")
+    if rules.allowed_users and identity.sub not in rules.allowed_users:
+        return Decision(False, "allowed_users: user not listed")
+    return ALLOWED
+
+
+def authorize_all(identity: Identity, rule_sets: Iterable[AuthorizationConfig]) -> Decision:
+    """The first denial among ``rule_sets``, or ALLOWED if every one allows."""
+    for rules in rule_sets:
+        decision = authorize(identity, rules)
+        if not decision.allowed:
+            return decision
+    return ALLOWED
+
+
+def _well_formed(email: str | None) -> str | None:
+    """The lowercased email if it has exactly one "@" with a non-empty part on each side, else None."""
+    if not email:
+        return None
+    local, at, domain = email.lower().rpartition("@")
+    if not at or not local or not domain or "@" in local:
+        return None
+    return email.lower()
+
+
+def rules_for(config: Config, upstream: UpstreamConfig) -> AuthorizationConfig:
+    """The upstream's own rules if it has them (they replace the global ones), else the global rules."""
+    return upstream.authorization if upstream.authorization is not None else config.authorization
+
+
+class BadQueryRules(ValueError):
+    """An ``/oauth2/auth`` query parameter that is not a rule."""
+
+
+def query_rules(params: MultiMapping[str]) -> AuthorizationConfig:
+    """Rules from ``/oauth2/auth?allowed_groups=a,b&email_domains=…``: comma-separated, repeatable.
+
+    An empty value restricts nothing, like an empty list in the config. Unknown parameters raise
+    BadQueryRules (fail closed).
+    """
+    unknown = sorted({name for name in params if name not in QUERY_RULES})
+    if unknown:
+        raise BadQueryRules(f"unknown parameter {unknown[0][:40]!r}; allowed: {', '.join(QUERY_RULES)}")
+    values: dict[str, list[str]] = {}
+    for name in QUERY_RULES:
+        values[name] = [item.strip() for value in params.getall(name, []) for item in value.split(",") if item.strip()]
+    return AuthorizationConfig(**values)
+
+
+# -- requests that pass without an identity ------------------------------------------------------
+
+
+def skips_auth(config: Config, request: web.Request, path: str) -> bool:
+    """Whether a ``skip_auth`` rule matches this method and normalised ``path`` (never the query)."""
+    if not config.skip_auth or not _unambiguous(request.raw_path):
+        return False
+    return any((not rule.methods or request.method in rule.methods) and re.search(rule.path, path)
+               for rule in config.skip_auth)
+
+
+def _unambiguous(raw_path: str) -> bool:
+    """False if any segment is a dot segment or hides a "/" or "\\" once decoded."""
+    for segment in raw_path.split("?", 1)[0].split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+            return False
+    return True
+
+
+def is_preflight(config: Config, request: web.Request) -> bool:
+    """A CORS preflight (Fetch §3.2.2) from an allowed origin, when preflights are passed through."""
+    return (config.cors.allow_preflight and request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in request.headers and _allowed_origin(config, request) is not None)
+
+
+def is_api_path(config: Config, path: str) -> bool:
+    """Whether ``path`` lies under one of ``api_paths`` (whole segments: ``/api`` is not ``/apiary``)."""
+    for prefix in config.api_paths:
+        base = prefix.rstrip("/")
+        if not base or path == base or path.startswith(base + "/"):
+            return True
+    return False
+
+
+def cors_headers(config: Config, request: web.Request) -> dict[str, str]:
+    """CORS headers for the proxy's own 401/403: the request's origin echoed only if it is allowed."""
+    if not config.cors.allowed_origins:
+        return {}
+    headers = {"Vary": "Origin"}
+    origin = _allowed_origin(config, request)
+    if origin is not None:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+        if config.cors.allow_credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+    return headers
+
+
+def _allowed_origin(config: Config, request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin and origin.lower() in config.cors.allowed_origins:
+        return origin
+    return None
