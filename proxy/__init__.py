@@ -12,7 +12,15 @@ The modules each own one boundary:
 - ``crypto``    the only user of ``cryptography``: sealing values, random values, PKCE;
 - ``session``   the Session value, its cookie codec, and writing the cookie as headers go out;
 - ``provider``  the only code that talks to the identity provider (discovery, JWKS, grants);
-- ``login``     the ``/oauth2/*`` endpoints and the safe-redirect guard;
+- ``login``     the ``/oauth2/*`` sign-in and sign-out endpoints and the safe-redirect guard;
+- ``gate``      what every other request passes: skip rules, authentication, refresh, authorization;
+- ``refresh``   refreshing tokens once per session and expiry;
+- ``authz``     who may pass (emails, domains, groups, users) and CORS for the proxy's answers;
+- ``bearer``    API clients' own bearer JWTs, verified against the provider's keys;
+- ``store``, ``redis_store``  where sessions live: the cookie (default) or Redis;
+- ``websocket`` authenticated WebSocket upgrades and the frames after them;
+- ``metrics``, ``logs``  Prometheus metrics, auth events and the log format;
+- ``server``    the process: signals, reloads, workers;
 - ``upstream``  the only code that talks to the app behind us;
 - ``pages``     the proxy's own HTML/JSON answers;
 - ``app``       wires it together: resources, middleware order, routes.

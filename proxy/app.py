@@ -24,11 +24,12 @@ from .crypto import Sealer, random_token
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics, status_class
 from .gate import handle_auth, handle_proxy, handle_userinfo
-from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation
+from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
 from .refresh import Refresher
 from .session import CODEC, SESSION_STATE, CookieCodec, write_session_cookie
+from .websocket import setup_websockets
 from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
 log = logging.getLogger("authproxy")
@@ -65,6 +66,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     if config.metrics_listen is None:
         r.add_get("/metrics", handle_metrics)
     r.add_route("*", "/{tail:.*}", handle_proxy)
+    setup_websockets(app)
     return app
 
 
@@ -154,12 +156,13 @@ def error_response(request: web.Request, exc: AuthProxyError) -> web.Response:
     rid = request[REQUEST_ID]
     if not is_navigation(request):
         return json_answer(exc.status, {"error": type(exc).__name__, "message": str(exc), "request_id": rid})
-    retry_to = "/" if isinstance(exc, LoginError) else request.path_qs
+    # The retry link is checked like any redirect: a path such as //evil.example must not become one.
+    retry_to = "/" if isinstance(exc, LoginError) else safe_redirect(request.raw_path, request.app[CONFIG])
     if isinstance(exc, (LoginError, StateMismatch)):
         actions = [("Sign in again", "/oauth2/start?rd=" + quote(retry_to, safe=""))]
     else:
         actions = [("Try again", retry_to)]
-    return html_page(exc.status, exc.title, str(exc), rid, actions)
+    return html_page(exc.status, exc.title, str(exc), rid, actions, templates_dir=request.app[CONFIG].templates_dir)
 
 
 async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:

@@ -97,7 +97,7 @@ async def verify_signature(provider: Provider, token: str) -> dict[str, Any]:
     try:
         # Provider's cached, rate-limited JWKS lookup (see the report: to become public as
         # ``Provider.signing_key``; this is its only call site here).
-        key = await provider._signing_key(header.get("kid"), alg)
+        key = await provider.signing_key(header.get("kid"), alg)
     except TokenValidationError as exc:
         raise BearerRejected(exc.code, "no signing key of the provider fits") from None
     try:

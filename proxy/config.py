@@ -552,7 +552,6 @@ class CorsConfig(_Model):
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     allow_credentials: bool = True
     allow_preflight: bool = False
-    max_age: Duration = 600.0
 
 
 class LoggingConfig(_Model):

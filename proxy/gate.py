@@ -107,8 +107,9 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
 
 
 def wants_json(request: web.Request, path: str) -> bool:
-    """API clients and everything under ``api_paths`` get JSON; browser navigations get pages."""
-    return is_api_path(request.app[CONFIG], path) or not is_navigation(request)
+    """API clients, WebSocket upgrades and everything under ``api_paths`` get JSON; browser
+    navigations get pages. (A WebSocket client's ``Accept: */*`` is no page load.)"""
+    return is_api_path(request.app[CONFIG], path) or is_websocket_upgrade(request) or not is_navigation(request)
 
 
 async def unauthenticated(request: web.Request, path: str | None = None) -> web.StreamResponse:

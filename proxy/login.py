@@ -29,6 +29,7 @@ from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch,
 from .metrics import METRICS
 from .pages import NO_STORE, html_page
 from .session import Session, cookie_header, defer_cookie, get_session, set_session
+from .websocket import close_session_sockets
 
 log = logging.getLogger("authproxy.login")
 
@@ -233,10 +234,12 @@ async def handle_sign_out(request: web.Request) -> web.StreamResponse:
                                            post_logout_redirect_uri=signed_out)
     if session is not None:
         request.app[METRICS].logged_out(session.identity.sub)
+        close_session_sockets(request.app, session.id)
     raise web.HTTPFound(end_session or safe_redirect(request.query.get("rd"), config, default=signed_out),
                         headers=NO_STORE)
 
 
 async def handle_signed_out(request: web.Request) -> web.StreamResponse:
     return html_page(200, "You are signed out", "Your session has ended. Sign in again to continue.",
-                     request.get(REQUEST_ID, "-"), actions=[("Sign in again", "/oauth2/start?rd=%2F")])
+                     request.get(REQUEST_ID, "-"), actions=[("Sign in again", "/oauth2/start?rd=%2F")],
+                     templates_dir=request.app[CONFIG].templates_dir)

@@ -10,6 +10,7 @@ filled in with ``string.Template`` placeholders (``$name`` or ``${name}``; ``$$`
 ``$``; a placeholder not in this list is left as it is):
 
 - ``$status``      the HTTP status, e.g. ``403``
+- ``$label``       the status as shown above the heading: the number for errors, empty otherwise
 - ``$title``       the one-line heading, e.g. ``Access denied``
 - ``$message``     the sentence saying what happened
 - ``$hint``        what the user can do about it
@@ -72,7 +73,7 @@ _PAGE = """<!doctype html>
       .hint{color:#c9cdd4}.actions a.secondary{background:#374151;color:#e5e7eb}}
 </style></head>
 <body><main>
-<div class="status">$status</div>
+<div class="status">$label</div>
 <h1>$title</h1>
 <p>$message</p>
 <p class="hint">$hint</p>
@@ -97,7 +98,7 @@ def html_page(status: int, title: str, message: str, request_id: str,
         for i, (label, href) in enumerate(actions or []))
     hint = HINTS.get(status, "") if hint is None else hint
     template = (load_template(templates_dir) if templates_dir else None) or _BUILT_IN
-    body = template.safe_substitute(status=str(status), title=escape(title), message=escape(message),
+    body = template.safe_substitute(status=str(status), label=str(status) if status >= 400 else "", title=escape(title), message=escape(message),
                                     hint=escape(hint), actions=links, request_id=escape(request_id))
     return web.Response(status=status, text=body, content_type="text/html",
                         headers={**NO_STORE, **(headers or {})})

@@ -304,6 +304,10 @@ class Provider:
         if expected_sub is not None and claims["sub"] != expected_sub:
             raise TokenValidationError("sub", "the refreshed ID token names another subject")
 
+    async def signing_key(self, kid: object, alg: str) -> Any:
+        """The JWKS key to verify a JWT with ``kid``/``alg`` (for bearer tokens); see ``_signing_key``."""
+        return await self._signing_key(kid, alg)
+
     async def _signing_key(self, kid: object, alg: str) -> Any:
         """The JWKS key for ``kid``; an unknown kid refetches the JWKS (rate-limited) once."""
         if self._keys is None or self._clock() - self._keys_fetched_at >= JWKS_TTL:

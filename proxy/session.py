@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from http.cookies import Morsel
 from collections.abc import Callable, Mapping
@@ -61,17 +62,29 @@ class Identity:
             user = str(user)                     # GitHub's numeric user id
         if not isinstance(user, str) or not user:
             raise TokenValidationError("sub", f"the provider did not say who the user is (no {user_path})")
+        if not _header_safe(user):
+            raise TokenValidationError("sub", "the user id contains control characters")
 
         def text(path: str) -> str | None:
             value = claim_at(claims, path)
-            return value if isinstance(value, str) and value else None
+            return value if isinstance(value, str) and value and _header_safe(value) else None
 
         email = text(paths.email) if claims.get("email_verified") is not False else None
         groups = claim_at(claims, paths.groups)
         if isinstance(groups, str):
             groups = [groups]
+        kept = tuple(g for g in groups if isinstance(g, str) and g and _header_safe(g) and "," not in g) \
+            if isinstance(groups, list) else ()
         return cls(sub=user, email=email, preferred_username=text(paths.preferred_username), name=text(paths.name),
-                   groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ())
+                   groups=kept)
+
+
+# Identity values become upstream headers: CR, LF and other controls would split or corrupt them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _header_safe(value: str) -> bool:
+    return len(value) <= 1024 and not _CONTROL.search(value)
 
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:

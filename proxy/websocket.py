@@ -1,19 +1,417 @@
-"""WebSocket upgrades: authenticated like any request, then frames relayed both ways.
+"""WebSocket upgrades (RFC 6455): authenticated like any request, then frames relayed both ways.
 
-(Being built: see issue "Proxy fidelity". Until then upgrades are forwarded as plain requests.)
+The gate has already authenticated the handshake (no session: a 302 or a 401, never an upgrade) and
+chosen the upstream. Before anything reaches the app, the handshake must pass two more checks: the
+upstream allows WebSockets (``upstreams[].websockets``), and ``Origin`` is the proxy's own
+(``public_url``) or listed in ``websocket_origins``.
+
+The Origin check is what stops Cross-Site WebSocket Hijacking. A browser sends the session cookie
+on a WebSocket handshake that another page starts — any page on the same site (a sibling subdomain)
+even with ``samesite: lax``, any page at all with ``samesite: none`` — and the handshake is not
+subject to CORS, so without the check such a page could open a socket as the user. Browsers always
+send ``Origin`` on a WebSocket handshake (RFC 6455 §4.1 item 8, §10.2; WHATWG WebSockets), so a
+handshake *without* one comes from a non-browser client (a CLI, a server), which nobody else can make
+carry the user's cookie: it is allowed — unless it carries ``Sec-Fetch-*`` headers, which only
+browsers send. ``Origin: null`` (sandboxed frames, ``file:``) is refused. The rule is the same on
+``skip_auth`` paths.
+
+The upstream handshake comes first, with the HTTP header policy (``Forwarder.request_headers``:
+Bearer token and identity headers set, spoofed ones stripped) minus the handshake fields aiohttp
+sets itself; only once the app has accepted is the client's upgrade answered, with the subprotocol
+the app chose. A refusal or an unreachable app is a 502 the client sees, never a socket that opens
+and dies at once.
+
+Frames are relayed as they come, each way in its own task: text and binary unchanged (text is not
+even decoded), ping and pong passed through — autoping is off on both ends, so the app answers a
+client's ping and the pong proves the whole path alive; the proxy sends no pings of its own — and a
+close frame's code and reason go to the other side. Each hop negotiates its own permessage-deflate.
+A message is held in memory once, at most ``MAX_MESSAGE`` bytes; a bigger one ends the socket (1009).
+
+A live socket ends with ``SESSION_ENDED`` (4401) when its session does: on sign-out
+(``close_session_sockets``, called by ``/oauth2/sign_out``), at an access-token expiry it cannot
+refresh past, or at the session's hard end (``created_at + cookie.expire``). The refresh goes through
+the Refresher, so it is shared with the session's HTTP requests: the new tokens cannot reach the
+browser's cookie over the socket, but the browser's next request with the old cookie gets the same
+result from the Refresher's recent-results cache instead of spending the refresh token again.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
+import aiohttp
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import MultiMapping
+from yarl import URL
+
+from . import login
+from .config import Config
+from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
+from .errors import ProviderError, UpstreamError, UpstreamTimeout
+from .pages import html_page, json_answer
+from .refresh import Refresher, SessionEnded
 from .session import Session
-from .upstream import Upstream
+from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream, normalized_path
+
+log = logging.getLogger("authproxy.websocket")
+
+# Close code for "your session ended: sign in again". Private-use range (RFC 6455 §7.4.2), 4000 + the
+# HTTP status, so a front end can tell it from the app's own codes and from network failures.
+SESSION_ENDED = 4401
+# Seconds to wait for the peer's close frame after sending ours (RFC 6455 §7.1.1), per side.
+CLOSE_TIMEOUT = 5.0
+# Largest message relayed, in bytes (aiohttp's default); a bigger one closes that side with 1009.
+MAX_MESSAGE = 4 * 1024 * 1024
+# Seconds slept past an expiry before checking it, so a wake-up is not a hair early.
+EXPIRY_SLACK = 0.05
+# Handshake fields aiohttp's client sets itself (RFC 6455 §4.1); the client's would clash with them.
+# Sec-WebSocket-Protocol goes as ``protocols=``; extensions are negotiated per hop.
+HANDSHAKE_FIELDS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                    "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Connection", "Upgrade")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_WS_SCHEMES = {"http": "ws", "https": "wss"}
+
+
+class Close(NamedTuple):
+    """A close frame to send: code and reason (at most 123 bytes, RFC 6455 §5.5)."""
+
+    code: int
+    reason: str
+
+
+# -- recognising and checking the handshake -------------------------------------------------------
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
-    return False
+    """A GET asking to switch to WebSocket: ``Connection: upgrade`` and ``Upgrade: websocket`` (RFC 6455 §4.2.1)."""
+    if request.method != "GET":
+        return False
+    headers = request.headers
+    connection = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    upgrade = {t.strip().lower() for v in headers.getall("Upgrade", ()) for t in v.split(",")}
+    return "upgrade" in connection and "websocket" in upgrade
 
 
-async def forward_websocket(request: web.Request, upstream: Upstream, session: Session | None) -> web.StreamResponse:
-    raise NotImplementedError
+def normalize_origin(value: str) -> str | None:
+    """``scheme://host[:port]`` lowercased without a default port (RFC 6454 §6.2), or None when
+    ``value`` is no http(s) origin (``null``, a path, userinfo, garbage)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
+
+
+def allowed_origins(config: Config) -> frozenset[str]:
+    listed = (normalize_origin(o) for o in config.websocket_origins)
+    return frozenset({config.public_origin, *(o for o in listed if o)})
+
+
+def origin_allowed(headers: MultiMapping[str], config: Config) -> bool:
+    """Whether a handshake with these headers may open a socket (see the module docstring)."""
+    values = headers.getall("Origin", [])
+    if not values:
+        return not any(name in headers for name in ("Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Fetch-Dest"))
+    origin = normalize_origin(values[0]) if len(values) == 1 else None
+    return origin is not None and origin in allowed_origins(config)
+
+
+def requested_protocols(request: web.Request) -> tuple[str, ...]:
+    """The client's ``Sec-WebSocket-Protocol`` list, in its order of preference (RFC 6455 §4.1)."""
+    return tuple(p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",")
+                 if p.strip())
+
+
+def upstream_ws_url(upstream: Upstream, request: web.Request) -> URL:
+    """The upstream URL as ``Forwarder.forward`` builds it (normalised path, ``strip_prefix``, raw
+    query), with ws/wss for http/https; a unix socket's ``http://localhost`` becomes ``ws://localhost``."""
+    url = upstream.target(normalized_path(request), request.rel_url.raw_query_string)
+    return url.with_scheme(_WS_SCHEMES.get(url.scheme, url.scheme))
+
+
+def _refuse(request: web.Request, status: int, error: str, title: str, message: str) -> web.Response:
+    rid = request[REQUEST_ID]
+    if login.is_navigation(request):
+        return html_page(status, title, message, rid, templates_dir=request.app[CONFIG].templates_dir)
+    return json_answer(status, {"error": error, "message": message, "request_id": rid})
+
+
+def _refusal(request: web.Request, upstream: Upstream) -> web.Response | None:
+    """The answer for a handshake that must not reach the app, or None if it may."""
+    if not upstream.config.websockets:
+        return _refuse(request, 403, "websockets_disabled", "Not allowed",
+                       "WebSocket connections are not enabled for this application.")
+    if not origin_allowed(request.headers, request.app[CONFIG]):
+        log.warning("websocket refused: origin %.100r not allowed, rid=%s", request.headers.get("Origin"),
+                    request[REQUEST_ID])
+        return _refuse(request, 403, "origin_not_allowed", "Not allowed",
+                       "This page's origin may not open WebSocket connections to this application.")
+    # Validates key and version only (RFC 6455 §4.2.1); offering the client's own subprotocols keeps
+    # aiohttp from warning that none overlap: the app chooses among them later.
+    if not web.WebSocketResponse(protocols=requested_protocols(request)).can_prepare(request).ok:
+        return _refuse(request, 400, "bad_handshake", "Bad request", "This is not a valid WebSocket handshake.")
+    return None
+
+
+# -- forwarding ------------------------------------------------------------------------------------
+
+
+async def forward_websocket(request: web.Request, upstream: Upstream,
+                            session: Session | None) -> web.StreamResponse:
+    """Check the handshake, connect upstream, answer the client's upgrade, then relay until either ends.
+
+    ``session`` is None only where the gate lets a request pass without one (``skip_auth``): such a
+    socket carries no identity and has no session to outlive.
+    """
+    refusal = _refusal(request, upstream)
+    if refusal is not None:
+        return refusal
+    upstream_ws = await _connect_upstream(request, upstream, session)
+    client_ws = web.WebSocketResponse(protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
+                                      timeout=CLOSE_TIMEOUT, autoclose=False, autoping=False,
+                                      max_msg_size=MAX_MESSAGE, decode_text=False)
+    try:
+        await client_ws.prepare(request)
+    except BaseException:
+        await upstream_ws.close(code=WSCloseCode.GOING_AWAY)
+        raise
+    await _relay(request, client_ws, upstream_ws, session)
+    return client_ws
+
+
+async def _connect_upstream(request: web.Request, upstream: Upstream,
+                            session: Session | None) -> aiohttp.ClientWebSocketResponse[bool]:
+    headers = request.app[FORWARDER].request_headers(request, session, upstream)
+    for name in HANDSHAKE_FIELDS:
+        headers.popall(name, None)
+    where = upstream.config.path
+    request[UPSTREAM_LABEL] = where
+    try:
+        async with asyncio.timeout(upstream.config.connect_timeout + upstream.config.timeout):
+            return await upstream.client.ws_connect(
+                upstream_ws_url(upstream, request), headers=headers, protocols=requested_protocols(request),
+                autoclose=False, autoping=False, max_msg_size=MAX_MESSAGE, decode_text=False,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
+    except aiohttp.WSServerHandshakeError as exc:
+        log.warning("upstream %s refused the websocket: %s %s", upstream.config.url, exc.status, exc.message)
+        raise UpstreamError(f"The application at {where} refused the WebSocket connection.") from None
+    except TimeoutError:
+        raise UpstreamTimeout(f"The application at {where} did not answer the WebSocket handshake in time.") from None
+    except aiohttp.ClientError as exc:
+        log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)
+        raise UpstreamError(f"The application at {where} could not be reached.") from None
+
+
+async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
+                 upstream_ws: aiohttp.ClientWebSocketResponse[bool], session: Session | None) -> None:
+    """Relay both ways until a side closes or vanishes or the session ends; then close both, leaving no task."""
+    app, rid = request.app, request[REQUEST_ID]
+    sub = session.identity.sub if session is not None else "-"
+    live = LiveSocket(session.id if session is not None else "")
+    registry = app.get(SOCKETS)
+    if registry is not None:
+        registry.add(live)
+    pumps = (asyncio.create_task(_pump(client_ws, upstream_ws, "client")),
+             asyncio.create_task(_pump(upstream_ws, client_ws, "upstream")))
+    tasks = list(pumps)
+    if session is not None:
+        hard_end = session.created_at + app[CONFIG].cookie.expire
+        tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end)))
+    log.info("websocket open: sub=%s path=%s rid=%s", sub, request.path, rid)
+    close = Close(WSCloseCode.GOING_AWAY, "proxy shutting down")      # if this handler is cancelled
+    try:
+        await asyncio.wait((*pumps, live.ended), return_when=asyncio.FIRST_COMPLETED)
+        close = _outcome(pumps, live)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if registry is not None:
+            registry.discard(live)
+        reason = close.reason.encode("utf-8")
+        await asyncio.gather(client_ws.close(code=close.code, message=reason),
+                             upstream_ws.close(code=close.code, message=reason), return_exceptions=True)
+        log.info("websocket closed: %d %s sub=%s rid=%s", close.code, close.reason, sub, rid)
+
+
+def _outcome(pumps: tuple[asyncio.Task[Close], ...], live: LiveSocket) -> Close:
+    """How the relay ends, once a pump has finished or the socket was asked to end."""
+    if live.ended.done():
+        return live.ended.result()
+    for task in pumps:
+        if task.done():
+            exc = task.exception()
+            if exc is None:
+                return task.result()
+            log.error("websocket relay failed: %s", type(exc).__name__, exc_info=exc)
+    return Close(WSCloseCode.INTERNAL_ERROR, "internal error")
+
+
+async def _pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool],
+                sink: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool], side: str) -> Close:
+    """Relay ``source``'s messages to ``sink`` until ``source`` closes; the close frame both sides then get."""
+    while True:
+        msg = await source.receive()
+        try:
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                await sink.send_frame(msg.data, msg.type)
+            elif msg.type is WSMsgType.PING:
+                await sink.ping(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                await sink.pong(msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                # No status code on the wire reads as 0; 1005 itself must never be sent (RFC 6455 §7.4.1).
+                return Close(msg.data or WSCloseCode.OK, msg.extra or "")
+            else:                                   # CLOSED, ERROR: gone without a close handshake
+                return _vanished(side)
+        except (ConnectionError, aiohttp.ClientError):
+            return _vanished("upstream" if side == "client" else "client")
+
+
+def _vanished(side: str) -> Close:
+    if side == "client":
+        return Close(WSCloseCode.GOING_AWAY, "client went away")
+    return Close(WSCloseCode.BAD_GATEWAY, "upstream went away")      # 1014: a gateway's bad upstream
+
+
+# -- the session behind a live socket ----------------------------------------------------------------
+
+
+async def watch_session(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
+                        hard_end: float) -> None:
+    """End ``live`` with ``SESSION_ENDED`` when the session ends; return only then.
+
+    Wakes at each access-token expiry and refreshes through the Refresher (once per expiry, shared
+    with the session's HTTP requests); a session that cannot be refreshed ends. At ``hard_end``
+    (``created_at + cookie.expire``) it ends whatever the tokens say.
+    """
+    while True:
+        now = clock()
+        if now >= hard_end:
+            live.end(SESSION_ENDED, "session expired")
+            return
+        if session.access_expired(now):
+            renewed = await _renewed(session, refresher, clock)
+            if renewed is None:
+                live.end(SESSION_ENDED, "session expired")
+                return
+            session = renewed
+            continue
+        deadline = min(hard_end, session.expires_at if session.expires_at is not None else math.inf)
+        await asyncio.sleep(deadline - now + EXPIRY_SLACK)
+
+
+async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], float]) -> Session | None:
+    """The session refreshed past its expiry, or None if it cannot be."""
+    if not session.refresh_token:
+        return None
+    try:
+        fresh = await refresher.ensure_fresh(session)
+    except (SessionEnded, ProviderError) as exc:     # grant gone, or provider down with the token expired
+        log.info("websocket session ended: sub=%s (%s)", session.identity.sub, type(exc).__name__)
+        return None
+    # An answer that is itself expired would have us refresh again at once, in a loop.
+    return None if fresh.access_expired(clock()) else fresh
+
+
+async def _watch(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
+                 hard_end: float) -> None:
+    try:
+        await watch_session(session, live, refresher, clock, hard_end)
+    except Exception:
+        log.exception("websocket session watch failed: sub=%s", session.identity.sub)
+        live.end(WSCloseCode.INTERNAL_ERROR, "internal error")
+
+
+# -- live sockets by session -------------------------------------------------------------------------
+
+
+class LiveSocket:
+    """One relayed connection as the registry sees it: whose session, and the way to end it."""
+
+    __slots__ = ("session_id", "ended")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.ended: asyncio.Future[Close] = asyncio.get_running_loop().create_future()
+
+    def end(self, code: int, reason: str) -> None:
+        """Ask the relay to close both sides with this code; the first request wins."""
+        if not self.ended.done():
+            self.ended.set_result(Close(code, reason))
+
+
+class SocketRegistry:
+    """Live sockets by session id, so that signing out ends that session's sockets at once."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, set[LiveSocket]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(sockets) for sockets in self._by_session.values())
+
+    def add(self, live: LiveSocket) -> None:
+        self._by_session.setdefault(live.session_id, set()).add(live)
+
+    def discard(self, live: LiveSocket) -> None:
+        sockets = self._by_session.get(live.session_id)
+        if sockets is not None:
+            sockets.discard(live)
+            if not sockets:
+                del self._by_session[live.session_id]
+
+    def end_session(self, session_id: str, code: int, reason: str) -> int:
+        """End every socket of one session; the number ended. Sessions sealed before session ids
+        existed all have the id "": ending "" would end everyone's, so it ends none."""
+        if not session_id:
+            return 0
+        sockets = list(self._by_session.get(session_id, ()))
+        for live in sockets:
+            live.end(code, reason)
+        return len(sockets)
+
+    def end_all(self, code: int, reason: str) -> int:
+        sockets = [live for group in self._by_session.values() for live in group]
+        for live in sockets:
+            live.end(code, reason)
+        return len(sockets)
+
+
+SOCKETS = web.AppKey("authproxy_websockets", SocketRegistry)
+
+
+def setup_websockets(app: web.Application) -> None:
+    """Give ``app`` its live-socket registry, and end every socket when the app shuts down.
+
+    Call from ``create_app`` (before the app is frozen); calling twice does nothing more.
+    """
+    if SOCKETS in app:
+        return
+    app[SOCKETS] = SocketRegistry()
+    app.on_shutdown.append(_end_all_sockets)
+
+
+async def _end_all_sockets(app: web.Application) -> None:
+    count = app[SOCKETS].end_all(WSCloseCode.GOING_AWAY, "proxy shutting down")
+    if count:
+        log.info("ending %d websocket(s) for shutdown", count)
+
+
+def close_session_sockets(app: web.Application, session_id: str) -> int:
+    """End the live sockets of a signed-out session with ``SESSION_ENDED``; the number ended.
+
+    Returns at once: each relay sends its close frames in its own task.
+    """
+    registry = app.get(SOCKETS)
+    return registry.end_session(session_id, SESSION_ENDED, "signed out") if registry is not None else 0

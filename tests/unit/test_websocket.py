@@ -1,0 +1,274 @@
+"""WebSocket rules that need no network: recognising an upgrade, the Origin rule, the live-socket
+registry, and when a socket's session ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+from aiohttp import WSCloseCode, WSMsgType
+from aiohttp.http_websocket import WSMessage
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+
+from proxy.errors import ProviderUnavailable
+from proxy.refresh import SessionEnded
+from proxy.session import Identity, Session
+from proxy.upstream import Upstream
+from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, _pump, close_session_sockets,
+                             is_websocket_upgrade, normalize_origin, origin_allowed, requested_protocols,
+                             upstream_ws_url, watch_session)
+from tests.unit.conftest import make_config
+
+UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+
+
+def request(method: str = "GET", headers: list[tuple[str, str]] | None = None, path: str = "/ws"):
+    return make_mocked_request(method, path, headers=CIMultiDict(headers or []))
+
+
+# -- is_websocket_upgrade ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [
+    UPGRADE,
+    [("Connection", "keep-alive, Upgrade"), ("Upgrade", "WebSocket")],         # Firefox's Connection
+    [("connection", "UPGRADE"), ("upgrade", "websocket")],
+    [("Connection", "keep-alive"), ("Connection", "upgrade"), ("Upgrade", "websocket")],
+])
+def test_upgrade_recognised_case_insensitively(headers):
+    assert is_websocket_upgrade(request(headers=headers))
+
+
+@pytest.mark.parametrize("method, headers", [
+    ("POST", UPGRADE),
+    ("GET", [("Upgrade", "websocket")]),                                         # no Connection: upgrade
+    ("GET", [("Connection", "Upgrade")]),
+    ("GET", [("Connection", "Upgrade"), ("Upgrade", "h2c")]),
+    ("GET", [("Connection", "keep-alive"), ("Upgrade", "websocket")]),
+    ("GET", [("Connection", "upgraded"), ("Upgrade", "websockets")]),            # tokens, not substrings
+    ("GET", []),
+])
+def test_other_requests_are_no_upgrade(method, headers):
+    assert not is_websocket_upgrade(request(method, headers))
+
+
+# -- the Origin rule --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("https://App.Example.com", "https://app.example.com"),
+    ("https://app.example.com:443", "https://app.example.com"),
+    ("http://app.example.com:80/", "http://app.example.com"),
+    ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ("http://[::1]:8080", "http://[::1]:8080"),
+    ("null", None),
+    ("file://", None),
+    ("https://app.example.com/path", None),
+    ("https://user@app.example.com", None),
+    ("https://app.example.com:99999", None),
+    ("https://app.example.com.evil:x", None),
+    ("", None),
+])
+def test_normalize_origin(value, expected):
+    assert normalize_origin(value) == expected
+
+
+def allowed(headers: list[tuple[str, str]], **sections) -> bool:
+    return origin_allowed(CIMultiDict(headers), make_config(**sections))
+
+
+def test_the_public_origin_is_allowed_in_any_spelling():
+    for origin in ("https://app.example.com", "HTTPS://APP.EXAMPLE.COM", "https://app.example.com:443"):
+        assert allowed([("Origin", origin)])
+
+
+@pytest.mark.parametrize("origin", [
+    "https://evil.example", "http://app.example.com", "https://app.example.com:8443",
+    "https://app.example.com.evil.example", "https://sub.app.example.com", "null", "garbage",
+])
+def test_other_origins_are_refused(origin):
+    assert not allowed([("Origin", origin)])
+
+
+def test_listed_origins_are_allowed_too():
+    sections = {"websocket_origins": ["https://Admin.Example.com:443", "http://localhost:3000"]}
+    assert allowed([("Origin", "https://admin.example.com")], **sections)
+    assert allowed([("Origin", "http://localhost:3000")], **sections)
+    assert not allowed([("Origin", "http://localhost:3001")], **sections)
+
+
+def test_no_origin_means_no_browser_and_is_allowed_unless_it_looks_like_a_browser():
+    assert allowed([("Cookie", "_authproxy=x")])
+    assert not allowed([("Sec-Fetch-Mode", "websocket")])
+    assert not allowed([("Sec-Fetch-Site", "cross-site")])
+
+
+def test_two_origins_are_refused():
+    assert not allowed([("Origin", "https://app.example.com"), ("Origin", "https://evil.example")])
+
+
+# -- handshake details -------------------------------------------------------------------------------
+
+
+def test_requested_protocols_keep_the_clients_order():
+    req = request(headers=[*UPGRADE, ("Sec-WebSocket-Protocol", "chat.v2, chat.v1"),
+                           ("Sec-WebSocket-Protocol", "mqtt")])
+    assert requested_protocols(req) == ("chat.v2", "chat.v1", "mqtt")
+    assert requested_protocols(request(headers=UPGRADE)) == ()
+
+
+@pytest.mark.parametrize("upstream, expected", [
+    ({"path": "/", "url": "http://127.0.0.1:8080"}, "ws://127.0.0.1:8080/app/b/c?x=%20y"),
+    ({"path": "/", "url": "https://app.internal/base"}, "wss://app.internal/base/app/b/c?x=%20y"),
+    ({"path": "/app", "url": "http://127.0.0.1:8080", "strip_prefix": True}, "ws://127.0.0.1:8080/b/c?x=%20y"),
+    ({"path": "/", "url": "unix:/run/app.sock"}, "ws://localhost/app/b/c?x=%20y"),
+])
+def test_upstream_url_is_the_http_one_with_a_ws_scheme(upstream, expected):
+    """The same URL as Forwarder.forward: normalised path, strip_prefix, raw query untouched."""
+    config = make_config(upstreams=[upstream]).upstreams[0]
+    req = request(headers=UPGRADE, path="/app/x/../b/./c?x=%20y")
+    assert str(upstream_ws_url(Upstream(config, None), req)) == expected  # type: ignore[arg-type]
+
+
+# -- relaying -----------------------------------------------------------------------------------------
+
+
+class FakeSocket:
+    """Plays a list of messages as ``receive()``; records what is sent."""
+
+    def __init__(self, messages=(), fail_send: bool = False) -> None:
+        self.messages = list(messages)
+        self.sent: list[tuple[str, object]] = []
+        self.fail_send = fail_send
+
+    async def receive(self):
+        return self.messages.pop(0)
+
+    async def send_frame(self, data, opcode):
+        if self.fail_send:
+            raise ConnectionResetError("gone")
+        self.sent.append((opcode.name, data))
+
+    async def ping(self, data):
+        self.sent.append(("PING", data))
+
+    async def pong(self, data):
+        self.sent.append(("PONG", data))
+
+
+async def test_pump_relays_every_kind_and_returns_the_close_frame():
+    source = FakeSocket([WSMessage(WSMsgType.TEXT, b"t", None), WSMessage(WSMsgType.BINARY, b"\x00", None),
+                         WSMessage(WSMsgType.PING, b"p", None), WSMessage(WSMsgType.PONG, b"q", None),
+                         WSMessage(WSMsgType.CLOSE, 4000, "bye")])
+    sink = FakeSocket()
+    assert await _pump(source, sink, "upstream") == Close(4000, "bye")
+    assert sink.sent == [("TEXT", b"t"), ("BINARY", b"\x00"), ("PING", b"p"), ("PONG", b"q")]
+
+
+async def test_pump_maps_a_close_without_status_and_vanishing_sides():
+    assert await _pump(FakeSocket([WSMessage(WSMsgType.CLOSE, 0, "")]), FakeSocket(), "client") == Close(1000, "")
+    gone = WSMessage(WSMsgType.CLOSED, None, None)
+    assert (await _pump(FakeSocket([gone]), FakeSocket(), "upstream")).code == WSCloseCode.BAD_GATEWAY
+    assert (await _pump(FakeSocket([gone]), FakeSocket(), "client")).code == WSCloseCode.GOING_AWAY
+    # A send that fails means the *other* side is gone.
+    text = WSMessage(WSMsgType.TEXT, b"t", None)
+    assert (await _pump(FakeSocket([text]), FakeSocket(fail_send=True), "client")).code == WSCloseCode.BAD_GATEWAY
+
+
+# -- the registry --------------------------------------------------------------------------------------
+
+
+async def test_registry_ends_one_sessions_sockets_and_forgets_them():
+    registry = SocketRegistry()
+    a1, a2, b, legacy = LiveSocket("a"), LiveSocket("a"), LiveSocket("b"), LiveSocket("")
+    for live in (a1, a2, b, legacy):
+        registry.add(live)
+    assert registry.end_session("a", SESSION_ENDED, "signed out") == 2
+    assert a1.ended.result() == a2.ended.result() == Close(SESSION_ENDED, "signed out")
+    assert not b.ended.done()
+    assert registry.end_session("", SESSION_ENDED, "signed out") == 0 and not legacy.ended.done()
+    for live in (a1, a2, b):
+        registry.discard(live)
+    assert len(registry) == 1 and registry._by_session == {"": {legacy}}
+    assert registry.end_all(WSCloseCode.GOING_AWAY, "bye") == 1 and legacy.ended.result().code == 1001
+
+
+async def test_first_end_wins():
+    live = LiveSocket("a")
+    live.end(SESSION_ENDED, "signed out")
+    live.end(WSCloseCode.GOING_AWAY, "later")
+    assert live.ended.result() == Close(SESSION_ENDED, "signed out")
+
+
+def test_close_session_sockets_without_a_registry_does_nothing():
+    from aiohttp import web
+    assert close_session_sockets(web.Application(), "a") == 0
+
+
+# -- when a live socket's session ends ----------------------------------------------------------------
+
+
+class FakeRefresher:
+    def __init__(self, *results) -> None:
+        self.results = list(results)
+        self.calls = 0
+
+    async def ensure_fresh(self, session: Session) -> Session:
+        self.calls += 1
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def session(expires_in: float | None, refresh_token: str | None = "RT") -> Session:
+    now = time.time()
+    return Session(identity=Identity(sub="alice"), access_token="AT", created_at=now,
+                   expires_at=None if expires_in is None else now + expires_in, refresh_token=refresh_token, id="s1")
+
+
+async def watch(s: Session, refresher: FakeRefresher, hard_end_in: float = 60.0,
+                limit: float = 2.0) -> tuple[Close, float]:
+    live = LiveSocket(s.id)
+    started = time.monotonic()
+    async with asyncio.timeout(limit):
+        await watch_session(s, live, refresher, time.time, time.time() + hard_end_in)  # type: ignore[arg-type]
+    return live.ended.result(), time.monotonic() - started
+
+
+@pytest.mark.parametrize("failure", [SessionEnded("invalid_grant"), ProviderUnavailable("refresh", "down")])
+async def test_a_refresh_that_fails_at_expiry_ends_the_socket(failure):
+    refresher = FakeRefresher(failure)
+    close, elapsed = await watch(session(0.2), refresher)
+    assert close == Close(SESSION_ENDED, "session expired")
+    assert 0.2 <= elapsed < 1.0 and refresher.calls == 1
+
+
+async def test_without_a_refresh_token_the_socket_ends_at_expiry():
+    refresher = FakeRefresher()
+    close, elapsed = await watch(session(0.2, refresh_token=None), refresher)
+    assert close.code == SESSION_ENDED and 0.2 <= elapsed < 1.0 and refresher.calls == 0
+
+
+async def test_a_refresh_that_works_reschedules_until_the_hard_end():
+    s = session(0.2)
+    refreshed = [replace(s, expires_at=s.expires_at + 0.2 * i) for i in (1, 2, 3, 4, 5)]
+    refresher = FakeRefresher(*refreshed)
+    close, elapsed = await watch(s, refresher, hard_end_in=0.7)
+    assert close == Close(SESSION_ENDED, "session expired")
+    assert 0.7 <= elapsed < 1.2 and refresher.calls == 3       # at 0.2, 0.4 and 0.6 s
+
+
+async def test_a_refresh_answer_that_is_already_expired_ends_instead_of_looping():
+    s = session(0.1)
+    refresher = FakeRefresher(replace(s, expires_at=time.time() - 1))
+    close, _ = await watch(s, refresher)
+    assert close.code == SESSION_ENDED and refresher.calls == 1
+
+
+async def test_a_token_without_expiry_lives_until_the_hard_end():
+    close, elapsed = await watch(session(None), FakeRefresher(), hard_end_in=0.2)
+    assert close.code == SESSION_ENDED and 0.2 <= elapsed < 1.0
