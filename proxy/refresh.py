@@ -22,16 +22,21 @@ same steps; this module is the in-process half.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .crypto import fingerprint
 from .errors import ProviderError, ProviderUnavailable, TokenValidationError
 from .metrics import Metrics
 from .provider import Provider
 from .session import Session
+
+if TYPE_CHECKING:
+    from .store import SessionStore
 
 # How long a refresh result is served to requests that still carry the spent refresh token.
 RECENT_TTL = 30.0
@@ -43,12 +48,27 @@ class SessionEnded(Exception):
     """The provider said the grant is gone (or its answer failed a check): sign in again."""
 
 
+class _NoStore:
+    """Refreshing without a shared store: no lock beyond the in-process single flight."""
+
+    @contextlib.asynccontextmanager
+    async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
+        yield
+
+    async def reload(self, session: Session) -> Session | None:
+        return session
+
+    async def update(self, session: Session) -> None:
+        return None
+
+
 class Refresher:
     """Decides when a session's tokens are due and refreshes them once, sharing the result."""
 
     def __init__(self, provider: Provider, refresh_before: float, clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, store: SessionStore | None = None) -> None:
         self._provider = provider
+        self._store: SessionStore = store or _NoStore()
         self._metrics = metrics or Metrics()
         self._refresh_before = refresh_before
         self._clock = clock
@@ -66,8 +86,12 @@ class Refresher:
             window = min(window, (session.expires_at - session.issued_at) / 2)
         return now >= session.expires_at - window
 
-    async def ensure_fresh(self, session: Session) -> Session:
+    async def ensure_fresh(self, session: Session, *, remember_for: float = RECENT_TTL) -> Session:
         """The session to forward with: refreshed if due, else unchanged.
+
+        ``remember_for`` is how long the result is served to the spent refresh token: a WebSocket
+        refreshing in the background passes the session's remaining life, because the browser's
+        cookie keeps the spent token until its next HTTP request.
 
         Raises ``SessionEnded`` when the user must sign in again and ``ProviderUnavailable`` when
         the token has expired and the provider cannot be reached to refresh it.
@@ -76,7 +100,7 @@ class Refresher:
         if not self.due(session, now):
             return session
         try:
-            return await self.refresh(session)
+            return await self.refresh(session, remember_for=remember_for)
         except ProviderError as exc:
             sub = session.identity.sub
             if not exc.transient:      # invalid_grant, invalid_client, a malformed answer: start over
@@ -91,52 +115,69 @@ class Refresher:
             self._metrics.refreshed("ended", session.identity.sub, exc.code)
             raise SessionEnded(str(exc)) from exc
 
-    async def refresh(self, session: Session) -> Session:
+    async def refresh(self, session: Session, *, remember_for: float = RECENT_TTL) -> Session:
+        latest = self._latest_known(session)
+        if latest is not session:
+            if not self.due(latest, self._clock()):
+                self._metrics.refreshes.labels("reused").inc()
+                return latest
+            session = latest               # refresh from the newest tokens known, never a spent one
         assert session.refresh_token is not None
         key = fingerprint(session.refresh_token)
-        recent = self._recent_result(key)
-        if recent is not None:
-            self._metrics.refreshes.labels("reused").inc()
-            return recent
         task = self._inflight.get(key)
         if task is not None:
             self._metrics.refreshes.labels("shared").inc()
         else:
-            task = asyncio.create_task(self._refresh(key, session))
+            task = asyncio.create_task(self._refresh(key, session, remember_for))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _refresh(self, key: str, session: Session) -> Session:
-        assert session.refresh_token is not None
-        self.grants += 1
-        tokens = await self._provider.refresh(session.refresh_token)
-        identity = session.identity
-        if tokens.id_token:
-            # OIDC Core §12.2: same iss and sub; a nonce is not required on refreshed ID tokens.
-            claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
-                                                          expected_sub=session.identity.sub)
-            identity = self._provider.identity_from(claims)
-        now = self._clock()
-        fresh = replace(session, identity=identity, access_token=tokens.access_token, issued_at=now,
-                        expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or session.refresh_token,
-                        id_token=tokens.id_token or session.id_token)
-        self._remember(key, fresh, now)
+    async def _refresh(self, key: str, session: Session, remember_for: float) -> Session:
+        """lock → reload → still due? → refresh → save → unlock (the lock spans processes with Redis)."""
+        async with self._store.refresh_lock(session):
+            current = await self._store.reload(session)
+            if current is None:
+                raise SessionEnded("the session no longer exists in the store")
+            if current.refresh_token != session.refresh_token and not self.due(current, self._clock()):
+                self._remember(key, current, self._clock(), remember_for)   # another process refreshed it
+                self._metrics.refreshes.labels("reused").inc()
+                return current
+            assert current.refresh_token is not None
+            self.grants += 1
+            tokens = await self._provider.refresh(current.refresh_token)
+            identity = current.identity
+            if tokens.id_token:
+                # OIDC Core §12.2: same iss and sub; a nonce is not required on refreshed ID tokens.
+                claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
+                                                              expected_sub=current.identity.sub)
+                identity = self._provider.identity_from(claims)
+            now = self._clock()
+            fresh = replace(current, identity=identity, access_token=tokens.access_token, issued_at=now,
+                            expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or current.refresh_token,
+                            id_token=tokens.id_token or current.id_token)
+            await self._store.update(fresh)
+        self._remember(key, fresh, now, remember_for)
         self._metrics.refreshed("success", identity.sub)
         return fresh
 
-    def _recent_result(self, key: str) -> Session | None:
-        entry = self._recent.get(key)
-        if entry is None:
-            return None
-        now = self._clock()
-        if entry[0] <= now:
-            del self._recent[key]
-            return None
-        # Without rotation the refresh token stays the same: a result that is itself due is stale.
-        return None if self.due(entry[1], now) else entry[1]
+    def _latest_known(self, session: Session) -> Session:
+        """Follow remembered results from this session's refresh token to the newest tokens:
+        RT1 → (AT2, RT2) → (AT3, RT3)… when later refreshes built on earlier ones."""
+        now, current = self._clock(), session
+        for _ in range(8):
+            if not current.refresh_token:
+                break
+            entry = self._recent.get(fingerprint(current.refresh_token))
+            if entry is None or entry[0] <= now or entry[1] is current:
+                break
+            current = entry[1]
+            if not self.due(current, now):
+                break
+        return current
 
-    def _remember(self, key: str, session: Session, now: float) -> None:
-        self._recent[key] = (now + RECENT_TTL, session)
-        while len(self._recent) > RECENT_MAX or (self._recent and next(iter(self._recent.values()))[0] <= now):
+    def _remember(self, key: str, session: Session, now: float, remember_for: float) -> None:
+        self._recent[key] = (now + remember_for, session)
+        self._recent.move_to_end(key)
+        while len(self._recent) > RECENT_MAX:
             self._recent.popitem(last=False)

@@ -54,7 +54,7 @@ from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .errors import ProviderError, UpstreamError, UpstreamTimeout
 from .pages import html_page, json_answer
-from .refresh import Refresher, SessionEnded
+from .refresh import RECENT_TTL, Refresher, SessionEnded
 from .session import Session
 from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream, normalized_path
 
@@ -302,7 +302,7 @@ async def watch_session(session: Session, live: LiveSocket, refresher: Refresher
             live.end(SESSION_ENDED, "session expired")
             return
         if session.access_expired(now):
-            renewed = await _renewed(session, refresher, clock)
+            renewed = await _renewed(session, refresher, clock, hard_end)
             if renewed is None:
                 live.end(SESSION_ENDED, "session expired")
                 return
@@ -312,12 +312,17 @@ async def watch_session(session: Session, live: LiveSocket, refresher: Refresher
         await asyncio.sleep(deadline - now + EXPIRY_SLACK)
 
 
-async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], float]) -> Session | None:
-    """The session refreshed past its expiry, or None if it cannot be."""
+async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], float],
+                   hard_end: float = math.inf) -> Session | None:
+    """The session refreshed past its expiry, or None if it cannot be.
+
+    The result is remembered until the session's hard end: the browser's cookie still holds the
+    refresh token spent here, and its next HTTP request must find the new tokens, not spend it again.
+    """
     if not session.refresh_token:
         return None
     try:
-        fresh = await refresher.ensure_fresh(session)
+        fresh = await refresher.ensure_fresh(session, remember_for=max(hard_end - clock(), RECENT_TTL))
     except (SessionEnded, ProviderError) as exc:     # grant gone, or provider down with the token expired
         log.info("websocket session ended: sub=%s (%s)", session.identity.sub, type(exc).__name__)
         return None

@@ -122,3 +122,70 @@ async def test_not_due_is_untouched():
     provider = FakeProvider(clock)
     s = session(clock)
     assert await Refresher(provider, 60, clock).ensure_fresh(s) is s and provider.calls == []
+
+
+async def test_spent_token_follows_the_chain_to_the_newest_tokens():
+    # A WebSocket refreshed twice in the background; the browser's cookie still holds RT0.
+    clock = Clock()
+    provider = FakeProvider(clock)
+    refresher = Refresher(provider, refresh_before=60, clock=clock)
+    cookie_session = session(clock, left=10)
+    first = await refresher.ensure_fresh(cookie_session, remember_for=3600)          # RT0 -> RT1
+    clock.now += 300
+    second = await refresher.ensure_fresh(first, remember_for=3600)                  # RT1 -> RT2
+    assert provider.calls == ["RT0", "RT1"]
+    back = await refresher.ensure_fresh(cookie_session)                             # the browser returns
+    assert back.access_token == second.access_token and provider.calls == ["RT0", "RT1"]
+    clock.now += 300                                                                # and once RT2's token is due:
+    newest = await refresher.ensure_fresh(cookie_session)
+    assert provider.calls == ["RT0", "RT1", "RT2"] and newest.refresh_token == "RT3"
+
+
+class OtherProcessStore:
+    """A shared store in which another process already refreshed the session."""
+
+    def __init__(self, current):
+        self.current, self.locked, self.updated = current, 0, []
+
+    def refresh_lock(self, s):
+        import contextlib
+
+        @contextlib.asynccontextmanager
+        async def lock():
+            self.locked += 1
+            yield
+        return lock()
+
+    async def reload(self, s):
+        return self.current
+
+    async def update(self, s):
+        self.updated.append(s)
+
+
+async def test_refresh_under_lock_reuses_another_processes_result():
+    clock = Clock()
+    provider = FakeProvider(clock)
+    stale = session(clock, left=10)
+    theirs = Session(identity=stale.identity, access_token="AT-theirs", created_at=stale.created_at,
+                     issued_at=clock(), expires_at=clock() + 300, refresh_token="RT-theirs")
+    store = OtherProcessStore(theirs)
+    refresher = Refresher(provider, 60, clock, store=store)
+    assert (await refresher.ensure_fresh(stale)).access_token == "AT-theirs"
+    assert provider.calls == [] and store.locked == 1 and store.updated == []
+
+
+async def test_refresh_under_lock_saves_before_unlocking():
+    clock = Clock()
+    stale = session(clock, left=10)
+    store = OtherProcessStore(stale)
+    refresher = Refresher(FakeProvider(clock), 60, clock, store=store)
+    fresh = await refresher.ensure_fresh(stale)
+    assert store.updated == [fresh] and fresh.access_token == "AT1"
+
+
+async def test_session_gone_from_store_ends_it():
+    clock = Clock()
+    refresher = Refresher(FakeProvider(clock), 60, clock, store=OtherProcessStore(None))
+    with pytest.raises(SessionEnded):
+        await refresher.ensure_fresh(session(clock, left=10))

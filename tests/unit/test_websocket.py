@@ -216,7 +216,7 @@ class FakeRefresher:
         self.results = list(results)
         self.calls = 0
 
-    async def ensure_fresh(self, session: Session) -> Session:
+    async def ensure_fresh(self, session: Session, *, remember_for: float = 0.0) -> Session:
         self.calls += 1
         result = self.results.pop(0)
         if isinstance(result, Exception):
