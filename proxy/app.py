@@ -28,7 +28,10 @@ from .login import handle_callback, handle_sign_out, handle_signed_out, handle_s
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
 from .refresh import Refresher
-from .session import CODEC, SESSION_STATE, CookieCodec, write_session_cookie
+from .backchannel import handle_backchannel_logout
+from .redis_store import RedisDenylist, RedisStore
+from .session import CODEC, SESSION_STATE, STORE, CookieCodec, load_session, write_session_cookie
+from .store import CookieStore, MemoryDenylist, SessionStore
 from .websocket import setup_websockets
 from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
@@ -44,12 +47,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[error_boundary, load_session], handler_args={"max_field_size": 16384})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
     app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_provider_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_response_prepare.append(write_session_cookie)
@@ -63,6 +67,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     r.add_get("/oauth2/signed_out", handle_signed_out)
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
+    r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
     if config.metrics_listen is None:
         r.add_get("/metrics", handle_metrics)
     r.add_route("*", "/{tail:.*}", handle_proxy)
@@ -73,6 +78,21 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 # -- resources ---------------------------------------------------------------------------------
 
 
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The session store: the cookie (with a logout denylist in Redis or memory), or Redis."""
+    config, clock = app[CONFIG], app[CLOCK]
+    redis = config.session.redis
+    store: SessionStore
+    if config.session.store == "redis" and redis is not None:
+        store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock)
+    else:
+        denylist = RedisDenylist(redis, clock) if redis is not None else MemoryDenylist(clock)
+        store = CookieStore(app[CODEC], denylist)
+    app[STORE] = store
+    yield
+    await store.close()
+
+
 async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
     """The provider's HTTP client, and its metadata loaded in the background until it succeeds."""
     config = app[CONFIG]
@@ -81,7 +101,7 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
         ssl_ctx = ssl.create_default_context(cafile=config.provider.ca_file)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
     app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
-    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS])
+    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS], app[STORE])
     task = asyncio.create_task(_load_metadata(provider))
     yield
     task.cancel()
@@ -182,6 +202,9 @@ async def handle_ping(request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
+    """Ready once the provider's metadata is loaded and the session store answers."""
     if request.app[PROVIDER].metadata is None:
         return web.Response(status=503, text="provider metadata not loaded", headers=NO_STORE)
+    if not await request.app[STORE].healthy():
+        return web.Response(status=503, text="session store unreachable", headers=NO_STORE)
     return web.Response(text="OK", headers=NO_STORE)

@@ -28,7 +28,7 @@ from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .metrics import METRICS
 from .pages import NO_STORE, html_page
-from .session import Session, cookie_header, defer_cookie, get_session, set_session
+from .session import Session, commit_session, cookie_header, defer_cookie, get_session, set_session
 from .websocket import close_session_sockets
 
 log = logging.getLogger("authproxy.login")
@@ -209,6 +209,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
                       issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
                       sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16))
     set_session(request, session)   # replaces whatever session cookie came in: no fixation
+    await commit_session(request)
     request.app[METRICS].login_completed(session.identity.sub, request[REQUEST_ID])
     target = safe_redirect(login.rd, config)
     if config.cookie.samesite == "strict":

@@ -210,12 +210,72 @@ class RedisStore:
             raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
         return ended
 
+    async def first_use(self, token_id: str, ttl: float) -> bool:
+        """True the first time a logout token's ``jti`` is seen (SET NX), across every replica."""
+        try:
+            return bool(await self._redis.set(self._index("jti", token_id), b"1", nx=True, ex=max(1, int(ttl))))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
+
     async def healthy(self) -> bool:
         now = time.monotonic()
         if now - self._healthy_at < HEALTH_CACHE:
             return True
         try:
             await asyncio.wait_for(self._redis.ping(), self.config.timeout)
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return False
+        self._healthy_at = now
+        return True
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self._redis.aclose()
+
+
+class RedisDenylist:
+    """The cookie store's logout denylist kept in Redis, so every replica honours a back-channel logout."""
+
+    def __init__(self, config: RedisConfig, clock: Callable[[], float] = time.time, client: Any = None) -> None:
+        self._redis = client if client is not None else connect(config)
+        self._prefix = config.key_prefix
+        self._clock = clock
+        self._timeout = config.timeout
+        self._healthy_at = float("-inf")
+
+    def _key(self, kind: str, value: str) -> str:
+        return f"{self._prefix}deny:{kind}:{fingerprint(value)}"
+
+    async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None:
+        try:
+            for kind, value in (("sid", sid), ("sub", sub)):
+                if value:
+                    await self._redis.set(self._key(kind, value), repr(self._clock()), ex=max(1, int(ttl)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
+
+    async def ended(self, session: Session) -> bool:
+        try:
+            if session.sid and await self._redis.exists(self._key("sid", session.sid)):
+                return True
+            since = await self._redis.get(self._key("sub", session.identity.sub))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
+        # A sub-wide logout ends the sessions that existed then, not later sign-ins.
+        return since is not None and session.created_at <= float(since)
+
+    async def first_use(self, token_id: str, ttl: float) -> bool:
+        try:
+            return bool(await self._redis.set(self._key("jti", token_id), b"1", nx=True, ex=max(1, int(ttl))))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
+
+    async def healthy(self) -> bool:
+        now = time.monotonic()
+        if now - self._healthy_at < HEALTH_CACHE:
+            return True
+        try:
+            await asyncio.wait_for(self._redis.ping(), self._timeout)
         except (RedisError, OSError, asyncio.TimeoutError):
             return False
         self._healthy_at = now

@@ -21,15 +21,15 @@ import logging
 import re
 import time
 from http.cookies import Morsel
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from .config import ClaimsConfig, CookieConfig
 from .crypto import Sealer
-from .errors import CookieError, TokenValidationError
+from .errors import AuthProxyError, CookieError, TokenValidationError
 
 log = logging.getLogger("authproxy.session")
 
@@ -220,55 +220,77 @@ def cookie_header(name: str, value: str, *, max_age: float, path: str, domain: s
     return morsel.OutputString()
 
 
+class Store(Protocol):
+    """What the request path needs of a session store (``store.py`` has the full protocol)."""
+
+    def owned_names(self, cookies: Mapping[str, str]) -> list[str]: ...
+
+    async def load(self, cookies: Mapping[str, str]) -> Session | None: ...
+
+    async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]: ...
+
+    async def delete(self, cookies: Mapping[str, str]) -> None: ...
+
+
 class SessionState:
-    """The per-request view of the session: loaded once, written only if changed.
+    """The per-request view of the session: loaded once (``load_session``), written only if changed.
 
     ``deferred`` holds other ``Set-Cookie`` values (such as clearing a spent login cookie) that must
     reach the browser whatever response ends the request, error pages included.
     """
 
-    __slots__ = ("_codec", "_cookies", "_loaded", "_session", "changed", "present", "deferred")
+    __slots__ = ("_cookies", "_session", "changed", "present", "deferred", "saved")
 
-    def __init__(self, codec: CookieCodec, cookies: Mapping[str, str]) -> None:
-        self._codec = codec
+    def __init__(self, present: list[str], cookies: Mapping[str, str]) -> None:
         self._cookies = cookies
-        self._loaded = False
         self._session: Session | None = None
         self.changed = False
-        self.present = codec.owned_names(cookies)
+        self.present = present
         self.deferred: list[str] = []
+        self.saved: list[tuple[str, str]] | None = None
+
+    async def load(self, store: Store) -> None:
+        try:
+            self._session = await store.load(self._cookies)
+        except CookieError as exc:
+            log.warning("session cookie ignored: %s", exc)
+            self._session = None
+            self.changed = bool(self.present)     # clear the bad cookie
 
     def get(self) -> Session | None:
-        if not self._loaded:
-            self._loaded = True
-            try:
-                self._session = self._codec.load(self._cookies)
-            except CookieError as exc:
-                log.warning("session cookie ignored: %s", exc)
-                self._session = None
-                self.changed = bool(self.present)     # clear the bad cookie
         return self._session
 
     def peek(self) -> Session | None:
-        """The session if it was loaded during the request, without loading it (for the access log)."""
-        return self._session if self._loaded else None
+        """The session, for the access log."""
+        return self._session
 
     def set(self, session: Session | None) -> None:
-        self._loaded = True
         self._session = session
         self.changed = True
+        self.saved = None
 
 
 SESSION_STATE = web.RequestKey("authproxy_session_state", SessionState)
 CODEC = web.AppKey("authproxy_cookie_codec", CookieCodec)
+STORE = web.AppKey("authproxy_session_store", Store)
 
 
 def session_state(request: web.Request) -> SessionState:
     state = request.get(SESSION_STATE)
     if state is None:
-        state = SessionState(request.app[CODEC], request.cookies)
+        state = SessionState(request.app[STORE].owned_names(request.cookies), request.cookies)
         request[SESSION_STATE] = state
     return state
+
+
+@web.middleware
+async def load_session(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """Load the session before the handler when the request carries one of the store's cookies."""
+    state = session_state(request)
+    if state.present:
+        await state.load(request.app[STORE])
+    return await handler(request)
 
 
 def get_session(request: web.Request) -> Session | None:
@@ -278,6 +300,14 @@ def get_session(request: web.Request) -> Session | None:
 def set_session(request: web.Request, session: Session | None) -> None:
     """Replace (or with None, end) the request's session; the cookie follows on the response."""
     session_state(request).set(session)
+
+
+async def commit_session(request: web.Request) -> None:
+    """Store a new session now (not as headers go out), so a store failure is still a clean error page."""
+    state = session_state(request)
+    session = state.get()
+    if session is not None and state.changed:
+        state.saved = await request.app[STORE].save(session, request.cookies)
 
 
 def defer_cookie(request: web.Request, set_cookie: str) -> None:
@@ -294,19 +324,25 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
         response.headers.add("Set-Cookie", header)
     if not state.changed:
         return
-    codec = request.app[CODEC]
+    codec, store = request.app[CODEC], request.app[STORE]
     written: set[str] = set()
     session = state.get()
     if session is not None:
         try:
-            pairs = codec.dump(session)
-        except CookieError as exc:
+            pairs = state.saved if state.saved is not None else await store.save(session, request.cookies)
+        except AuthProxyError as exc:          # too big for cookies, or the store is down
             log.error("session not stored: %s", exc)
             pairs = []
         max_age = session.created_at + codec.config.expire - codec.clock()
         for name, value in pairs:
-            response.headers.add("Set-Cookie", codec.set_header(name, value, max_age))
             written.add(name)
+            if request.cookies.get(name) != value:       # a Redis ticket stays the same across refreshes
+                response.headers.add("Set-Cookie", codec.set_header(name, value, max_age))
+    elif state.present:
+        try:
+            await store.delete(request.cookies)
+        except AuthProxyError as exc:
+            log.error("session not deleted from the store: %s", exc)
     for name in state.present:
         if name not in written:
             response.headers.add("Set-Cookie", codec.clear_header(name))

@@ -49,17 +49,26 @@ class SessionStore(Protocol):
 
     async def end_sessions(self, *, sid: str | None, sub: str | None) -> int: ...
 
+    async def first_use(self, token_id: str, ttl: float) -> bool: ...
+
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...
 
 
 class Denylist(Protocol):
-    """Ended ``sid``/``sub`` values, for stores that cannot delete a session (cookies)."""
+    """Ended ``sid``/``sub`` values, for stores that cannot delete a session (cookies); and the
+    ``jti`` of logout tokens already used, so a replayed one is refused."""
 
     async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None: ...
 
     async def ended(self, session: Session) -> bool: ...
+
+    async def first_use(self, token_id: str, ttl: float) -> bool: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryDenylist:
@@ -75,6 +84,20 @@ class MemoryDenylist:
             if key:
                 self._entries[key] = (now, now + ttl)
         self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+
+    async def first_use(self, token_id: str, ttl: float) -> bool:
+        now = self._clock()
+        key = f"jti:{token_id}"
+        if key in self._entries and self._entries[key][1] > now:
+            return False
+        self._entries[key] = (now, now + ttl)
+        return True
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
 
     async def ended(self, session: Session) -> bool:
         keys = [f"sid:{session.sid}"] if session.sid else []
@@ -123,8 +146,11 @@ class CookieStore:
         await self.denylist.add(sid=sid, sub=sub, ttl=self.codec.config.expire)
         return 0
 
+    async def first_use(self, token_id: str, ttl: float) -> bool:
+        return await self.denylist.first_use(token_id, ttl)
+
     async def healthy(self) -> bool:
-        return True
+        return await self.denylist.healthy()
 
     async def close(self) -> None:
-        return None
+        await self.denylist.close()
