@@ -167,3 +167,10 @@ async def test_redis_down_is_store_unavailable(redis_server):
         await store.load(cookies)
     assert not await store.healthy()
     await store.close()
+
+
+async def test_logout_token_ids_are_single_use(make_store):
+    store = make_store()
+    assert await store.first_use("jti-1", 60) is True
+    assert await store.first_use("jti-1", 60) is False
+    assert await store.first_use("jti-2", 60) is True

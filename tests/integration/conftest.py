@@ -36,10 +36,12 @@ async def stack_factory(idp_factory: IdPFactory) -> AsyncIterator[StackFactory]:
     started: list[Stack] = []
 
     async def factory(*, idp_options: dict[str, Any] | None = None, client: dict[str, Any] | None = None,
-                      clock: Callable[[], float] | None = None, **sections: Any) -> Stack:
+                      clock: Callable[[], float] | None = None, backchannel: bool = False,
+                      **sections: Any) -> Stack:
         port = free_port()
         public = f"http://127.0.0.1:{port}"
         meta = client_metadata(public + "/oauth2/callback", post_logout_redirect_uri=public + "/oauth2/signed_out",
+                               backchannel_logout_uri=public + "/oauth2/backchannel_logout" if backchannel else None,
                                **(client or {}))
         idp = await idp_factory(clients=[meta], **(idp_options or {}))
         echo = await start_echo(free_port())

@@ -51,12 +51,45 @@ class Nginx:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-async def start_nginx(port: int) -> Nginx:
+_BALANCER = """
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp;
+  proxy_temp_path {root}/tmp;
+  fastcgi_temp_path {root}/tmp;
+  uwsgi_temp_path {root}/tmp;
+  scgi_temp_path {root}/tmp;
+  upstream replicas {{ {servers} }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_next_upstream off;
+    }}
+  }}
+}}
+"""
+
+
+async def start_nginx(port: int, *, balance: list[int] | None = None) -> Nginx:
+    """nginx serving files from ``www``, or, with ``balance``, a round-robin balancer over those ports."""
     root = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
     root.chmod(0o755)                    # nginx's worker runs as an unprivileged user
     (root / "www").mkdir()
     (root / "tmp").mkdir()
-    (root / "nginx.conf").write_text(_CONF.format(root=root, port=port))
+    if balance:
+        servers = " ".join(f"server 127.0.0.1:{p};" for p in balance)
+        (root / "nginx.conf").write_text(_BALANCER.format(root=root, port=port, servers=servers))
+    else:
+        (root / "nginx.conf").write_text(_CONF.format(root=root, port=port))
     proc = await asyncio.create_subprocess_exec(NGINX, "-c", str(root / "nginx.conf"), "-p", str(root),
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     for _ in range(100):

@@ -52,7 +52,8 @@ class ProxyProcess:
 
 
 async def start_proxy_process(data: dict[str, Any], *, env: dict[str, str] | None = None,
-                              ready_path: str = "/ready") -> ProxyProcess:
+                              ready_path: str = "/ready", direct_url: str | None = None) -> ProxyProcess:
+    """Start ``python -m proxy`` and wait for ``ready_path`` on ``direct_url`` (default: public_url)."""
     fd, name = tempfile.mkstemp(suffix=".yaml", prefix="authproxy-")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(data, fh)
@@ -71,7 +72,7 @@ async def start_proxy_process(data: dict[str, Any], *, env: dict[str, str] | Non
             if proc.returncode is not None:
                 break
             try:
-                async with client.get(running.url + ready_path) as resp:
+                async with client.get((direct_url or running.url) + ready_path) as resp:
                     if resp.status == 200:
                         return running
             except aiohttp.ClientError:
