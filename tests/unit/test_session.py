@@ -98,3 +98,23 @@ def test_owned_names():
     c = codec()
     names = c.owned_names({"_authproxy": "", "_authproxy_0": "", "_authproxy_login_abc": "", "app": "", "_authproxy_x": ""})
     assert sorted(names) == ["_authproxy", "_authproxy_0"]
+
+
+def test_decoded_cache_still_checks_expiry_every_time():
+    clock = {"now": NOW}
+    c = codec(clock=lambda: clock["now"])
+    cookies = dict(c.dump(session(refresh_token=None)))
+    assert c.load(cookies) is not None                 # decoded and remembered
+    assert c.load(cookies) is c.load(cookies)          # served from the cache
+    clock["now"] = NOW + 301                           # the access token has expired meanwhile
+    with pytest.raises(CookieError):
+        c.load(cookies)
+
+
+def test_decoded_cache_is_keyed_by_the_exact_value():
+    c = codec()
+    cookies = dict(c.dump(session()))
+    c.load(cookies)
+    (name, value), = cookies.items()
+    with pytest.raises(CookieError):
+        c.load({name: value[:-2] + ("AA" if value[-2:] != "AA" else "BB")})
