@@ -187,9 +187,15 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     defer_cookie(request, _login_cookie(config, name, "", 0))
     if "error" in q:
         raise AuthorizationDenied(q["error"][:80], q.get("error_description"))
-    # RFC 9207: a mix-up attack shows as an authorization response from another issuer.
-    if "iss" in q and provider.is_oidc and q["iss"] != config.provider.issuer:
-        raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
+    # RFC 9207: a mix-up attack shows as an authorization response from another issuer — or, from a
+    # provider that promises iss, as one without it (§2.4).
+    if provider.is_oidc:
+        iss, meta = q.get("iss"), provider.metadata
+        if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
+            raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
+                                       "promises one (RFC 9207)")
+        if iss is not None and iss != config.provider.issuer:
+            raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
     code = q.get("code")
     if not code:
         raise LoginError("The sign-in response carried no authorization code; start again.")

@@ -66,6 +66,8 @@ class Metadata:
     userinfo_endpoint: str | None = None
     jwks_uri: str | None = None
     end_session_endpoint: str | None = None
+    # RFC 9207 §3: the provider promises an ``iss`` on every authorization response.
+    authorization_response_iss_parameter_supported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,9 @@ class Provider:
             raise ProviderError("discovery", "no authorization_endpoint or token_endpoint is known")
         self._metadata = Metadata(issuer=c.issuer, authorization_endpoint=auth, token_endpoint=token,
                                   userinfo_endpoint=pick("userinfo_endpoint"), jwks_uri=pick("jwks_uri"),
-                                  end_session_endpoint=pick("end_session_endpoint"))
+                                  end_session_endpoint=pick("end_session_endpoint"),
+                                  authorization_response_iss_parameter_supported=found.get(
+                                      "authorization_response_iss_parameter_supported") is True)
         return self._metadata
 
     def _meta(self) -> Metadata:

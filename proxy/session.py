@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -137,13 +138,34 @@ class Session:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Session:
+        """Parse and type-check a stored session: a payload sealed with our key but of another shape
+        (another version, another purpose) is a ``CookieError``, never a crash on every request."""
         try:
             data = json.loads(raw)
             ident = data.pop("identity")
             ident["groups"] = tuple(ident.get("groups") or ())
-            return cls(identity=Identity(**ident), **data)
+            session = cls(identity=Identity(**ident), **data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CookieError("session payload is not in the expected shape") from exc
+        if not session._well_typed():
+            raise CookieError("session payload has fields of the wrong type")
+        return session
+
+    def _well_typed(self) -> bool:
+        def text(value: object, optional: bool = True) -> bool:
+            return isinstance(value, str) if not optional else value is None or isinstance(value, str)
+
+        def number(value: object, optional: bool = True) -> bool:
+            if value is None:
+                return optional
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        ident = self.identity
+        return (text(ident.sub, False) and bool(ident.sub) and text(ident.email) and text(ident.preferred_username)
+                and text(ident.name) and all(isinstance(g, str) for g in ident.groups)
+                and text(self.access_token, False) and text(self.id, False) and text(self.refresh_token)
+                and text(self.id_token) and text(self.sid) and number(self.created_at, False)
+                and number(self.expires_at) and number(self.issued_at))
 
 
 class CookieCodec:

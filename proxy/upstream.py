@@ -173,6 +173,11 @@ class Forwarder:
         self._own_cookies = frozenset({name})
         self._proto = URL(config.public_url).scheme
 
+    def _sets_own_cookie(self, set_cookie: str) -> bool:
+        """An app must not set (or clear) the proxy's session or login cookies."""
+        name = set_cookie.split("=", 1)[0].strip()
+        return name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
+
     def route(self, path: str) -> Upstream | None:
         for upstream in self.upstreams:
             if upstream.matches(path):
@@ -237,8 +242,12 @@ class Forwarder:
         connection_listed = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
         for name, value in resp.headers.items():
             lower = name.lower()
-            if lower not in HOP_BY_HOP and lower not in connection_listed:
-                out.headers.add(name, value)
+            if lower in HOP_BY_HOP or lower in connection_listed:
+                continue
+            if lower == "set-cookie" and self._sets_own_cookie(value):
+                log.warning("dropped an upstream Set-Cookie that uses the proxy's cookie name")
+                continue
+            out.headers.add(name, value)
         await out.prepare(request)
         if request.method != "HEAD" and resp.status not in (204, 304):
             try:

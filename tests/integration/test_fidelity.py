@@ -56,6 +56,12 @@ async def test_several_set_cookie_headers_stay_separate(signed_in):
         assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
 
 
+async def test_upstream_cannot_set_the_proxys_cookies(signed_in):
+    stack, client = signed_in
+    async with client.get(stack.url + "/own-cookie", headers=API) as resp:
+        assert resp.headers.getall("Set-Cookie") == ["app=1; Path=/"]
+
+
 async def test_upstream_redirects_pass_through_untouched(signed_in):
     stack, client = signed_in
     async with client.get(stack.url + "/redirect", headers=API, allow_redirects=False) as resp:

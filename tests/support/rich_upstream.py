@@ -56,6 +56,13 @@ def _app(up: RichUpstream) -> web.Application:
         resp.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
         return resp
 
+    async def own_cookie(request):
+        resp = web.Response(text="tries to set the proxy's cookies")
+        resp.headers.add("Set-Cookie", "_authproxy=planted; Path=/")
+        resp.headers.add("Set-Cookie", "_authproxy_0=planted; Path=/")
+        resp.headers.add("Set-Cookie", "app=1; Path=/")
+        return resp
+
     async def redirect(request):
         raise web.HTTPFound("/elsewhere?x=1")
 
@@ -115,6 +122,7 @@ def _app(up: RichUpstream) -> web.Application:
     r.add_get("/sse", sse)
     r.add_get("/cookies", cookies)
     r.add_get("/redirect", redirect)
+    r.add_get("/own-cookie", own_cookie)
     r.add_get("/absolute-redirect", absolute_redirect)
     r.add_get("/gzip", gz)
     r.add_get("/status/{code}", status)
