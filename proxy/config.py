@@ -236,6 +236,14 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"must be an IP address or network, e.g. 10.0.0.0/8 or 127.0.0.1; got {value!r}") from None
+    return value
+
+
 def _workers(value: int | str) -> int | str:
     if isinstance(value, int) and not 1 <= value <= 256:
         raise ValueError(f"must be between 1 and 256, or \"auto\" for one per CPU; got {value}")
@@ -573,6 +581,7 @@ class Config(_Model):
     skip_auth: list[SkipAuthRule] = []
     cors: CorsConfig = CorsConfig()
     websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
     templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
     shutdown_timeout: Duration = 30.0

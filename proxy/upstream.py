@@ -14,6 +14,7 @@ cookies, and hop-by-hop headers (RFC 9110 §7.6.1).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import ssl
@@ -169,9 +170,25 @@ class Forwarder:
         # Longest prefix first, so the first match is the most specific.
         self.upstreams = sorted(upstreams, key=lambda u: len(u.prefix), reverse=True)
         name = config.cookie.name
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self._trust_cache: dict[str, bool] = {}
         self._own_cookie_prefixes = (name + "_",)
         self._own_cookies = frozenset({name})
         self._proto = URL(config.public_url).scheme
+
+    def _is_trusted(self, peer: str) -> bool:
+        """Whether the connecting peer is a configured trusted proxy (parsed once per address)."""
+        trusted = self._trust_cache.get(peer)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(peer)
+                trusted = any(address in network for network in self._trusted)
+            except ValueError:
+                trusted = False
+            if len(self._trust_cache) > 4096:
+                self._trust_cache.clear()
+            self._trust_cache[peer] = trusted
+        return trusted
 
     def _sets_own_cookie(self, set_cookie: str) -> bool:
         """An app must not set (or clear) the proxy's session or login cookies."""
@@ -205,9 +222,17 @@ class Forwarder:
             headers["Host"] = request.host
         else:
             headers["Host"] = upstream.host
-        headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Proto"] = self._proto
-        headers["X-Forwarded-Host"] = request.host
+        peer = request.remote or ""
+        if self._trusted and self._is_trusted(peer):
+            # A trusted balancer's view of the client is kept, and the balancer appended to it.
+            chain = incoming.get("X-Forwarded-For")
+            headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
+            headers["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", self._proto)
+            headers["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", request.host)
+        else:
+            headers["X-Forwarded-For"] = peer
+            headers["X-Forwarded-Proto"] = self._proto
+            headers["X-Forwarded-Host"] = request.host
         if session is not None:
             headers["Authorization"] = f"Bearer {session.access_token}"
             headers.update(identity_headers(session))

@@ -186,3 +186,20 @@ async def test_unix_socket_upstream(stack_factory, browser_session):
             assert any(k == "Authorization" for k, _ in up.seen[-1]["headers"])
         finally:
             await up.close()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_forwarded_headers_only_from_trusted_proxies(stack_factory, rich, browser_session, trusted):
+    stack = await stack_factory(upstreams=[{"path": "/", "url": rich.url}],
+                                trusted_proxies=["127.0.0.0/8"] if trusted else [])
+    await login_via_http(browser_session, stack.url + "/")
+    spoof = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "lb.example"}
+    async with browser_session.get(stack.url + "/xff", headers={**API, **spoof}) as resp:
+        assert resp.status == 200
+    seen = {k.lower(): v for k, v in rich.seen[-1]["headers"]}
+    if trusted:
+        assert seen["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
+        assert seen["x-forwarded-proto"] == "https" and seen["x-forwarded-host"] == "lb.example"
+    else:
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http" and seen["x-forwarded-host"] == stack.url.removeprefix("http://")

@@ -115,3 +115,12 @@ def test_host_header_passed_or_replaced():
     req = make_mocked_request("GET", "/x", headers={"Host": "app.example.com"})
     assert Forwarder(cfg, [upstream]).request_headers(req, None, upstream)["Host"] == "10.0.0.9:8080"
     assert Forwarder(cfg, [upstream]).request_headers(req, None)["Host"] == "app.example.com"
+
+
+def test_forwarded_headers_believed_only_from_trusted_proxies():
+    spoof = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "evil.example")]
+    untrusted = make_config()
+    req = make_mocked_request("GET", "/x", headers=CIMultiDict(spoof + [("Host", "app.example.com")]))
+    h = Forwarder(untrusted, []).request_headers(req, None)
+    assert h["X-Forwarded-For"] != "6.6.6.6" and "6.6.6.6" not in h["X-Forwarded-For"]
+    assert h["X-Forwarded-Proto"] == "https" and h["X-Forwarded-Host"] == "app.example.com"
