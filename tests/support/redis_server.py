@@ -59,3 +59,58 @@ async def start_redis(port: int, *, persist: bool = False) -> RedisServer:
     server = RedisServer(port=port, dir=Path(tempfile.mkdtemp(prefix="authproxy-redis-")), persist=persist)
     await server.start()
     return server
+
+
+async def start_sentinel(port: int, master: RedisServer, name: str = "mymaster") -> RedisServer:
+    """A redis-server in sentinel mode watching ``master`` under ``name``."""
+    server = RedisServer(port=port, dir=Path(tempfile.mkdtemp(prefix="authproxy-sentinel-")), persist=False)
+    conf = server.dir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {server.dir}\n"
+                    f"sentinel monitor {name} 127.0.0.1 {master.port} 1\n"
+                    f"sentinel down-after-milliseconds {name} 1000\n")
+    server.proc = await asyncio.create_subprocess_exec(REDIS_SERVER, str(conf), "--sentinel",
+                                                       stdout=asyncio.subprocess.DEVNULL,
+                                                       stderr=asyncio.subprocess.DEVNULL)
+    await _wait_port(server)
+    return server
+
+
+async def start_cluster(ports: list[int]) -> list[RedisServer]:
+    """Three (or more) masters joined into a Redis Cluster with redis-cli, no replicas."""
+    nodes = []
+    for port in ports:
+        node = RedisServer(port=port, dir=Path(tempfile.mkdtemp(prefix="authproxy-cluster-")), persist=False)
+        node.proc = await asyncio.create_subprocess_exec(
+            REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node.dir), "--save", "",
+            "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--protected-mode", "no", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await _wait_port(node)
+        nodes.append(node)
+    create = await asyncio.create_subprocess_exec(
+        shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster", "create",
+        *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0", "--cluster-yes",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await create.communicate()
+    if create.returncode != 0:
+        raise RuntimeError(out.decode())
+    for _ in range(100):
+        probe = await asyncio.create_subprocess_exec(
+            shutil.which("redis-cli") or "/usr/bin/redis-cli", "-p", str(ports[0]), "cluster", "info",
+            stdout=asyncio.subprocess.PIPE)
+        info, _ = await probe.communicate()
+        if b"cluster_state:ok" in info:
+            return nodes
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the cluster never reached cluster_state:ok")
+
+
+async def _wait_port(server: RedisServer) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.025)
+    raise RuntimeError(f"redis on {server.port} did not start")
