@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 
 from . import __version__
-from .config import ENV_PREFIX, Config, load_config
+from .config import Config, env_overrides, load_config
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/authproxy/config.yaml"
@@ -48,7 +48,7 @@ def config_path(explicit: str | None) -> str | None:
     if explicit:
         return explicit
     path = os.environ.get("AUTHPROXY_CONFIG", DEFAULT_CONFIG)
-    if not os.path.exists(path) and any(name.startswith(ENV_PREFIX) for name in os.environ):
+    if not os.path.exists(path) and env_overrides(os.environ):
         return None
     return path
 
