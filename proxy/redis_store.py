@@ -56,6 +56,26 @@ def connect(config: RedisConfig) -> Any:
     return aioredis.from_url(config.url, password=password, **timeouts)
 
 
+class _Health:
+    """Whether Redis answers a PING, asked at most once per HEALTH_CACHE (``/ready`` may be polled often)."""
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        self._redis = client
+        self._timeout = timeout
+        self._ok_at = float("-inf")
+
+    async def check(self) -> bool:
+        now = time.monotonic()
+        if now - self._ok_at < HEALTH_CACHE:
+            return True
+        try:
+            await asyncio.wait_for(self._redis.ping(), self._timeout)
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return False
+        self._ok_at = now
+        return True
+
+
 class RedisStore:
     def __init__(self, config: RedisConfig, cookie_name: str, max_life: float, sealer: Sealer,
                  clock: Callable[[], float] = time.time, client: Any = None) -> None:
@@ -67,7 +87,7 @@ class RedisStore:
         self._clock = clock
         self._redis = client if client is not None else connect(config)
         self._prefix = config.key_prefix
-        self._healthy_at = float("-inf")
+        self._health = _Health(self._redis, config.timeout)
         self._session_keys: OrderedDict[str, bytes] = OrderedDict()
 
     def _remember(self, session_id: str, key: bytes) -> None:
@@ -218,15 +238,7 @@ class RedisStore:
             raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     async def healthy(self) -> bool:
-        now = time.monotonic()
-        if now - self._healthy_at < HEALTH_CACHE:
-            return True
-        try:
-            await asyncio.wait_for(self._redis.ping(), self.config.timeout)
-        except (RedisError, OSError, asyncio.TimeoutError):
-            return False
-        self._healthy_at = now
-        return True
+        return await self._health.check()
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError):
@@ -240,8 +252,7 @@ class RedisDenylist:
         self._redis = client if client is not None else connect(config)
         self._prefix = config.key_prefix
         self._clock = clock
-        self._timeout = config.timeout
-        self._healthy_at = float("-inf")
+        self._health = _Health(self._redis, config.timeout)
 
     def _key(self, kind: str, value: str) -> str:
         return f"{self._prefix}deny:{kind}:{fingerprint(value)}"
@@ -271,15 +282,7 @@ class RedisDenylist:
             raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     async def healthy(self) -> bool:
-        now = time.monotonic()
-        if now - self._healthy_at < HEALTH_CACHE:
-            return True
-        try:
-            await asyncio.wait_for(self._redis.ping(), self._timeout)
-        except (RedisError, OSError, asyncio.TimeoutError):
-            return False
-        self._healthy_at = now
-        return True
+        return await self._health.check()
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError):

@@ -50,6 +50,8 @@ PROXY_SET = frozenset({
     "x-auth-request-preferred-username", "x-auth-request-access-token",
 })
 _DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length"}
+# Most bytes batched into one write when ``flush_interval`` is set.
+CHUNK = 64 * 1024
 # Characters left as they are when a normalised path is encoded again for the upstream
 # (RFC 3986 §3.3 pchar without "%", plus "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"

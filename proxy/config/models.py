@@ -1,0 +1,332 @@
+"""The configuration's typed, frozen models and the rules that span their fields."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, field_validator, model_validator)
+
+from .. import presets
+from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _existing_dir,
+                     _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url, _redis_url, _regex,
+                     _scope, _split_listen, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
+
+class _CrossFieldProblems(ValueError):
+    """Problems of rules that span fields, each with a path relative to the model that found them."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        return iter(())
+
+    @model_validator(mode="after")
+    def _check_across_fields(self) -> _Model:
+        problems = list(self._cross_field_problems())
+        if problems:
+            raise _CrossFieldProblems(problems)
+        return self
+
+
+Url = Annotated[str, _http_url("https://idp.example.com")]
+CookieKey = Annotated[Secret, AfterValidator(_cookie_key)]
+
+
+ClaimPath = Annotated[str, AfterValidator(_non_empty)]
+
+
+class ClaimsConfig(_Model):
+    """Where the identity is found in the ID token or userinfo claims: dotted paths such as
+    ``realm_access.roles``. ``user`` applies to plain OAuth 2.0 only: with OpenID Connect the user is
+    always the ID token's ``sub`` (OIDC Core §2), so the refresh check can compare it."""
+
+    user: ClaimPath = "sub"
+    email: ClaimPath = "email"
+    name: ClaimPath = "name"
+    preferred_username: ClaimPath = "preferred_username"
+    groups: ClaimPath = "groups"
+
+
+class ProviderConfig(_Model):
+    """The identity provider: OpenID Connect with discovery, plain OAuth 2.0 with explicit endpoints,
+    or a preset (``presets.py``) that fills either in."""
+
+    type: Literal["oidc", "oauth2", "github", "google", "microsoft", "gitlab", "keycloak"] = "oidc"
+    tenant: str | None = None
+    base_url: Url | None = None
+    claims: ClaimsConfig = ClaimsConfig()
+    issuer: Url | None = None
+    authorization_endpoint: Url | None = None
+    token_endpoint: Url | None = None
+    userinfo_endpoint: Url | None = None
+    jwks_uri: Url | None = None
+    end_session_endpoint: Url | None = None
+    client_id: Annotated[str, AfterValidator(_non_empty)]
+    client_secret: Secret
+    scopes: list[Annotated[str, AfterValidator(_scope)]] = ["openid", "email", "profile"]
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    id_token_algorithms: Annotated[list[Annotated[str, AfterValidator(_algorithm)]],
+                                   AfterValidator(_at_least_one)] = list(DEFAULT_ID_TOKEN_ALGORITHMS)
+    use_userinfo: bool = False
+    clock_skew: Duration = 60.0
+    timeout: PositiveDuration = 10.0
+    ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
+    extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
+    accept_bearer_tokens: bool = False
+    bearer_audiences: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """Fill in a preset's defaults; plain OAuth 2.0 has no ID token, so claims come from userinfo."""
+        if not isinstance(data, dict):
+            return data
+        data = presets.expand(data)
+        if presets.protocol_of(str(data.get("type", "oidc"))) == "oauth2" and "use_userinfo" not in data:
+            data["use_userinfo"] = True
+        return data
+
+    @property
+    def protocol(self) -> Literal["oidc", "oauth2"]:
+        return "oauth2" if presets.protocol_of(self.type) == "oauth2" else "oidc"
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        preset_problems = list(presets.problems(self.type, self.tenant, self.issuer))
+        for key, message in preset_problems:
+            yield (key,), message
+        if self.protocol == "oidc" and not preset_problems:
+            yield from self._oidc_problems()
+        else:
+            for name in ("authorization_endpoint", "token_endpoint"):
+                if getattr(self, name) is None:
+                    yield (name,), f"required for type oauth2 (there is no discovery); add the provider's {name} URL"
+            if not self.use_userinfo:
+                yield ("use_userinfo",), ("type oauth2 has no ID token, so claims always come from userinfo; "
+                                          "remove use_userinfo or set it to true")
+        discovers = self.protocol == "oidc" and self.issuer is not None
+        if self.use_userinfo and not discovers and self.userinfo_endpoint is None:
+            yield ("userinfo_endpoint",), ("claims come from userinfo but there is no issuer to discover it "
+                                           'from; add userinfo_endpoint, e.g. "https://idp.example.com/userinfo"')
+
+    def _oidc_problems(self) -> Iterator[tuple[Loc, str]]:
+        """OIDC Core §3.1: an issuer to discover from (Discovery §4), or every endpoint given explicitly."""
+        explicit = ("authorization_endpoint", "token_endpoint", "jwks_uri")
+        missing = [name for name in explicit if getattr(self, name) is None]
+        if self.issuer is None and missing:
+            yield ("issuer",), ('required for type oidc; add the provider\'s issuer URL, e.g. issuer: '
+                                '"https://idp.example.com", or give authorization_endpoint, token_endpoint and '
+                                f"jwks_uri explicitly (missing: {', '.join(missing)})")
+        if "openid" not in self.scopes:
+            yield ("scopes",), ('type oidc needs the "openid" scope; add openid to scopes '
+                                "(or use type: oauth2 for a provider without OpenID Connect)")
+
+
+class CookieConfig(_Model):
+    """The session cookie (RFC 6265): its attributes and the keys that seal it."""
+
+    name: str = "_authproxy"
+    secret: Annotated[tuple[CookieKey, ...], BeforeValidator(_one_or_many), AfterValidator(_at_least_one)]
+    secure: bool = True
+    samesite: Annotated[Literal["lax", "strict", "none"], BeforeValidator(_lower)] = "lax"
+    domain: str | None = None
+    path: Annotated[str, AfterValidator(_absolute_path)] = "/"
+    expire: PositiveDuration = 168 * 3600.0
+    refresh_before: Duration = 60.0
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The 32-byte keys: the first seals, all open (rotation)."""
+        return tuple(_decode_key(secret.get()) or b"" for secret in self.secret)
+
+    @field_validator("name")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not _COOKIE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~ only")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN.fullmatch(value):
+            raise ValueError(f"must be a host name such as example.com (no scheme, port or path); got {value!r}")
+        return value
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.samesite == "none" and not self.secure:
+            yield ("samesite",), ('"none" requires secure: true, or browsers reject the cookie; '
+                                  "set cookie.secure: true or use samesite: lax")
+        name = self.name.lower()  # browsers match the prefixes case-insensitively
+        if name.startswith("__host-") and not (self.secure and self.path == "/" and self.domain is None):
+            yield ("name",), ('a "__Host-" cookie must be secure, have path "/" and no domain, or browsers drop it '
+                              "(RFC 6265bis §4.1.3.2); set secure: true and path: \"/\", remove domain, "
+                              "or choose another name")
+        elif name.startswith("__secure-") and not self.secure:
+            yield ("name",), ('a "__Secure-" cookie must be secure, or browsers drop it (RFC 6265bis §4.1.3.1); '
+                              "set secure: true or choose another name")
+
+
+class AuthorizationConfig(_Model):
+    """Who may pass once signed in. Every list that is not empty must be satisfied by one of its
+    entries; all lists empty means any signed-in user."""
+
+    email_domains: list[Annotated[str, BeforeValidator(_lower)]] = []
+    allowed_emails: list[Annotated[str, BeforeValidator(_lower)]] = []
+    allowed_groups: list[str] = []
+    allowed_users: list[str] = []
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.email_domains or self.allowed_emails or self.allowed_groups or self.allowed_users)
+
+
+class TLSConfig(_Model):
+    """How authproxy checks an https upstream's certificate."""
+
+    ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
+    insecure_skip_verify: bool = False
+
+
+class UpstreamConfig(_Model):
+    """One app behind the proxy, chosen by the longest matching path prefix."""
+
+    path: Annotated[str, AfterValidator(_absolute_path)]
+    url: Annotated[str, AfterValidator(_upstream_url)]
+    strip_prefix: bool = False
+    pass_host_header: bool = True
+    timeout: PositiveDuration = 30.0
+    connect_timeout: PositiveDuration = 5.0
+    tls: TLSConfig = TLSConfig()
+    websockets: bool = True
+    flush_interval: Duration = 0.0
+    authorization: AuthorizationConfig | None = None
+
+
+class RedisConfig(_Model):
+    """Where the Redis session store connects: one server, a Sentinel-managed master, or a Cluster."""
+
+    url: Annotated[str, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    password: Secret | None = None
+    sentinel_master: str | None = None
+    sentinel_urls: list[Annotated[str, AfterValidator(_redis_url)]] = []
+    cluster: bool = False
+    key_prefix: str = "authproxy:"
+    connect_timeout: PositiveDuration = 2.0
+    timeout: PositiveDuration = 2.0
+    lock_timeout: PositiveDuration = 10.0
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.sentinel_master and not self.sentinel_urls:
+            yield ("sentinel_urls",), ("sentinel_master needs the sentinels' addresses; add sentinel_urls, e.g. "
+                                       '["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]')
+        if self.sentinel_master and self.cluster:
+            yield ("cluster",), "Sentinel and Cluster exclude each other; set one of them"
+
+
+class SessionConfig(_Model):
+    """Where sessions live: in the cookie (default, no server state) or in Redis (the cookie is a ticket)."""
+
+    store: Literal["cookie", "redis"] = "cookie"
+    redis: RedisConfig | None = None
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.store == "redis" and self.redis is None:
+            yield ("redis",), 'store redis needs its connection; add redis: {url: "redis://127.0.0.1:6379/0"}'
+
+
+class SkipAuthRule(_Model):
+    """Requests that pass without a session — and without any identity or Bearer header."""
+
+    path: Annotated[str, AfterValidator(_regex)]
+    methods: Annotated[list[str], BeforeValidator(_upper_all)] = []
+
+
+class CorsConfig(_Model):
+    """CORS headers on the proxy's own 401/403 answers, and unauthenticated preflights."""
+
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    allow_credentials: bool = True
+    allow_preflight: bool = False
+
+
+class LoggingConfig(_Model):
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+    format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
+
+
+class Config(_Model):
+    """The whole configuration; build it with :func:`load_config` or :func:`parse_config`."""
+
+    listen: str = "0.0.0.0:4180"
+    public_url: Annotated[str, AfterValidator(_public_url)]
+    provider: ProviderConfig
+    cookie: CookieConfig
+    upstreams: list[UpstreamConfig]
+    session: SessionConfig = SessionConfig()
+    authorization: AuthorizationConfig = AuthorizationConfig()
+    api_paths: list[Annotated[str, AfterValidator(_absolute_path)]] = []
+    skip_auth: list[SkipAuthRule] = []
+    cors: CorsConfig = CorsConfig()
+    websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
+    templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
+    logging: LoggingConfig = LoggingConfig()
+    shutdown_timeout: Duration = 30.0
+    workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
+    metrics_listen: str | None = None
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_listen(value)
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _distinct_paths(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        if not upstreams:
+            raise ValueError('is empty; add at least one, e.g. - path: "/" with url: "http://127.0.0.1:8080"')
+        first: dict[str, int] = {}
+        problems: list[tuple[Loc, str]] = []
+        for index, upstream in enumerate(upstreams):
+            if upstream.path in first:
+                problems.append(((index, "path"), f"{upstream.path!r} is already the path of "
+                                 f"upstreams[{first[upstream.path]}]; each path may appear once: change or remove one"))
+            first.setdefault(upstream.path, index)
+        if problems:
+            raise _CrossFieldProblems(problems)
+        return upstreams
+
+    @property
+    def listen_host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + CALLBACK_PATH
+
+    @property
+    def public_origin(self) -> str:
+        """``scheme://host[:port]``, lowercased and without a default port (RFC 6454 §6.2)."""
+        parts = urlsplit(self.public_url)
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        default = {"http": 80, "https": 443}[scheme]
+        return f"{scheme}://{host}" if parts.port in (None, default) else f"{scheme}://{host}:{parts.port}"
