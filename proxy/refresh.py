@@ -116,7 +116,7 @@ class Refresher:
             raise SessionEnded(str(exc)) from exc
 
     async def refresh(self, session: Session, *, remember_for: float = RECENT_TTL) -> Session:
-        latest = self._latest_known(session)
+        latest, spent = self._latest_known(session)
         if latest is not session:
             if not self.due(latest, self._clock()):
                 self._metrics.refreshes.labels("reused").inc()
@@ -130,8 +130,23 @@ class Refresher:
         else:
             task = asyncio.create_task(self._refresh(key, session, remember_for))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+            task.add_done_callback(self._finished(key))
+        fresh = await asyncio.shield(task)
+        now = self._clock()
+        for old in spent:                  # path compression: every spent token now points at the newest
+            self._remember(old, fresh, now, max(remember_for, self._ttl_left(old, now)))
+        return fresh
+
+    def _finished(self, key: str) -> Callable[[asyncio.Task[Session]], None]:
+        def done(task: asyncio.Task[Session]) -> None:
+            self._inflight.pop(key, None)
+            if not task.cancelled():
+                task.exception()           # retrieved here: the callers that awaited it may be gone
+        return done
+
+    def _ttl_left(self, key: str, now: float) -> float:
+        entry = self._recent.get(key)
+        return entry[0] - now if entry else 0.0
 
     async def _refresh(self, key: str, session: Session, remember_for: float) -> Session:
         """lock → reload → still due? → refresh → save → unlock (the lock spans processes with Redis)."""
@@ -161,20 +176,21 @@ class Refresher:
         self._metrics.refreshed("success", identity.sub)
         return fresh
 
-    def _latest_known(self, session: Session) -> Session:
-        """Follow remembered results from this session's refresh token to the newest tokens:
-        RT1 → (AT2, RT2) → (AT3, RT3)… when later refreshes built on earlier ones."""
-        now, current = self._clock(), session
-        for _ in range(8):
-            if not current.refresh_token:
+    def _latest_known(self, session: Session) -> tuple[Session, list[str]]:
+        """Follow remembered results from this session's refresh token to the newest tokens
+        (RT1 → (AT2, RT2) → (AT3, RT3)…), and the spent tokens' keys met on the way. Chains stay short:
+        ``refresh`` points every key met straight at its result."""
+        now, current, spent = self._clock(), session, []
+        while current.refresh_token and len(spent) < RECENT_MAX:
+            key = fingerprint(current.refresh_token)
+            entry = self._recent.get(key)
+            if entry is None or entry[0] <= now or entry[1] is current or key in spent:
                 break
-            entry = self._recent.get(fingerprint(current.refresh_token))
-            if entry is None or entry[0] <= now or entry[1] is current:
-                break
+            spent.append(key)
             current = entry[1]
             if not self.due(current, now):
                 break
-        return current
+        return current, spent
 
     def _remember(self, key: str, session: Session, now: float, remember_for: float) -> None:
         self._recent[key] = (now + remember_for, session)

@@ -282,14 +282,30 @@ class Forwarder:
                     await _copy_batched(resp.content, out, flush_interval)
                 else:
                     async for chunk in resp.content.iter_any():
-                        await out.write(chunk)
+                        await _to_client(out, chunk)
+            except ClientGone:
+                log.debug("client closed the connection during the response")
+                return out
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Headers are gone already: all we can do is end the client's response early.
                 log.warning("upstream response broke off: %s", type(exc).__name__)
-                request.transport and request.transport.close()
+                if request.transport is not None:
+                    request.transport.close()
                 return out
         await out.write_eof()
         return out
+
+
+class ClientGone(Exception):
+    """Writing to the client failed: it hung up. Told apart from upstream failures, which aiohttp
+    may also raise as ``ConnectionResetError`` subclasses."""
+
+
+async def _to_client(out: web.StreamResponse, data: bytes) -> None:
+    try:
+        await out.write(data)
+    except ConnectionResetError as exc:
+        raise ClientGone from exc
 
 
 async def _copy_batched(source: aiohttp.StreamReader, out: web.StreamResponse, interval: float) -> None:
@@ -302,10 +318,10 @@ async def _copy_batched(source: aiohttp.StreamReader, out: web.StreamResponse, i
         pending.append(chunk)
         size += len(chunk)
         if size >= CHUNK or loop.time() >= deadline:
-            await out.write(b"".join(pending))
+            await _to_client(out, b"".join(pending))
             pending, size, deadline = [], 0, loop.time() + interval
     if pending:
-        await out.write(b"".join(pending))
+        await _to_client(out, b"".join(pending))
 
 
 FORWARDER = web.AppKey("authproxy_forwarder", Forwarder)

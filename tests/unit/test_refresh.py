@@ -189,3 +189,37 @@ async def test_session_gone_from_store_ends_it():
     refresher = Refresher(FakeProvider(clock), 60, clock, store=OtherProcessStore(None))
     with pytest.raises(SessionEnded):
         await refresher.ensure_fresh(session(clock, left=10))
+
+
+async def test_long_chain_of_background_refreshes_never_spends_a_rotated_token():
+    # A client that never updates its cookie (wrk in the refresh storm) across 30 expiries.
+    clock = Clock()
+    provider = FakeProvider(clock)
+    refresher = Refresher(provider, refresh_before=60, clock=clock)
+    stale_cookie = session(clock, left=10)
+    current = stale_cookie
+    for _ in range(30):
+        current = await refresher.ensure_fresh(stale_cookie, remember_for=3600)
+        clock.now += 300
+    assert len(provider.calls) == 30 and len(set(provider.calls)) == 30     # each token spent once
+    assert provider.calls[0] == "RT0" and current.refresh_token == "RT30"
+
+
+async def test_failed_shared_refresh_leaves_no_unretrieved_exception():
+    import gc
+    loop = asyncio.get_running_loop()
+    reported = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context.get("message")))
+    try:
+        clock = Clock()
+        refresher = Refresher(FakeProvider(clock, fail=TokenRejected("refresh", "invalid_grant")), 60, clock)
+        waiter = asyncio.ensure_future(refresher.ensure_fresh(session(clock, left=10)))
+        await asyncio.sleep(0)
+        waiter.cancel()                               # the only caller goes away (client hung up)
+        await asyncio.sleep(0.05)                     # the refresh task fails with nobody awaiting it
+        del waiter
+        gc.collect()                                  # "Task exception was never retrieved" would come now
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
