@@ -385,3 +385,16 @@ async def test_demo_stops_all_three_servers_on_a_signal(signum):
     assert proc.returncode == 0, stderr.decode()
     for port in ports[1::2]:
         assert port_is_free(int(port)), f"port {port} still in use after the demo stopped"
+
+
+def test_config_schema_is_json_schema_of_every_top_level_key():
+    import json
+    import subprocess
+    import sys
+
+    from proxy.config import Config
+    result = subprocess.run([sys.executable, "-m", "proxy", "config-schema"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) == set(Config.model_fields)
+    assert set(schema["required"]) >= {"public_url", "provider", "cookie", "upstreams"}
