@@ -140,9 +140,10 @@ def _open_login(request: web.Request, name: str) -> LoginState | None:
 
 def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
     # The provider sends the browser back with a cross-site top-level GET: "Strict" would withhold
-    # the cookie there, so login cookies are Lax unless the operator chose None.
+    # the cookie there, so login cookies are Lax unless the operator chose None. Their path is "/"
+    # whatever cookie.path says: /oauth2/callback must receive them.
     samesite = "None" if config.cookie.samesite == "none" else "Lax"
-    return cookie_header(name, value, max_age=max_age, path=config.cookie.path, domain=config.cookie.domain,
+    return cookie_header(name, value, max_age=max_age, path="/", domain=config.cookie.domain,
                          secure=config.cookie.secure, samesite=samesite)
 
 

@@ -111,7 +111,7 @@ class Provider:
         """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
         c = self.config
         found: Mapping[str, Any] = {}
-        if c.issuer and self.is_oidc:
+        if c.needs_discovery and c.issuer:
             url = c.issuer.rstrip("/") + "/.well-known/openid-configuration"
             found = await self._get_json("discovery", url)
             if found.get("issuer") != c.issuer:

@@ -27,13 +27,13 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .crypto import fingerprint
 from .errors import ProviderError, ProviderUnavailable, TokenValidationError
 from .metrics import Metrics
-from .provider import Provider
-from .session import Session
+from .provider import Provider, TokenSet
+from .session import Identity, Session
 
 if TYPE_CHECKING:
     from .store import SessionStore
@@ -161,12 +161,7 @@ class Refresher:
             assert current.refresh_token is not None
             self.grants += 1
             tokens = await self._provider.refresh(current.refresh_token)
-            identity = current.identity
-            if tokens.id_token:
-                # OIDC Core §12.2: same iss and sub; a nonce is not required on refreshed ID tokens.
-                claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
-                                                              expected_sub=current.identity.sub)
-                identity = self._provider.identity_from(claims)
+            identity = await self._refreshed_identity(current, tokens)
             now = self._clock()
             fresh = replace(current, identity=identity, access_token=tokens.access_token, issued_at=now,
                             expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or current.refresh_token,
@@ -175,6 +170,28 @@ class Refresher:
         self._remember(key, fresh, now, remember_for)
         self._metrics.refreshed("success", identity.sub)
         return fresh
+
+    async def _refreshed_identity(self, current: Session, tokens: TokenSet) -> Identity:
+        """Who the refreshed tokens say the user is: the new ID token (OIDC Core §12.2: same iss and
+        sub, no nonce needed) and, where claims come from userinfo (GitLab's groups, plain OAuth 2.0),
+        userinfo again. A userinfo that cannot be reached keeps the identity as it was."""
+        claims: dict[str, Any] = {}
+        if tokens.id_token:
+            claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
+                                                          expected_sub=current.identity.sub)
+        if self._provider.config.use_userinfo:
+            try:
+                claims = {**await self._provider.userinfo(tokens.access_token), **claims}
+            except ProviderError as exc:
+                if not exc.transient:
+                    raise
+                return current.identity if not claims else self._provider.identity_from(claims)
+        if not claims:
+            return current.identity
+        identity = self._provider.identity_from(claims)
+        if identity.sub != current.identity.sub:
+            raise TokenValidationError("sub", "the refreshed tokens name another user")
+        return identity
 
     def _latest_known(self, session: Session) -> tuple[Session, list[str]]:
         """Follow remembered results from this session's refresh token to the newest tokens

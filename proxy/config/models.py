@@ -111,22 +111,28 @@ class ProviderConfig(_Model):
             if not self.use_userinfo:
                 yield ("use_userinfo",), ("type oauth2 has no ID token, so claims always come from userinfo; "
                                           "remove use_userinfo or set it to true")
-        discovers = self.protocol == "oidc" and self.issuer is not None
-        if self.use_userinfo and not discovers and self.userinfo_endpoint is None:
+        if self.accept_bearer_tokens and self.protocol == "oauth2":
+            yield ("accept_bearer_tokens",), ("bearer JWTs are verified against an OpenID provider's issuer and keys; "
+                                              "type oauth2 has neither: remove accept_bearer_tokens")
+        if self.use_userinfo and not self.needs_discovery and self.userinfo_endpoint is None:
             yield ("userinfo_endpoint",), ("claims come from userinfo but there is no issuer to discover it "
                                            'from; add userinfo_endpoint, e.g. "https://idp.example.com/userinfo"')
 
     def _oidc_problems(self) -> Iterator[tuple[Loc, str]]:
-        """OIDC Core §3.1: an issuer to discover from (Discovery §4), or every endpoint given explicitly."""
-        explicit = ("authorization_endpoint", "token_endpoint", "jwks_uri")
-        missing = [name for name in explicit if getattr(self, name) is None]
-        if self.issuer is None and missing:
-            yield ("issuer",), ('required for type oidc; add the provider\'s issuer URL, e.g. issuer: '
-                                '"https://idp.example.com", or give authorization_endpoint, token_endpoint and '
-                                f"jwks_uri explicitly (missing: {', '.join(missing)})")
+        """OIDC Core §3.1.3.7: every ID token's ``iss`` is checked against the issuer, so type oidc always
+        needs one; the endpoints come from discovery unless all of them are given (then it is skipped)."""
+        if self.issuer is None:
+            yield ("issuer",), ('required for type oidc: ID tokens are checked against it; add the provider\'s '
+                                'issuer URL, e.g. issuer: "https://idp.example.com" (with authorization_endpoint, '
+                                "token_endpoint and jwks_uri all given, discovery is skipped)")
         if "openid" not in self.scopes:
             yield ("scopes",), ('type oidc needs the "openid" scope; add openid to scopes '
                                 "(or use type: oauth2 for a provider without OpenID Connect)")
+
+    @property
+    def needs_discovery(self) -> bool:
+        explicit = (self.authorization_endpoint, self.token_endpoint, self.jwks_uri)
+        return self.protocol == "oidc" and self.issuer is not None and not all(explicit)
 
 
 class CookieConfig(_Model):

@@ -136,6 +136,9 @@ def _public_url(value: str) -> str:
     parts = _split_url(value, "https://app.example.com")
     if parts.query or parts.fragment or value.endswith(("?", "#")):
         raise ValueError("must not have a query or fragment; remove everything from '?' or '#' on")
+    if parts.path.strip("/"):
+        raise ValueError(f"must be an origin without a path (authproxy serves /oauth2/* at the root), e.g. "
+                         f"{parts.scheme}://{parts.netloc}; got {value!r}")
     return value.rstrip("/")
 
 

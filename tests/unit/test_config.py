@@ -85,8 +85,7 @@ def test_models_are_frozen() -> None:
 
 @pytest.mark.parametrize(("public_url", "origin", "redirect_uri"), [
     ("https://App.Example.com/", "https://app.example.com", "https://App.Example.com/oauth2/callback"),
-    ("https://app.example.com:443/auth/", "https://app.example.com",
-     "https://app.example.com:443/auth/oauth2/callback"),
+    ("https://app.example.com:443/", "https://app.example.com", "https://app.example.com:443/oauth2/callback"),
     ("http://localhost:8000", "http://localhost:8000", "http://localhost:8000/oauth2/callback"),
     ("HTTP://[::1]:80", "http://[::1]", "HTTP://[::1]:80/oauth2/callback"),
 ])
@@ -113,10 +112,13 @@ def test_case_insensitive_choices_and_oauth2_provider() -> None:
     assert config.provider.use_userinfo is True
 
 
-def test_oidc_with_explicit_endpoints_needs_no_issuer() -> None:
-    endpoints = {"issuer": None, "authorization_endpoint": "https://idp.example/a",
+def test_oidc_with_explicit_endpoints_skips_discovery_but_keeps_the_issuer() -> None:
+    # The issuer is what every ID token's iss is checked against: without it no sign-in could succeed.
+    endpoints = {"issuer": "https://idp.example", "authorization_endpoint": "https://idp.example/a",
                  "token_endpoint": "https://idp.example/t", "jwks_uri": "https://idp.example/jwks"}
-    assert parse_config(with_(provider=endpoints), environ={}).provider.issuer is None
+    provider = parse_config(with_(provider=endpoints), environ={}).provider
+    assert provider.issuer == "https://idp.example" and not provider.needs_discovery
+    assert_problem(with_(provider={**endpoints, "issuer": None}), "provider.issuer", "ID tokens are checked")
 
 
 def test_ca_file_must_exist(tmp_path: Path) -> None:
@@ -141,7 +143,11 @@ RULES = [
     ({"provider": {"issuer": "idp.example.com"}}, "provider.issuer", "http or https URL"),
     ({"provider": {"issuer": None}}, "provider.issuer", "required for type oidc"),
     ({"provider": {"issuer": None, "token_endpoint": "https://i/t"}}, "provider.issuer",
-     "missing: authorization_endpoint, jwks_uri"),
+     "ID tokens are checked against it"),
+    ({"public_url": "https://app.example.com/sub"}, "public_url", "without a path"),
+    ({"provider": {"type": "oauth2", "issuer": None, "authorization_endpoint": "https://i/a",
+                   "token_endpoint": "https://i/t", "userinfo_endpoint": "https://i/u",
+                   "accept_bearer_tokens": True}}, "provider.accept_bearer_tokens", "remove accept_bearer_tokens"),
     ({"provider": {"type": "oauth2", "issuer": None}}, "provider.authorization_endpoint", "required for type oauth2"),
     ({"provider": {"type": "oauth2", "issuer": None}}, "provider.token_endpoint", "required for type oauth2"),
     ({"provider": {"type": "oauth2", "issuer": None}}, "provider.userinfo_endpoint", "add userinfo_endpoint"),

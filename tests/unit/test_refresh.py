@@ -23,8 +23,17 @@ class Clock:
 class FakeProvider:
     """Counts refresh grants; answers after a short pause so concurrent callers overlap."""
 
-    def __init__(self, clock: Clock, *, fail: Exception | None = None, rotate: bool = True) -> None:
+    def __init__(self, clock: Clock, *, fail: Exception | None = None, rotate: bool = True,
+                 userinfo: dict | None = None) -> None:
         self.clock, self.fail, self.rotate, self.calls = clock, fail, rotate, []
+        self.info = userinfo
+        self.config = type("ProviderConfig", (), {"use_userinfo": userinfo is not None})()
+
+    async def userinfo(self, access_token: str) -> dict:
+        return dict(self.info or {})
+
+    def identity_from(self, claims: dict) -> Identity:
+        return Identity.from_claims(claims)
 
     async def refresh(self, refresh_token: str) -> TokenSet:
         self.calls.append(refresh_token)
@@ -223,3 +232,18 @@ async def test_failed_shared_refresh_leaves_no_unretrieved_exception():
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+async def test_refresh_takes_userinfo_claims_when_configured():
+    # GitLab-style: groups come only from userinfo; a refresh must not drop them.
+    clock = Clock()
+    provider = FakeProvider(clock, userinfo={"sub": "alice", "groups": ["devs", "ops"]})
+    fresh = await Refresher(provider, 60, clock).ensure_fresh(session(clock, left=10))
+    assert fresh.identity.groups == ("devs", "ops")
+
+
+async def test_refresh_naming_another_user_ends_the_session():
+    clock = Clock()
+    provider = FakeProvider(clock, userinfo={"sub": "mallory"})
+    with pytest.raises(SessionEnded):
+        await Refresher(provider, 60, clock).ensure_fresh(session(clock, left=10))
