@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -44,15 +45,20 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 
 def connect(config: RedisConfig) -> Any:
-    """A redis-py asyncio client for a single server, a Sentinel-managed master, or a Cluster."""
+    """A redis-py asyncio client for a single server, a Sentinel-managed master, or a Cluster.
+
+    The password (``session.redis.password``) goes to the data nodes in every topology; sentinels are
+    addressed by their URLs' host and port (default 26379) and get TLS when their URL is rediss://.
+    """
     timeouts = {"socket_connect_timeout": config.connect_timeout, "socket_timeout": config.timeout}
-    if config.sentinel_master:
-        hosts = [(u.rpartition(":")[0].split("//")[-1], int(u.rpartition(":")[2])) for u in config.sentinel_urls]
-        password = config.password.get() if config.password else None
-        return Sentinel(hosts, **timeouts).master_for(config.sentinel_master, password=password, **timeouts)
-    if config.cluster:
-        return RedisCluster.from_url(config.url, **timeouts)
     password = config.password.get() if config.password else None
+    if config.sentinel_master:
+        hosts = [(urlsplit(u).hostname or "127.0.0.1", urlsplit(u).port or 26379) for u in config.sentinel_urls]
+        sentinel_tls = {"ssl": True} if any(u.startswith("rediss://") for u in config.sentinel_urls) else {}
+        sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **sentinel_tls}, **timeouts)
+        return sentinel.master_for(config.sentinel_master, password=password, **timeouts)
+    if config.cluster:
+        return RedisCluster.from_url(config.url, password=password, **timeouts)
     return aioredis.from_url(config.url, password=password, **timeouts)
 
 

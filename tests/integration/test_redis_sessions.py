@@ -94,3 +94,19 @@ async def test_redis_down_is_503_and_recovers_without_losing_sessions(stack_fact
             assert resp.status == 200 and (await resp.json())["path"] == "/after"
     finally:
         await redis.stop()
+
+
+async def test_password_protected_redis(stack_factory, browser_session):
+    redis = await start_redis(free_port(), password="s3cret-from-env")
+    try:
+        wrong = await stack_factory(session={"store": "redis", "redis": {"url": redis.url, "password": "nope"}})
+        async with browser_session.get(wrong.url + "/ready") as resp:
+            assert resp.status == 503                          # a wrong password is an unreachable store
+        stack = await stack_factory(session={"store": "redis", "redis": {"url": redis.url,
+                                                                          "password": "s3cret-from-env"}})
+        result = await login_via_http(browser_session, stack.url + "/pw")
+        assert result.status == 200
+        async with browser_session.get(stack.url + "/ready") as resp:
+            assert resp.status == 200
+    finally:
+        await redis.stop()

@@ -21,6 +21,7 @@ class RedisServer:
     dir: Path
     persist: bool
     proc: asyncio.subprocess.Process | None = None
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -30,6 +31,8 @@ class RedisServer:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                 "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
                                                          stderr=asyncio.subprocess.DEVNULL)
         for _ in range(200):
@@ -55,8 +58,9 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def start_redis(port: int, *, persist: bool = False) -> RedisServer:
-    server = RedisServer(port=port, dir=Path(tempfile.mkdtemp(prefix="authproxy-redis-")), persist=persist)
+async def start_redis(port: int, *, persist: bool = False, password: str | None = None) -> RedisServer:
+    server = RedisServer(port=port, dir=Path(tempfile.mkdtemp(prefix="authproxy-redis-")), persist=persist,
+                         password=password)
     await server.start()
     return server
 
