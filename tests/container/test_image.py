@@ -1,0 +1,385 @@
+"""The container image, built for real and run for real: what an operator who runs authproxy as a sidecar gets.
+
+No Docker engine runs on CI, so ``tests/container/build-image`` builds the Dockerfile with buildah
+(``--isolation chroot``) on a ``debian:bookworm-slim`` it makes with debootstrap when the machine has none, and
+reuses the image while nothing it is built from changes. ``buildah run`` then starts ``authproxy`` inside the
+image, with its configuration mounted at the default path, ``/etc/authproxy/config.yaml``. Chroot isolation shares
+the host's network and PID namespace: the proxy in the image reaches the real oidc-provider and an echo upstream on
+the host's loopback, the test reaches the proxy on 127.0.0.1, and the proxy's process shows its UID in the host's
+``/proc``.
+
+Commands run as the image's own ``USER`` (no ``--user``), so the UID checks test the Dockerfile, not the test.
+Nothing here skips: without buildah the tests fail and say what to install (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+import proxy
+from tests.support.browserless import login_via_http
+from tests.support.echo import EchoServer, header_values, start_echo
+from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, IdPFactory, client_metadata
+from tests.support.idp import IdP
+from tests.support.ports import free_port
+from tests.support.proxyrun import COOKIE_SECRET, config_dict
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_IMAGE = REPO / "tests" / "container" / "build-image"
+# Seconds for build-image: debootstrap (~40 s) and a build (~30-60 s) on a fresh machine, with room for a slow
+# mirror; reusing an unchanged image takes about one.
+BUILD_TIMEOUT = 900
+# Seconds for one short command in the image (`authproxy --version`, the health check).
+COMMAND_TIMEOUT = 60
+# Seconds for the proxy in the image to answer /ping and then /ready, and to exit after SIGTERM.
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.1
+# The fixed non-root user and group the Dockerfile runs as.
+IMAGE_UID = IMAGE_GID = 10001
+# The console script every authproxy process in the image runs (python3 /opt/authproxy/bin/authproxy).
+AUTHPROXY_SCRIPT = "/opt/authproxy/bin/authproxy"
+# Working containers are named for the test process, so a later session can remove those a killed one left.
+CONTAINER_PREFIX = "authproxy-test-"
+INSTALL_HINT = "apt-get install buildah podman debootstrap (bash .ci/run installs them)"
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(BUILD_TIMEOUT + 300)]
+
+
+# -- buildah --------------------------------------------------------------------------------------------------
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+
+
+def buildah(*args: str) -> subprocess.CompletedProcess[str]:
+    return run(["buildah", *args])
+
+
+def run_argv(container: str, *command: str, user: str | None = None, env: dict[str, str] | None = None,
+             volumes: tuple[str, ...] = ()) -> list[str]:
+    """``buildah run`` of ``command`` in ``container``, as the image's USER unless ``user`` is given."""
+    argv = ["buildah", "run", "--isolation", "chroot"]
+    if user is not None:
+        argv += ["--user", user]
+    for name, value in (env or {}).items():
+        argv += ["--env", f"{name}={value}"]
+    for volume in volumes:
+        argv += ["--volume", volume]
+    return [*argv, container, "--", *command]
+
+
+def run_in(container: str, *command: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run(run_argv(container, *command, user=user))
+
+
+def new_container(image: str) -> str:
+    name = f"{CONTAINER_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    result = buildah("from", "--pull=never", "--quiet", "--name", name, image)
+    assert result.returncode == 0, f"buildah from {image}: {result.stderr}"
+    return name
+
+
+@contextlib.contextmanager
+def working_container(image: str) -> Iterator[str]:
+    name = new_container(image)
+    try:
+        yield name
+    finally:
+        buildah("rm", name)
+
+
+def remove_abandoned_containers() -> None:
+    """Working containers of test processes that are gone (killed by a CI timeout, say)."""
+    listing = buildah("containers", "--format", "{{.ContainerName}}")
+    for name in listing.stdout.split():
+        match = re.fullmatch(re.escape(CONTAINER_PREFIX) + r"(\d+)-[0-9a-f]+", name)
+        if match and not Path(f"/proc/{match[1]}").exists():
+            buildah("rm", name)
+
+
+def build_image() -> str:
+    """Run build-image; its image ID. Kills the whole build (buildah included) if it takes too long."""
+    proc = subprocess.Popen(["bash", str(BUILD_IMAGE)], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"build-image took over {BUILD_TIMEOUT}s:\n{err[-4000:]}", pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(f"build-image failed (exit status {proc.returncode}):\n{err[-4000:]}", pytrace=False)
+    for line in err.splitlines():
+        if line.startswith("build-image:"):
+            print(line)                     # which image, its size, and whether it was reused (pytest -s)
+    return out.split()[-1]
+
+
+@pytest.fixture(scope="session")
+def image() -> Iterator[str]:
+    """The ID of localhost/authproxy:test, built from the working tree (or reused: see build-image).
+
+    A working container made from it right away is kept for the session: another session's build-image, after a
+    source change, removes older images, but never one a container still uses.
+    """
+    missing = [tool for tool in ("buildah", "podman") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: the container tests build and run the image for real. "
+                    f"{INSTALL_HINT}", pytrace=False)
+    remove_abandoned_containers()
+    image_id = build_image()
+    with working_container(image_id):
+        yield image_id
+
+
+@pytest.fixture(scope="session")
+def image_config(image: str) -> dict[str, Any]:
+    """The Docker-format configuration of the image (what `docker inspect` shows under Config)."""
+    result = buildah("inspect", "--type", "image", image)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["Docker"]["config"]
+
+
+def health_check(image_config: dict[str, Any]) -> list[str]:
+    """The image's HEALTHCHECK command, as an argv."""
+    test = image_config["Healthcheck"]["Test"]
+    assert test[0] == "CMD", test
+    return test[1:]
+
+
+# -- the image as built -----------------------------------------------------------------------------------------
+
+
+def test_image_runs_authproxy_as_the_fixed_user_on_4180_with_a_health_check(image_config):
+    assert image_config["User"] == f"{IMAGE_UID}:{IMAGE_GID}"
+    assert image_config["Entrypoint"] == ["authproxy"]
+    assert not image_config.get("Cmd")
+    assert set(image_config["ExposedPorts"]) == {"4180/tcp"}
+    # The Docker format keeps HEALTHCHECK (OCI drops it); `authproxy ping` needs no curl.
+    assert health_check(image_config) == ["authproxy", "ping"]
+    assert next(v for v in image_config["Env"] if v.startswith("PATH=")).startswith("PATH=/opt/authproxy/bin:")
+
+
+PROBE = """\
+import importlib.util, json, os, shutil, sys
+print(json.dumps({
+    "uid": os.getuid(),
+    "gid": os.getgid(),
+    "python": os.path.realpath(sys.executable),
+    "prefix": sys.prefix,
+    "tools": sorted(t for t in ("gcc", "cc", "c++", "make", "pip", "pip3", "curl", "wget") if shutil.which(t)),
+    "modules": sorted(m for m in ("pip", "setuptools", "wheel") if importlib.util.find_spec(m)),
+    "leftovers": sorted(p for p in ("/etc/pip.conf", "/run/build-ca.crt", "/root/build-ca.crt", "/root/.config",
+                                    "/root/.cache", "/src", "/var/lib/apt/lists/partial") if os.path.lexists(p)),
+    "apt_lists": os.listdir("/var/lib/apt/lists") if os.path.isdir("/var/lib/apt/lists") else [],
+    "config_dir": os.path.isdir("/etc/authproxy"),
+}))
+"""
+
+
+def test_image_holds_debians_python3_and_the_virtualenv_and_nothing_from_the_build(image):
+    with working_container(image) as container:
+        version = run_in(container, "authproxy", "--version")
+        assert version.returncode == 0, version.stderr
+        assert version.stdout == f"authproxy {proxy.__version__}\n"
+        # As root: /root is private, and a pip cache or the build's CA bundle would be under it.
+        probe = run_in(container, "python3", "-c", PROBE, user="0:0")
+    assert probe.returncode == 0, probe.stderr
+    facts = json.loads(probe.stdout)
+    assert facts["python"].startswith("/usr/bin/python3"), facts   # Debian's interpreter, through the venv
+    assert facts["prefix"] == "/opt/authproxy"
+    assert facts["tools"] == [], "no compiler, pip or downloader in the final image"
+    assert facts["modules"] == [], "pip and setuptools are removed from the virtualenv"
+    assert facts["leftovers"] == [], "the build's pip config, CA bundle, caches or sources reached the image"
+    assert facts["apt_lists"] in ([], ["lock"]), facts["apt_lists"]
+    assert facts["config_dir"]
+
+
+# -- the proxy running in the image -----------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from the host's /proc (chroot isolation shares the PID namespace)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue                            # gone meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def authproxy_processes(pid: int) -> list[int]:
+    """The authproxy processes ``buildah run`` (``pid``) started: python3 running the console script."""
+    found = []
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv[0].startswith("buildah") and AUTHPROXY_SCRIPT in argv[1:]:
+            found.append(child)
+    return found
+
+
+def ids(pid: int, field: str) -> list[int]:
+    """The real, effective, saved and filesystem IDs on the ``Uid:`` or ``Gid:`` line of /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return [int(value) for value in line.split()[1:]]
+    raise AssertionError(f"no {field} line for {pid}")
+
+
+class ProxyInImage:
+    """``authproxy`` started by ``buildah run`` in a working container, as the image's ENTRYPOINT would be."""
+
+    def __init__(self, container: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.container = container
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def processes(self) -> list[int]:
+        return authproxy_processes(self.proc.pid)
+
+    async def wait_for(self, client: aiohttp.ClientSession, url: str) -> None:
+        """Until ``url`` answers 200; fails with the proxy's log if it exits or takes too long."""
+        deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+        while True:
+            assert self.proc.returncode is None, f"authproxy in the image exited early:\n{self.log}"
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with client.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            assert asyncio.get_running_loop().time() < deadline, f"no 200 from {url}:\n{self.log}"
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def terminate(self) -> int | None:
+        """SIGTERM to authproxy itself, as `docker stop` sends it to the entry point; buildah's exit status."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
+        return None
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def proxy_in_image(image: str, config_path: Path, env: dict[str, str],
+                         log_path: Path) -> AsyncIterator[ProxyInImage]:
+    """authproxy in a new working container, reading ``config_path`` at the default /etc/authproxy/config.yaml.
+
+    Afterwards the process (and whatever buildah left of it) is killed and the working container removed.
+    """
+    container = new_container(image)
+    try:
+        argv = run_argv(container, "authproxy", env=env, volumes=(f"{config_path}:/etc/authproxy/config.yaml:ro",))
+        with log_path.open("wb") as log:
+            # A session of its own, so that kill() can end the whole process group.
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=log,
+                                                        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        running = ProxyInImage(container, proc, log_path)
+        try:
+            yield running
+        finally:
+            await running.kill()
+    finally:
+        buildah("rm", container)
+
+
+def write_config(path: Path, *, port: int, issuer: str, upstream: str) -> None:
+    """A proxy on 127.0.0.1:``port`` (the container shares the host's network); secrets from the environment."""
+    data = config_dict(port=port, issuer=issuer, upstream_url=upstream, client_id=CLIENT_ID,
+                       client_secret="${CLIENT_SECRET}", cookie={"secret": "${COOKIE_SECRET}"})
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o644)                           # readable by the image's user, 10001
+
+
+async def assert_upstream_saw(echo: EchoServer, idp: IdP, path: str, user: str) -> None:
+    """The app behind the proxy got the user's identity and an access token the provider really issued."""
+    [seen] = [record for record in echo.seen if record["path"] == path]
+    assert header_values(seen, "X-Forwarded-User") == [user]
+    [authorization] = header_values(seen, "Authorization")
+    assert authorization.startswith("Bearer ")
+    assert (await idp.userinfo(authorization.removeprefix("Bearer ")))["sub"] == user
+
+
+def assert_runs_as_image_user(running: ProxyInImage) -> None:
+    """Every authproxy process, seen from the host, has 10001 as its real, effective, saved and fs UID and GID."""
+    pids = running.processes()
+    assert pids, f"no authproxy process under buildah run {running.proc.pid}:\n{running.log}"
+    for pid in pids:
+        assert ids(pid, "Uid") == [IMAGE_UID] * 4, f"process {pid}"
+        assert ids(pid, "Gid") == [IMAGE_GID] * 4, f"process {pid}"
+
+
+async def test_proxy_in_the_image_signs_a_user_in_and_runs_as_10001(image, image_config, idp_factory: IdPFactory,
+                                                                     tmp_path):
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    idp = await idp_factory(clients=[client_metadata(public + "/oauth2/callback",
+                                                     post_logout_redirect_uri=public + "/oauth2/signed_out")])
+    echo = await start_echo(free_port())
+    config_path = tmp_path / "config.yaml"
+    write_config(config_path, port=port, issuer=idp.issuer, upstream=echo.url)
+    env = {"CLIENT_SECRET": CLIENT_SECRET, "COOKIE_SECRET": COOKIE_SECRET}
+    try:
+        async with proxy_in_image(image, config_path, env, tmp_path / "authproxy.log") as running:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+                await running.wait_for(client, public + "/ping")
+                await running.wait_for(client, public + "/ready")       # the provider's metadata is loaded
+                result = await login_via_http(client, public + "/html/from-the-image", username="carol")
+            assert result.status == 200, f"{result.visited}\n{result.body_text}\n{running.log}"
+            assert "carol" in result.body_text
+            await assert_upstream_saw(echo, idp, "/html/from-the-image", "carol")
+            assert_runs_as_image_user(running)
+
+            # The HEALTHCHECK command, in the same container. It asks 127.0.0.1:4180 by default, the port the image
+            # exposes; on the shared host network the test's proxy has a free port instead, given with --url.
+            check = run_argv(running.container, *health_check(image_config), "--url", public + "/ping")
+            healthy = await asyncio.to_thread(run, check)
+            assert healthy.returncode == 0, healthy.stderr
+
+            status = await running.terminate()
+            assert status == 0, f"authproxy did not stop cleanly on SIGTERM ({status}):\n{running.log}"
+            assert "Traceback" not in running.log, running.log
+            unhealthy = await asyncio.to_thread(run, check)
+            assert unhealthy.returncode == 1, "the health check passes with the proxy stopped"
+    finally:
+        await echo.close()
