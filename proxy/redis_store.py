@@ -20,7 +20,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +60,15 @@ def connect(config: RedisConfig) -> Any:
     if config.cluster:
         return RedisCluster.from_url(config.url, password=password, **timeouts)
     return aioredis.from_url(config.url, password=password, **timeouts)
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Any Redis failure inside is ``StoreUnavailable``: a 503 page, never a 500 or a lost session."""
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
 
 class _Health:
@@ -140,10 +149,8 @@ class RedisStore:
         return session
 
     async def _get(self, session_id: str, key: bytes) -> Session | None:
-        try:
+        with _reachable():
             sealed = await self._redis.get(self._key("s", session_id))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
         if sealed is None:
             return None
         plain = Sealer([key]).open(sealed.decode() if isinstance(sealed, bytes) else sealed, session_id.encode())
@@ -169,15 +176,13 @@ class RedisStore:
     async def _put(self, session_id: str, key: bytes, session: Session) -> None:
         ttl = max(1, int(session.created_at + self._max_life - self._clock()))
         sealed = Sealer([key]).seal(session.to_bytes(), session_id.encode())
-        try:
+        with _reachable():
             await self._redis.set(self._key("s", session_id), sealed, ex=ttl)
             for kind, value in (("sid", session.sid), ("sub", session.identity.sub)):
                 if value:
                     index = self._index(kind, value)
                     await self._redis.sadd(index, session_id)
                     await self._redis.expire(index, int(self._max_life))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     async def delete(self, cookies: Mapping[str, str]) -> None:
         try:
@@ -185,23 +190,19 @@ class RedisStore:
         except CookieError:
             return
         if ticket is not None:
-            try:
+            with _reachable():
                 await self._redis.delete(self._key("s", ticket[0]))
-            except RedisError as exc:
-                raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
         """Hold the session's refresh lock; waits while another process holds it (up to its expiry)."""
         key, token = self._key("lock", session.id), random_token(12)
         deadline = time.monotonic() + self.config.lock_timeout * 1.5
-        try:
+        with _reachable():
             while not await self._redis.set(key, token, nx=True, px=int(self.config.lock_timeout * 1000)):
                 if time.monotonic() > deadline:
                     raise StoreUnavailable("Another process holds this session's refresh lock for too long.")
                 await asyncio.sleep(LOCK_POLL)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
         try:
             yield
         finally:
@@ -222,7 +223,7 @@ class RedisStore:
     async def end_sessions(self, *, sid: str | None, sub: str | None) -> int:
         """Delete every session indexed under ``sid`` or ``sub`` (back-channel logout)."""
         ended = 0
-        try:
+        with _reachable():
             for kind, value in (("sid", sid), ("sub", sub)):
                 if not value:
                     continue
@@ -232,16 +233,12 @@ class RedisStore:
                     sid_text = session_id.decode() if isinstance(session_id, bytes) else session_id
                     ended += await self._redis.delete(self._key("s", sid_text))
                 await self._redis.delete(index)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
         return ended
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
         """True the first time a logout token's ``jti`` is seen (SET NX), across every replica."""
-        try:
+        with _reachable():
             return bool(await self._redis.set(self._index("jti", token_id), b"1", nx=True, ex=max(1, int(ttl))))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     async def healthy(self) -> bool:
         return await self._health.check()
@@ -264,28 +261,22 @@ class RedisDenylist:
         return f"{self._prefix}deny:{kind}:{fingerprint(value)}"
 
     async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None:
-        try:
+        with _reachable():
             for kind, value in (("sid", sid), ("sub", sub)):
                 if value:
                     await self._redis.set(self._key(kind, value), repr(self._clock()), ex=max(1, int(ttl)))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     async def ended(self, session: Session) -> bool:
-        try:
+        with _reachable():
             if session.sid and await self._redis.exists(self._key("sid", session.sid)):
                 return True
             since = await self._redis.get(self._key("sub", session.identity.sub))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
         # A sub-wide logout ends the sessions that existed then, not later sign-ins.
         return since is not None and session.created_at <= float(since)
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
-        try:
+        with _reachable():
             return bool(await self._redis.set(self._key("jti", token_id), b"1", nx=True, ex=max(1, int(ttl))))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis could not be reached ({type(exc).__name__}).") from exc
 
     async def healthy(self) -> bool:
         return await self._health.check()

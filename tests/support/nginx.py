@@ -10,12 +10,13 @@ from pathlib import Path
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
-_CONF = """
+# Every instance runs in the foreground with its files in its own temp dir.
+_PROLOGUE = """
 worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_temp_path {root}/tmp;
@@ -23,6 +24,9 @@ http {{
   fastcgi_temp_path {root}/tmp;
   uwsgi_temp_path {root}/tmp;
   scgi_temp_path {root}/tmp;
+"""
+
+_CONF = _PROLOGUE + """
   sendfile on;
   keepalive_requests 100000;
   server {{
@@ -51,19 +55,7 @@ class Nginx:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-_BALANCER = """
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}/tmp;
-  proxy_temp_path {root}/tmp;
-  fastcgi_temp_path {root}/tmp;
-  uwsgi_temp_path {root}/tmp;
-  scgi_temp_path {root}/tmp;
+_BALANCER = _PROLOGUE + """
   upstream replicas {{ {servers} }}
   server {{
     listen 127.0.0.1:{port};
@@ -87,9 +79,9 @@ async def start_nginx(port: int, *, balance: list[int] | None = None) -> Nginx:
     (root / "tmp").mkdir()
     if balance:
         servers = " ".join(f"server 127.0.0.1:{p};" for p in balance)
-        (root / "nginx.conf").write_text(_BALANCER.format(root=root, port=port, servers=servers))
+        (root / "nginx.conf").write_text(_BALANCER.format(root=root, port=port, servers=servers, connections=1024))
     else:
-        (root / "nginx.conf").write_text(_CONF.format(root=root, port=port))
+        (root / "nginx.conf").write_text(_CONF.format(root=root, port=port, connections=256))
     proc = await asyncio.create_subprocess_exec(NGINX, "-c", str(root / "nginx.conf"), "-p", str(root),
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     for _ in range(100):
