@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import importlib.metadata
 import json
 import os
 import re
@@ -58,6 +60,11 @@ SCENARIOS = (Scenario("tiny, 1 conn", "/tiny", 1), Scenario("tiny, 32 conn", "/t
 NGINX, AUTHPROXY, APACHE = "nginx-direct", "authproxy", "mod_auth_openidc"
 
 
+def is_authproxy(name: str) -> bool:
+    """authproxy's own rows: ``authproxy`` and, with ``--workers-row``, ``authproxy-wN``."""
+    return name.startswith(AUTHPROXY)
+
+
 @dataclass
 class Target:
     name: str
@@ -76,6 +83,14 @@ class Run:
     round: int
     result: WrkResult
     cpu_us_per_request: float
+
+
+def event_loop() -> str:
+    """The event loop authproxy runs on: uvloop when installed in this interpreter (``proxy.server.run_loop``)."""
+    try:
+        return "uvloop " + importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
+        return "asyncio (uvloop not installed: pip install -e '.[speed]')"
 
 
 def is_authproxy_cookie(name: str) -> bool:
@@ -195,14 +210,17 @@ def print_table(runs: dict[tuple[str, str, int], Run], targets: list[str], round
     print(f"{'':<16} {'req/s':<60} {'CPU per request':<30}")
     print(f"{'scenario':<16} {'authproxy / nginx-direct':<29} {'authproxy / mod_auth_openidc':<30} "
           f"{'authproxy / mod_auth_openidc':<30}")
-    for scenario in SCENARIOS:
-        cells = []
-        for den, figure in ((NGINX, "rps"), (APACHE, "rps"), (APACHE, "cpu")):
-            med, each = median_ratio(runs, scenario, AUTHPROXY, den, rounds, figure)
-            cells.append(f"{med:.2f} [{' '.join(f'{x:.2f}' for x in each)}]")
-            rows.append({"scenario": scenario.label, "ratio": f"{figure}: authproxy/{den}", "median": med,
-                         "rounds": each})
-        print(f"{scenario.label:<16} {cells[0]:<29} {cells[1]:<30} {cells[2]}")
+    for ours in [t for t in targets if is_authproxy(t)]:
+        if ours != AUTHPROXY:
+            print(f"{ours} (in place of authproxy in the headings)")
+        for scenario in SCENARIOS:
+            cells = []
+            for den, figure in ((NGINX, "rps"), (APACHE, "rps"), (APACHE, "cpu")):
+                med, each = median_ratio(runs, scenario, ours, den, rounds, figure)
+                cells.append(f"{med:.2f} [{' '.join(f'{x:.2f}' for x in each)}]")
+                rows.append({"scenario": scenario.label, "ratio": f"{figure}: {ours}/{den}", "median": med,
+                             "rounds": each})
+            print(f"{scenario.label:<16} {cells[0]:<29} {cells[1]:<30} {cells[2]}")
     return rows
 
 
@@ -218,17 +236,25 @@ async def main(args: argparse.Namespace) -> int:
         nginx_proc, nginx_url = await stack.nginx({"100k.bin": FILE_SIZE})
         authproxy_port, apache_port = free_port(), free_port()
         idp = await stack.idp(clients=clients_for(authproxy_port, apache_port))
+        # One cookie secret for every authproxy instance: the session signed in on the first opens on the
+        # second (``--workers-row``), which needs no login of its own.
+        cookie = {"secret": base64.urlsafe_b64encode(os.urandom(32)).decode(), "secure": False}
         settings = {"workers": args.workers} if args.workers != 1 else {}
         authproxy_proc, authproxy_url = await stack.authproxy(authproxy_port, idp.issuer, nginx_url,
-                                                              source=Path(args.authproxy_src).resolve(), **settings)
+                                                              source=Path(args.authproxy_src).resolve(),
+                                                              cookie=cookie, **settings)
         apache_proc, apache_url = await stack.apache(apache_port, idp.issuer, nginx_url)
         targets = [
             Target(NGINX, nginx_url, None, nginx_proc),
             Target(AUTHPROXY, authproxy_url, await login(authproxy_url + "/tiny", is_authproxy_cookie), authproxy_proc),
             Target(APACHE, apache_url, await login(apache_url + "/tiny", is_apache_cookie), apache_proc),
         ]
+        if args.workers_row is not None:
+            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url, source=Path(args.authproxy_src).resolve(),
+                                              cookie=cookie, workers=args.workers_row)
+            targets.append(Target(f"{AUTHPROXY}-w{args.workers_row}", url, targets[1].cookie, proc))
         version = source_version(Path(args.authproxy_src))
-        print(f"authproxy {version}, workers: {args.workers}; started in {time.monotonic() - started:.1f}s: nginx {nginx_url}, oidc-provider {idp.issuer}, "
+        print(f"authproxy {version}, workers: {args.workers}, event loop: {event_loop()}; started in {time.monotonic() - started:.1f}s: nginx {nginx_url}, oidc-provider {idp.issuer}, "
               f"authproxy {authproxy_url} (pid {authproxy_proc.pid}), Apache {apache_url}; temp dir {stack.root}")
         expected: dict[tuple[str, str], int] = {}
         for target in targets:
@@ -276,6 +302,7 @@ async def main(args: argparse.Namespace) -> int:
     OUT.mkdir(exist_ok=True)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:], "authproxy": version,
               "duration_s": args.duration, "rounds": args.rounds, "workers": args.workers,
+              "workers_row": args.workers_row, "event_loop": event_loop(),
               "authproxy_peak_rss_kib": rss_kib, "load_average_before": load_before,
               "others_cpu_share": others,
               "table": rows, "problems": problems, "notes": notes,
@@ -300,6 +327,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="hard limit for the whole run in seconds (default: twice the planned time + 2 min)")
     parser.add_argument("--workers", type=int, default=1,
                         help="authproxy's `workers` setting (default 1: one process, as configured by default)")
+    parser.add_argument("--workers-row", default=None, metavar="N|auto",
+                        help="also run a second authproxy with `workers: N` (e.g. auto: one per core, like Apache's "
+                             "processes) as its own row, with its own ratios")
     parser.add_argument("--authproxy-src", default=str(Path(__file__).resolve().parents[1]), metavar="DIR",
                         help="the checkout whose proxy/ package runs (default: this one), e.g. a `git worktree` "
                              "of another commit, to compare two versions with the same command")
@@ -308,7 +338,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     if args.time_limit is None:
-        planned = args.rounds * len(SCENARIOS) * 3 * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
+        planned = args.rounds * len(SCENARIOS) * (3 + bool(args.workers_row)) * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
         args.time_limit = 2 * planned + 120
     return args
 

@@ -42,6 +42,29 @@ class Metrics:
                                           "Time of each call to the identity provider", ["step"],
                                           buckets=_BUCKETS, registry=r)
 
+        # Label children by their values: ``labels()`` takes a lock and validates the values on every call.
+        self._answered: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._upstream: dict[str, Any] = {}
+
+    def answered(self, upstream: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration. The label children are looked up once per
+        (upstream, status class) and kept, which saves two ``labels()`` calls (lock, value checks,
+        tuple building) per request: ~4 µs of ~150."""
+        key = (upstream, status // 100)
+        children = self._answered.get(key)
+        if children is None:
+            children = (self.requests.labels(upstream, status_class(status)), self.request_seconds.labels(upstream))
+            self._answered[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        """Record the time an upstream took to send its response head (label child kept per upstream)."""
+        child = self._upstream.get(upstream)
+        if child is None:
+            child = self._upstream[upstream] = self.upstream_seconds.labels(upstream)
+        child.observe(seconds)
+
     def event(self, event: str, message: str, **fields: Any) -> None:
         """Log an auth event with its fields; the caller counts it in the matching metric."""
         events_log.info(message, extra={"fields": {"event": event, **fields}})

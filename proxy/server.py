@@ -18,7 +18,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -91,6 +92,22 @@ async def serve(config: Config, reload: Callable[[], Config]) -> None:
         await old.cleanup()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run``, on uvloop's event loop when it is installed (the ``speed`` extra).
+
+    uvloop's C event loop and socket transports replace asyncio's pure-Python selector loop, where a
+    profile of tiny proxied GETs spent over a third of the time (``_SelectorSocketTransport.write`` and
+    ``_read_ready``). Without uvloop the standard loop runs, with the same behaviour.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int:
     """Fork ``count`` workers and keep them running; returns the exit status for the supervisor."""
     children: dict[int, float] = {}
@@ -102,7 +119,7 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             try:
-                asyncio.run(serve(config, reload))
+                run_loop(serve(config, reload))
                 os._exit(0)
             except BaseException:                      # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker %d failed", os.getpid())
@@ -148,7 +165,7 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
 def run(config: Config, reload: Callable[[], Config]) -> int:
     count = config.worker_count
     if count <= 1:
-        asyncio.run(serve(config, reload))
+        run_loop(serve(config, reload))
         return 0
     sys.stdout.flush()
     return run_workers(config, reload, count)

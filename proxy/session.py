@@ -319,9 +319,39 @@ STORE = web.AppKey("authproxy_session_store", Store)
 def session_state(request: web.Request) -> SessionState:
     state = request.get(SESSION_STATE)
     if state is None:
-        state = SessionState(request.app[STORE].owned_names(request.cookies), request.cookies)
+        cookies = own_cookies(request, request.app[CODEC].name)
+        state = SessionState(request.app[STORE].owned_names(cookies), cookies)
         request[SESSION_STATE] = state
     return state
+
+
+# The characters of the values the proxy writes (a version prefix and base64url): such a value needs no
+# unquoting, so it reads the same whatever parser reads it.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._~-]*")
+
+
+def own_cookies(request: web.Request, name: str) -> Mapping[str, str]:
+    """The session cookies (``name`` and its chunks ``name_N``) of a request, read without parsing every
+    cookie: aiohttp's ``request.cookies`` runs a regex over the whole header and builds a Morsel per
+    cookie, which was 8 % of a tiny proxied GET with a 2.8 KB session cookie. No ``name`` in the header
+    at all skips the work; anything unusual (quotes, escapes, a name twice, a value the proxy would not
+    write) is left to ``request.cookies``, so the answer is always the one aiohttp would give."""
+    raw = request.headers.get("Cookie")
+    if raw is None or name not in raw:
+        return {}
+    if '"' in raw or "\\" in raw:
+        return request.cookies
+    found: dict[str, str] = {}
+    prefix = name + "_"
+    for part in raw.split(";"):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if key == name or (key.startswith(prefix) and key[len(prefix):].isdigit()):
+            value = value.strip()
+            if not sep or key in found or not _PLAIN_VALUE.fullmatch(value):
+                return request.cookies
+            found[key] = value
+    return found
 
 
 @web.middleware

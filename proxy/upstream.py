@@ -29,6 +29,7 @@ from yarl import URL
 
 from .config import Config, UpstreamConfig
 from .errors import BadRequest, UpstreamError, UpstreamTimeout
+from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
 from .metrics import METRICS
 from .session import Session
 
@@ -132,20 +133,39 @@ class Upstream:
         # A unix socket is reached through its connector; the URL only supplies the path.
         self.base = "http://localhost" if config.url.startswith("unix:") else config.url.rstrip("/")
         self.host = None if config.url.startswith("unix:") else URL(config.url).raw_authority
+        # The path part of the upstream's URL (``http://app:8080/mounted``), before every request target.
+        self.base_path = "" if config.url.startswith("unix:") else URL(config.url).raw_path.rstrip("/")
         self.client = client
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                              sock_read=config.timeout)
+        self.lean = lean_pool(config)
 
     def matches(self, path: str) -> bool:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
     def target(self, path: str, query: str) -> URL:
         """The upstream URL for a normalised path, with ``strip_prefix`` applied."""
+        return URL(self.base + self.request_target(path, query), encoded=True)
+
+    def request_target(self, path: str, query: str) -> str:
+        """The origin-form request target (RFC 9112 §3.2.1): the path with ``strip_prefix`` applied, the query."""
         if self.config.strip_prefix and self.prefix:
             path = path[len(self.prefix):] or "/"
             if not path.startswith("/"):
                 path = "/" + path
-        return URL(self.base + path + (f"?{query}" if query else ""), encoded=True)
+        return path + (f"?{query}" if query else "")
+
+
+def lean_pool(config: UpstreamConfig) -> Http1Pool | None:
+    """The lean client's pool for a plain-HTTP or unix-socket upstream; None for TLS (aiohttp's client)."""
+    if config.url.startswith("unix:"):
+        return Http1Pool(unix_path=config.url[len("unix:"):], connect_timeout=config.connect_timeout,
+                         read_timeout=config.timeout)
+    url = URL(config.url)
+    if url.scheme != "http" or url.host is None:
+        return None
+    return Http1Pool(host=url.raw_host, port=url.port or 80, connect_timeout=config.connect_timeout,
+                     read_timeout=config.timeout)
 
 
 def make_client(config: UpstreamConfig) -> aiohttp.ClientSession:
@@ -174,6 +194,7 @@ class Forwarder:
         name = config.cookie.name
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
         self._trust_cache: dict[str, bool] = {}
+        self._drop_cache: dict[str, bool] = {}
         self._own_cookie_prefixes = (name + "_",)
         self._own_cookies = frozenset({name})
         self._proto = URL(config.public_url).scheme
@@ -205,88 +226,154 @@ class Forwarder:
 
     def request_headers(self, request: web.Request, session: Session | None,
                         upstream: Upstream | None = None) -> CIMultiDict[str]:
-        incoming = request.headers
-        connection_listed = {t.strip().lower() for t in incoming.get("Connection", "").split(",") if t.strip()}
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in incoming.items():
+        return CIMultiDict(self.header_items(request, session, upstream))
+
+    def _dropped(self, name: str) -> bool:
+        """Whether a request field is the proxy's or hop-by-hop, remembered per spelling: the same
+        dozen names arrive on every request, so this saves a ``lower()``, a ``replace()`` and two set
+        look-ups per field (1.1 → 0.5 µs for a browser's ten fields)."""
+        dropped = self._drop_cache.get(name)
+        if dropped is None:
             lower = name.lower()
-            if lower in _DROPPED_REQUEST or lower in connection_listed or lower.replace("_", "-") in PROXY_SET:
-                continue
-            headers.add(name, value)
+            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in PROXY_SET
+            if len(self._drop_cache) > 1024:
+                self._drop_cache.clear()
+            self._drop_cache[name] = dropped
+        return dropped
+
+    def header_items(self, request: web.Request, session: Session | None,
+                     upstream: Upstream | None = None) -> list[tuple[str, str]]:
+        """The upstream request's header fields, in order: the client's less what the proxy owns, then
+        the proxy's own (cookies stripped of ours, Host, X-Forwarded-*, Bearer and identity)."""
+        incoming = request.headers
+        connection = incoming.get("Connection")
+        listed = {t.strip().lower() for t in connection.split(",") if t.strip()} if connection else None
+        dropped = self._dropped
+        headers = [(name, value) for name, value in incoming.items()
+                   if not dropped(name) and not (listed and name.lower() in listed)]
         cookie = incoming.get("Cookie")
         if cookie:
             kept = strip_cookies(cookie, self._own_cookies, self._own_cookie_prefixes)
             if kept:
-                headers["Cookie"] = kept
-        if "Content-Length" in incoming:
-            headers["Content-Length"] = incoming["Content-Length"]
+                headers.append(("Cookie", kept))
+        length = incoming.get("Content-Length")
+        if length is not None:
+            headers.append(("Content-Length", length))
         if upstream is None or upstream.config.pass_host_header or upstream.host is None:
-            headers["Host"] = request.host
+            headers.append(("Host", request.host))
         else:
-            headers["Host"] = upstream.host
+            headers.append(("Host", upstream.host))
         peer = request.remote or ""
         if self._trusted and self._is_trusted(peer):
             # A trusted balancer's view of the client is kept, and the balancer appended to it.
             chain = incoming.get("X-Forwarded-For")
-            headers["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
-            headers["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", self._proto)
-            headers["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", request.host)
+            headers.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))
+            headers.append(("X-Forwarded-Proto", incoming.get("X-Forwarded-Proto", self._proto)))
+            headers.append(("X-Forwarded-Host", incoming.get("X-Forwarded-Host", request.host)))
         else:
-            headers["X-Forwarded-For"] = peer
-            headers["X-Forwarded-Proto"] = self._proto
-            headers["X-Forwarded-Host"] = request.host
+            headers.append(("X-Forwarded-For", peer))
+            headers.append(("X-Forwarded-Proto", self._proto))
+            headers.append(("X-Forwarded-Host", request.host))
         if session is not None:
-            headers["Authorization"] = f"Bearer {session.access_token}"
-            headers.update(identity_headers(session))
+            headers.append(("Authorization", f"Bearer {session.access_token}"))
+            headers += identity_headers(session).items()
         return headers
 
     async def forward(self, request: web.Request, upstream: Upstream, session: Session | None) -> web.StreamResponse:
+        request[UPSTREAM_LABEL] = upstream.config.path
+        if upstream.lean is not None and is_lean(request):
+            return await self._forward_lean(request, upstream, upstream.lean, session)
         url = upstream.target(normalized_path(request), request.rel_url.raw_query_string)
         headers = self.request_headers(request, session, upstream)
         body = request.content if request.body_exists else None
-        request[UPSTREAM_LABEL] = upstream.config.path
         started = time.perf_counter()
         try:
             resp = await upstream.client.request(request.method, url, headers=headers, data=body,
                                                  allow_redirects=False, timeout=upstream.timeout)
-            request.app[METRICS].upstream_seconds.labels(upstream.config.path).observe(time.perf_counter() - started)
+            request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
         except aiohttp.ClientError as exc:
             log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)
             raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
         try:
-            return await self._relay(request, resp, upstream.config.flush_interval)
+            return await self._relay(request, resp.status, resp.reason, resp.headers.items(), resp.content,
+                                     None, upstream.config.flush_interval)
         finally:
             if resp.content.at_eof():
                 resp.release()          # the connection goes back to the pool
             else:
                 resp.close()            # cut short (client gone, upstream broke): never reuse it
 
-    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse,
-                     flush_interval: float) -> web.StreamResponse:
-        out = web.StreamResponse(status=resp.status, reason=resp.reason)
-        connection_listed = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
-        for name, value in resp.headers.items():
+    async def _forward_lean(self, request: web.Request, upstream: Upstream, pool: Http1Pool,
+                            session: Session | None) -> web.StreamResponse:
+        """``forward`` through the lean client (``http1.py``): the same exchange without aiohttp's
+        ``ClientRequest``/``ClientResponse`` machinery, which was 29 % of a tiny proxied GET."""
+        target = upstream.base_path + upstream.request_target(normalized_path(request),
+                                                              request.rel_url.raw_query_string)
+        items = self.header_items(request, session, upstream)
+        if request.method not in _BODILESS_METHODS and "Content-Length" not in request.headers:
+            items.append(("Content-Length", "0"))      # as aiohttp's client does: some servers want it (411)
+        head = serialize_head(request.method, target, items)
+        started = time.perf_counter()
+        try:
+            resp = await pool.request(head, idempotent=request.method in IDEMPOTENT)
+        except Http1Timeout:
+            raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
+        except Http1Error as exc:
+            log.warning("upstream %s failed: %s", upstream.config.url, exc)
+            raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
+        request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
+        try:
+            return await self._relay(request, resp.status, resp.reason, resp.headers, resp, resp,
+                                     upstream.config.flush_interval)
+        finally:
+            if resp.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+    def response_headers(self, items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        """The upstream's response fields less hop-by-hop ones and any Set-Cookie of the proxy's cookies."""
+        items = list(items)
+        connection = next((v for n, v in items if n.lower() == "connection"), "")
+        listed = {t.strip().lower() for t in connection.split(",")}
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in items:
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in connection_listed:
+            if lower in HOP_BY_HOP or lower in listed:
                 continue
             if lower == "set-cookie" and self._sets_own_cookie(value):
                 log.warning("dropped an upstream Set-Cookie that uses the proxy's cookie name")
                 continue
-            out.headers.add(name, value)
-        await out.prepare(request)
-        if request.method != "HEAD" and resp.status not in (204, 304):
+            headers.add(name, value)
+        return headers
+
+    async def _relay(self, request: web.Request, status: int, reason: str | None,
+                     items: Iterable[tuple[str, str]], body: aiohttp.StreamReader | Http1Response,
+                     lean: Http1Response | None, flush_interval: float) -> web.StreamResponse:
+        headers = self.response_headers(items)
+        if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
+            complete = lean.complete_body()
+            if complete is not None:
+                return whole_response(status, reason, headers, complete)
+        out = web.StreamResponse(status=status, reason=reason, headers=headers)
+        try:
+            await out.prepare(request)
+        except ConnectionResetError:
+            log.debug("client closed the connection before the response")
+            return out
+        if request.method != "HEAD" and status not in (204, 304):
             try:
                 if flush_interval > 0:
-                    await _copy_batched(resp.content, out, flush_interval)
+                    await _copy_batched(body, out, flush_interval)
                 else:
-                    async for chunk in resp.content.iter_any():
+                    async for chunk in body.iter_any():
                         await _to_client(out, chunk)
             except ClientGone:
                 log.debug("client closed the connection during the response")
                 return out
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError, Http1Error) as exc:
                 # Headers are gone already: all we can do is end the client's response early.
                 log.warning("upstream response broke off: %s", type(exc).__name__)
                 if request.transport is not None:
@@ -294,6 +381,30 @@ class Forwarder:
                 return out
         await out.write_eof()
         return out
+
+
+def whole_response(status: int, reason: str | None, headers: CIMultiDict[str], body: bytes) -> web.Response:
+    """A response whose body arrived with its head, sent as one ``Response``: aiohttp writes its head and
+    body in one ``send()`` (a streamed response sends its head at ``prepare``, then each piece as it
+    came). Saves ~35 µs of ~140 µs CPU per proxied 100 KB response; nothing measurable on a tiny one."""
+    del headers["Content-Length"]                    # aiohttp sets it from the body: the same value
+    return web.Response(status=status, reason=reason, headers=headers, body=body)
+
+
+# RFC 9110 §9.2.2: a request with one of these methods may be sent again after a connection failure.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods whose requests normally have no body; a request with another and no body says Content-Length: 0.
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+# Methods the lean client leaves to aiohttp: HEAD's response has a Content-Length but no body (httptools
+# cannot be told to expect none); CONNECT is a tunnel.
+_NOT_LEAN_METHODS = frozenset({"HEAD", "CONNECT"})
+
+
+def is_lean(request: web.Request) -> bool:
+    """Whether the lean client can carry this request: no body, no upgrade, no ``Expect``, not HEAD."""
+    headers = request.headers
+    return (not request.body_exists and request.method not in _NOT_LEAN_METHODS and "Expect" not in headers
+            and "Upgrade" not in headers)
 
 
 class ClientGone(Exception):
@@ -308,7 +419,7 @@ async def _to_client(out: web.StreamResponse, data: bytes) -> None:
         raise ClientGone from exc
 
 
-async def _copy_batched(source: aiohttp.StreamReader, out: web.StreamResponse, interval: float) -> None:
+async def _copy_batched(source: aiohttp.StreamReader | Http1Response, out: web.StreamResponse, interval: float) -> None:
     """Copy, writing at most once per ``interval`` (or per CHUNK bytes): fewer, larger writes for
     upstreams that emit many tiny pieces, at the cost of up to ``interval`` of extra latency."""
     loop = asyncio.get_running_loop()
