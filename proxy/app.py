@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .config import CALLBACK_PATH, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
-from .crypto import Sealer, random_token
+from .crypto import Sealer, random_token, tls_context
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics
 from .gate import handle_auth, handle_proxy, handle_userinfo
@@ -116,7 +116,7 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     ssl_ctx: ssl.SSLContext | bool = True
     if config.provider.ca_file:
-        ssl_ctx = ssl.create_default_context(cafile=config.provider.ca_file)
+        ssl_ctx = tls_context(config.provider.ca_file)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
     app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
     app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS], app[STORE])

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+import ssl
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -105,3 +106,11 @@ def pkce_pair() -> tuple[str, str]:
 def fingerprint(value: str) -> str:
     """A short, non-reversible name for a secret value: cache keys and log correlation."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
+
+
+def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
+    """A client TLS context that trusts the system's CAs *and* the operator's extra bundle, if any."""
+    context = ssl.create_default_context()
+    if extra_ca_file:
+        context.load_verify_locations(cafile=extra_ca_file)
+    return context

@@ -8,6 +8,7 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     ├── ConfigError                   start-up only: every problem with its YAML path (exit 2)
     ├── CookieError                   a cookie that does not open: treated as "no session", never shown
     ├── BadRequest                    a request the proxy refuses to interpret (400)
+    ├── SessionTooLarge               the session does not fit in browser cookies (413)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
     │   └── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
@@ -73,6 +74,18 @@ class BadRequest(AuthProxyError):
 
     status = 400
     title = "Bad request"
+
+
+class SessionTooLarge(AuthProxyError):
+    """The sealed session needs more cookies than a browser sends back; Redis holds any size."""
+
+    status = 413
+    title = "Your session is too large"
+
+    def __init__(self, size: int, chunks: int) -> None:
+        super().__init__(f"The session ({size} bytes) needs {chunks} cookies, more than a browser sends back. "
+                         "The operator can keep sessions in Redis (session.store: redis) or ask the provider for "
+                         "smaller tokens.")
 
 
 class LoginError(AuthProxyError):

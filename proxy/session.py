@@ -31,7 +31,7 @@ from aiohttp import web
 
 from .config import ClaimsConfig, CookieConfig
 from .crypto import Sealer
-from .errors import AuthProxyError, CookieError, TokenValidationError
+from .errors import AuthProxyError, CookieError, SessionTooLarge, TokenValidationError
 
 log = logging.getLogger("authproxy.session")
 
@@ -190,7 +190,7 @@ class CookieCodec:
             return [(self.name, sealed)]
         parts = [sealed[i:i + CHUNK_SIZE] for i in range(0, len(sealed), CHUNK_SIZE)]
         if len(parts) > MAX_CHUNKS:
-            raise CookieError(f"the session needs {len(parts)} cookies; at most {MAX_CHUNKS} fit in a request")
+            raise SessionTooLarge(len(sealed), len(parts))
         return [(f"{self.name}_{i}", part) for i, part in enumerate(parts)]
 
     def load(self, cookies: Mapping[str, str]) -> Session | None:

@@ -28,6 +28,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config, UpstreamConfig
+from .context import REQUEST_ID
+from .crypto import tls_context
 from .errors import BadRequest, UpstreamError, UpstreamTimeout
 from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
 from .metrics import METRICS
@@ -50,7 +52,9 @@ PROXY_SET = frozenset({
     "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
     "x-auth-request-preferred-username", "x-auth-request-access-token",
 })
-_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length"}
+# Re-added by the proxy: Host and Content-Length as they must be, Cookie without ours, and the request id
+# (the client's when it looks like one, else a new one: the same id the proxy logs and answers with).
+_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length", "x-request-id"}
 # Most bytes batched into one write when ``flush_interval`` is set.
 CHUNK = 64 * 1024
 # Characters left as they are when a normalised path is encoded again for the upstream
@@ -178,7 +182,7 @@ def make_client(config: UpstreamConfig) -> aiohttp.ClientSession:
         if config.tls.insecure_skip_verify:
             ssl_ctx = False
         elif config.tls.ca_file:
-            ssl_ctx = ssl.create_default_context(cafile=config.tls.ca_file)
+            ssl_ctx = tls_context(config.tls.ca_file)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300,
                                          ssl=ssl_ctx)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
@@ -274,6 +278,9 @@ class Forwarder:
             headers.append(("X-Forwarded-For", peer))
             headers.append(("X-Forwarded-Proto", self._proto))
             headers.append(("X-Forwarded-Host", request.host))
+        request_id = request.get(REQUEST_ID)
+        if request_id:
+            headers.append(("X-Request-Id", request_id))
         if session is not None:
             headers.append(("Authorization", f"Bearer {session.access_token}"))
             headers += identity_headers(session).items()

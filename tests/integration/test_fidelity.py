@@ -203,3 +203,13 @@ async def test_forwarded_headers_only_from_trusted_proxies(stack_factory, rich, 
     else:
         assert seen["x-forwarded-for"] == "127.0.0.1"
         assert seen["x-forwarded-proto"] == "http" and seen["x-forwarded-host"] == stack.url.removeprefix("http://")
+
+
+async def test_request_id_is_kept_or_made_passed_upstream_and_returned(signed_in, rich):
+    stack, client = signed_in
+    async with client.get(stack.url + "/rid", headers={**API, "X-Request-Id": "abc-123"}) as resp:
+        assert resp.headers["X-Request-Id"] == "abc-123"
+    assert [v for k, v in rich.seen[-1]["headers"] if k.lower() == "x-request-id"] == ["abc-123"]
+    async with client.get(stack.url + "/rid", headers={**API, "X-Request-Id": "bad id\\r\\n"}) as resp:
+        made = resp.headers["X-Request-Id"]
+    assert made != "bad id\\r\\n" and [v for k, v in rich.seen[-1]["headers"] if k.lower() == "x-request-id"] == [made]

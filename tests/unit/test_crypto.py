@@ -82,3 +82,12 @@ def test_random_tokens_differ_and_are_urlsafe():
 def test_b64url_round_trip():
     for data in (b"", b"\x00", b"\xff" * 7):
         assert b64url_decode(b64url_encode(data)) == data
+
+
+def test_extra_ca_file_adds_to_the_system_cas(tmp_path):
+    from proxy.crypto import tls_context
+    from tests.support.tls import self_signed
+    cert, _ = self_signed(tmp_path)
+    system = tls_context(None).cert_store_stats()["x509_ca"]
+    with_extra = tls_context(str(cert)).cert_store_stats()["x509_ca"]
+    assert with_extra == system + 1 and system > 0

@@ -118,3 +118,9 @@ def test_decoded_cache_is_keyed_by_the_exact_value():
     (name, value), = cookies.items()
     with pytest.raises(CookieError):
         c.load({name: value[:-2] + ("AA" if value[-2:] != "AA" else "BB")})
+
+
+def test_a_session_too_big_for_cookies_is_a_clear_error():
+    from proxy.errors import SessionTooLarge
+    with pytest.raises(SessionTooLarge, match="session.store: redis"):
+        codec().dump(session(id_token="x" * 40_000))
