@@ -159,7 +159,13 @@ async def test_signed_out_and_error_pages_render(stack, page, tmp_path):
     forbidden = tmp_path / "error_403.png"
     await page.screenshot(path=forbidden, full_page=True)
 
-    for shot in (signed_out, forbidden):
+    # The sign-in page a user meets: the provider's form, reached through the proxy's redirect.
+    await page.goto(stack.url + "/html/protected")
+    assert _on_login_form(page, stack.idp.issuer)
+    sign_in_page = tmp_path / "sign_in.png"
+    await page.screenshot(path=sign_in_page, full_page=True)
+
+    for shot in (signed_out, forbidden, sign_in_page):
         data = shot.read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_SIGNATURE), shot
         shutil.copyfile(shot, SHOTS_DIR / shot.name)
