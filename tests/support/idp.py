@@ -36,7 +36,7 @@ from tests.support.ports import free_port
 IDP_DIR = Path(__file__).resolve().parent.parent / "idp"
 
 # Seconds to wait for the ready line: node's start-up plus RSA key generation, on a slow CI machine.
-READY_TIMEOUT = 20.0
+READY_TIMEOUT = 45.0
 # Seconds to wait for node to save its state and exit after SIGTERM, before SIGKILL.
 STOP_TIMEOUT = 5.0
 # Seconds between looks at the events file in IdP.wait_for_event().
@@ -274,7 +274,14 @@ async def start_idp(*, clients: list[dict[str, Any]], **options: Any) -> IdP:
     }
     idp = IdP(config, workdir)
     try:
-        await idp._start()
+        try:
+            await idp._start()
+        except IdPError as exc:
+            if "was not ready" not in str(exc):
+                raise
+            # A start that hung on a loaded machine (seen once with a browser test running beside the
+            # suite) is tried once more; a provider that exits with an error is not.
+            await idp._start()
     except BaseException:
         await idp.stop()
         raise
