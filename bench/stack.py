@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
 
 from tests.support.idp import IdP, start_idp  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from tests.support.nginx import PROLOGUE  # noqa: E402
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 APACHE = shutil.which("apache2") or "/usr/sbin/apache2"
@@ -327,19 +328,7 @@ def clients_for(authproxy_port: int, apache_port: int) -> list[dict[str, Any]]:
             client(APACHE_CLIENT, f"http://127.0.0.1:{apache_port}/redirect_uri")]
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}/tmp;
-  proxy_temp_path {root}/tmp;
-  fastcgi_temp_path {root}/tmp;
-  uwsgi_temp_path {root}/tmp;
-  scgi_temp_path {root}/tmp;
+NGINX_CONF = PROLOGUE.replace("{connections}", "1024") + """
   sendfile on;
   keepalive_requests 1000000;
   default_type application/octet-stream;

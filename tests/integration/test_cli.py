@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,7 +31,7 @@ import proxy
 from tests.support.browserless import login_via_http
 from tests.support.echo import header_values, start_echo
 from tests.support.fixtures import CLIENT_ID, IdPFactory, client_metadata
-from tests.support.ports import free_port
+from tests.support.ports import free_port, is_free
 
 pytestmark = pytest.mark.integration
 
@@ -62,15 +61,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=REPO_ROOT, env=env or clean_env(),
                           capture_output=True, text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 # -- commands that do not serve ----------------------------------------------------------------
@@ -160,7 +150,7 @@ def test_bad_config_stops_the_proxy_before_it_listens(tmp_path, given_as):
     assert "upstreams[0].url" in problem_paths(result.stderr)
     assert "listening on" not in result.stderr
     assert "Traceback" not in result.stderr
-    assert port_is_free(port)
+    assert is_free(port)
 
 
 # -- the proxy as a process, against the real provider ----------------------------------------------
@@ -385,7 +375,7 @@ async def test_demo_stops_all_three_servers_on_a_signal(signum):
             await proc.communicate()
     assert proc.returncode == 0, stderr.decode()
     for port in ports[1::2]:
-        assert port_is_free(int(port)), f"port {port} still in use after the demo stopped"
+        assert is_free(int(port)), f"port {port} still in use after the demo stopped"
 
 
 def test_config_schema_is_json_schema_of_every_top_level_key():

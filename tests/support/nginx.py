@@ -11,7 +11,7 @@ from pathlib import Path
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 # Every instance runs in the foreground with its files in its own temp dir.
-_PROLOGUE = """
+PROLOGUE = """
 worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
@@ -26,7 +26,7 @@ http {{
   scgi_temp_path {root}/tmp;
 """
 
-_CONF = _PROLOGUE + """
+_CONF = PROLOGUE + """
   sendfile on;
   keepalive_requests 100000;
   server {{
@@ -55,7 +55,7 @@ class Nginx:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-_BALANCER = _PROLOGUE + """
+_BALANCER = PROLOGUE + """
   upstream replicas {{ {servers} }}
   server {{
     listen 127.0.0.1:{port};

@@ -8,7 +8,8 @@ import socket
 _GIVEN: set[int] = set()
 
 
-def _is_free(port: int) -> bool:
+def is_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be bound right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -36,7 +37,7 @@ def free_port_with_partner(offset: int) -> int:
     """A free port ``p`` such that ``p + offset`` is free too (a Redis Cluster node's bus port is +10000)."""
     for _ in range(1000):
         port = random.randint(20000, 65535 - offset)
-        if port not in _GIVEN and port + offset not in _GIVEN and _is_free(port) and _is_free(port + offset):
+        if port not in _GIVEN and port + offset not in _GIVEN and is_free(port) and is_free(port + offset):
             _GIVEN.update((port, port + offset))
             return port
     raise RuntimeError("no free port pair found")
