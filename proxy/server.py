@@ -36,11 +36,17 @@ WORKER_MIN_LIFETIME = 5.0
 WORKER_RESTART_PAUSE = 1.0
 
 
+# How aiohttp's server serves the proxy (the tests' in-process proxy uses the same): no access log of
+# aiohttp's own (logs.py writes ours); a handler is cancelled when its client goes away; request bodies
+# are not decoded (one sent with Content-Encoding goes upstream as it came).
+SERVER_OPTIONS: dict[str, Any] = {"access_log": None, "handler_cancellation": True, "auto_decompress": False}
+
+
 async def start_runner(config: Config) -> web.AppRunner:
     app = create_app(config)
     if config.metrics_listen:
         app.cleanup_ctx.append(_metrics_listener(config.metrics_listen))
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=config.shutdown_timeout)
+    runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout, **SERVER_OPTIONS)
     await runner.setup()
     await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
     return runner

@@ -109,6 +109,16 @@ async def test_upload_with_length_and_chunked(signed_in):
     assert seen["body_size"] == 50_000 and seen["transfer_encoding"] == "chunked"
 
 
+async def test_compressed_request_body_goes_upstream_as_sent(signed_in):
+    """A request body with Content-Encoding is not decoded on the way (aiohttp's server would by default)."""
+    stack, client = signed_in
+    packed = gzip.compress(b"z" * 200_000)
+    async with client.post(stack.url + "/upload", data=packed,
+                           headers={**API, "Content-Encoding": "gzip", "Content-Type": "text/plain"}) as resp:
+        seen = await resp.json()
+    assert seen["body_size"] == len(packed) < 200_000
+
+
 async def test_expect_100_continue(signed_in):
     stack, client = signed_in
     async with client.post(stack.url + "/upload", data=b"e" * 5000, headers=API, expect100=True) as resp:

@@ -137,7 +137,8 @@ def _app(up: RichUpstream) -> web.Application:
 
 async def start_rich_upstream(port: int | None = None, *, unix_path: str | None = None) -> RichUpstream:
     up = RichUpstream(url="", runner=None)  # type: ignore[arg-type]
-    runner = web.AppRunner(_app(up), access_log=None, handler_cancellation=True)
+    # auto_decompress=False: bodies are reported as they arrived (a decoded one would hide a proxy that decodes).
+    runner = web.AppRunner(_app(up), access_log=None, handler_cancellation=True, auto_decompress=False)
     await runner.setup()
     if unix_path:
         await web.UnixSite(runner, unix_path).start()
