@@ -20,6 +20,9 @@ from collections.abc import AsyncIterator
 
 import httptools
 
+from . import splice
+from .splice import socket_fd
+
 # Bytes of response body buffered before the upstream connection stops being read (flow control).
 HIGH_WATER = 256 * 1024
 # A pooled connection idle longer than this is closed instead of reused (aiohttp's default too).
@@ -43,7 +46,8 @@ class Http1Timeout(Http1Error):
 class Http1Response:
     """The status line and headers of an upstream response, and its body as it arrives."""
 
-    __slots__ = ("status", "reason", "headers", "_conn", "_chunks", "_size", "_eof", "_error", "_waiter")
+    __slots__ = ("status", "reason", "headers", "_conn", "_chunks", "_size", "_received", "_eof", "_error",
+                 "_waiter")
 
     def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self.status = status
@@ -52,9 +56,14 @@ class Http1Response:
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._size = 0
+        self._received = 0                     # body bytes parsed so far, handed out or not
         self._eof = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def read_timeout(self) -> float:
+        return self._conn.read_timeout
 
     def complete_body(self) -> bytes | None:
         """The whole body if it has arrived already (a small response usually comes with its head)."""
@@ -87,6 +96,23 @@ class Http1Response:
                 timer.cancel()
                 self._waiter = None
 
+    def detach(self) -> tuple[list[bytes], int, int] | None:
+        """Stop parsing and hand over the rest of the body: (the pieces parsed but not yet read, the
+        socket's descriptor, body bytes parsed so far). The caller moves the remaining bytes itself
+        (``splice.py``); the connection is closed afterwards, never reused, as the parser did not see
+        the end of its message. None when the connection is not a plain socket or the body failed."""
+        if self._error is not None or self._eof or self._conn.closed:
+            return None
+        fd = socket_fd(self._conn.transport)
+        if fd is None:
+            return None
+        self._conn.pause()
+        self._conn.reusable = False
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return chunks, fd, self._received
+
     def at_eof(self) -> bool:
         return self._eof and not self._chunks and self._error is None
 
@@ -102,6 +128,7 @@ class Http1Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
+        self._received += len(data)
         if self._size > HIGH_WATER:
             self._conn.pause()
         self._wake()
@@ -310,8 +337,35 @@ class Http1Pool:
                     raise
         return await self._exchange(await self._connect(), head)
 
+    async def request_spliced(self, head: bytes, body_start: bytes, source: int, count: int) -> Http1Response:
+        """Send a request whose body is ``body_start`` (already read from the client) and then ``count``
+        bytes moved from the client's socket ``source`` in the kernel (``splice.py``), and wait for the
+        response head. Always on a new connection: a pooled one that the upstream closed just before
+        could not be retried, the body being spent. Raises splice.SourceBroke when the client's body
+        breaks off, and Http1Error when the upstream fails without answering."""
+        conn = await self._connect()
+        waiter = conn.send(head + body_start)
+        destination = socket_fd(conn.transport)
+        try:
+            if destination is None or conn.transport is None or not await splice.flushed(conn.transport):
+                raise splice.DestinationGone("the connection closed")
+            await splice.splice(source, destination, count, read_timeout=self.read_timeout)
+        except splice.DestinationGone:
+            # The upstream stopped taking the body: fine if it answered already (413, 401...).
+            if not waiter.done() or waiter.exception() is not None:
+                conn.close()
+                raise Http1Error("the upstream closed the connection while the request body was sent") from None
+        except BaseException:
+            conn.close()
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()             # retrieved: a failure we report otherwise
+            raise
+        return await self._answer(conn, waiter)
+
     async def _exchange(self, conn: _Connection, head: bytes) -> Http1Response:
-        waiter = conn.send(head)
+        return await self._answer(conn, conn.send(head))
+
+    async def _answer(self, conn: _Connection, waiter: asyncio.Future[Http1Response]) -> Http1Response:
         timer = self.loop.call_later(self.read_timeout, _expire, waiter, conn)
         try:
             return await waiter
