@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, field_validator,
+                      model_validator)
 
 from .. import presets
 from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _existing_dir,
@@ -139,7 +140,10 @@ class CookieConfig(_Model):
     """The session cookie (RFC 6265): its attributes and the keys that seal it."""
 
     name: str = "_authproxy"
-    secret: Annotated[tuple[CookieKey, ...], BeforeValidator(_one_or_many), AfterValidator(_at_least_one)]
+    secret: Annotated[tuple[CookieKey, ...], BeforeValidator(_one_or_many), AfterValidator(_at_least_one),
+                      WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                                      "minItems": 1}],
+                                      "description": "one key, or a list whose first key seals (rotation)"})]
     secure: bool = True
     samesite: Annotated[Literal["lax", "strict", "none"], BeforeValidator(_lower)] = "lax"
     domain: str | None = None

@@ -12,7 +12,7 @@ import re
 from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import (AfterValidator, BeforeValidator, GetCoreSchemaHandler)
+from pydantic import AfterValidator, BeforeValidator, GetCoreSchemaHandler, WithJsonSchema
 from pydantic_core import core_schema
 
 
@@ -108,8 +108,15 @@ def _positive(seconds: float) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+# What ``config-schema`` says a duration is: what parse_duration accepts, not the float it becomes.
+_DURATION_JSON_SCHEMA = WithJsonSchema({
+    "anyOf": [{"type": "string", "pattern": r"^(\d+(\.\d*)?|\.\d+)$|^((\d+(\.\d*)?|\.\d+)(ms|s|m|h|d))+$",
+               "examples": ["30s", "1h30m", "500ms", "168h"]},
+              {"type": "number", "minimum": 0}],
+    "description": 'a duration: a number with a unit (ms, s, m, h, d), e.g. "30s" or "1h30m", or seconds',
+})
+Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_JSON_SCHEMA]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive), _DURATION_JSON_SCHEMA]
 
 
 def _split_url(value: str, example: str) -> SplitResult:

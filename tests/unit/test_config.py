@@ -515,3 +515,25 @@ def test_environment_problems_are_reported_with_their_key_path() -> None:
 def test_prefixed_variables_that_name_no_key_are_left_for_substitution() -> None:
     config = load_config(None, environ={**ENV_ONLY, "AUTHPROXY_MY_SECRET": "x"})
     assert config.provider.client_id == "123"
+
+
+def test_json_schema_accepts_what_the_loader_accepts() -> None:
+    """``config-schema`` is for editors and CI: the shipped configs must validate against it, and so must
+    the spellings the loader takes (durations as "168h" or seconds, one cookie secret or a list)."""
+    import jsonschema
+
+    schema = Config.model_json_schema()
+    deploy = EXAMPLE.parent / "deploy"
+    configmap = next(doc for doc in yaml.safe_load_all((deploy / "kubernetes" / "configmap.yaml").read_text())
+                     if doc and doc.get("kind") == "ConfigMap")["data"]["config.yaml"]
+    shipped = [yaml.safe_load(EXAMPLE.read_text()), yaml.safe_load((deploy / "authproxy.compose.yaml").read_text()),
+               yaml.safe_load(configmap)]
+    for data in shipped:
+        jsonschema.validate(data, schema)
+    base = yaml.safe_load(EXAMPLE.read_text())
+    for cookie in ({"secret": "one-key", "expire": "168h", "refresh_before": 60},
+                   {"secret": ["new", "old"], "expire": "1h30m", "refresh_before": "500ms"}):
+        jsonschema.validate({**base, "cookie": {**base["cookie"], **cookie}}, schema)
+    for wrong in ({"expire": "a week"}, {"expire": "1h30"}, {"expire": -1}, {"secret": []}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**base, "cookie": {**base["cookie"], **wrong}}, schema)
