@@ -26,6 +26,7 @@ from aiohttp import web
 from .app import create_app
 from .config import Config
 from .errors import ConfigError
+from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
 
 log = logging.getLogger("authproxy")
@@ -67,8 +68,9 @@ def _metrics_listener(listen: str) -> Callable[[web.Application], AsyncIterator[
     return ctx
 
 
-async def serve(config: Config, reload: Callable[[], Config]) -> None:
-    """Serve until SIGTERM/SIGINT; reload on SIGHUP."""
+async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 0) -> None:
+    """Serve until SIGTERM/SIGINT; reload on SIGHUP (``supervisor``: the pid of the process that
+    forked this worker, which applies a change of ``workers`` itself)."""
     loop = asyncio.get_running_loop()
     stop, hup = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -92,6 +94,10 @@ async def serve(config: Config, reload: Callable[[], Config]) -> None:
         except ConfigError as exc:
             log.error("reload rejected, the running configuration stays in force:\n%s", exc)
             continue
+        configure_logging(new_config.logging)
+        if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
+            log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
+                        new_config.worker_count)
         new_runner = await start_runner(new_config)
         old, runner, config = runner, new_runner, new_config
         log.info("configuration reloaded; draining the old listener")
@@ -115,9 +121,15 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int:
-    """Fork ``count`` workers and keep them running; returns the exit status for the supervisor."""
+    """Fork ``count`` workers and keep them running; returns the exit status for the supervisor.
+
+    On SIGHUP the supervisor reads the configuration too: workers it starts from then on (to replace
+    one that died, or because ``workers`` grew) run the new one, and it stops workers beyond a smaller
+    count. Each worker reloads itself on the SIGHUP passed on to it."""
     children: dict[int, float] = {}
+    retiring: set[int] = set()                        # stopped because ``workers`` shrank: not replaced
     stopping = False
+    supervisor = os.getpid()
 
     def spawn() -> None:
         pid = os.fork()
@@ -125,21 +137,42 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             try:
-                run_loop(serve(config, reload))
+                run_loop(serve(config, reload, supervisor))
                 os._exit(0)
             except BaseException:                      # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker %d failed", os.getpid())
                 os._exit(1)
         children[pid] = time.monotonic()
 
+    def signal_workers(sig: int, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping
         stopping = stopping or sig in (signal.SIGTERM, signal.SIGINT)
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)
-            except ProcessLookupError:
-                pass
+        signal_workers(signal.SIGTERM if sig == signal.SIGINT else sig, list(children))
+        if sig == signal.SIGHUP and not stopping:
+            resize()
+
+    def resize() -> None:
+        nonlocal config
+        try:
+            config = reload()
+        except ConfigError:
+            return                                    # each worker logs the problems and keeps its config
+        configure_logging(config.logging)
+        serving = [pid for pid in children if pid not in retiring]
+        for _ in range(config.worker_count - len(serving)):
+            spawn()
+        surplus = serving[max(config.worker_count, 1):]
+        retiring.update(surplus)
+        signal_workers(signal.SIGTERM, surplus)
+        if surplus or config.worker_count > len(serving):
+            log.info("supervisor %d now runs %d workers", supervisor, max(config.worker_count, 1))
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -155,7 +188,8 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
         except InterruptedError:
             continue
         started = children.pop(pid, None)
-        if started is None:
+        if started is None or pid in retiring:
+            retiring.discard(pid)
             continue
         code = os.waitstatus_to_exitcode(code)
         if stopping:

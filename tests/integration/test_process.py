@@ -109,3 +109,54 @@ async def test_workers_share_the_port_and_a_crashed_one_is_replaced(rich):
     finally:
         assert await proxy.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+async def wait_for(condition, timeout: float = 10.0):
+    for _ in range(int(timeout / 0.1)):
+        value = condition()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    return condition()
+
+
+async def test_sighup_applies_a_new_logging_format(rich):
+    data = public_config(rich.url, logging={"level": "info", "format": "text"})
+    proxy = await start_proxy_process(data, ready_path="/ping")
+    try:
+        Path(proxy.config_path).write_text(yaml.safe_dump({**data, "logging": {"level": "info", "format": "json"}}))
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert await wait_for(lambda: "configuration reloaded" in proxy.stderr)
+        reloaded = next(line for line in proxy.stderr.splitlines() if "configuration reloaded" in line)
+        assert reloaded.startswith("{") and '"message": "configuration reloaded' in reloaded
+    finally:
+        assert await proxy.stop() == 0
+
+
+async def test_sighup_resizes_the_workers_and_replacements_run_the_new_config(rich):
+    data = public_config(rich.url, workers=2)
+    proxy = await start_proxy_process(data, ready_path="/ping")
+    path = Path(proxy.config_path)
+    try:
+        assert await wait_for(lambda: len(children(proxy.proc.pid)) == 2)
+        path.write_text(yaml.safe_dump({**data, "workers": 3, "skip_auth": [{"path": "^/(slow|blob|echo-me)"}]}))
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert await wait_for(lambda: len(children(proxy.proc.pid)) == 3)
+        path.write_text(yaml.safe_dump({**data, "workers": 1, "skip_auth": [{"path": "^/(slow|blob|echo-me)"}]}))
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert await wait_for(lambda: len(children(proxy.proc.pid)) == 1)
+        (survivor,) = children(proxy.proc.pid)
+        os.kill(survivor, signal.SIGKILL)                  # its replacement must start with the new config
+        assert await wait_for(lambda: len(children(proxy.proc.pid)) == 1 and survivor not in children(proxy.proc.pid))
+        async with aiohttp.ClientSession() as client:
+            ok = False
+            for _ in range(50):
+                try:
+                    async with client.get(proxy.url + "/echo-me", headers={"Accept": "application/json"}) as resp:
+                        ok = resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)                # the replacement is still starting
+            assert ok, "the replacement worker runs the configuration from before the reload"
+    finally:
+        assert await proxy.stop() == 0
