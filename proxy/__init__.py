@@ -10,7 +10,8 @@ The modules each own one boundary:
 
 - ``config``    reads YAML and the environment, validates everything once, freezes it;
 - ``crypto``    the only user of ``cryptography``: sealing values, random values, PKCE;
-- ``session``   the Session value, its cookie codec, and writing the cookie as headers go out;
+- ``session``   the Session value, loading it lazily, writing its cookie as headers go out;
+- ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;
 - ``provider``  the only code that talks to the identity provider (discovery, JWKS, grants);
 - ``login``     the ``/oauth2/*`` sign-in and sign-out endpoints and the safe-redirect guard;
 - ``gate``      what every other request passes: skip rules, authentication, refresh, authorization;

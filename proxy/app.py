@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .config import CALLBACK_PATH, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
+from .cookies import CookieCodec
 from .crypto import Sealer, random_token, tls_context
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics
@@ -31,7 +32,7 @@ from .provider import Provider
 from .refresh import Refresher
 from .backchannel import handle_backchannel_logout
 from .redis_store import RedisDenylist, RedisStore
-from .session import CODEC, SESSION_STATE, STORE, CookieCodec, load_session, write_session_cookie
+from .session import CODEC, SESSION_STATE, STORE, load_session, write_session_cookie
 from .store import CookieStore, MemoryDenylist, SessionStore
 from .websocket import setup_websockets
 from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client

@@ -24,11 +24,12 @@ from aiohttp import web
 
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
+from .cookies import cookie_header
 from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .metrics import METRICS
 from .pages import NO_STORE, html_page
-from .session import Session, commit_session, cookie_header, defer_cookie, get_session, set_session
+from .session import Session, commit_session, defer_cookie, get_session, set_session
 from .websocket import close_session_sockets
 
 log = logging.getLogger("authproxy.login")

@@ -2,7 +2,7 @@
 
 Two stores pass one contract suite (``tests/contract/``):
 
-- ``CookieStore``: the sealed session *is* the cookie (``session.CookieCodec``). Nothing to run,
+- ``CookieStore``: the sealed session *is* the cookie (``cookies.CookieCodec``). Nothing to run,
   any number of replicas; the refresh lock is the in-process single flight in ``refresh.py``.
 - ``RedisStore`` (``redis_store.py``): the cookie is only a ticket; the session, sealed under a
   key only the ticket holds, lives in Redis. Revocation, back-channel logout and one refresh
@@ -21,8 +21,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
+from .cookies import CookieCodec
 from .errors import AuthProxyError, CookieError
-from .session import CookieCodec, Session
+from .session import Session
 
 
 class StoreUnavailable(AuthProxyError):
@@ -111,7 +112,7 @@ class MemoryDenylist:
 
 
 class CookieStore:
-    """The session sealed into the browser's cookies (``session.CookieCodec``)."""
+    """The session sealed into the browser's cookies (``cookies.CookieCodec``)."""
 
     def __init__(self, codec: CookieCodec, denylist: Denylist) -> None:
         self.codec = codec

@@ -8,10 +8,11 @@ import time
 import pytest
 
 from proxy.config import RedisConfig
+from proxy.cookies import CookieCodec
 from proxy.crypto import Sealer, random_token
 from proxy.errors import CookieError
 from proxy.redis_store import RedisStore
-from proxy.session import CookieCodec, Identity, Session
+from proxy.session import Identity, Session
 from proxy.store import CookieStore, MemoryDenylist, StoreUnavailable
 from tests.unit.conftest import make_config
 

@@ -1,6 +1,6 @@
 """Properties of the three functions that stand between an attacker's bytes and a decision.
 
-- the cookie codec (``crypto.Sealer.open``, ``session.CookieCodec.load``): nothing but what we sealed ever
+- the cookie codec (``crypto.Sealer.open``, ``cookies.CookieCodec.load``): nothing but what we sealed ever
   comes out, and anything else is a ``CookieError`` — never another exception, which would be a 500;
 - the redirect guard (``login.safe_redirect``): whatever the target, a browser following the result stays on
   ``public_url``'s origin — checked with a browser-like reading of the URL, not with the guard's own parser;
@@ -28,10 +28,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Config, parse_config
+from proxy.cookies import CookieCodec
 from proxy.crypto import Sealer
 from proxy.errors import BadRequest, CookieError
 from proxy.login import safe_redirect
-from proxy.session import CookieCodec, Identity, Session
+from proxy.session import Identity, Session
 from proxy.upstream import Upstream, normalize_path
 
 settings.register_profile("ci", max_examples=200, deadline=None,

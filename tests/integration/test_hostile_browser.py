@@ -38,9 +38,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.context import PROVIDER, SEALER
+from proxy.cookies import CookieCodec
 from proxy.crypto import Sealer
 from proxy.login import MAX_LOGIN_COOKIES
-from proxy.session import CODEC, CookieCodec, Identity, Session
+from proxy.session import CODEC, Identity, Session
 from tests.support.browserless import login_via_http
 from tests.support.echo import EchoServer, header_values, start_echo
 from tests.support.evil_idp import EvilStack, start_evil_stack
