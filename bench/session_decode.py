@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.config import CookieConfig  # noqa: E402
 from proxy.crypto import Sealer  # noqa: E402
-import proxy.session  # noqa: E402
-from proxy.session import CookieCodec, Identity, Session  # noqa: E402
+from proxy.cookies import DECODED_CACHE_SIZE, CookieCodec  # noqa: E402
+from proxy.session import Identity, Session  # noqa: E402
 
 
 # Seconds per timed slice: short, so that adjacent slices of two cases see the same load on the machine.
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> None:
         assert codec.load(cookies) == session
         # More distinct cookies (each sealing has its own nonce) than any decoded-session cache holds:
         # cycling through them, every load is a first sight.
-        distinct = [dict(codec.dump(session)) for _ in range(2 * getattr(proxy.session, "DECODED_CACHE_SIZE", 0) + 7)]
+        distinct = [dict(codec.dump(session)) for _ in range(2 * DECODED_CACHE_SIZE + 7)]
         cycle = itertools.cycle(distinct)
         cases: dict[str, Callable[[], object]] = {
             "json": lambda: json.loads(plaintext),
