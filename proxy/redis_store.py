@@ -52,14 +52,17 @@ def connect(config: RedisConfig) -> Any:
     """
     timeouts = {"socket_connect_timeout": config.connect_timeout, "socket_timeout": config.timeout}
     password = config.password.get() if config.password else None
+    # rediss://: redis-py verifies the server's certificate and name against the system CAs, plus ca_file.
+    ca = {"ssl_ca_certs": config.ca_file} if config.ca_file else {}
     if config.sentinel_master:
         hosts = [(urlsplit(u).hostname or "127.0.0.1", urlsplit(u).port or 26379) for u in config.sentinel_urls]
-        sentinel_tls = {"ssl": True} if any(u.startswith("rediss://") for u in config.sentinel_urls) else {}
+        sentinel_tls = {"ssl": True, **ca} if any(u.startswith("rediss://") for u in config.sentinel_urls) else {}
         sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **sentinel_tls}, **timeouts)
         return sentinel.master_for(config.sentinel_master, password=password, **timeouts)
+    tls = ca if config.url.startswith("rediss://") else {}
     if config.cluster:
-        return RedisCluster.from_url(config.url, password=password, **timeouts)
-    return aioredis.from_url(config.url, password=password, **timeouts)
+        return RedisCluster.from_url(config.url, password=password, **timeouts, **tls)
+    return aioredis.from_url(config.url, password=password, **timeouts, **tls)
 
 
 @contextlib.contextmanager

@@ -229,6 +229,8 @@ class RedisConfig(_Model):
     sentinel_urls: list[Annotated[str, AfterValidator(_redis_url)]] = []
     cluster: bool = False
     key_prefix: str = "authproxy:"
+    # A CA bundle (PEM) that signed the servers' certificates, for rediss:// URLs: added to the system CAs.
+    ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
     connect_timeout: PositiveDuration = 2.0
     timeout: PositiveDuration = 2.0
     lock_timeout: PositiveDuration = 10.0
@@ -239,6 +241,8 @@ class RedisConfig(_Model):
                                        '["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]')
         if self.sentinel_master and self.cluster:
             yield ("cluster",), "Sentinel and Cluster exclude each other; set one of them"
+        if self.ca_file and not any(url.startswith("rediss://") for url in [self.url, *self.sentinel_urls]):
+            yield ("ca_file",), ("ca_file is only used for TLS; write the URL as rediss://... or remove ca_file")
 
 
 class SessionConfig(_Model):

@@ -22,13 +22,17 @@ class RedisServer:
     persist: bool
     proc: asyncio.subprocess.Process | None = None
     password: str | None = None
+    tls: tuple[Path, Path] | None = None            # (certificate, key): serve TLS only, on ``port``
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls[0]), "--tls-key-file",
+                str(self.tls[1]), "--tls-ca-cert-file", str(self.tls[0]), "--tls-auth-clients", "no"] \
+            if self.tls else ["--port", str(self.port)]
+        args = [REDIS_SERVER, *port, "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                 "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
         if self.password:
@@ -58,9 +62,11 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def start_redis(port: int, *, persist: bool = False, password: str | None = None) -> RedisServer:
+async def start_redis(port: int, *, persist: bool = False, password: str | None = None,
+                      tls: tuple[Path, Path] | None = None) -> RedisServer:
+    """``tls``: (certificate, key) PEM files; the server then speaks only TLS (``url`` is rediss://)."""
     server = RedisServer(port=port, dir=Path(tempfile.mkdtemp(prefix="authproxy-redis-")), persist=persist,
-                         password=password)
+                         password=password, tls=tls)
     await server.start()
     return server
 

@@ -64,8 +64,11 @@ BASE: dict[str, Any] = {
     "skip_auth": [{"path": "^/public/"}],
 }
 # Keys whose validation needs the file or directory to exist: their example is replaced by a real one.
-EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file", "templates_dir": "dir"}
+EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file", "session.redis.ca_file": "file",
+                  "templates_dir": "dir"}
 COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable"]
+# Keys whose example is valid only together with another key's value.
+COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"}}
 
 
 # -- the models -----------------------------------------------------------------------------------------------
@@ -264,6 +267,8 @@ def test_documented_example_is_valid(path, tmp_path):
         value = str(real)
     data = copy.deepcopy(BASE)
     _set(data, _steps(path), value)
+    for other, companion in COMPANIONS.get(path, {}).items():
+        _set(data, _steps(other), companion)
     try:
         _parse(data)
     except ConfigError as exc:
