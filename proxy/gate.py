@@ -30,12 +30,13 @@ from .authz import (BadQueryRules, authorize, authorize_all, cors_headers, is_ap
                     rules_for, skips_auth)
 from .bearer import BearerRejected, bearer_token, invalid_token_header, verify_bearer
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
+from .headers import identity_headers
 from .login import is_navigation, login_url, start_login
 from .metrics import METRICS
 from .pages import NO_STORE, html_page, json_answer
 from .refresh import SessionEnded
 from .session import Session, get_session, set_session
-from .upstream import FORWARDER, identity_headers, normalized_path
+from .upstream import FORWARDER, normalized_path
 from .websocket import forward_websocket, is_websocket_upgrade
 
 log = logging.getLogger("authproxy.gate")

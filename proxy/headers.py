@@ -1,0 +1,175 @@
+"""The header policy: which fields pass between the client and the app, and which the proxy sets itself.
+
+What the proxy owns is stripped from the request before anything is added: the client's
+``Authorization`` and identity headers (a client must never assert who it is), the proxy's own
+cookies, and hop-by-hop headers (RFC 9110 §7.6.1). Then the proxy adds its own: ``Host``,
+``X-Forwarded-For/-Proto/-Host`` (a trusted proxy's view of the client kept, anyone else's replaced),
+the request id, the Bearer token and the identity headers. On the way back, hop-by-hop fields and any
+``Set-Cookie`` of the proxy's cookie names are dropped: an app must not set or clear our session.
+
+``HeaderPolicy`` holds what these rules need from the config, built once with the ``Forwarder``; both
+the HTTP forwarding (``upstream.py``) and the WebSocket handshake (``websocket.py``) use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import Config
+from .context import REQUEST_ID
+from .session import Session
+
+# The forwarding logger, as in upstream.py and relay.py: an operator filters all forwarding messages by one name.
+log = logging.getLogger("authproxy.upstream")
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones still seen in the wild; they describe
+# one connection and must not be forwarded. Headers named in ``Connection`` are dropped too.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authenticate", "proxy-authorization", "expect",
+})
+# Set by the proxy only. Whatever a client sends under these names is dropped first, including
+# spellings with "_" that some app servers (CGI, WSGI) treat as the same header.
+PROXY_SET = frozenset({
+    "authorization", "x-forwarded-user", "x-forwarded-email", "x-forwarded-preferred-username",
+    "x-forwarded-groups", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+    "x-forwarded-uri", "x-forwarded-prefix", "x-forwarded-access-token", "x-real-ip", "forwarded",
+    "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
+    "x-auth-request-preferred-username", "x-auth-request-access-token",
+})
+# Re-added by the proxy: Host and Content-Length as they must be, Cookie without ours, and the request id
+# (the client's when it looks like one, else a new one: the same id the proxy logs and answers with).
+_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length", "x-request-id"}
+
+
+def identity_headers(session: Session) -> dict[str, str]:
+    """The headers that tell the app who the user is."""
+    ident = session.identity
+    headers = {"X-Forwarded-User": ident.sub}
+    if ident.email:
+        headers["X-Forwarded-Email"] = ident.email
+    if ident.preferred_username:
+        headers["X-Forwarded-Preferred-Username"] = ident.preferred_username
+    if ident.groups:
+        headers["X-Forwarded-Groups"] = ",".join(ident.groups)
+    return headers
+
+
+def strip_cookies(header: str, is_ours: frozenset[str] | None, prefixes: tuple[str, ...]) -> str:
+    """The ``Cookie`` header without the proxy's own cookies (session, chunks, login state)."""
+    kept = []
+    for part in header.split(";"):
+        name = part.split("=", 1)[0].strip()
+        if name and not (is_ours and name in is_ours) and not name.startswith(prefixes):
+            kept.append(part.strip())
+    return "; ".join(kept)
+
+
+class HeaderPolicy:
+    """The header rules for one config: the proxy's cookie names, its trusted proxies, its public scheme."""
+
+    def __init__(self, config: Config) -> None:
+        name = config.cookie.name
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self._trust_cache: dict[str, bool] = {}
+        self._drop_cache: dict[str, bool] = {}
+        self._own_cookie_prefixes = (name + "_",)
+        self._own_cookies = frozenset({name})
+        self._proto = URL(config.public_url).scheme
+
+    def _is_trusted(self, peer: str) -> bool:
+        """Whether the connecting peer is a configured trusted proxy (parsed once per address)."""
+        trusted = self._trust_cache.get(peer)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(peer)
+                trusted = any(address in network for network in self._trusted)
+            except ValueError:
+                trusted = False
+            if len(self._trust_cache) > 4096:
+                self._trust_cache.clear()
+            self._trust_cache[peer] = trusted
+        return trusted
+
+    def _sets_own_cookie(self, set_cookie: str) -> bool:
+        """An app must not set (or clear) the proxy's session or login cookies."""
+        name = set_cookie.split("=", 1)[0].strip()
+        return name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
+
+    def _dropped(self, name: str) -> bool:
+        """Whether a request field is the proxy's or hop-by-hop, remembered per spelling: the same
+        dozen names arrive on every request, so this saves a ``lower()``, a ``replace()`` and two set
+        look-ups per field (1.1 → 0.5 µs for a browser's ten fields)."""
+        dropped = self._drop_cache.get(name)
+        if dropped is None:
+            lower = name.lower()
+            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in PROXY_SET
+            if len(self._drop_cache) > 1024:
+                self._drop_cache.clear()
+            self._drop_cache[name] = dropped
+        return dropped
+
+    def request_headers(self, request: web.Request, session: Session | None,
+                        host: str | None = None) -> CIMultiDict[str]:
+        return CIMultiDict(self.request_items(request, session, host))
+
+    def request_items(self, request: web.Request, session: Session | None,
+                      host: str | None = None) -> list[tuple[str, str]]:
+        """The upstream request's header fields, in order: the client's less what the proxy owns, then
+        the proxy's own (cookies stripped of ours, Host, X-Forwarded-*, Bearer and identity).
+        ``host``: the ``Host`` the upstream wants (``Upstream.host_header``); None passes the client's."""
+        incoming = request.headers
+        connection = incoming.get("Connection")
+        listed = {t.strip().lower() for t in connection.split(",") if t.strip()} if connection else None
+        dropped = self._dropped
+        headers = [(name, value) for name, value in incoming.items()
+                   if not dropped(name) and not (listed and name.lower() in listed)]
+        cookie = incoming.get("Cookie")
+        if cookie:
+            kept = strip_cookies(cookie, self._own_cookies, self._own_cookie_prefixes)
+            if kept:
+                headers.append(("Cookie", kept))
+        length = incoming.get("Content-Length")
+        if length is not None:
+            headers.append(("Content-Length", length))
+        headers.append(("Host", request.host if host is None else host))
+        peer = request.remote or ""
+        if self._trusted and self._is_trusted(peer):
+            # A trusted balancer's view of the client is kept, and the balancer appended to it.
+            chain = incoming.get("X-Forwarded-For")
+            headers.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))
+            headers.append(("X-Forwarded-Proto", incoming.get("X-Forwarded-Proto", self._proto)))
+            headers.append(("X-Forwarded-Host", incoming.get("X-Forwarded-Host", request.host)))
+        else:
+            headers.append(("X-Forwarded-For", peer))
+            headers.append(("X-Forwarded-Proto", self._proto))
+            headers.append(("X-Forwarded-Host", request.host))
+        request_id = request.get(REQUEST_ID)
+        if request_id:
+            headers.append(("X-Request-Id", request_id))
+        if session is not None:
+            headers.append(("Authorization", f"Bearer {session.access_token}"))
+            headers += identity_headers(session).items()
+        return headers
+
+    def response_headers(self, items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        """The upstream's response fields less hop-by-hop ones and any Set-Cookie of the proxy's cookies."""
+        items = list(items)
+        connection = next((v for n, v in items if n.lower() == "connection"), "")
+        listed = {t.strip().lower() for t in connection.split(",")}
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in items:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in listed:
+                continue
+            if lower == "set-cookie" and self._sets_own_cookie(value):
+                log.warning("dropped an upstream Set-Cookie that uses the proxy's cookie name")
+                continue
+            headers.add(name, value)
+        return headers

@@ -1,0 +1,135 @@
+"""Sending the upstream's response on to the client: whole, streamed, batched or spliced.
+
+``upstream.py`` gets the response from the app; this module only passes it on, and tells the two
+ways that can go wrong apart. A client that hangs up (``ClientGone``) is routine and ends the
+response quietly. An upstream that breaks off after the headers went out can only be answered by
+cutting the client's connection short, so the client sees a truncated body rather than a complete one.
+
+Bodies go on as they arrive, so memory stays flat for any size and server-sent events reach the
+browser as the app writes them. Three shortcuts save CPU where they can: a body that came with its
+head is sent as one ``Response``; a large body of known length moves from socket to socket inside
+the kernel (``splice.py``); with ``flush_interval``, many tiny pieces are batched into fewer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import splice
+from .http1 import Http1Error, Http1Response
+
+# The forwarding logger, as in upstream.py and headers.py: an operator filters all forwarding messages by one name.
+log = logging.getLogger("authproxy.upstream")
+
+# Most bytes batched into one write when ``flush_interval`` is set.
+CHUNK = 64 * 1024
+
+
+class ClientGone(Exception):
+    """Writing to the client failed: it hung up. Told apart from upstream failures, which aiohttp
+    may also raise as ``ConnectionResetError`` subclasses."""
+
+
+async def relay(request: web.Request, status: int, reason: str | None, headers: CIMultiDict[str],
+                body: aiohttp.StreamReader | Http1Response, lean: Http1Response | None, flush_interval: float,
+                close: bool = False) -> web.StreamResponse:
+    """Send the upstream's response on, its ``headers`` already filtered (``HeaderPolicy.response_headers``);
+    ``lean``: the lean client's response, which allows the shortcuts; ``close``: say ``Connection: close``
+    and close after it."""
+    if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
+        complete = lean.complete_body()
+        if complete is not None:
+            whole = whole_response(status, reason, headers, complete)
+            if close:
+                whole.force_close()
+            return whole
+    out = web.StreamResponse(status=status, reason=reason, headers=headers)
+    if close:
+        out.force_close()
+    try:
+        await out.prepare(request)
+    except ConnectionResetError:
+        log.debug("client closed the connection before the response")
+        return out
+    if request.method != "HEAD" and status not in (204, 304):
+        try:
+            if lean is not None and flush_interval == 0 and await _spliced(request, out, lean, headers):
+                pass
+            elif flush_interval > 0:
+                await _copy_batched(body, out, flush_interval)
+            else:
+                async for chunk in body.iter_any():
+                    await _to_client(out, chunk)
+        except ClientGone:
+            log.debug("client closed the connection during the response")
+            return out
+        except (aiohttp.ClientError, asyncio.TimeoutError, Http1Error) as exc:
+            # Headers are gone already: all we can do is end the client's response early.
+            log.warning("upstream response broke off: %s", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return out
+    await out.write_eof()
+    return out
+
+
+def whole_response(status: int, reason: str | None, headers: CIMultiDict[str], body: bytes) -> web.Response:
+    """A response whose body arrived with its head, sent as one ``Response``: aiohttp writes its head and
+    body in one ``send()`` (a streamed response sends its head at ``prepare``, then each piece as it
+    came). Saves ~35 µs of ~140 µs CPU per proxied 100 KB response; nothing measurable on a tiny one."""
+    del headers["Content-Length"]                    # aiohttp sets it from the body: the same value
+    return web.Response(status=status, reason=reason, headers=headers, body=body)
+
+
+async def _spliced(request: web.Request, out: web.StreamResponse, lean: Http1Response,
+                   headers: CIMultiDict[str]) -> bool:
+    """Send a large body of known length from the upstream's socket to the client's inside the kernel
+    (``splice.py``); False, with nothing sent, where that cannot be done (TLS to the client, a small or
+    unframed body, no splice(2)). Halves the proxy's CPU time per GiB downloaded (0.43 → 0.25 s)."""
+    length = headers.get("Content-Length", "")
+    if not (splice.available() and length.isdigit() and int(length) >= splice.SPLICE_MIN):
+        return False
+    client = splice.socket_fd(request.transport)
+    taken = lean.detach() if client is not None else None
+    if client is None or taken is None:
+        return False
+    chunks, source, received = taken
+    for chunk in chunks:
+        await _to_client(out, chunk)
+    if not await splice.flushed(request.transport):
+        raise ClientGone
+    try:
+        await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout)
+    except splice.DestinationGone as exc:
+        raise ClientGone from exc
+    except splice.SourceBroke as exc:
+        raise Http1Error(str(exc)) from None
+    return True
+
+
+async def _to_client(out: web.StreamResponse, data: bytes) -> None:
+    try:
+        await out.write(data)
+    except ConnectionResetError as exc:
+        raise ClientGone from exc
+
+
+async def _copy_batched(source: aiohttp.StreamReader | Http1Response, out: web.StreamResponse, interval: float) -> None:
+    """Copy, writing at most once per ``interval`` (or per CHUNK bytes): fewer, larger writes for
+    upstreams that emit many tiny pieces, at the cost of up to ``interval`` of extra latency."""
+    loop = asyncio.get_running_loop()
+    pending: list[bytes] = []
+    size, deadline = 0, loop.time() + interval
+    async for chunk in source.iter_any():
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= CHUNK or loop.time() >= deadline:
+            await _to_client(out, b"".join(pending))
+            pending, size, deadline = [], 0, loop.time() + interval
+    if pending:
+        await _to_client(out, b"".join(pending))
