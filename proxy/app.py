@@ -14,6 +14,7 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import aiohttp
@@ -64,13 +65,28 @@ class RequestIds:
 REQUEST_IDS = web.AppKey("authproxy_request_ids", RequestIds)
 
 
-def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+@dataclass
+class Lasting:
+    """What a process keeps across configurations: a reload (SIGHUP) builds a new app around it, so the
+    metrics' counters keep counting and sessions ended by back-channel logout (kept in memory when there
+    is no Redis) stay ended."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    denylist: MemoryDenylist | None = None     # made by the first app that needs it
+
+
+LASTING = web.AppKey("authproxy_lasting", Lasting)
+
+
+def create_app(config: Config, *, clock: Callable[[], float] = time.time,
+               lasting: Lasting | None = None) -> web.Application:
     app = web.Application(middlewares=[error_boundary, load_session], handler_args={"max_field_size": 16384})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
-    app[METRICS] = Metrics()
+    app[LASTING] = lasting = lasting or Lasting()
+    app[METRICS] = lasting.metrics
     app[REQUEST_IDS] = RequestIds()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_provider_ctx)
@@ -105,7 +121,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if config.session.store == "redis" and redis is not None:
         store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock)
     else:
-        denylist = RedisDenylist(redis, clock) if redis is not None else MemoryDenylist(clock)
+        denylist: RedisDenylist | MemoryDenylist
+        if redis is not None:
+            denylist = RedisDenylist(redis, clock)
+        else:
+            lasting = app[LASTING]
+            denylist = lasting.denylist = lasting.denylist or MemoryDenylist(clock)
         store = CookieStore(app[CODEC], denylist)
     app[STORE] = store
     yield

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import create_app
+from .app import Lasting, create_app
 from .config import Config
 from .errors import ConfigError
 from .logs import configure_logging
@@ -43,8 +43,8 @@ WORKER_RESTART_PAUSE = 1.0
 SERVER_OPTIONS: dict[str, Any] = {"access_log": None, "handler_cancellation": True, "auto_decompress": False}
 
 
-async def start_runner(config: Config) -> web.AppRunner:
-    app = create_app(config)
+async def start_runner(config: Config, lasting: Lasting | None = None) -> web.AppRunner:
+    app = create_app(config, lasting=lasting)
     if config.metrics_listen:
         app.cleanup_ctx.append(_metrics_listener(config.metrics_listen))
     runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout, **SERVER_OPTIONS)
@@ -76,7 +76,8 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
-    runner = await start_runner(config)
+    lasting = Lasting()                               # metrics and the memory denylist outlive reloads
+    runner = await start_runner(config, lasting)
     log.info("ready on %s:%d (pid %d)", config.listen_host, config.listen_port, os.getpid())
     while True:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
@@ -98,7 +99,7 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
         if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
             log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
                         new_config.worker_count)
-        new_runner = await start_runner(new_config)
+        new_runner = await start_runner(new_config, lasting)
         old, runner, config = runner, new_runner, new_config
         log.info("configuration reloaded; draining the old listener")
         await old.cleanup()

@@ -160,3 +160,29 @@ async def test_sighup_resizes_the_workers_and_replacements_run_the_new_config(ri
             assert ok, "the replacement worker runs the configuration from before the reload"
     finally:
         assert await proxy.stop() == 0
+
+
+async def test_metrics_keep_counting_across_a_reload(rich):
+    data = public_config(rich.url)
+    proxy = await start_proxy_process(data, ready_path="/ping")
+
+    async def answered_2xx(client: aiohttp.ClientSession) -> float:
+        async with client.get(proxy.url + "/metrics") as resp:
+            text = await resp.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("authproxy_requests_total{") and 'status_class="2xx"' in line)
+
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(5):
+                async with client.get(proxy.url + "/blob") as resp:
+                    assert resp.status == 200
+            before = await answered_2xx(client)
+            assert before >= 5
+            Path(proxy.config_path).write_text(yaml.safe_dump({**data, "shutdown_timeout": "5s"}))
+            proxy.proc.send_signal(signal.SIGHUP)
+            assert await wait_for(lambda: "configuration reloaded" in proxy.stderr)
+            await asyncio.sleep(0.2)
+            assert await answered_2xx(client) >= before            # not back to zero
+    finally:
+        assert await proxy.stop() == 0
