@@ -39,6 +39,7 @@ from tests.support.ports import free_port  # noqa: E402
 from tests.support.nginx import PROLOGUE  # noqa: E402
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 APACHE = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 SETPRIV = shutil.which("setpriv")
@@ -269,6 +270,24 @@ class Stack:
         await wait_port(port, proc, "nginx-proxy")
         return proc, f"http://127.0.0.1:{port}"
 
+    async def haproxy(self, routes: dict[str, str]) -> tuple[Proc, str]:
+        """HAProxy (Debian's) in HTTP mode as a plain reverse proxy (no auth) with ``option splice-auto``:
+        it moves bodies between sockets with splice(2), as authproxy does, in C. Each path prefix of
+        ``routes`` goes to its URL over keep-alive connections."""
+        root = self.root / "haproxy"
+        root.mkdir(parents=True)
+        port = free_port()
+        backends = "".join(f"backend b{i}\n  server s{i} {url.removeprefix('http://')}\n"
+                           for i, url in enumerate(routes.values()))
+        rules = "".join(f"  use_backend b{i} if {{ path_beg {path} }}\n"
+                        for i, path in enumerate(routes) if path != "/")
+        fallback = list(routes).index("/")
+        (root / "haproxy.cfg").write_text(HAPROXY_CONF.format(port=port, rules=rules, fallback=fallback,
+                                                              backends=backends))
+        proc = await self.spawn("haproxy", [HAPROXY, "-f", str(root / "haproxy.cfg"), "-db"])
+        await wait_port(port, proc, "haproxy")
+        return proc, f"http://127.0.0.1:{port}"
+
     async def idp(self, **options: Any) -> IdP:
         """oidc-provider (tests/idp) with the two relying parties' clients registered; see ``rp_ports``."""
         idp = await start_idp(**options)
@@ -357,6 +376,20 @@ NGINX_CONF = PROLOGUE.replace("{connections}", "1024") + """
   }}
 }}
 """
+
+HAPROXY_CONF = """global
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  option http-keep-alive
+  option splice-auto
+frontend front
+  bind 127.0.0.1:{port}
+{rules}  default_backend b{fallback}
+{backends}"""
 
 NGINX_PROXY_CONF = PROLOGUE.replace("{connections}", "1024") + """
   keepalive_requests 1000000;

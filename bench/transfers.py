@@ -1,7 +1,8 @@
 """Benchmark: a 1 GiB download and a 1 GiB upload through authproxy, against the same transfer direct.
 
-A third case, nginx as a plain streaming reverse proxy in front of the same servers, shows what the extra
-hop costs a proxy written in C on the same machine: the ceiling for any proxy.
+Two more cases show what the extra hop costs proxies written in C on the same machine: nginx as a plain
+streaming reverse proxy (user-space buffers), and HAProxy with ``option splice-auto`` (splice(2), as
+authproxy) when it is installed.
 
 The download comes from nginx (a sparse 1 GiB file: no disk, real bytes on the wire), the upload goes to
 an aiohttp sink that counts bytes (sink.py); the client is curl, so the client costs little and the same
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -26,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import OUT, is_authproxy_cookie  # noqa: E402
-from stack import (source_version, Stack, clients_for, cpu_seconds, free_port, group_pids, login, peak_rss_kib,  # noqa: E402
-                   run_bounded, wait_port)
+from stack import (HAPROXY, Proc, source_version, Stack, clients_for, cpu_seconds, free_port, group_pids,  # noqa: E402
+                   login, peak_rss_kib, run_bounded, wait_port)
 
 HERE = Path(__file__).resolve().parent
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -66,8 +68,6 @@ def _children_cpu() -> float:
 async def main(args: argparse.Namespace) -> int:
     size = args.size_mib << 20
     problems: list[str] = []
-    results: dict[str, list[float]] = {f"{way} {name}": [] for way in ("down", "up")
-                                       for name in ("direct", "authproxy", "nginx-proxy")}
     async with Stack(keep=args.keep) as stack:
         nginx, nginx_url = await stack.nginx({"big.bin": size})
         upload_file = stack.root / "upload.bin"
@@ -83,25 +83,34 @@ async def main(args: argparse.Namespace) -> int:
                                                  source=Path(args.authproxy_src).resolve(),
                                                  extra_upstreams=[{"path": "/upload", "url": sink_url}])
         cookie = await login(proxy_url + "/tiny", is_authproxy_cookie)
-        reference, reference_url = await stack.nginx_proxy({"/upload": sink_url, "/": nginx_url})
+        routes = {"/upload": sink_url, "/": nginx_url}
+        # name -> (process or None, download base URL, upload base URL); the proxies in the middle.
+        cases: dict[str, tuple[Proc | None, str, str]] = {"direct": (None, nginx_url, sink_url),
+                                                         "authproxy": (proxy, proxy_url, proxy_url)}
+        reference, reference_url = await stack.nginx_proxy(routes)
+        cases["nginx-proxy"] = (reference, reference_url, reference_url)
+        if os.access(HAPROXY, os.X_OK):
+            splicer, splicer_url = await stack.haproxy(routes)
+            cases["haproxy"] = (splicer, splicer_url, splicer_url)
+        else:
+            print(f"(no {HAPROXY}: the HAProxy reference is left out; bash bench/setup installs it)")
+        results: dict[str, list[float]] = {f"{way} {name}": [] for way in ("down", "up") for name in cases}
+        # CPU seconds of each party per transfer: where the machine's two cores went.
+        parties: dict[str, list[float]] = {}
         rss_start = peak_rss_kib(proxy.pid)
         # Warm-up, not measured: nginx and the page cache; the sink and the upload file (the first
         # upload of a run is several times slower, whichever way it goes).
         await curl(nginx_url + "/big.bin", cookie=None)
         await curl(sink_url + "/upload", cookie=None, upload=upload_file)
-        cpu = {"down": 0.0, "up": 0.0}
-        # CPU seconds of each party per transfer, both cases: where the machine's two cores went.
-        parties: dict[str, list[float]] = {}
-        cases = [("direct", nginx_url, sink_url), ("authproxy", proxy_url, proxy_url),
-                 ("nginx-proxy", reference_url, reference_url)]
+        names = list(cases)
         for round_ in range(args.rounds):
-            order = cases[round_ % 3:] + cases[:round_ % 3]     # each case first in turn
+            shift = round_ % len(names)
             for way in args.ways:
-                for name, down_base, up_base in order:
-                    before = cpu_seconds(group_pids(proxy.pid))
-                    reference_before = cpu_seconds(group_pids(reference.pid))
-                    server_pids = group_pids(nginx.pid) if way == "down" else group_pids(sink.pid)
-                    server_before, client_before = cpu_seconds(server_pids), _children_cpu()
+                for name in names[shift:] + names[:shift]:               # each case first in turn
+                    middle, down_base, up_base = cases[name]
+                    server = (nginx if way == "down" else sink)
+                    watched = {"curl": None, server.name: server, **({name: middle} if middle else {})}
+                    before = {party: _cpu(proc) for party, proc in watched.items()}
                     if way == "down":
                         status, moved, seconds, _ = await curl(down_base + "/big.bin", cookie=cookie)
                         ok = status == 200 and moved == size
@@ -109,51 +118,15 @@ async def main(args: argparse.Namespace) -> int:
                         status, moved, seconds, body = await curl(up_base + "/upload", cookie=cookie,
                                                                   upload=upload_file)
                         ok = status == 200 and moved == size and body.strip() == str(size)
-                    proxy_cpu = cpu_seconds(group_pids(proxy.pid)) - before
-                    if name == "authproxy":
-                        cpu[way] += proxy_cpu
-                        parties.setdefault(f"{way} authproxy: authproxy", []).append(proxy_cpu)
-                    if name == "nginx-proxy":
-                        parties.setdefault(f"{way} nginx-proxy: nginx-proxy", []).append(
-                            cpu_seconds(group_pids(reference.pid)) - reference_before)
-                    server = "nginx" if way == "down" else "sink"
-                    parties.setdefault(f"{way} {name}: {server}", []).append(cpu_seconds(server_pids) - server_before)
-                    parties.setdefault(f"{way} {name}: curl", []).append(_children_cpu() - client_before)
+                    for party, proc in watched.items():
+                        parties.setdefault(f"{way} {name}: {party}", []).append(_cpu(proc) - before[party])
                     parties.setdefault(f"{way} {name}: wall", []).append(seconds)
                     if not ok:
                         problems.append(f"round {round_ + 1} {way} {name}: HTTP {status}, {moved} of {size} bytes")
                     results[f"{way} {name}"].append(size / seconds / 1e6)
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)
         rss_peak = peak_rss_kib(proxy.pid)
-    print(f"\nauthproxy {source_version(Path(args.authproxy_src))}; {args.size_mib} MiB each way, curl as the client, "
-          f"{args.rounds} rounds")
-    print(f"{'transfer':<10} {'direct':>8} {'authproxy':>10} {'nginx-proxy':>12}   "
-          f"{'authproxy/direct [each round]':<34} {'nginx-proxy/direct':<20} {'authproxy/nginx-proxy':<22} "
-          f"{'authproxy CPU s/GiB':>19}")
-    rows = []
-    for way, label in (("down", "download"), ("up", "upload")):
-        if way not in args.ways:
-            continue
-        direct, proxied, reference = (results[f"{way} {name}"] for name in ("direct", "authproxy", "nginx-proxy"))
-        ratios = [p / d for p, d in zip(proxied, direct)]
-        reference_ratios = [r / d for r, d in zip(reference, direct)]
-        versus_reference = [p / r for p, r in zip(proxied, reference)]
-        cpu_per_gib = cpu[way] / args.rounds / (size / (1 << 30))
-        rows.append({"transfer": label, "direct_mb_s": statistics.median(direct),
-                     "authproxy_mb_s": statistics.median(proxied), "nginx_proxy_mb_s": statistics.median(reference),
-                     "ratio": statistics.median(ratios), "ratios": ratios,
-                     "nginx_proxy_ratios": reference_ratios, "authproxy_to_nginx_proxy": versus_reference,
-                     "direct_rounds": direct, "authproxy_rounds": proxied, "nginx_proxy_rounds": reference,
-                     "authproxy_cpu_s_per_gib": cpu_per_gib})
-        each = " ".join(f"{r:.2f}" for r in ratios)
-        print(f"{label:<10} {statistics.median(direct):>8.0f} {statistics.median(proxied):>10.0f} "
-              f"{statistics.median(reference):>12.0f}   {statistics.median(ratios):.2f} [{each}]"
-              f"{'':<{max(0, 27 - len(each))}} {statistics.median(reference_ratios):<20.2f} "
-              f"{statistics.median(versus_reference):<22.2f} {cpu_per_gib:>19.2f}")
-    print("(MB/s: medians over rounds; ratios: medians of per-round ratios)")
-    print("\nCPU seconds per transfer (median), and the wall-clock seconds it took:")
-    for key, values in parties.items():
-        print(f"  {key:<32} {statistics.median(values):6.2f}")
+    rows = report(args, names, results, parties, size)
     print(f"\nauthproxy peak RSS (VmHWM): {rss_peak / 1024:.1f} MiB (after login, before the transfers: "
           f"{rss_start / 1024:.1f} MiB)")
     if problems:
@@ -166,6 +139,46 @@ async def main(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cpu(proc: Proc | None) -> float:
+    """CPU seconds so far of a process and its group (nginx's workers), or of the finished curls."""
+    return _children_cpu() if proc is None else cpu_seconds(group_pids(proc.pid))
+
+
+def report(args: argparse.Namespace, names: list[str], results: dict[str, list[float]],
+           parties: dict[str, list[float]], size: int) -> list[dict[str, object]]:
+    """Print, per direction, each case's MB/s, its ratio to direct (median of per-round ratios, each
+    round in brackets) and its own CPU per GiB; then authproxy against each other proxy."""
+    print(f"\nauthproxy {source_version(Path(args.authproxy_src))}; {args.size_mib} MiB each way, curl as the "
+          f"client, {args.rounds} rounds; MB/s are medians over rounds, ratios medians of per-round ratios")
+    print(f"{'transfer':<10} {'case':<12} {'MB/s':>6}   {'/ direct [each round]':<58} {'its CPU s/GiB':>13}")
+    rows: list[dict[str, object]] = []
+    gib = size / (1 << 30)
+    for way, label in (("down", "download"), ("up", "upload")):
+        if way not in args.ways:
+            continue
+        direct = results[f"{way} direct"]
+        for name in names:
+            rates = results[f"{way} {name}"]
+            ratios = [r / d for r, d in zip(rates, direct)]
+            own = parties.get(f"{way} {name}: {name}")
+            cpu = statistics.median(own) / gib if own else None
+            each = " ".join(f"{r:.2f}" for r in ratios)
+            print(f"{label if name == 'direct' else '':<10} {name:<12} {statistics.median(rates):>6.0f}   "
+                  + (f"{statistics.median(ratios):.2f} [{each}]" if name != "direct" else "").ljust(58)
+                  + (f" {cpu:>13.2f}" if cpu is not None else ""))
+            rows.append({"transfer": label, "case": name, "mb_s": statistics.median(rates), "rounds": rates,
+                         "ratio_to_direct": statistics.median(ratios), "ratios": ratios, "cpu_s_per_gib": cpu})
+        mine = results[f"{way} authproxy"]
+        for name in names[2:]:
+            versus = [a / o for a, o in zip(mine, results[f"{way} {name}"])]
+            print(f"{'':<10} authproxy / {name}: {statistics.median(versus):.2f} "
+                  f"[{' '.join(f'{v:.2f}' for v in versus)}]")
+    print("\nCPU seconds per transfer (median) of each party, and the wall-clock seconds it took:")
+    for key, values in parties.items():
+        print(f"  {key:<36} {statistics.median(values):6.2f}")
+    return rows
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -176,4 +189,4 @@ if __name__ == "__main__":
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     arguments = parser.parse_args()
     arguments.ways = (arguments.only,) if arguments.only else ("down", "up")
-    sys.exit(run_bounded(lambda: main(arguments), arguments.rounds * 6 * (MAX_TIME + 10) + 120))
+    sys.exit(run_bounded(lambda: main(arguments), arguments.rounds * 8 * (MAX_TIME + 10) + 120))
