@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import Config, parse_config
+from proxy.session import Identity, Session
 from tests.support.proxyrun import COOKIE_SECRET
 
 
@@ -21,3 +22,15 @@ def make_config(**sections) -> Config:
 @pytest.fixture
 def config() -> Config:
     return make_config()
+
+
+NOW = 1_000_000.0
+
+
+def make_session(**changes) -> Session:
+    """A signed-in session at NOW with every token, for the codec and session tests."""
+    base = dict(identity=Identity(sub="alice", email="a@x.test", preferred_username="alice", groups=("g1", "g2")),
+                access_token="AT-secret", created_at=NOW - 10, expires_at=NOW + 300, refresh_token="RT-secret",
+                id_token="ID-token")
+    base.update(changes)
+    return Session(**base)

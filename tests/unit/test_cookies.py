@@ -11,10 +11,8 @@ from multidict import CIMultiDict
 from proxy.cookies import CHUNK_SIZE, CookieCodec, own_cookies
 from proxy.crypto import Sealer
 from proxy.errors import CookieError
-from proxy.session import Identity, Session
-from tests.unit.conftest import make_config
+from tests.unit.conftest import NOW, make_config, make_session
 
-NOW = 1_000_000.0
 
 
 def codec(secret=None, name="_authproxy", clock=lambda: NOW):
@@ -22,12 +20,7 @@ def codec(secret=None, name="_authproxy", clock=lambda: NOW):
     return CookieCodec(cfg, Sealer(cfg.keys), clock)
 
 
-def session(**changes):
-    base = dict(identity=Identity(sub="alice", email="a@x.test", preferred_username="alice", groups=("g1", "g2")),
-                access_token="AT-secret", created_at=NOW - 10, expires_at=NOW + 300, refresh_token="RT-secret",
-                id_token="ID-token")
-    base.update(changes)
-    return Session(**base)
+session = make_session
 
 
 def test_round_trip_single_cookie():
