@@ -243,3 +243,20 @@ async def test_upload_that_breaks_off_is_a_400_and_nothing_reaches_the_app_whole
     writer.close()
     await asyncio.sleep(0.1)
     assert all(size == 8 * MIB for size, _ in upstream.received) and len(spliced) == 1
+
+
+async def test_upload_with_expect_100_continue_is_spliced(signed_in, upstream, spliced):
+    """curl's way for large uploads: headers first, the body only after the proxy's 100 Continue."""
+    stack, client = signed_in
+    size = 6 * MIB + 1
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(stack.url.rsplit(":", 1)[1]))
+    cookie = "; ".join(f"{c.key}={c.value}" for c in client.cookie_jar)
+    writer.write(f"POST /sink HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nCookie: {cookie}\r\n"
+                 f"Expect: 100-continue\r\nContent-Length: {size}\r\n\r\n".encode())
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    writer.write(pattern(size))
+    answer = await asyncio.wait_for(reader.read(), 10)       # the connection closes after a spliced upload
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and digest(size).encode() in answer
+    assert len(spliced) == 1 and upstream.received == [(size, digest(size))]
