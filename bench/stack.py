@@ -239,7 +239,8 @@ class Stack:
     # -- the servers --------------------------------------------------------------------------------------
 
     async def nginx(self, files: dict[str, int] | None = None) -> tuple[Proc, str]:
-        """nginx, one worker: ``/tiny`` answers "ok\\n"; each of ``files`` (name → size, sparse) is served."""
+        """nginx, one worker: ``/tiny`` answers "ok\\n"; each of ``files`` (name → size, sparse) is served.
+        It also listens on the unix socket ``<root>/nginx/nginx.sock`` (``nginx_socket()``)."""
         root = self.root / "nginx"
         (root / "www").mkdir(parents=True)
         (root / "tmp").mkdir()
@@ -287,6 +288,22 @@ class Stack:
         proc = await self.spawn("haproxy", [HAPROXY, "-f", str(root / "haproxy.cfg"), "-db"])
         await wait_port(port, proc, "haproxy")
         return proc, f"http://127.0.0.1:{port}"
+
+    def nginx_socket(self) -> Path:
+        """The unix socket the nginx of ``nginx()`` also listens on."""
+        return self.root / "nginx" / "nginx.sock"
+
+    async def splice_relay(self, routes: dict[int, str]) -> Proc:
+        """bench/splice_relay.py: a layer-4 relay moving bytes with blocking splice(2), nothing else; each
+        port of ``routes`` relays to its upstream (``host:port`` or ``unix:/path``). The floor of what
+        any user-space proxy pays for the extra hop on this machine."""
+        argv = [sys.executable, str(Path(__file__).resolve().parent / "splice_relay.py")]
+        for port, upstream in routes.items():
+            argv += ["--listen", f"{port}={upstream}"]
+        proc = await self.spawn("splice-relay", argv)
+        for port in routes:
+            await wait_port(port, proc, "splice-relay")
+        return proc
 
     async def idp(self, **options: Any) -> IdP:
         """oidc-provider (tests/idp) with the two relying parties' clients registered; see ``rp_ports``."""
@@ -371,6 +388,7 @@ NGINX_CONF = PROLOGUE.replace("{connections}", "1024") + """
   default_type application/octet-stream;
   server {{
     listen 127.0.0.1:{port};
+    listen unix:{root}/nginx.sock;
     root {root}/www;
     location = /tiny {{ default_type text/plain; return 200 "ok\\n"; }}
   }}

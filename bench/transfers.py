@@ -1,8 +1,10 @@
 """Benchmark: a 1 GiB download and a 1 GiB upload through authproxy, against the same transfer direct.
 
-Two more cases show what the extra hop costs proxies written in C on the same machine: nginx as a plain
-streaming reverse proxy (user-space buffers), and HAProxy with ``option splice-auto`` (splice(2), as
-authproxy) when it is installed.
+More cases show what the extra hop itself costs on the same machine: a layer-4 relay that does nothing
+but splice(2) bytes (splice_relay.py, the floor for any user-space proxy), nginx as a plain streaming
+reverse proxy (user-space buffers), and HAProxy with ``option splice-auto`` (splice(2), as authproxy)
+when it is installed. And, unless ``--no-unix``, authproxy and the relay with the servers reached over
+unix sockets instead of loopback TCP, as a sidecar can reach its app through a shared volume.
 
 The download comes from nginx (a sparse 1 GiB file: no disk, real bytes on the wire), the upload goes to
 an aiohttp sink that counts bytes (sink.py); the client is curl, so the client costs little and the same
@@ -10,13 +12,14 @@ in both cases. Each round runs direct and proxied in turn (the order alternating
 proxied/direct is computed per round; the median is reported, with authproxy's peak resident memory —
 which must stay flat: bodies stream, they are never held whole.
 
-    python bench/transfers.py [--rounds 3] [--size-mib 1024]
+    python bench/transfers.py [--rounds 3] [--size-mib 1024] [--only down|up] [--no-unix]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import resource
@@ -33,6 +36,9 @@ from stack import (HAPROXY, Proc, source_version, Stack, clients_for, cpu_second
 
 HERE = Path(__file__).resolve().parent
 CURL = shutil.which("curl") or "/usr/bin/curl"
+# authproxy against each other way over the same hop: the bare splice relay (the floor), the C proxies.
+PAIRS = [("authproxy", "splice-relay"), ("authproxy", "nginx-proxy"), ("authproxy", "haproxy"),
+         ("authproxy-unix", "relay-unix")]
 # Seconds one transfer may take before curl gives up (≈ 10 MB/s for 1 GiB: something is badly wrong).
 MAX_TIME = 120
 
@@ -74,19 +80,41 @@ async def main(args: argparse.Namespace) -> int:
         with open(upload_file, "wb") as fh:
             fh.truncate(size)
         sink_port = free_port()
-        sink = await stack.spawn("sink", [sys.executable, str(HERE / "sink.py"), "--port", str(sink_port)])
+        sink_socket = stack.root / "sink.sock"
+        sink = await stack.spawn("sink", [sys.executable, str(HERE / "sink.py"), "--port", str(sink_port),
+                                          "--unix", str(sink_socket)])
         await wait_port(sink_port, sink, "sink")
         sink_url = f"http://127.0.0.1:{sink_port}"
         authproxy_port = free_port()
         idp = await stack.idp(clients=clients_for(authproxy_port, free_port()))
-        proxy, proxy_url = await stack.authproxy(authproxy_port, idp.issuer, nginx_url,
-                                                 source=Path(args.authproxy_src).resolve(),
-                                                 extra_upstreams=[{"path": "/upload", "url": sink_url}])
+        # One cookie secret for both authproxy instances: the session signed in on the first opens on the second.
+        cookie_config = {"secret": base64.urlsafe_b64encode(os.urandom(32)).decode(), "secure": False}
+        source = Path(args.authproxy_src).resolve()
+        proxy, proxy_url = await stack.authproxy(authproxy_port, idp.issuer, nginx_url, source=source,
+                                                 extra_upstreams=[{"path": "/upload", "url": sink_url}],
+                                                 cookie=cookie_config)
         cookie = await login(proxy_url + "/tiny", is_authproxy_cookie)
         routes = {"/upload": sink_url, "/": nginx_url}
         # name -> (process or None, download base URL, upload base URL); the proxies in the middle.
         cases: dict[str, tuple[Proc | None, str, str]] = {"direct": (None, nginx_url, sink_url),
                                                          "authproxy": (proxy, proxy_url, proxy_url)}
+        # The floor for any proxy: a relay that only splices bytes (splice_relay.py), one port per direction.
+        relay_down, relay_up = free_port(), free_port()
+        relay = await stack.splice_relay({relay_down: nginx_url.removeprefix("http://"),
+                                          relay_up: sink_url.removeprefix("http://")})
+        cases["splice-relay"] = (relay, f"http://127.0.0.1:{relay_down}", f"http://127.0.0.1:{relay_up}")
+        if args.unix:
+            # The app on a unix socket beside the sidecar (a shared volume): the hop costs no second TCP
+            # connection. Direct stays curl over TCP to the same servers.
+            unix_port = free_port()
+            unix_proxy, unix_url = await stack.authproxy(
+                unix_port, idp.issuer, f"unix:{stack.nginx_socket()}", source=source, cookie=cookie_config,
+                extra_upstreams=[{"path": "/upload", "url": f"unix:{sink_socket}"}])
+            cases["authproxy-unix"] = (unix_proxy, unix_url, unix_url)
+            unix_down, unix_up = free_port(), free_port()
+            unix_relay = await stack.splice_relay({unix_down: f"unix:{stack.nginx_socket()}",
+                                                   unix_up: f"unix:{sink_socket}"})
+            cases["relay-unix"] = (unix_relay, f"http://127.0.0.1:{unix_down}", f"http://127.0.0.1:{unix_up}")
         reference, reference_url = await stack.nginx_proxy(routes)
         cases["nginx-proxy"] = (reference, reference_url, reference_url)
         if os.access(HAPROXY, os.X_OK):
@@ -168,11 +196,11 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[f
                   + (f" {cpu:>13.2f}" if cpu is not None else ""))
             rows.append({"transfer": label, "case": name, "mb_s": statistics.median(rates), "rounds": rates,
                          "ratio_to_direct": statistics.median(ratios), "ratios": ratios, "cpu_s_per_gib": cpu})
-        mine = results[f"{way} authproxy"]
-        for name in names[2:]:
-            versus = [a / o for a, o in zip(mine, results[f"{way} {name}"])]
-            print(f"{'':<10} authproxy / {name}: {statistics.median(versus):.2f} "
-                  f"[{' '.join(f'{v:.2f}' for v in versus)}]")
+        for mine, other in PAIRS:
+            if mine in names and other in names:
+                versus = [a / o for a, o in zip(results[f"{way} {mine}"], results[f"{way} {other}"])]
+                print(f"{'':<10} {mine} / {other}: {statistics.median(versus):.2f} "
+                      f"[{' '.join(f'{v:.2f}' for v in versus)}]")
     print("\nCPU seconds per transfer (median) of each party, and the wall-clock seconds it took:")
     for key, values in parties.items():
         print(f"  {key:<36} {statistics.median(values):6.2f}")
@@ -186,6 +214,8 @@ if __name__ == "__main__":
     parser.add_argument("--only", choices=("down", "up"), help="run only the download or only the upload")
     parser.add_argument("--authproxy-src", default=str(HERE.parent), metavar="DIR",
                         help="the checkout whose proxy/ package runs (default: this one)")
+    parser.add_argument("--no-unix", dest="unix", action="store_false",
+                        help="leave out the cases with the servers on unix sockets (authproxy-unix, relay-unix)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     arguments = parser.parse_args()
     arguments.ways = (arguments.only,) if arguments.only else ("down", "up")
