@@ -178,7 +178,7 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[f
     round in brackets) and its own CPU per GiB; then authproxy against each other proxy."""
     print(f"\nauthproxy {source_version(Path(args.authproxy_src))}; {args.size_mib} MiB each way, curl as the "
           f"client, {args.rounds} rounds; MB/s are medians over rounds, ratios medians of per-round ratios")
-    print(f"{'transfer':<10} {'case':<12} {'MB/s':>6}   {'/ direct [each round]':<58} {'its CPU s/GiB':>13}")
+    print(f"{'transfer':<10} {'case':<14} {'MB/s':>6}   {'/ direct [each round]':<58} {'its CPU s/GiB':>13}")
     rows: list[dict[str, object]] = []
     gib = size / (1 << 30)
     for way, label in (("down", "download"), ("up", "upload")):
@@ -191,7 +191,7 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[f
             own = parties.get(f"{way} {name}: {name}")
             cpu = statistics.median(own) / gib if own else None
             each = " ".join(f"{r:.2f}" for r in ratios)
-            print(f"{label if name == 'direct' else '':<10} {name:<12} {statistics.median(rates):>6.0f}   "
+            print(f"{label if name == 'direct' else '':<10} {name:<14} {statistics.median(rates):>6.0f}   "
                   + (f"{statistics.median(ratios):.2f} [{each}]" if name != "direct" else "").ljust(58)
                   + (f" {cpu:>13.2f}" if cpu is not None else ""))
             rows.append({"transfer": label, "case": name, "mb_s": statistics.median(rates), "rounds": rates,
