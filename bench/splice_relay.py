@@ -20,8 +20,7 @@ import os
 import socket
 import threading
 
-PIPE_SIZE = 1 << 20
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+from proxy.splice import PIPE_SIZE                     # the same pipe as authproxy's, for a fair floor
 
 
 def pump(source: socket.socket, destination: socket.socket) -> None:
@@ -29,7 +28,7 @@ def pump(source: socket.socket, destination: socket.socket) -> None:
     pass the end on (shutdown) so the peer of ``destination`` sees it."""
     pipe_r, pipe_w = os.pipe()
     try:
-        fcntl.fcntl(pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
+        fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         while True:
             moved = os.splice(source.fileno(), pipe_w, PIPE_SIZE)
             if moved == 0:

@@ -65,6 +65,14 @@ async def curl(url: str, *, cookie: str | None, upload: Path | None = None) -> t
     return int(status), int(float(up if upload else down)), float(seconds), body
 
 
+async def relay_case(stack: Stack, down: str, up: str) -> tuple[Proc, str, str]:
+    """A splice relay (splice_relay.py) with one port to ``down`` and one to ``up`` (``host:port`` or
+    ``unix:/path``), as a case: (process, download base URL, upload base URL)."""
+    down_port, up_port = free_port(), free_port()
+    proc = await stack.splice_relay({down_port: down, up_port: up})
+    return proc, f"http://127.0.0.1:{down_port}", f"http://127.0.0.1:{up_port}"
+
+
 def _children_cpu() -> float:
     """User + system CPU seconds of this script's finished children (each curl, once it exited)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -99,10 +107,8 @@ async def main(args: argparse.Namespace) -> int:
         cases: dict[str, tuple[Proc | None, str, str]] = {"direct": (None, nginx_url, sink_url),
                                                          "authproxy": (proxy, proxy_url, proxy_url)}
         # The floor for any proxy: a relay that only splices bytes (splice_relay.py), one port per direction.
-        relay_down, relay_up = free_port(), free_port()
-        relay = await stack.splice_relay({relay_down: nginx_url.removeprefix("http://"),
-                                          relay_up: sink_url.removeprefix("http://")})
-        cases["splice-relay"] = (relay, f"http://127.0.0.1:{relay_down}", f"http://127.0.0.1:{relay_up}")
+        cases["splice-relay"] = await relay_case(stack, nginx_url.removeprefix("http://"),
+                                                 sink_url.removeprefix("http://"))
         if args.unix:
             # The app on a unix socket beside the sidecar (a shared volume): the hop costs no second TCP
             # connection. Direct stays curl over TCP to the same servers.
@@ -111,10 +117,7 @@ async def main(args: argparse.Namespace) -> int:
                 unix_port, idp.issuer, f"unix:{stack.nginx_socket()}", source=source, cookie=cookie_config,
                 extra_upstreams=[{"path": "/upload", "url": f"unix:{sink_socket}"}])
             cases["authproxy-unix"] = (unix_proxy, unix_url, unix_url)
-            unix_down, unix_up = free_port(), free_port()
-            unix_relay = await stack.splice_relay({unix_down: f"unix:{stack.nginx_socket()}",
-                                                   unix_up: f"unix:{sink_socket}"})
-            cases["relay-unix"] = (unix_relay, f"http://127.0.0.1:{unix_down}", f"http://127.0.0.1:{unix_up}")
+            cases["relay-unix"] = await relay_case(stack, f"unix:{stack.nginx_socket()}", f"unix:{sink_socket}")
         reference, reference_url = await stack.nginx_proxy(routes)
         cases["nginx-proxy"] = (reference, reference_url, reference_url)
         if os.access(HAPROXY, os.X_OK):

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
-import shutil
-import tempfile
 
 import aiohttp
 import pytest
@@ -43,12 +40,11 @@ def digest(size: int) -> str:
 class Upstream:
     """Serves patterned bodies and hashes uploads; can misbehave on request."""
 
-    def __init__(self) -> None:
+    def __init__(self, socket_path: str) -> None:
         self.received: list[tuple[int, str]] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
-        self.socket_dir = tempfile.mkdtemp(prefix="authproxy-splice-")
-        self.socket_path = os.path.join(self.socket_dir, "app.sock")     # the same app on a unix socket too
+        self.socket_path = socket_path                  # the same app on a unix socket too
 
     async def start(self) -> None:
         app = web.Application(client_max_size=0)
@@ -111,12 +107,11 @@ class Upstream:
     async def close(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 @pytest.fixture
-async def upstream():
-    up = Upstream()
+async def upstream(tmp_path):
+    up = Upstream(str(tmp_path / "app.sock"))
     await up.start()
     yield up
     await up.close()
