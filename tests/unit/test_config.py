@@ -70,7 +70,7 @@ def test_minimal_config_has_the_documented_defaults() -> None:
     assert "none" not in p.id_token_algorithms and p.id_token_algorithms[0] == "RS256"
     assert p.client_secret.get() == CLIENT_SECRET and p.extra_authorize_params == {}
     c = config.cookie
-    assert (c.name, c.secure, c.samesite, c.domain, c.path) == ("_authproxy", True, "lax", None, "/")
+    assert (c.name, c.secure, c.samesite, c.domain, c.path) == ("__Host-authproxy", True, "lax", None, "/")
     assert (c.expire, c.refresh_before) == (168 * 3600.0, 60.0)
     assert c.keys == (b"\xaa" * 32,)
     assert config.upstreams == [UpstreamConfig(path="/", url="http://127.0.0.1:8080", timeout=30.0,
