@@ -20,7 +20,6 @@ imports this one, so the codec takes ``Session`` when it is built, not at import
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections import OrderedDict
@@ -48,8 +47,6 @@ DECODED_CACHE_BYTES = 16 * 1024 * 1024
 # Python objects behind one cached session beyond its bytes (Session, Identity, dict entry), measured
 # with tracemalloc at ≈ 1 KB; rounded up.
 _CACHE_ENTRY_OVERHEAD = 1536
-
-log = logging.getLogger("authproxy.session")
 
 
 class CookieCodec:
@@ -255,11 +252,7 @@ def own_cookies(request: web.Request, name: str) -> Mapping[str, str]:
         return {}
     cookies = request_cookies(request)
     names = session_cookie_names(name)
-    found = {n: cookies.owned(n) for n in cookies if n in names}
-    repeated = sorted(cookies.repeated & names)
-    if repeated:
-        log.warning("cookie %s arrived more than once: treated as no session", ", ".join(repeated))
-    return found
+    return {n: cookies.owned(n) for n in cookies if n in names}
 
 
 # -- responses that set our cookies ------------------------------------------------------------------
