@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+import aiohttp
 from aiohttp import web
+
+from tests.support.browserless import login_via_http
 
 PUBLIC_HEADERS = {"Cache-Control": "public, max-age=3600", "CDN-Cache-Control": "max-age=600"}
 
@@ -53,3 +56,11 @@ async def start_cookie_app(port: int) -> CookieApp:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return CookieApp(url=f"http://127.0.0.1:{port}", runner=runner, seen=seen)
+
+
+async def session_cookie_for(proxy_url: str, username: str, name: str = "_authproxy") -> str:
+    """Sign ``username`` in through the proxy with a fresh cookie jar (no browser); its session cookie's value."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        result = await login_via_http(browser, proxy_url + "/", username=username)
+        assert result.status == 200, result.body_text[:300]
+        return next(c.value for c in browser.cookie_jar if c.key == name)

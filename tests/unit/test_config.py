@@ -537,3 +537,22 @@ def test_json_schema_accepts_what_the_loader_accepts() -> None:
     for wrong in ({"expire": "a week"}, {"expire": "1h30"}, {"expire": -1}, {"secret": []}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**base, "cookie": {**base["cookie"], **wrong}}, schema)
+
+
+@pytest.mark.parametrize(("cookie", "name"), [
+    ({}, "__Host-authproxy"),                                        # secure, path "/", no domain: the prefix
+    ({"secure": False}, "_authproxy"),                               # __Host- needs Secure
+    ({"domain": "example.com"}, "_authproxy"),                       # ... and no Domain
+    ({"path": "/app"}, "_authproxy"),                                # ... and Path=/
+    ({"name": "_authproxy"}, "_authproxy"),                          # a configured name is kept
+    ({"name": "__Host-x"}, "__Host-x"),
+])
+def test_cookie_name_defaults_to_the_host_prefix_when_it_can(cookie, name):
+    """Cookie tossing: a sibling subdomain can set "_authproxy" for the parent domain, never "__Host-…"
+    (RFC 6265bis §4.1.3.2). The chunk and login-state names derive from this one."""
+    assert parse_config(with_(cookie=cookie), environ={}).cookie.name == name
+
+
+def test_cookie_name_from_the_environment_is_kept():
+    config = parse_config(minimal(), environ={"AUTHPROXY_COOKIE__NAME": "_authproxy"})
+    assert config.cookie.name == "_authproxy"

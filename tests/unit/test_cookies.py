@@ -280,3 +280,19 @@ async def test_a_response_without_our_cookie_keeps_its_caching():
     for other in (None, "theme=dark", "__Host-authproxyx=1"):
         r = await _prepared(other, **{"Cache-Control": "public, max-age=3600"})
         assert r.headers["Cache-Control"] == "public, max-age=3600"
+
+
+def test_host_prefixed_cookies_carry_what_browsers_require():
+    """A "__Host-" cookie without Secure, with a Domain or another Path is dropped by the browser
+    (RFC 6265bis §4.1.3.2): the session, its chunks and the login-state cookies all qualify."""
+    from proxy.login import _login_cookie
+    config = make_config()
+    cfg = config.cookie
+    assert cfg.name == "__Host-authproxy"
+    c = CookieCodec(cfg, Sealer(cfg.keys))
+    headers = [c.set_header(cfg.name, "1.x", 60), c.set_header(cfg.name + "_3", "1.x", 60), c.clear_header(cfg.name),
+               _login_cookie(config, cfg.name + "_login_abc", "1.x", 60), _login_cookie(config, cfg.name + "_login_abc", "", 0)]
+    for header in headers:
+        attributes = [a.strip().lower() for a in header.split(";")[1:]]
+        assert header.startswith("__Host-authproxy") and "secure" in attributes and "path=/" in attributes
+        assert not [a for a in attributes if a.startswith("domain")]
