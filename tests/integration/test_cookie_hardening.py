@@ -108,6 +108,16 @@ async def test_our_cookie_name_twice_is_a_signed_out_user_and_cleared(app_stack,
     assert len(cookie_app.seen) == before, "a request with an ambiguous session reached the app"
 
 
+async def test_with_redis_sessions_a_ticket_twice_is_a_signed_out_user_too(stack_factory, cookie_app, redis_server):
+    stack = await stack_factory(upstreams=[{"path": "/", "url": cookie_app.url}],
+                                session={"store": "redis", "redis": {"url": redis_server.url}})
+    alice, mallory = await signed_in(stack, "alice"), await signed_in(stack, "mallory")
+    status, _, body = await get(stack.url + "/page", f'{NAME}={alice}; pref=dark {NAME}={mallory} "', HTML)
+    assert status == 200 and user_shown(body) == "alice"
+    status, resp, _ = await get(stack.url + "/api", f"{NAME}={mallory}; {NAME}={alice}")
+    assert status == 401 and NAME in cleared(resp)
+
+
 async def test_a_sign_in_state_cookie_twice_cannot_finish_a_sign_in(app_stack):
     status, resp, _ = await get(app_stack.url + "/oauth2/start?rd=/x", None, HTML)
     name, value = resp.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)
