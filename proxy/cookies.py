@@ -154,8 +154,6 @@ def cookie_header(name: str, value: str, *, max_age: float, path: str, domain: s
     return morsel.OutputString()
 
 
-
-
 def _cache_cost(raw: bytes, plain: bytes) -> int:
     """The memory one cached session holds: its key, its strings (about the plaintext's size) and objects."""
     return len(raw) + len(plain) + _CACHE_ENTRY_OVERHEAD

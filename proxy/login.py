@@ -143,20 +143,26 @@ def _open_login(request: web.Request, name: str) -> LoginState | None:
     return login
 
 
+_LOGIN_COOKIES = web.RequestKey("authproxy_login_cookies", tuple)
+
+
 def _login_cookies(request: web.Request) -> tuple[list[str], list[str]]:
     """The request's login cookies: ``(newest, rest)``. ``newest``: the names of at most
     ``MAX_LOGIN_COOKIES`` live ones, newest first by issue time; ``rest``: every other login cookie —
     older, stale, forged or sent twice — all to be cleared. Names that are not RFC 6265 tokens are
     neither: no ``Set-Cookie`` can name them, and they are not ours."""
+    found = request.get(_LOGIN_COOKIES)
+    if found is not None:                 # start or callback, then trim_login_cookies: opened once
+        return found
     prefix = _login_prefix(request.app[CONFIG])
     raw = request.headers.get("Cookie")
-    if raw is None or prefix not in raw:
-        return [], []
-    names = [name for name in request_cookies(request) if name.startswith(prefix) and is_token(name)]
+    names = [] if raw is None or prefix not in raw else \
+        [name for name in request_cookies(request) if name.startswith(prefix) and is_token(name)]
     opened = [(name, _open_login(request, name)) for name in names]
     live = sorted(((login.created, name) for name, login in opened if login is not None), reverse=True)
     newest = [name for _, name in live[:MAX_LOGIN_COOKIES]]
-    return newest, [name for name in names if name not in newest]
+    request[_LOGIN_COOKIES] = found = (newest, [name for name in names if name not in newest])
+    return found
 
 
 def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
@@ -248,7 +254,7 @@ async def trim_login_cookies(request: web.Request, response: web.StreamResponse)
     """``on_response_prepare`` hook: a request that carries more login cookies than the cap (concurrent
     starts in one browser each added one) gets the oldest and the unusable ones cleared on whatever
     response it receives, so they cannot grow the ``Cookie`` header for ten minutes."""
-    newest, rest = _login_cookies(request)
+    rest = _login_cookies(request)[1]
     if not rest:
         return
     config = request.app[CONFIG]
