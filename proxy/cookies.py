@@ -36,6 +36,8 @@ from .errors import CookieError, SessionTooLarge
 if TYPE_CHECKING:
     from .session import Session
 
+# Browsers drop a cookie whose name and value together exceed this (RFC 6265bis §5.6, step 4).
+MAX_COOKIE_BYTES = 4096
 # Bytes of sealed value per cookie: browsers cap name+value near 4096; leave room for the name.
 CHUNK_SIZE = 3800
 # More chunks than this is a session no browser would send back whole (≈ 30 KB of headers).

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from html import escape
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
@@ -27,7 +27,7 @@ from aiohttp import web
 
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
-from .cookies import cookie_header, is_token, request_cookies
+from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .metrics import METRICS
@@ -187,10 +187,21 @@ async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
     for name in rest + newest[MAX_LOGIN_COOKIES - 1:]:      # room for the new one
         response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
     name, now = _login_prefix(config) + state, request.app[CLOCK]()
-    payload = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
-    sealed = request.app[SEALER].seal(json.dumps(asdict(payload)).encode(), name.encode())
-    response.headers.add("Set-Cookie", _login_cookie(config, name, sealed, LOGIN_TTL))
+    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
+    response.headers.add("Set-Cookie", _login_cookie(config, name, _sealed_login(request, name, login), LOGIN_TTL))
     return response
+
+
+def _sealed_login(request: web.Request, name: str, login: LoginState) -> str:
+    """The login cookie's value. One too big for a browser to keep (a very long ``rd``) would be
+    dropped silently and the sign-in fail at the callback; it goes back to the start page instead."""
+    sealer = request.app[SEALER]
+    sealed = sealer.seal(json.dumps(asdict(login)).encode(), name.encode())
+    if len(name) + 1 + len(sealed) > MAX_COOKIE_BYTES:
+        log.info("the page to return to (%d characters) does not fit in a cookie: returning to /", len(login.rd))
+        fallback = replace(login, rd=safe_redirect("/", request.app[CONFIG]))
+        sealed = sealer.seal(json.dumps(asdict(fallback)).encode(), name.encode())
+    return sealed
 
 
 async def handle_start(request: web.Request) -> web.StreamResponse:

@@ -259,3 +259,15 @@ async def test_a_started_sign_in_evicts_down_to_the_cap(app_stack):
                         cookies[name] = value
                 state = parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0]
             assert LOGIN_PREFIX + state in cookies and len(cookies) <= MAX_LOGIN_COOKIES
+
+
+async def test_a_deep_link_too_long_for_a_cookie_still_signs_in(app_stack):
+    """Browsers drop a cookie over 4096 bytes of name and value (RFC 6265bis §5.6): a login cookie carrying a
+    4 KB ``rd`` was never sent back, and the sign-in failed at the callback. It now returns to "/" instead."""
+    async with aiohttp.ClientSession() as client:
+        for rd, back_to in (("/r/" + "q" * 3900, "/"), ("/r/" + "q" * 1500, "/r/" + "q" * 1500)):
+            async with client.get(app_stack.url + "/oauth2/start?rd=" + rd, headers=HTML, allow_redirects=False) as r:
+                name, value = r.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)
+            assert len(name) + 1 + len(value) <= 4096
+            login = json.loads(app_stack.proxy.app[SEALER].open(value, name.encode()))
+            assert login["rd"] == app_stack.url + back_to
