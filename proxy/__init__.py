@@ -10,7 +10,9 @@ The modules each own one boundary:
 
 - ``config``    reads YAML and the environment, validates everything once, freezes it;
 - ``crypto``    the only user of ``cryptography``: sealing values, random values, PKCE;
-- ``session``   the Session value, loading it lazily, writing its cookie as headers go out;
+- ``model``     the Session value: who the user is and their tokens, nothing about HTTP;
+- ``session``   loading the session lazily, writing its cookie as headers go out;
+- ``ending``    the one way a session ends: recorded in the store, applied here, fanned out;
 - ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;
 - ``provider``  the only code that talks to the identity provider (discovery, JWKS, grants);
 - ``login``     the ``/oauth2/*`` sign-in and sign-out endpoints and the safe-redirect guard;
