@@ -163,7 +163,12 @@ class SessionEnds:
         """Apply, record and publish ``end``; the number of stored sessions it ended (Redis store).
 
         Raises ``StoreUnavailable`` (after applying and publishing) when the store cannot record it.
+        An end that names nothing (a session sealed before sessions had ids) has nothing to do.
         """
+        if not (end.session_id or end.sid or end.sub):
+            return 0
+        log.info("session ended: %s (%s)", end.reason.value,
+                 "session" if end.session_id else "sid" if end.sid else "user")
         self.apply(end)
         failure: StoreUnavailable | None = None
         ended = 0
