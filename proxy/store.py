@@ -168,7 +168,9 @@ class CookieStore:
         yield          # the cookie is per browser: the in-process single flight is the lock
 
     async def reload(self, session: Session) -> Session | None:
-        return session
+        """The session, or None once it has ended: a WebSocket's watcher refreshing a session ended on
+        another replica learns it here (through the Redis denylist) instead of spending its grant."""
+        return None if await self.denylist.ended(session) else session
 
     async def update(self, session: Session) -> None:
         return None        # the new cookie goes out with the response

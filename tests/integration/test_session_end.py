@@ -151,13 +151,18 @@ async def test_redis_down_blocks_only_what_needs_the_session(stack_factory, brow
     try:
         stack = await stack_factory(session={"store": "redis", "redis": {"url": redis.url, "timeout": "1s",
                                                                           "connect_timeout": "1s"}},
-                                    skip_auth=[{"path": "^/public/"}])
+                                    skip_auth=[{"path": "^/public/"}],
+                                    cors={"allowed_origins": ["https://spa.example"], "allow_preflight": True})
         await login_via_http(browser_session, stack.url + "/")
         cookie = cookie_header(browser_session)
         await redis.kill()
         status, _, body = await get(stack.url + "/public/page", cookie)
         assert status == 200 and '"/public/page"' in body        # passes with whatever cookie it carries
         assert (await get(stack.url + "/ping", cookie))[0] == 200
+        async with aiohttp.ClientSession() as client:
+            async with client.options(stack.url + "/api/x", headers={
+                    "Cookie": cookie, "Origin": "https://spa.example", "Access-Control-Request-Method": "PUT"}) as resp:
+                assert resp.status == 200                       # an allowed preflight reaches the app
         assert (await get(stack.url + "/private", cookie))[0] == 503
         status, resp, body = await get(stack.url + "/oauth2/sign_out", cookie, {"Accept": "text/html"})
         assert status == 503 and "could not be reached" in body
