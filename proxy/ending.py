@@ -22,6 +22,7 @@ so the caller can say the server side could not be reached.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import logging
@@ -148,6 +149,7 @@ class SessionEnds:
         self._ttl = ttl
         self._clock = clock
         self._holders: list[Holder] = []
+        self._pending: set[asyncio.Task[None]] = set()
 
     def hold(self, holder: Holder) -> None:
         """Call ``holder`` with every end applied in this process, ours or another's."""
@@ -180,6 +182,19 @@ class SessionEnds:
         if failure is not None:
             raise failure
         return ended
+
+    def end_soon(self, end: SessionEnd) -> None:
+        """``end`` in a task of its own, for a caller about to be cancelled (a WebSocket's watcher ends
+        its socket, and the socket's relay then cancels the watcher): the end is still recorded."""
+        task = asyncio.create_task(self._end_logged(end))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _end_logged(self, end: SessionEnd) -> None:
+        try:
+            await self.end(end)
+        except StoreUnavailable as exc:
+            log.warning("a session end (%s) was not recorded in the store: %s", end.reason.value, exc)
 
     def apply(self, end: SessionEnd) -> None:
         """This process's part only: remember the end, and let every holder let go (no re-publish)."""

@@ -57,7 +57,7 @@ from . import login
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Reason, SessionEnd, SessionEnds
-from .errors import AuthProxyError, ProviderError, UpstreamError, UpstreamTimeout
+from .errors import ProviderError, UpstreamError, UpstreamTimeout
 from .model import Session
 from .pages import html_page, json_answer
 from .refresh import RECENT_TTL, Refresher, SessionEnded
@@ -346,9 +346,7 @@ async def _watch(session: Session, live: LiveSocket, refresher: Refresher, clock
     try:
         reason = await watch_session(session, live, refresher, clock, hard_end)
         if reason is not None and ends is not None:
-            await ends.end(ends.new(reason, session_id=session.id))
-    except AuthProxyError as exc:                    # the store could not record the end
-        log.warning("websocket session end not recorded: sub=%s (%s)", session.identity.sub, exc)
+            ends.end_soon(ends.new(reason, session_id=session.id))    # this task is cancelled next
     except Exception:
         log.exception("websocket session watch failed: sub=%s", session.identity.sub)
         live.end(WSCloseCode.INTERNAL_ERROR, "internal error")
@@ -392,23 +390,13 @@ class SocketRegistry:
             if not sockets:
                 del self._by_session[live.session_id]
 
-    def end_session(self, session_id: str, code: int, reason: str) -> int:
-        """End every socket of one session; the number ended. Sessions sealed before session ids
-        existed all have the id "": ending "" would end everyone's, so it ends none."""
-        if not session_id:
-            return 0
-        sockets = list(self._by_session.get(session_id, ()))
-        for live in sockets:
-            live.end(code, reason)
-        return len(sockets)
-
     def session_ended(self, end: SessionEnd) -> int:
         """A ``SessionEnds`` holder: end every socket of the sessions ``end`` covers; the number ended."""
-        if end.sid is None and end.sub is None:
-            candidates = list(self._by_session.get(end.session_id, ())) if end.session_id else []
+        if end.sid is None and end.sub is None:       # one session: its group (id "" names no session)
+            sockets = list(self._by_session.get(end.session_id, ())) if end.session_id else []
         else:
-            candidates = [live for group in self._by_session.values() for live in group]
-        sockets = [live for live in candidates if live.session is not None and end.covers(live.session)]
+            sockets = [live for group in self._by_session.values() for live in group
+                       if live.session is not None and end.covers(live.session)]
         for live in sockets:
             live.end(SESSION_ENDED, CLOSE_REASONS[end.reason])
         if sockets:

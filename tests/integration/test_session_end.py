@@ -169,3 +169,27 @@ async def test_redis_down_blocks_only_what_needs_the_session(stack_factory, brow
         assert session_cookies_cleared(resp) and session_cookies_set(resp) == []
     finally:
         await redis.stop()
+
+
+async def test_a_refresh_refused_to_a_websocket_ends_the_session_for_http_too(stack_factory, browser_session):
+    """The socket's watcher meets the refused refresh first; the browser's next request is refused at once,
+    without spending another grant attempt on a refresh token the provider already refused."""
+    ws_app = await start_ws_app()
+    try:
+        stack = await stack_factory(upstreams=[{"path": "/", "url": ws_app.url}],
+                                    idp_options={"access_token_ttl": TTL})
+        await login_via_http(browser_session, stack.url + "/")
+        cookie = cookie_header(browser_session)
+        from proxy.session import CODEC
+        session = stack.proxy.app[CODEC].load({c.key: c.value for c in browser_session.cookie_jar
+                                               if c.key.startswith("_authproxy")})
+        async with aiohttp.ClientSession() as client, \
+                client.ws_connect(ws_url(stack), headers={"Cookie": cookie}) as ws:
+            await stack.idp.revoke(session.refresh_token, CLIENT_ID, CLIENT_SECRET)
+            assert (await expect_close(ws, TTL + 2.0))[0] == 4401
+        await wait_until(lambda: stack.idp.count_grants("refresh_token", ok=False) == 1, timeout=3)
+        status, _, _ = await get(stack.url + "/after", cookie)
+        assert status == 401
+        assert stack.idp.count_grants("refresh_token", ok=None) == 1
+    finally:
+        await ws_app.runner.cleanup()

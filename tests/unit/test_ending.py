@@ -179,3 +179,19 @@ def test_ttl_is_finite_in_what_apps_build():
     one = SessionEnds(RecordingStore(), MemoryDenylist(), LocalFanout(), ttl=3600).new(Reason.EXPIRY,  # type: ignore[arg-type]
                                                                                        session_id="s")
     assert math.isfinite(one.ttl) and json.loads(one.to_bytes())["r"] == "expiry"
+
+
+async def test_end_soon_finishes_the_end_even_if_its_caller_is_cancelled():
+    import asyncio
+    store, fanout = RecordingStore(), RecordingFanout()
+    session_ends, held = ends(store, fanout)
+
+    async def watcher() -> None:
+        session_ends.end_soon(end())
+        await asyncio.sleep(10)
+    task = asyncio.create_task(watcher())
+    await asyncio.sleep(0)
+    task.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert store.recorded == fanout.published == held == [end()]

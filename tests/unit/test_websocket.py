@@ -187,10 +187,11 @@ async def test_registry_ends_one_sessions_sockets_and_forgets_them():
     a1, a2, b, legacy = LiveSocket("a"), LiveSocket("a"), LiveSocket("b"), LiveSocket("")
     for live in (a1, a2, b, legacy):
         registry.add(live)
-    assert registry.end_session("a", SESSION_ENDED, "signed out") == 2
+    assert registry.session_ended(SessionEnd(Reason.SIGN_OUT, time.time(), 60, session_id="a")) == 2
     assert a1.ended.result() == a2.ended.result() == Close(SESSION_ENDED, "signed out")
     assert not b.ended.done()
-    assert registry.end_session("", SESSION_ENDED, "signed out") == 0 and not legacy.ended.done()
+    assert registry.session_ended(SessionEnd(Reason.SIGN_OUT, time.time(), 60, session_id="")) == 0
+    assert not legacy.ended.done()
     for live in (a1, a2, b):
         registry.discard(live)
     assert len(registry) == 1 and registry._by_session == {"": {legacy}}
