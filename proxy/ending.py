@@ -9,11 +9,11 @@ longer fits in cookies. Whatever the reason, the end is a ``SessionEnd`` and goe
    session cookie writer consults so a request that began before the end cannot write the session
    back, and every holder registered here — the WebSocket registry closes the session's sockets,
    which stops their refresh watchers;
-2. records it in the session store, final: the Redis store overwrites the session with a tombstone
+2. publishes it through the ``Fanout`` to the other processes that may hold the session (the other
+   workers of this host). They ``apply`` it: local effects only, never published again;
+3. records it in the session store, final: the Redis store overwrites the session with a tombstone
    that every later save checks atomically; the cookie store puts it in its denylist (in Redis when
-   one is configured), for as long as a cookie could live;
-3. publishes it through the ``Fanout`` to the other processes that may hold the session (the other
-   workers of this host). They ``apply`` it: local effects only, never published again.
+   one is configured), for as long as a cookie could live.
 
 No other module closes sockets or clears sessions its own way. A store that cannot be reached does not
 stop the local effects or the fan-out: ``end`` does those first and raises ``StoreUnavailable`` last,
@@ -164,24 +164,20 @@ class SessionEnds:
     async def end(self, end: SessionEnd) -> int:
         """Apply, record and publish ``end``; the number of stored sessions it ended (Redis store).
 
-        Raises ``StoreUnavailable`` (after applying and publishing) when the store cannot record it.
-        An end that names nothing (a session sealed before sessions had ids) has nothing to do.
+        Published before it is recorded, so the other workers need not wait on a slow store. Raises
+        ``StoreUnavailable`` (after applying and publishing) when the store cannot record it. An end that
+        names nothing (a session sealed before sessions had ids) has nothing to do.
         """
         if not (end.session_id or end.sid or end.sub):
             return 0
         log.info("session ended: %s (%s)", end.reason.value,
                  "session" if end.session_id else "sid" if end.sid else "user")
         self.apply(end)
-        failure: StoreUnavailable | None = None
-        ended = 0
         try:
-            ended = await self.store.record_end(end)
-        except StoreUnavailable as exc:
-            failure = exc
-        await self._fanout.publish(end)
-        if failure is not None:
-            raise failure
-        return ended
+            await self._fanout.publish(end)
+        except Exception:                          # the end still holds here and in the store
+            log.exception("a session end (%s) could not be published to the other processes", end.reason.value)
+        return await self.store.record_end(end)
 
     def end_soon(self, end: SessionEnd) -> None:
         """``end`` in a task of its own, for a caller about to be cancelled (a WebSocket's watcher ends

@@ -195,3 +195,13 @@ async def test_end_soon_finishes_the_end_even_if_its_caller_is_cancelled():
     for _ in range(5):
         await asyncio.sleep(0)
     assert store.recorded == fanout.published == held == [end()]
+
+
+async def test_a_fanout_that_fails_does_not_keep_the_end_from_the_store():
+    class Broken(RecordingFanout):
+        async def publish(self, one: SessionEnd) -> None:
+            raise ConnectionError("coordinator gone")
+    store = RecordingStore()
+    session_ends, held = ends(store, Broken())
+    assert await session_ends.end(end()) == 1
+    assert store.recorded == held == [end()]
