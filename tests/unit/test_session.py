@@ -75,3 +75,17 @@ async def test_a_session_ended_while_the_request_was_in_flight_is_cleared_not_wr
     await write_session_cookie(request, response)
     cookies = response.headers.getall("Set-Cookie")
     assert cookies and all("Max-Age=0" in c for c in cookies)
+
+
+async def test_a_session_grown_past_the_cookie_limit_ends_and_is_cleared():
+    app, store = app_with()
+    session = make_session(id="s1", created_at=time.time())
+    request = request_with(app, store.codec.dump(session))
+    await get_session(request)
+    set_session(request, session.with_tokens(access_token="A" * 40_000))    # a refresh brought a huge token
+    response = web.Response()
+    await write_session_cookie(request, response)
+    cookies = response.headers.getall("Set-Cookie")
+    assert cookies and all("Max-Age=0" in c for c in cookies)
+    assert app[ENDS].ended(session)                                          # copies of the old cookie too
+    assert await store.denylist.ended(session)
