@@ -30,9 +30,10 @@ The modules each own one boundary:
 - ``pages``     the proxy's own HTML/JSON answers;
 - ``app``       wires it together: resources, middleware order, routes.
 
-A request flows: error middleware → session middleware (lazy) → router → ``/oauth2/*`` handler or
-the catch-all (no session: 302 to login for a browser, 401 for an API client; else forward
-upstream) → session cookie written just before the response headers go out.
+A request flows: error middleware → router → ``/oauth2/*`` handler or the catch-all, which loads the
+session only if the request needs one (no session: 302 to login for a browser, 401 for an API client;
+else forward upstream) → session cookie written just before the response headers go out, unless the
+session ended meanwhile.
 """
 
 __version__ = "0.1.0"
