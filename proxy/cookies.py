@@ -14,8 +14,7 @@ sealed bytes (canonically decoded, so one session has one key), within a memory 
 ``cookie_header`` builds the ``Set-Cookie`` values, for the session and the login;
 ``private_when_setting_own`` keeps shared caches from storing a response that sets one of them.
 
-The Session value and the request path that uses this codec are ``session.py``'s. That module
-imports this one, so the codec takes ``Session`` when it is built, not at import (``__init__``).
+The Session value is ``model.py``'s; the request path that uses this codec is ``session.py``'s.
 """
 
 from __future__ import annotations
@@ -25,16 +24,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from http.cookies import Morsel
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from .config import CookieConfig
 from .crypto import Sealer
 from .errors import CookieError, SessionTooLarge
-
-if TYPE_CHECKING:
-    from .session import Session
+from .model import Session
 
 # Browsers drop a cookie whose name and value together exceed this (RFC 6265bis §5.6, step 4).
 MAX_COOKIE_BYTES = 4096
@@ -55,8 +50,6 @@ class CookieCodec:
     """Turns a Session into ``(cookie name, value)`` pairs and back, chunking big values."""
 
     def __init__(self, config: CookieConfig, sealer: Sealer, clock: Callable[[], float] = time.time):
-        from .session import Session      # here, not at the top: session.py imports this module
-
         self.config = config
         self.name = config.name
         self._sealer = sealer
