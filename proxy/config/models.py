@@ -269,6 +269,12 @@ class CorsConfig(_Model):
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     allow_credentials: bool = True
     allow_preflight: bool = False
+    preflight_paths: list[Annotated[str, AfterValidator(_regex)]] = []
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.allow_preflight and not self.preflight_paths:
+            yield ("preflight_paths",), ("allow_preflight forwards preflights without a session only to the paths "
+                                         'listed here; list the app\'s cross-origin API, e.g. ["^/api/"]')
 
 
 class LoggingConfig(_Model):

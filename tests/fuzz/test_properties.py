@@ -33,7 +33,8 @@ from proxy.crypto import Sealer
 from proxy.errors import BadRequest, CookieError
 from proxy.login import safe_redirect
 from proxy.session import Identity, Session
-from proxy.upstream import Upstream, normalize_path
+from proxy.paths import normalize_path
+from proxy.upstream import Upstream
 
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
