@@ -302,6 +302,12 @@ class Config(_Model):
     shutdown_timeout: Duration = 30.0
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
     metrics_listen: str | None = None
+    metrics_on_listen: bool = False
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.metrics_on_listen and self.metrics_listen is not None:
+            yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
+                                           "metrics_on_listen: false, or remove metrics_listen to serve them on listen")
 
     @field_validator("listen", "metrics_listen")
     @classmethod

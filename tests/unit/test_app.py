@@ -1,11 +1,15 @@
-"""The app's wiring: what outlives a reload."""
+"""The app's wiring: what outlives a reload, and where /metrics is served."""
 
 from __future__ import annotations
 
+import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from proxy.app import Lasting, create_app
-from proxy.metrics import METRICS
+from proxy.errors import ConfigError
+from proxy.gate import handle_proxy
+from proxy.metrics import METRICS, handle_metrics
 from proxy.session import STORE, Identity, Session
 from tests.unit.conftest import make_config
 
@@ -35,3 +39,21 @@ async def test_a_rebuilt_app_keeps_the_metrics_and_the_memory_denylist():
 async def test_apps_without_a_lasting_each_have_their_own():
     one, two = create_app(make_config()), create_app(make_config())
     assert one[METRICS] is not two[METRICS]
+
+
+async def _handler_for(app: web.Application, path: str):
+    match = await app.router.resolve(make_mocked_request("GET", path, app=app))
+    return match.handler
+
+
+async def test_metrics_on_the_main_listener_only_when_the_operator_opts_in(caplog):
+    caplog.set_level("INFO", logger="authproxy")
+    assert await _handler_for(create_app(make_config()), "/metrics") is handle_proxy    # the app's path, signed in
+    assert "/metrics is not served: set metrics_listen" in caplog.text
+    assert await _handler_for(create_app(make_config(metrics_on_listen=True)), "/metrics") is handle_metrics
+    assert await _handler_for(create_app(make_config(metrics_listen="127.0.0.1:9100")), "/metrics") is handle_proxy
+
+
+def test_metrics_on_listen_and_metrics_listen_exclude_each_other():
+    with pytest.raises(ConfigError, match="metrics_on_listen: metrics_listen already serves /metrics"):
+        make_config(metrics_on_listen=True, metrics_listen="127.0.0.1:9100")
