@@ -10,7 +10,6 @@ receives. Requests are written byte for byte on a socket: no client library norm
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import re
@@ -19,7 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.logs import JsonFormatter, TextFormatter
+from proxy.config import LoggingConfig
+from proxy.logs import configure_logging
 from tests.support.browserless import login_via_http
 from tests.support.echo import header_values, start_echo
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, client_metadata
@@ -115,3 +115,162 @@ async def test_documented_nginx_auth_request_cannot_be_bypassed_through_oauth2(n
 # -- authproxy as the proxy: spellings against routing and rules --------------------------------
 
 
+@pytest.fixture
+async def two_apps(stack_factory):
+    """"/" for anyone signed in (and "/public/" for GETs without sign-in); "/admin" for admins, which alice
+    (groups staff, alice-group) is not; "/staff" for staff, which she is. Yields (stack, main app, admin app,
+    staff app)."""
+    main, admin, staff = [await start_echo(free_port()) for _ in range(3)]
+    stack = await stack_factory(
+        skip_auth=[{"path": "^/public/", "methods": ["GET"]}],
+        cors={"allowed_origins": ["http://spa.test"], "allow_preflight": True, "preflight_paths": ["^/api/"]},
+        upstreams=[{"path": "/", "url": main.url},
+                   {"path": "/admin", "url": admin.url, "authorization": {"allowed_groups": ["admins"]}},
+                   {"path": "/staff", "url": staff.url, "authorization": {"allowed_groups": ["staff"]},
+                    "strip_prefix": True}])
+    yield stack, main, admin, staff
+    for app in (main, admin, staff):
+        await app.close()
+
+
+async def signed_in(stack) -> dict[str, str]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as alice:
+        result = await login_via_http(alice, stack.url + "/")
+        assert result.status == 200
+        return {"Cookie": cookie_header(alice), "Accept": "application/json"}
+
+
+async def test_segment_parameters_never_change_the_upstream_or_its_rules(two_apps):
+    """Tomcat and Spring drop ";params": /admin;jsessionid=1/x is /admin/x to them, so it is to the rules."""
+    stack, main, admin, staff = two_apps
+    alice = await signed_in(stack)
+    seen = len(main.seen)
+    for target in ("/admin;jsessionid=1/x", "/admin%3Bjsessionid=1/x", "/admin;/x", "/;x/admin/x", "/admin;a;b"):
+        status, _, _ = await send_raw(stack.url, target, alice)
+        assert status == 403, target
+    assert main.seen[seen:] == [] and admin.seen == []
+    status, _, body = await send_raw(stack.url, "/staff;jsessionid=1/x;v=2?q=1", alice)
+    assert status == 200
+    assert json.loads(body)["raw_path"] == "/x;v=2?q=1"                # forwarded as sent, less the prefix
+    status, _, _ = await send_raw(stack.url, "/public;x/../admin/x", alice)
+    assert status == 400
+
+
+OVERRIDES = {"X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "DELETE", "X-Method-Override": "DELETE",
+             "x_http_method_override": "DELETE", "X-Http-Method_Override": "PUT"}
+
+
+async def test_requests_without_a_session_carry_no_method_override(two_apps):
+    stack, main, _, _ = two_apps
+    status, _, body = await send_raw(stack.url, "/public/report", {**OVERRIDES, "Accept": "application/json"})
+    assert status == 200
+    record = json.loads(body)
+    assert record["method"] == "GET"
+    assert [name for name, _ in record["headers"] if "method" in name.lower()] == []
+    preflight = {**OVERRIDES, "Origin": "http://spa.test", "Access-Control-Request-Method": "DELETE"}
+    status, _, body = await send_raw(stack.url, "/api/items/7", preflight, method="OPTIONS")
+    assert status == 200
+    assert [name for name, _ in json.loads(body)["headers"] if name.lower().replace("_", "-") in
+            {"x-http-method-override", "x-http-method", "x-method-override"}] == []
+
+
+async def test_preflights_reach_only_the_listed_paths(two_apps):
+    stack, main, admin, _ = two_apps
+    preflight = {"Origin": "http://spa.test", "Access-Control-Request-Method": "DELETE", "Accept": "application/json"}
+    seen = len(main.seen)
+    for target in ("/admin/users/7", "/", "/apix", "/v1/api/x"):
+        status, _, _ = await send_raw(stack.url, target, preflight, method="OPTIONS")
+        assert status == 401, target
+    assert main.seen[seen:] == [] and admin.seen == []
+    status, _, _ = await send_raw(stack.url, "/api;x/items", preflight, method="OPTIONS")
+    assert status == 200                                              # matched without segment parameters
+
+
+async def test_forwarded_host_is_the_public_host_not_the_clients(two_apps):
+    stack, main, _, _ = two_apps
+    public_host = stack.url.removeprefix("http://")
+    reader, writer = await asyncio.open_connection(*public_host.split(":"))
+    writer.write(b"GET /public/x HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: evil2.example\r\n"
+                 b"Connection: close\r\n\r\n")
+    await writer.drain()
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert header_values(main.seen[-1], "X-Forwarded-Host") == [public_host]
+
+
+# -- encodings, Unicode and request-target forms (the second round) ------------------------------
+
+
+REFUSED = [
+    "/public/%EF%BC%8E%EF%BC%8E/admin/x",         # fullwidth full stops (IIS: "..")
+    "/public/\uff0e\uff0e/admin/x",               # the same, raw UTF-8
+    "/public/%EF%BC%8F..%EF%BC%8Fadmin",          # fullwidth solidus
+    "/public/..%E2%88%95admin",                   # U+2215 division slash (Windows best-fit: "/")
+    "/public/%ef%bc%85%32%65%ef%bc%85%32%65/x",   # fullwidth percent sign
+    "/public/%c0%ae%c0%ae/admin/x",               # overlong UTF-8 "."
+    "/public/%252e%252e/admin/x",                 # double encoding
+    "/public/%255c..%255cadmin",
+    "/public/a%00b", "/public/a%00/../admin",     # NUL
+    "/public/..%2fadmin/x", "/public%2f..%2fadmin/x", "/public/%2e%2e/admin/x", "/public/./x",
+    "/public/..\\admin/x", "/public/..%5Cadmin/x",
+]
+
+
+async def test_ambiguous_encodings_are_refused_before_any_rule(two_apps):
+    stack, main, admin, _ = two_apps
+    seen = len(main.seen)
+    for target in REFUSED:
+        status, _, body = await send_raw(stack.url, target, {"Accept": "application/json"})
+        assert status == 400, target                  # ours (JSON), or aiohttp's parser's own
+    assert main.seen[seen:] == [] and admin.seen == []
+
+
+async def test_absolute_form_and_double_slashes_are_routed_by_their_path(two_apps):
+    """RFC 9112 §3.2.2 absolute-form: the path decides, exactly as in origin-form."""
+    stack, main, admin, _ = two_apps
+    alice = await signed_in(stack)
+    for target in ("http://evil.example/admin/x", "http://127.0.0.1/admin;x/y", "//admin/x", "///admin//x"):
+        status, _, _ = await send_raw(stack.url, target, alice)
+        assert status == 403, target
+    assert admin.seen == []
+    status, _, body = await send_raw(stack.url, "http://evil.example/public/x?q=1", {"Accept": "application/json"})
+    assert status == 200 and json.loads(body)["raw_path"] == "/public/x?q=1"
+    status, _, body = await send_raw(stack.url, "//public//x", {"Accept": "application/json"})
+    assert status == 200 and json.loads(body)["raw_path"] == "/public/x"
+    status, _, _ = await send_raw(stack.url, "http://evil.example/public/../admin/x", {"Accept": "application/json"})
+    assert status == 400
+    status, _, _ = await send_raw(stack.url, "//oauth2/start", alice)
+    assert status == 404                                              # the proxy's namespace, however spelled
+    assert all(not r["raw_path"].startswith("/oauth2") for r in main.seen)
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+FORGED = "2026-01-01 00:00:00,000 INFO authproxy.access: GET /admin 200 user=admin"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_path_cannot_write_forged_log_lines(two_apps, capsys, fmt):
+    stack, _, _, _ = two_apps
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    capsys.readouterr()
+    configure_logging(LoggingConfig(level="info", format=fmt))
+    try:
+        for target in ("/public/a%0a" + FORGED.replace(" ", "%20"), "/public/a%0d%0a" + FORGED.replace(" ", "%20"),
+                       "/public/a%00%0a" + FORGED.replace(" ", "%20"), "/public/%1b[2Ja%e2%80%a8x"):
+            await send_raw(stack.url, target, {"Accept": "application/json"})
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and not any(line.startswith("2026-01-01") for line in lines)
+    assert not any(c in "".join(lines) for c in "\r\x00\x1b\u2028")
+    if fmt == "json":
+        entries = [json.loads(line) for line in lines]                # one object per line, every line
+        paths = [e["path"] for e in entries if e.get("event") == "request"]
+        assert len(paths) == 4 and all("\n" not in p and "\x00" not in p for p in paths)
+    else:
+        access = [line for line in lines if "authproxy.access:" in line]
+        assert len(access) == 4 and all("\\x0a2026-01-01" in line or "\\x1b" in line for line in access)
