@@ -116,21 +116,34 @@ async def test_documented_nginx_auth_request_cannot_be_bypassed_through_oauth2(n
 
 
 @pytest.fixture
-async def two_apps(stack_factory):
-    """"/" for anyone signed in (and "/public/" for GETs without sign-in); "/admin" for admins, which alice
-    (groups staff, alice-group) is not; "/staff" for staff, which she is. Yields (stack, main app, admin app,
-    staff app)."""
-    main, admin, staff = [await start_echo(free_port()) for _ in range(3)]
-    stack = await stack_factory(
-        skip_auth=[{"path": "^/public/", "methods": ["GET"]}],
-        cors={"allowed_origins": ["http://spa.test"], "allow_preflight": True, "preflight_paths": ["^/api/"]},
-        upstreams=[{"path": "/", "url": main.url},
-                   {"path": "/admin", "url": admin.url, "authorization": {"allowed_groups": ["admins"]}},
-                   {"path": "/staff", "url": staff.url, "authorization": {"allowed_groups": ["staff"]},
-                    "strip_prefix": True}])
-    yield stack, main, admin, staff
-    for app in (main, admin, staff):
+async def apps_factory(stack_factory):
+    """``await apps_factory(**config)`` → (stack, main, admin, staff): "/" for anyone signed in (and
+    "/public/" for GETs without sign-in); "/admin" for admins, which alice (groups staff, alice-group) is
+    not; "/staff" (prefix stripped) for staff, which she is."""
+    started = []
+
+    async def factory(**sections):
+        main, admin, staff = [await start_echo(free_port()) for _ in range(3)]
+        started.extend((main, admin, staff))
+        stack = await stack_factory(
+            skip_auth=[{"path": "^/public/", "methods": ["GET"]}],
+            upstreams=[{"path": "/", "url": main.url},
+                       {"path": "/admin", "url": admin.url, "authorization": {"allowed_groups": ["admins"]}},
+                       {"path": "/staff", "url": staff.url, "authorization": {"allowed_groups": ["staff"]},
+                        "strip_prefix": True}], **sections)
+        return stack, main, admin, staff
+
+    yield factory
+    for app in started:
         await app.close()
+
+
+@pytest.fixture
+async def two_apps(apps_factory):
+    return await apps_factory()
+
+
+PREFLIGHTS = {"cors": {"allowed_origins": ["http://spa.test"], "allow_preflight": True, "preflight_paths": ["^/api/"]}}
 
 
 async def signed_in(stack) -> dict[str, str]:
@@ -160,13 +173,17 @@ OVERRIDES = {"X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "DELETE", "X-M
              "x_http_method_override": "DELETE", "X-Http-Method_Override": "PUT"}
 
 
-async def test_requests_without_a_session_carry_no_method_override(two_apps):
+async def test_a_get_rule_never_forwards_a_method_override(two_apps):
     stack, main, _, _ = two_apps
     status, _, body = await send_raw(stack.url, "/public/report", {**OVERRIDES, "Accept": "application/json"})
     assert status == 200
     record = json.loads(body)
     assert record["method"] == "GET"
     assert [name for name, _ in record["headers"] if "method" in name.lower()] == []
+
+
+async def test_preflights_carry_no_method_override(apps_factory):
+    stack, main, _, _ = await apps_factory(**PREFLIGHTS)
     preflight = {**OVERRIDES, "Origin": "http://spa.test", "Access-Control-Request-Method": "DELETE"}
     status, _, body = await send_raw(stack.url, "/api/items/7", preflight, method="OPTIONS")
     assert status == 200
@@ -174,8 +191,8 @@ async def test_requests_without_a_session_carry_no_method_override(two_apps):
             {"x-http-method-override", "x-http-method", "x-method-override"}] == []
 
 
-async def test_preflights_reach_only_the_listed_paths(two_apps):
-    stack, main, admin, _ = two_apps
+async def test_preflights_reach_only_the_listed_paths(apps_factory):
+    stack, main, admin, _ = await apps_factory(**PREFLIGHTS)
     preflight = {"Origin": "http://spa.test", "Access-Control-Request-Method": "DELETE", "Accept": "application/json"}
     seen = len(main.seen)
     for target in ("/admin/users/7", "/", "/apix", "/v1/api/x"):
