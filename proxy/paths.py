@@ -13,8 +13,9 @@ it holds anything servers disagree about:
   which Tomcat resolves): browsers resolve dot segments before sending (WHATWG URL), nginx resolves
   them, so only a crafted request carries one, and resolving it is what moves a request out of the
   prefix a front server matched;
-- double encoding (``%25`` followed by two hex digits): an app that decodes again would see a
-  different path than every rule here;
+- double encoding (``%252e``, or ``%25%32%65``: once decoded, still a percent-encoding): an app that
+  decodes again would see a different path than every rule here; and a ``%`` without two hex digits (``%zz``, IIS's ``%u002e``),
+  which RFC 3986 §2.1 does not allow and nginx and HAProxy refuse too;
 - NUL, and bytes that are not UTF-8 once decoded (overlong forms such as ``%c0%ae`` included);
 - non-ASCII characters that compatibility-normalise (NFKC) or best-fit map to ``.``, ``/``, ``\\``,
   ``%``, ``;``, ``?``, ``#`` or ``:`` (``．``, ``／``, ``∕``…): IIS and Windows' best-fit code pages turn them
@@ -47,8 +48,9 @@ OWN_PREFIX = "/oauth2"
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 # Raw paths containing none of these are already normal: the common case skips the work.
 _NEEDS_NORMALISING = re.compile(r"%|/\.|//|\\|[^!-~]")
-# "%25" then two hex digits: a percent-encoded percent-encoding.
-_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
+# A "%" that encodes nothing (RFC 3986 §2.1); once decoded, a percent-encoding that is left.
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 # The scheme and authority of an absolute-form request target (RFC 9112 §3.2.2).
 _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 # ASCII punctuation that structures a path: a non-ASCII character that turns into one is refused.
@@ -81,8 +83,8 @@ def normalize_path(raw_target: str) -> str:
     path = origin_path(raw_target)
     if not _NEEDS_NORMALISING.search(path):
         return path
-    if _DOUBLE_ENCODED.search(path):
-        raise BadRequest("The request path is percent-encoded twice.")
+    if _BAD_PERCENT.search(path):
+        raise BadRequest("The request path has a % that encodes nothing.")
     try:
         decoded = unquote(path, errors="strict")
     except UnicodeDecodeError:
@@ -97,6 +99,8 @@ def _refuse_ambiguous(decoded: str) -> None:
     """BadRequest if the decoded path holds a byte or segment that servers read differently."""
     if "\x00" in decoded:
         raise BadRequest("The request path contains a NUL byte.")
+    if "%" in decoded and _ENCODED.search(decoded):
+        raise BadRequest("The request path is percent-encoded twice.")
     if "\\" in decoded:
         raise BadRequest("The request path contains a backslash.")
     if not decoded.isascii() and any(_confusable(char) for char in decoded if not char.isascii()):
