@@ -246,7 +246,8 @@ async def test_absolute_form_and_double_slashes_are_routed_by_their_path(two_app
     """RFC 9112 §3.2.2 absolute-form: the path decides, exactly as in origin-form."""
     stack, main, admin, _ = two_apps
     alice = await signed_in(stack)
-    for target in ("http://evil.example/admin/x", "http://127.0.0.1/admin;x/y", "//admin/x", "///admin//x"):
+    for target in ("http://evil.example/admin/x", "http://127.0.0.1/admin;x/y", "//admin/x", "///admin//x",
+                   "/%61dmin/x", "/%61%64%6d%69%6e/x"):
         status, _, _ = await send_raw(stack.url, target, alice)
         assert status == 403, target
     assert admin.seen == []
