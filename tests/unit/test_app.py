@@ -1,4 +1,4 @@
-"""The app's wiring: what outlives a reload, and where /metrics is served."""
+"""The app's wiring: what outlives a reload, where /metrics is served, and what bounds its size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp.test_utils import make_mocked_request
 from proxy.app import Lasting, create_app
 from proxy.errors import ConfigError
 from proxy.gate import handle_proxy
-from proxy.metrics import METRICS, handle_metrics
+from proxy.metrics import MAX_FAILURE_REASONS, METRICS, Metrics, handle_metrics
 from proxy.session import STORE, Identity, Session
 from tests.unit.conftest import make_config
 
@@ -57,3 +57,14 @@ async def test_metrics_on_the_main_listener_only_when_the_operator_opts_in(caplo
 def test_metrics_on_listen_and_metrics_listen_exclude_each_other():
     with pytest.raises(ConfigError, match="metrics_on_listen: metrics_listen already serves /metrics"):
         make_config(metrics_on_listen=True, metrics_listen="127.0.0.1:9100")
+
+
+def test_failed_sign_in_reasons_cannot_grow_the_metrics_without_bound():
+    """A provider chooses its OAuth ``error`` codes: past a few dozen distinct reasons they count as "other"."""
+    metrics = Metrics()
+    for n in range(500):
+        metrics.login_failed(f"provider_error_{n}", "rid")
+    reasons = {sample.labels["reason"] for family in metrics.registry.collect() for sample in family.samples
+               if sample.name == "authproxy_logins_total" and sample.labels["stage"] == "failed"}
+    assert len(reasons) == MAX_FAILURE_REASONS + 1 and "other" in reasons
+    metrics.login_failed("provider_error_0", "rid")                     # a known reason keeps its own series
