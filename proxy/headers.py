@@ -1,7 +1,8 @@
 """The header policy: which fields pass between the client and the app, and which the proxy sets itself.
 
 What the proxy owns is stripped from the request before anything is added: the client's
-``Authorization`` and identity headers (a client must never assert who it is), the proxy's own
+``Authorization`` and identity headers (a client must never assert who it is), headers that ask the
+app to serve another path than the one every rule checked (``X-Original-URL``…), the proxy's own
 cookies, and hop-by-hop headers (RFC 9110 §7.6.1); from a request forwarded without a session, also
 every method-override header. Then the proxy adds its own: ``Host``, ``X-Forwarded-For/-Proto/-Host``
 (a trusted proxy's view of the client kept; from anyone else the peer, ``public_url``'s scheme and host),
@@ -44,13 +45,20 @@ PROXY_SET = frozenset({
     "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
     "x-auth-request-preferred-username", "x-auth-request-access-token",
 })
+# Ask an app to serve another path than the request line's (Symfony, Zend and IIS URL Rewrite honour
+# X-Original-URL / X-Rewrite-URL; X-Original-URI and X-Envoy-Original-Path are other proxies' names for
+# the same): routing and every rule here read the request line, so the app must too. Always dropped.
+PATH_OVERRIDE = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri", "x-envoy-original-path",
+                           "x-forwarded-path"})
 # Ask an app (Rails, Laravel, Express's method-override, Spring's HiddenHttpMethodFilter…) to treat the
 # request as another method. Dropped from every request forwarded without a session (skip_auth,
 # preflights): a rule that lets GET through must not let a GET become a DELETE. Matched like PROXY_SET.
 METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Re-added by the proxy: Host and Content-Length as they must be, Cookie without ours, and the request id
 # (the client's when it looks like one, else a new one: the same id the proxy logs and answers with).
-_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length", "x-request-id"}
+_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | PATH_OVERRIDE | {"host", "cookie", "content-length", "x-request-id"}
+# Also dropped when spelt with "_" (CGI and WSGI servers read X_Original_URL as X-Original-URL).
+_DROPPED_ANY_SPELLING = PROXY_SET | PATH_OVERRIDE
 
 
 def identity_headers(session: Session) -> dict[str, str]:
@@ -123,7 +131,7 @@ class HeaderPolicy:
         dropped = self._drop_cache.get(name)
         if dropped is None:
             lower = name.lower()
-            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in PROXY_SET
+            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in _DROPPED_ANY_SPELLING
             if len(self._drop_cache) > 1024:
                 self._drop_cache.clear()
             self._drop_cache[name] = dropped

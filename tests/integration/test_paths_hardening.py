@@ -292,3 +292,15 @@ async def test_a_path_cannot_write_forged_log_lines(two_apps, capsys, fmt):
     else:
         access = [line for line in lines if "authproxy.access:" in line]
         assert len(access) == 4 and all("\\x0a2026-01-01" in line or "\\x1b" in line for line in access)
+
+
+async def test_no_header_can_point_the_app_at_another_path(two_apps):
+    """X-Original-URL and friends make Symfony, Zend and IIS serve another path than the rules checked."""
+    stack, main, _, _ = two_apps
+    overrides = {"X-Original-URL": "/admin/x", "X-Rewrite-URL": "/admin/x", "X_Original_URL": "/admin/x",
+                 "X-Original-URI": "/admin/x", "Accept": "application/json"}
+    status, _, body = await send_raw(stack.url, "/public/x", overrides)            # without a session
+    assert status == 200 and "/admin/x" not in [value for _, value in json.loads(body)["headers"]]
+    alice = await signed_in(stack)
+    status, _, body = await send_raw(stack.url, "/home", {**overrides, **alice})   # alice, routed to "/"
+    assert status == 200 and "/admin/x" not in [value for _, value in json.loads(body)["headers"]]

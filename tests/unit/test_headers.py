@@ -102,3 +102,13 @@ def test_method_override_headers_never_go_without_a_session():
     assert anonymous["X-App"] == "kept"
     signed_in = policy().request_headers(req, SESSION)              # the app's business once someone is signed in
     assert signed_in.getall("X-HTTP-Method-Override") == ["DELETE"]
+
+
+def test_path_override_headers_are_always_dropped():
+    """Symfony and IIS serve X-Original-URL's path: the rules checked the request line's."""
+    spoof = [("X-Original-URL", "/admin/delete"), ("X-Rewrite-URL", "/admin"), ("x_original_url", "/admin"),
+             ("X-Original-URI", "/admin"), ("X-Envoy-Original-Path", "/admin"), ("X-Forwarded-Path", "/admin")]
+    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict(spoof))
+    for session in (None, SESSION):
+        h = policy().request_headers(req, session)
+        assert not any(value == "/admin" or value == "/admin/delete" for value in h.values()), session
