@@ -90,8 +90,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     config, forwarder = request.app[CONFIG], request.app[FORWARDER]
     path = route_path(request)
     if is_own_path(path):
-        return html_page(404, "Not found", "This path belongs to the sign-in proxy and does not exist.",
-                         request[REQUEST_ID], actions=[("Go to the start page", "/")], templates_dir=config.templates_dir)
+        return not_found(request, "This path belongs to the sign-in proxy and does not exist.")
     upstream = forwarder.route(path)
     session: Session | None = None
     if upstream is None or not (skips_auth(config, request, path) or is_preflight(config, request, path)):
@@ -102,8 +101,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if session is None:
             return await unauthenticated(request, path)
         if upstream is None:
-            return html_page(404, "Not found", "No application is configured for this path.", request[REQUEST_ID],
-                             actions=[("Go to the start page", "/")], templates_dir=config.templates_dir)
+            return not_found(request, "No application is configured for this path.")
         decision = authorize(session.identity, rules_for(config, upstream.config))
         if not decision.allowed:
             request.app[METRICS].refused(session.identity.sub, f"{upstream.config.path}: {decision.reason}",
@@ -113,6 +111,12 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     if is_websocket_upgrade(request):
         return await forward_websocket(request, upstream, session)
     return await forwarder.forward(request, upstream, session)
+
+
+def not_found(request: web.Request, message: str) -> web.Response:
+    """404 from the proxy itself: nothing is forwarded."""
+    return html_page(404, "Not found", message, request[REQUEST_ID], actions=[("Go to the start page", "/")],
+                     templates_dir=request.app[CONFIG].templates_dir)
 
 
 def wants_json(request: web.Request, path: str) -> bool:
