@@ -7,6 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.app import Lasting, create_app
+from proxy.ending import ENDS, Reason
 from proxy.errors import ConfigError
 from proxy.gate import handle_proxy
 from proxy.metrics import MAX_FAILURE_REASONS, METRICS, Metrics, handle_metrics
@@ -29,7 +30,8 @@ async def test_a_rebuilt_app_keeps_the_metrics_and_the_memory_denylist():
         assert lasting.denylist is not None
         assert first[STORE].denylist is second[STORE].denylist is lasting.denylist
         session = Session(identity=Identity(sub="alice"), access_token="AT", created_at=0.0, sid="s1")
-        await first[STORE].denylist.add(sid="s1", sub=None, ttl=60)    # ended under the old configuration ...
+        first_ends = first[ENDS]
+        await first_ends.end(first_ends.new(Reason.BACKCHANNEL, sid="s1"))   # ended under the old configuration ...
         assert await second[STORE].denylist.ended(session)             # ... stays ended under the new one
     finally:
         for runner in runners:
