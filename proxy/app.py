@@ -106,8 +106,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
-    if config.metrics_listen is None:
+    if config.metrics_on_listen:
         r.add_get("/metrics", handle_metrics)
+    elif config.metrics_listen is None:
+        log.info("/metrics is not served: set metrics_listen (a port of its own) or metrics_on_listen: true")
     r.add_route("*", "/{tail:.*}", handle_proxy)
     setup_websockets(app)
     return app

@@ -74,7 +74,8 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
                 _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
             return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The query as written, an empty one included ("/?" stays "/?": re-checking changes nothing).
+        target = (parts.path or "/") + (f"?{parts.query}" if "?" in target.split("#", 1)[0] else "")
     if target.startswith("//"):
         return None
     decoded = target
