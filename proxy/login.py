@@ -39,9 +39,15 @@ LOGIN_TTL = 600
 # Login cookies kept at once (one per tab signing in); the oldest beyond this are evicted.
 MAX_LOGIN_COOKIES = 3
 
+# Longest redirect target kept, as the absolute URL it becomes. The target rides in the login cookie,
+# and browsers drop a cookie whose name and value exceed 4096 bytes (RFC 6265 §6.1; chromium does so
+# silently), which would turn a long deep link into a sign-in that can never complete. 2048 leaves
+# that cookie about 1 KB of room; a longer target falls back to the default.
+MAX_REDIRECT_LENGTH = 2048
 # Characters never allowed in a redirect target: controls (CR/LF injection), backslash (browsers
-# read "\" as "/"), and spaces.
-_UNSAFE_REDIRECT = re.compile(r"[\x00-\x20\x7f\\]")
+# read "\" as "/"), spaces, and '"', "<", ">", which RFC 3986 excludes and browsers always send
+# percent-encoded (so only a hand-made target has them raw; '"' would also double in the cookie).
+_UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -52,18 +58,18 @@ def safe_redirect(target: str | None, config: Config, default: str = "/") -> str
     Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
     origin is exactly ``public_url``'s without userinfo. Everything else — scheme-relative
     (``//host``), backslashes, encoded slashes that decode to ``//``, other schemes, controls,
-    non-ASCII — falls back to ``default``.
+    non-ASCII, ``"<>``, a result longer than ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
     """
     origin = config.public_origin
     for candidate in (target, default):
         path = _same_origin_path(candidate, origin)
-        if path is not None:
+        if path is not None and len(origin) + len(path) <= MAX_REDIRECT_LENGTH:
             return origin + path
     return origin + "/"
 
 
 def _same_origin_path(target: str | None, origin: str) -> str | None:
-    if not target or len(target) > 4096 or not target.isascii() or _UNSAFE_REDIRECT.search(target):
+    if not target or len(target) > MAX_REDIRECT_LENGTH or not target.isascii() or _UNSAFE_REDIRECT.search(target):
         return None
     if not target.startswith("/"):
         parts = urlsplit(target)

@@ -3,7 +3,11 @@
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from proxy.login import is_navigation, safe_redirect
+import json
+from dataclasses import asdict
+
+from proxy.crypto import Sealer, pkce_pair, random_token
+from proxy.login import MAX_REDIRECT_LENGTH, LoginState, is_navigation, safe_redirect
 from tests.unit.conftest import make_config
 
 ORIGIN = "https://app.example.com"
@@ -30,6 +34,10 @@ UNSAFE = [
     "ftp://app.example.com/", "http://app.example.com/", "https://app.example.com:444/", "HtTpS:evil.example",
     "https://аpp.example.com/", "https://xn--pp-8cd.example.com/", "/\u2215\u2215evil.example", " /x", "evil.example",
     "https://app.example.com\\@evil.example", "//app.example.com/", "/.\\/evil.example",
+    # characters RFC 3986 excludes and browsers always percent-encode: only a hand-made target has them
+    '/x"onmouseover="alert(1)', "/<script>alert(1)</script>", "/a>b", '/q?x="1"',
+    # a port spelled so that a browser reads it as the default one, and a trailing-dot host
+    "https://app.example.com:0443/x", "https://app.example.com./x", "https://app.example.com:443@evil.example/",
 ]
 
 
@@ -50,6 +58,27 @@ def test_at_least_forty_payloads():
 
 def test_unsafe_default_falls_back_to_root():
     assert safe_redirect(None, make_config(), default="//evil") == ORIGIN + "/"
+
+
+def test_longest_target_is_kept_and_one_more_character_is_not():
+    path = "/deep?q=" + "a" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - len("/deep?q="))
+    assert safe_redirect(path, make_config()) == ORIGIN + path
+    assert len(ORIGIN + path) == MAX_REDIRECT_LENGTH
+    assert safe_redirect(path + "a", make_config(), default="/home") == ORIGIN + "/home"
+    assert safe_redirect(ORIGIN + path + "a", make_config(), default="/home") == ORIGIN + "/home"
+
+
+def test_login_cookie_for_the_longest_target_fits_in_a_browser():
+    """The target rides in the login cookie: a browser drops a cookie over 4096 bytes (name and value,
+    RFC 6265 §6.1), and the sign-in could then never complete. The worst case must fit with room to spare."""
+    config = make_config()
+    target = safe_redirect("/" + "%" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - 1), config)
+    assert len(target) == MAX_REDIRECT_LENGTH
+    state, (verifier, _) = random_token(), pkce_pair()
+    login = LoginState(state=state, verifier=verifier, nonce=random_token(), rd=target, created=1.7e9)
+    name = config.cookie.name + "_login_" + state
+    sealed = Sealer(config.cookie.keys).seal(json.dumps(asdict(login)).encode(), name.encode())
+    assert len(name) + len(sealed) <= 4096 - 512
 
 
 def _req(headers):
