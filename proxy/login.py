@@ -78,7 +78,9 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
                 _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
             return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The rest as written, so a browser reads it as we do (an empty "?" or a fragment included).
+        rest = target[len(parts.scheme) + len("://") + len(parts.netloc):]
+        target = rest if rest.startswith("/") else "/" + rest
     if target.startswith("//"):
         return None
     decoded = target

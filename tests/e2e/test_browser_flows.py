@@ -7,17 +7,35 @@ jar for every tab.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import re
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import BrowserContext, Page
+from playwright.async_api import Error as PlaywrightError
 
-from proxy.login import MAX_REDIRECT_LENGTH
+from proxy.login import MAX_REDIRECT_LENGTH, safe_redirect
 from tests.e2e.test_browser_login import _on_login_form, echo_page, sign_in
+from tests.integration.test_hostile_browser import REDIRECT_PAYLOADS, expand, origin_of
 from tests.support.echo import header_values
+from tests.unit.conftest import make_config
+from tests.unit.test_login import SAFE, UNSAFE
 
 pytestmark = pytest.mark.e2e
+
+# The brief's own list, besides the unit and hostile-browser payloads: on public_url's host, another
+# port, another scheme, encodings, and a look-alike of the host.
+BRIEF_PAYLOADS = [
+    "//evil", "/\\evil", "\\/evil", "/%5Cevil", "/%09/evil", "https:evil", "javascript:alert(1)",
+    "data:text/html,x", "/\t/evil", "/\r/evil", "/\n/evil", "https://public@evil", "%2F%2Fevil",
+    "https://app.example.com:1/", "https://app.example.com/x", "http:app.example.com/x", "http:/evil",
+    "http:\\\\evil", "/%2e%2e/%2e%2e//evil", "/..//evil", "/.//evil", "https://app.example.com//evil/",
+    "https://app.example.com\t/x", "ht\ttp://evil/", "/x?next=//evil", "/x#//evil", "https://xn--pp-8cd.example.com/",
+]
 
 
 async def sign_in_if_asked(page: Page, issuer: str, username: str = "alice") -> None:
@@ -53,3 +71,142 @@ async def test_a_deep_link_too_long_for_the_login_cookie_still_signs_in(stack, c
     await sign_in_if_asked(page, stack.idp.issuer)
     assert page.url == longest
     assert await echo_page(page) == ("alice", longest.removeprefix(stack.url))
+
+
+# -- where chromium goes with each Location ------------------------------------------------------------------
+
+
+class LocationServer:
+    """Answers ``GET /go/<n>`` with a 302 whose ``Location`` is ``locations[n]``, written byte for byte (no
+    HTTP library in between to refuse or clean it), and every other request with 200: the page landed on."""
+
+    def __init__(self) -> None:
+        self.locations: list[str] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def origin(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            target = head.split(b" ", 2)[1].decode("latin-1")
+            if re.fullmatch(r"/go/\d+", target):
+                location = self.locations[int(target.removeprefix("/go/"))].encode("utf-8")
+                writer.write(b"HTTP/1.1 302 Found\r\nLocation: " + location +
+                             b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
+                             b"Connection: close\r\n\r\nlanded")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def location_server() -> AsyncIterator[LocationServer]:
+    server = LocationServer()
+    await server.start()
+    yield server
+    await server.close()
+
+
+class Follower:
+    """Where chromium's network stack goes with a given ``Location``: the URL of the request it makes next, or
+    None when it makes none (it refuses to redirect to javascript:, data:, an invalid URL...)."""
+
+    def __init__(self, page: Page, server: LocationServer) -> None:
+        self.page, self.server = page, server
+        self.requested: list[str] = []
+
+    async def install(self) -> None:
+        # Every hop of a redirect chain is a "request" event; names other than 127.0.0.1 do not resolve
+        # (the browser fixture's host-resolver rule), so an off-origin hop is seen but goes nowhere.
+        self.page.on("request", lambda request: self.requested.append(request.url))
+
+    async def where(self, location: str) -> str | None:
+        self.server.locations.append(location)
+        start = f"{self.server.origin}/go/{len(self.server.locations) - 1}"
+        self.requested.clear()
+        try:
+            await self.page.goto(start, wait_until="commit")
+        except PlaywrightError:
+            pass                            # blocked off-origin, or a redirect chromium refused
+        assert self.requested[:1] == [start], self.requested
+        return self.requested[1] if len(self.requested) > 1 else None
+
+
+def _is_header_safe(payload: str) -> bool:
+    """Whether the payload can be written into a Location header at all (CR, LF, NUL would end or break it)."""
+    return not any(ch in payload for ch in "\r\n\x00")
+
+
+FALLBACK = "/fallback-marker"
+
+
+async def _check_against_chromium(follower: Follower, payloads: list[str], origin: str) -> dict[str, str]:
+    """Each payload P through ``safe_redirect``: our answer must land on ``origin`` in chromium and, if P
+    was accepted, where chromium goes with our answer must be where it would go with P itself."""
+    config = make_config(public_url=origin)
+    failures: dict[str, str] = {}
+    for payload in payloads:
+        ours = safe_redirect(payload, config, default=FALLBACK)
+        landed = await follower.where(ours)
+        if landed is None or origin_of(landed) != origin:
+            failures[payload] = f"our answer {ours!r} took chromium to {landed!r}"
+        elif ours != origin + FALLBACK and _is_header_safe(payload):
+            raw = await follower.where(payload)
+            if raw != landed:
+                failures[payload] = f"accepted as {ours!r}, but chromium reads it as {raw!r}"
+    return failures
+
+
+async def test_safe_redirect_agrees_with_chromium_on_every_payload(location_server, page):
+    """The payload lists of the unit and hostile-browser tests, and the brief's, written raw into a Location
+    header: many take chromium off the origin. ``safe_redirect`` must refuse exactly those (and everything
+    it cannot vouch for), and whatever it keeps must mean to chromium what it means to us."""
+    origin = location_server.origin
+    follower = Follower(page, location_server)
+    await follower.install()
+    payloads = list(dict.fromkeys(
+        [expand(p, origin) for p in REDIRECT_PAYLOADS] + UNSAFE + [t for t, _ in SAFE] + BRIEF_PAYLOADS))
+    payloads = [p.replace("https://app.example.com", origin).replace("app.example.com", urlsplit(origin).netloc)
+                for p in payloads]
+    off_origin = []
+    for payload in payloads:
+        if _is_header_safe(payload):
+            raw = await follower.where(payload)
+            if raw is not None and origin_of(raw) != origin:
+                off_origin.append(payload)
+    assert len(off_origin) >= 25, off_origin          # the lists are real attacks on a naive redirect
+    assert await _check_against_chromium(follower, payloads, origin) == {}
+
+
+async def test_safe_redirect_agrees_with_chromium_on_fuzzed_targets(location_server, page):
+    """Random targets built from the pieces URL parsers disagree on (slashes, backslashes, tabs, encodings,
+    "@", ":", dots, hosts): the same two promises as above, on 300 of them."""
+    origin = location_server.origin
+    follower = Follower(page, location_server)
+    await follower.install()
+    rng = random.Random(13)
+    pieces = ["/", "//", "\\", "%2F", "%2f", "%5C", "%09", "\t", " ", "@", ":", ".", "..", "%2e", "#", "?", "%",
+              "evil.example", urlsplit(origin).netloc, "127.0.0.1", "http:", "https:", origin, "a", "%0a", "\u2215"]
+    starts = ["", "/", "/a/", origin, origin + "/"]          # most targets start like a real one, then go wrong
+    payloads = list(dict.fromkeys(rng.choice(starts) + "".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+                                  for _ in range(300)))
+    accepted = [p for p in payloads if safe_redirect(p, make_config(public_url=origin), default=FALLBACK)
+                != origin + FALLBACK]
+    assert len(accepted) >= 40, len(accepted)         # enough kept targets for the comparison to mean something
+    assert await _check_against_chromium(follower, payloads, origin) == {}

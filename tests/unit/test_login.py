@@ -1,10 +1,10 @@
 """The redirect guard and the navigation test: the two decisions every login redirect depends on."""
 
-import pytest
-from aiohttp.test_utils import make_mocked_request
-
 import json
 from dataclasses import asdict
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from proxy.crypto import Sealer, pkce_pair, random_token
 from proxy.login import MAX_REDIRECT_LENGTH, LoginState, is_navigation, safe_redirect
@@ -20,6 +20,10 @@ SAFE = [
     ("HTTPS://APP.EXAMPLE.COM/x", ORIGIN + "/x"),
     ("https://app.example.com:443/x", ORIGIN + "/x"),
     ("https://app.example.com", ORIGIN + "/"),
+    # the rest of an absolute URL as written: chromium keeps an empty "?" and a fragment, so do we
+    ("https://app.example.com/x?", ORIGIN + "/x?"),
+    ("https://app.example.com/x#part", ORIGIN + "/x#part"),
+    ("https://app.example.com?q=1", ORIGIN + "/?q=1"),
     ("/%2Fnot-a-host-but-a-path-segment-after-one-slash", None),   # decodes to //…: refused
 ]
 
