@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
@@ -48,6 +49,10 @@ MAX_REDIRECT_LENGTH = 2048
 # read "\" as "/"), spaces, and '"', "<", ">", which RFC 3986 excludes and browsers always send
 # percent-encoded (so only a hand-made target has them raw; '"' would also double in the cookie).
 _UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
+# The characters RFC 6749 §4.1.2.1 allows in an error response's ``error`` and ``error_description``.
+_OAUTH_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+# Parameters of the authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207), each allowed once.
+CALLBACK_PARAMETERS = ("state", "code", "iss", "error", "error_description", "error_uri")
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -185,6 +190,7 @@ async def handle_start(request: web.Request) -> web.StreamResponse:
 async def handle_callback(request: web.Request) -> web.StreamResponse:
     """The provider's redirect back (RFC 6749 §4.1.2): check, exchange, verify, start the session."""
     config, provider, q = request.app[CONFIG], request.app[PROVIDER], request.query
+    _refuse_repeated_parameters(q)
     state = q.get("state")
     if not state:
         raise StateMismatch("The sign-in response carried no state; start again from the application.")
@@ -196,7 +202,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     # The state is single-use: its cookie goes whatever happens next.
     defer_cookie(request, _login_cookie(config, name, "", 0))
     if "error" in q:
-        raise AuthorizationDenied(q["error"][:80], q.get("error_description"))
+        raise AuthorizationDenied(_plain_text(q["error"], 80) or "an error code that is not plain text",
+                                  _plain_text(q.get("error_description"), 200))
     # RFC 9207: a mix-up attack shows as an authorization response from another issuer — or, from a
     # provider that promises iss, as one without it (§2.4).
     if provider.is_oidc:
@@ -233,6 +240,24 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         # a same-site navigation from this page carries them.
         return html_redirect(target)
     raise web.HTTPFound(target, headers=NO_STORE)
+
+
+def _refuse_repeated_parameters(query: MultiMapping[str]) -> None:
+    """RFC 6749 §3.1: a response parameter "MUST NOT be included more than once". Two ``state``,
+    ``code`` or ``iss`` values leave it to whoever reads first which one counts — an appended
+    ``iss`` or ``code`` must not get a say — so such a response is refused before anything is used."""
+    for name in CALLBACK_PARAMETERS:
+        if len(query.getall(name, ())) > 1:
+            raise LoginError(f"The sign-in response carried {name} more than once; start again.")
+
+
+def _plain_text(value: str | None, limit: int) -> str | None:
+    """``value`` if it keeps to the characters RFC 6749 §4.1.2.1 allows in ``error`` and
+    ``error_description`` (printable ASCII but '"' and '\\'), cut to ``limit``; else None. The text is
+    shown on our origin and logged: no controls, no look-alike or right-to-left characters."""
+    if value is None or _OAUTH_TEXT.fullmatch(value) is None:
+        return None
+    return value[:limit]
 
 
 def html_redirect(target: str) -> web.Response:

@@ -5,9 +5,18 @@ from dataclasses import asdict
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from multidict import MultiDict
 
 from proxy.crypto import Sealer, pkce_pair, random_token
-from proxy.login import MAX_REDIRECT_LENGTH, LoginState, is_navigation, safe_redirect
+from proxy.errors import LoginError
+from proxy.login import (
+    MAX_REDIRECT_LENGTH,
+    LoginState,
+    _plain_text,
+    _refuse_repeated_parameters,
+    is_navigation,
+    safe_redirect,
+)
 from tests.unit.conftest import make_config
 
 ORIGIN = "https://app.example.com"
@@ -83,6 +92,42 @@ def test_login_cookie_for_the_longest_target_fits_in_a_browser():
     name = config.cookie.name + "_login_" + state
     sealed = Sealer(config.cookie.keys).seal(json.dumps(asdict(login)).encode(), name.encode())
     assert len(name) + len(sealed) <= 4096 - 512
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("access_denied", "access_denied"),
+    ("The user said no <b>thanks</b> & left.", "The user said no <b>thanks</b> & left."),
+    ("x" * 300, "x" * 200),
+    ("", ""),
+    (None, None),
+    ("line\r\nbreak", None),
+    ("tab\there", None),
+    ("nul\x00", None),
+    ('a "quote"', None),
+    ("back\\slash", None),
+    ("right-to-left \u202e", None),
+    ("look-\u0430like", None),
+    ("caf\u00e9", None),
+])
+def test_error_text_is_kept_only_within_rfc6749_characters(value, expected):
+    assert _plain_text(value, 200) == expected
+
+
+@pytest.mark.parametrize("pairs", [
+    [("state", "s"), ("code", "c"), ("iss", "https://idp"), ("iss", "https://evil")],
+    [("state", "s"), ("state", "t"), ("code", "c")],
+    [("state", "s"), ("code", "c"), ("code", "d")],
+    [("state", "s"), ("error", "access_denied"), ("error", "server_error")],
+    [("state", "s"), ("error", "e"), ("error_description", "a"), ("error_description", "b")],
+])
+def test_repeated_response_parameters_are_refused(pairs):
+    with pytest.raises(LoginError, match="more than once"):
+        _refuse_repeated_parameters(MultiDict(pairs))
+
+
+def test_single_response_parameters_and_unknown_repeats_pass():
+    _refuse_repeated_parameters(MultiDict([("state", "s"), ("code", "c"), ("iss", "https://idp"),
+                                           ("session_state", "x"), ("session_state", "y")]))
 
 
 def _req(headers):
