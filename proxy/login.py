@@ -53,6 +53,10 @@ _UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
 _OAUTH_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 # Parameters of the authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207), each allowed once.
 CALLBACK_PARAMETERS = ("state", "code", "iss", "error", "error_description", "error_uri")
+# Headers of the callback's answers. The callback's URL holds the code and state: a page there that
+# moves on by itself (``html_redirect``) would hand that URL to the app as Referer (RFC 9700 §4.2.4),
+# and a redirect's Referrer-Policy governs the request it leads to.
+AT_REDIRECT_URI = {**NO_STORE, "Referrer-Policy": "no-referrer"}
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -239,7 +243,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
         # a same-site navigation from this page carries them.
         return html_redirect(target)
-    raise web.HTTPFound(target, headers=NO_STORE)
+    raise web.HTTPFound(target, headers=AT_REDIRECT_URI)
 
 
 def _refuse_repeated_parameters(query: MultiMapping[str]) -> None:
@@ -263,7 +267,7 @@ def _plain_text(value: str | None, limit: int) -> str | None:
 def html_redirect(target: str) -> web.Response:
     body = (f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={escape(target)}">'
             f'<title>Signed in</title><p>Signed in. <a href="{escape(target)}">Continue</a></p>')
-    return web.Response(text=body, content_type="text/html", headers=NO_STORE)
+    return web.Response(text=body, content_type="text/html", headers=AT_REDIRECT_URI)
 
 
 async def handle_sign_out(request: web.Request) -> web.StreamResponse:

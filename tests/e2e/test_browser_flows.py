@@ -210,3 +210,19 @@ async def test_safe_redirect_agrees_with_chromium_on_fuzzed_targets(location_ser
                 != origin + FALLBACK]
     assert len(accepted) >= 40, len(accepted)         # enough kept targets for the comparison to mean something
     assert await _check_against_chromium(follower, payloads, origin) == {}
+
+
+# -- the page at the redirect URI ------------------------------------------------------------------------------
+
+
+async def test_code_and_state_do_not_reach_the_app_in_referer(stack_factory, context, page):
+    """With ``cookie.samesite: strict`` the callback answers a page that moves on by itself; chromium sends
+    the URL of that page — ``/oauth2/callback?code=…&state=…`` — as the next request's ``Referer`` to the app,
+    into its logs. RFC 9700 §4.2.4: the redirect endpoint's pages suppress the Referer."""
+    stack = await stack_factory(cookie={"samesite": "strict"})
+    await page.goto(stack.url + "/html/after-login")
+    await sign_in(page, stack.idp.issuer)
+    await page.wait_for_url(stack.url + "/html/after-login")
+    assert await echo_page(page) == ("alice", "/html/after-login")
+    referers = [value for record in stack.echo.seen for value in header_values(record, "Referer")]
+    assert not [r for r in referers if "code=" in r or "state=" in r or "/oauth2/callback" in r], referers
