@@ -32,9 +32,13 @@ pytestmark = pytest.mark.e2e
 BRIEF_PAYLOADS = [
     "//evil", "/\\evil", "\\/evil", "/%5Cevil", "/%09/evil", "https:evil", "javascript:alert(1)",
     "data:text/html,x", "/\t/evil", "/\r/evil", "/\n/evil", "https://public@evil", "%2F%2Fevil",
-    "https://app.example.com:1/", "https://app.example.com/x", "http:app.example.com/x", "http:/evil",
-    "http:\\\\evil", "/%2e%2e/%2e%2e//evil", "/..//evil", "/.//evil", "https://app.example.com//evil/",
-    "https://app.example.com\t/x", "ht\ttp://evil/", "/x?next=//evil", "/x#//evil", "https://xn--pp-8cd.example.com/",
+    "http:/evil", "http:\\\\evil", "/%2e%2e/%2e%2e//evil", "/..//evil", "/.//evil", "ht\ttp://evil/",
+    "/x?next=//evil", "/x#//evil", "https://xn--pp-8cd.example.com/",
+    # public_url's host on another scheme or port, spelled other ways, with userinfo
+    "{origin}/x", "{origin}//evil/", "{origin}\t/x", "HTTP://{host}/x", "https://{host}/x", "ws://{host}/x",
+    "ftp://{host}/x", "http://127.0.0.1:1/x", "http://{host}./x", "http:{host}/x", "http:/{host}/x",
+    "{origin}@evil/", "http://evil@{host}/x", "http://{host}%2F@evil/", "http://{host}%40evil/",
+    "{origin}%2F%2Fevil", "{origin}/%2F%2Fevil", "{origin}?//evil",
 ]
 
 
@@ -130,6 +134,7 @@ class Follower:
     def __init__(self, page: Page, server: LocationServer) -> None:
         self.page, self.server = page, server
         self.requested: list[str] = []
+        self.seen: dict[str, str | None] = {}
 
     async def install(self) -> None:
         # Every hop of a redirect chain is a "request" event; names other than 127.0.0.1 do not resolve
@@ -137,6 +142,11 @@ class Follower:
         self.page.on("request", lambda request: self.requested.append(request.url))
 
     async def where(self, location: str) -> str | None:
+        if location not in self.seen:
+            self.seen[location] = await self._follow(location)
+        return self.seen[location]
+
+    async def _follow(self, location: str) -> str | None:
         self.server.locations.append(location)
         start = f"{self.server.origin}/go/{len(self.server.locations) - 1}"
         self.requested.clear()
@@ -181,9 +191,9 @@ async def test_safe_redirect_agrees_with_chromium_on_every_payload(location_serv
     follower = Follower(page, location_server)
     await follower.install()
     payloads = list(dict.fromkeys(
-        [expand(p, origin) for p in REDIRECT_PAYLOADS] + UNSAFE + [t for t, _ in SAFE] + BRIEF_PAYLOADS))
-    payloads = [p.replace("https://app.example.com", origin).replace("app.example.com", urlsplit(origin).netloc)
-                for p in payloads]
+        [expand(p, origin) for p in REDIRECT_PAYLOADS + BRIEF_PAYLOADS] +
+        [p.replace("https://app.example.com", origin).replace("app.example.com", urlsplit(origin).netloc)
+         for p in UNSAFE + [t for t, _ in SAFE]]))
     off_origin = []
     for payload in payloads:
         if _is_header_safe(payload):
@@ -226,3 +236,25 @@ async def test_code_and_state_do_not_reach_the_app_in_referer(stack_factory, con
     assert await echo_page(page) == ("alice", "/html/after-login")
     referers = [value for record in stack.echo.seen for value in header_values(record, "Referer")]
     assert not [r for r in referers if "code=" in r or "state=" in r or "/oauth2/callback" in r], referers
+
+
+# -- two tabs ----------------------------------------------------------------------------------------------------
+
+
+async def test_two_tabs_sign_in_at_once_and_each_lands_on_its_own_page(stack, context, page):
+    """Two tabs of one browser hit protected pages before either has signed in: two logins in flight, two
+    login cookies in chromium's one jar. Each tab finishes at the provider and lands on its own page."""
+    other = await context.new_page()
+    await page.goto(stack.url + "/html/tab-a?n=1")
+    await other.goto(stack.url + "/html/tab-b")
+    assert _on_login_form(page, stack.idp.issuer) and _on_login_form(other, stack.idp.issuer)
+    logins = [c["name"] for c in await context.cookies(stack.url) if c["name"].startswith("_authproxy_login_")]
+    assert len(logins) == 2
+
+    await sign_in(page, stack.idp.issuer, "alice")
+    assert page.url == stack.url + "/html/tab-a?n=1"
+    await sign_in_if_asked(other, stack.idp.issuer, "alice")
+    assert other.url == stack.url + "/html/tab-b"
+    assert await echo_page(page) == ("alice", "/html/tab-a?n=1")
+    assert await echo_page(other) == ("alice", "/html/tab-b")
+    assert not [c for c in await context.cookies(stack.url) if c["name"].startswith("_authproxy_login_")]
