@@ -30,6 +30,7 @@ from .crypto import pkce_pair, random_token
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .metrics import METRICS
 from .pages import NO_STORE, html_page
+from .provider import Provider
 from .session import Session, commit_session, defer_cookie, get_session, set_session
 from .websocket import close_session_sockets
 
@@ -205,18 +206,11 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
                             "(or it was already used, or it is older than 10 minutes); start again.")
     # The state is single-use: its cookie goes whatever happens next.
     defer_cookie(request, _login_cookie(config, name, "", 0))
+    if provider.is_oidc:
+        _check_issuer(q.get("iss"), provider, config)
     if "error" in q:
         raise AuthorizationDenied(_plain_text(q["error"], 80) or "an error code that is not plain text",
                                   _plain_text(q.get("error_description"), 200))
-    # RFC 9207: a mix-up attack shows as an authorization response from another issuer — or, from a
-    # provider that promises iss, as one without it (§2.4).
-    if provider.is_oidc:
-        iss, meta = q.get("iss"), provider.metadata
-        if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
-            raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
-                                       "promises one (RFC 9207)")
-        if iss is not None and iss != config.provider.issuer:
-            raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
     code = q.get("code")
     if not code:
         raise LoginError("The sign-in response carried no authorization code; start again.")
@@ -244,6 +238,18 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         # a same-site navigation from this page carries them.
         return html_redirect(target)
     raise web.HTTPFound(target, headers=AT_REDIRECT_URI)
+
+
+def _check_issuer(iss: str | None, provider: Provider, config: Config) -> None:
+    """RFC 9207 §2.4: a mix-up attack shows as an authorization response from another issuer — or, from
+    a provider that promises ``iss``, as one without it. Error responses are authorization responses
+    too (§2): checked first, so another issuer's error text is never shown as our provider's."""
+    meta = provider.metadata
+    if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
+        raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
+                                   "promises one (RFC 9207)")
+    if iss is not None and iss != config.provider.issuer:
+        raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
 
 
 def _refuse_repeated_parameters(query: MultiMapping[str]) -> None:

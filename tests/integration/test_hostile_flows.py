@@ -7,8 +7,9 @@ upstream and proxy, driven by scripts posing as one or more browsers.
 - login CSRF: an attacker's own ``code`` and ``state`` delivered to a victim's browser, and an attacker's
   code paired with the victim's ``state`` (PKCE stops it at the provider);
 - session fixation with server-side sessions, and a sign-in as someone else replacing the session;
-- the authorization response: repeated parameters (RFC 6749 §3.1), an error response whose text is the
-  attacker's (escaped, bounded, plain text only, and never shown without the browser's own state);
+- the authorization response: repeated parameters (RFC 6749 §3.1), ``iss`` checked on error responses too
+  (RFC 9207), an error response whose text is the attacker's (escaped, bounded, plain text only, and never
+  shown without the browser's own state);
 - CORS on the proxy's own endpoints, from hostile origins and ``Origin: null``;
 - HTTP/1.0, a missing or hostile ``Host`` and absolute-form targets at ``/oauth2/start`` and the callback:
   ``redirect_uri`` and every ``Location`` come from ``public_url`` only;
@@ -25,7 +26,7 @@ import json
 import re
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import aiohttp
 import pytest
@@ -288,6 +289,50 @@ async def test_callback_with_another_or_no_iss_from_the_real_provider_is_refused
     assert stack.idp.count_grants("authorization_code", ok=None) == 0
 
 
+async def real_error_response(browser: aiohttp.ClientSession, stack: Any) -> str:
+    """The real provider's error response: start a login, press the login page's cancel ("abort") link, and
+    return where the provider sends the browser back (not followed)."""
+    url = await authorize_url(browser, stack, "/x")
+    for _ in range(6):
+        async with browser.get(url, headers=HTML, allow_redirects=False) as resp:
+            location, body = resp.headers.get("Location"), await resp.text()
+        if location is None:
+            abort = re.search(r'href="([^"]*/abort)"', body)
+            assert abort, body[:300]
+            location = abort.group(1)
+        url = urljoin(url, location)
+        if urlsplit(url).path == "/oauth2/callback":
+            return url
+    raise AssertionError(f"the provider never sent the browser back: {url}")
+
+
+async def test_error_response_from_the_real_provider_is_a_clean_denial(stack):
+    """The user cancels at oidc-provider: its error response carries ``iss`` (RFC 9207 §2) and becomes a
+    403 page saying the provider did not grant access, with its plain-text description."""
+    async with loopback_browser() as browser:
+        callback = await real_error_response(browser, stack)
+        query = query_of(callback)
+        assert query["error"] == "access_denied" and query["iss"] == stack.idp.issuer
+        status, _, body = await arrive(browser, callback)
+    assert_clean_page(status, body, 403)
+    assert "(access_denied): End-User aborted interaction." in html.unescape(body)
+
+
+@pytest.mark.parametrize("iss", ["http://127.0.0.1:1/mix-up", None], ids=["another-issuer", "no-iss"])
+async def test_error_response_from_another_issuer_is_refused_as_a_mix_up(stack, iss):
+    """RFC 9207 §2.4 covers error responses too: one naming another issuer (or none, from a provider that
+    promises iss) is the mix-up attacker's, so the page says the security check failed — and never shows
+    that issuer's text as if our provider had said it."""
+    async with loopback_browser() as browser:
+        callback = await real_error_response(browser, stack)
+        pairs = [(k, v) for k, v in query_of(callback).items() if k not in ("iss", "error_description")]
+        pairs += [("error_description", "Your account is locked. Call +1-555-0100.")] + ([("iss", iss)] if iss else [])
+        status, _, body = await arrive(browser, with_query(callback, pairs))
+    assert_clean_page(status, body, 502)
+    shown = html.unescape(re.sub(r"<[^>]*>", "", body))         # the text, not the links' URLs
+    assert "(iss)" in shown and "555" not in shown and "did not grant access" not in shown
+
+
 HOSTILE_DESCRIPTION = "<script>alert(1)</script><img src=x onerror=alert(1)> Call +1-555-0100 now. " + "x" * 6000
 
 
@@ -298,7 +343,8 @@ async def test_error_response_text_is_escaped_bounded_and_needs_the_browsers_sta
         to_provider = await authorize_url(browser, stack, "/x")
         state = query_of(to_provider)["state"]
         crafted = stack.url + "/oauth2/callback?" + urlencode({
-            "state": state, "error": "access_denied<b>", "error_description": HOSTILE_DESCRIPTION})
+            "state": state, "iss": stack.idp.issuer, "error": "access_denied<b>",
+            "error_description": HOSTILE_DESCRIPTION})
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as stranger:
             status, _, body = await arrive(stranger, crafted)
             assert_clean_page(status, body, 403)
@@ -325,7 +371,7 @@ async def test_error_response_text_outside_rfc6749_is_not_shown(stack, proxy_rec
     async with loopback_browser() as browser:
         state = query_of(await authorize_url(browser, stack, "/x"))["state"]
         crafted = stack.url + "/oauth2/callback?" + urlencode({
-            "state": state, "error": "access_denied", "error_description": description})
+            "state": state, "iss": stack.idp.issuer, "error": "access_denied", "error_description": description})
         status, _, body = await arrive(browser, crafted)
         assert_clean_page(status, body, 403)
         text = html.unescape(body)
@@ -333,7 +379,8 @@ async def test_error_response_text_outside_rfc6749_is_not_shown(stack, proxy_rec
         assert description not in text
         assert "555" not in text and "forged" not in text and "backslash" not in text
         status, _, body = await arrive(browser, stack.url + "/oauth2/callback?" + urlencode({
-            "state": query_of(await authorize_url(browser, stack, "/y"))["state"], "error": "denied\r\nX: 1"}))
+            "state": query_of(await authorize_url(browser, stack, "/y"))["state"], "iss": stack.idp.issuer,
+            "error": "denied\r\nX: 1"}))
         assert_clean_page(status, body, 403)
         assert "not plain text" in html.unescape(body)
     logged = "\n".join(proxy_records())
@@ -415,7 +462,8 @@ async def test_login_start_takes_redirect_uri_from_public_url_only(stack):
     heads = {
         "HTTP/1.0 without Host": "GET {path} HTTP/1.0\r\nAccept: text/html\r\n\r\n",
         "HTTP/1.0 with a hostile Host": "GET {path} HTTP/1.0\r\nHost: evil.example\r\nAccept: text/html\r\n\r\n",
-        "HTTP/1.1 with an empty Host": "GET {path} HTTP/1.1\r\nHost: \r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 with an empty Host": ("GET {path} HTTP/1.1\r\nHost: \r\nAccept: text/html\r\n"
+                                        "Connection: close\r\n\r\n"),
         "absolute-form naming another host": ("GET http://evil.example{path} HTTP/1.1\r\nHost: evil.example\r\n"
                                               "Accept: text/html\r\nConnection: close\r\n\r\n"),
         "absolute-form naming us, Host another": (f"GET http://{host}{{path}} HTTP/1.1\r\nHost: evil.example\r\n"
