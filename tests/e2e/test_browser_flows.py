@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
 from playwright.async_api import BrowserContext, Page
 from playwright.async_api import Error as PlaywrightError
 
@@ -22,6 +23,7 @@ from proxy.login import MAX_REDIRECT_LENGTH, safe_redirect
 from tests.e2e.test_browser_login import _on_login_form, echo_page, sign_in
 from tests.integration.test_hostile_browser import REDIRECT_PAYLOADS, expand, origin_of
 from tests.support.echo import header_values
+from tests.support.ports import free_port
 from tests.unit.conftest import make_config
 from tests.unit.test_login import SAFE, UNSAFE
 
@@ -258,3 +260,61 @@ async def test_two_tabs_sign_in_at_once_and_each_lands_on_its_own_page(stack, co
     assert await echo_page(page) == ("alice", "/html/tab-a?n=1")
     assert await echo_page(other) == ("alice", "/html/tab-b")
     assert not [c for c in await context.cookies(stack.url) if c["name"].startswith("_authproxy_login_")]
+
+
+# -- another origin reading who the user is -------------------------------------------------------------------
+
+
+HOSTILE_PAGE = "<!doctype html><title>hostile</title><p>nothing to see"
+
+
+@pytest.fixture
+async def other_origins() -> AsyncIterator[tuple[str, str]]:
+    """Two pages on other origins of the same host: (hostile, allowed). Another port is cross-origin but
+    same-site, so chromium sends the proxy's SameSite=Lax cookies with their credentialed requests — the
+    strongest position a hostile page could have."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=HOSTILE_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ports = free_port(), free_port()
+    for port in ports:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+    await runner.cleanup()
+
+
+READ = """async url => {
+    try {
+        const r = await fetch(url, {credentials: "include"});
+        return "read " + r.status + " " + (await r.text()).slice(0, 200);
+    } catch (e) { return "refused: " + e.name; }
+}"""
+
+
+async def test_another_origin_cannot_read_the_users_identity(stack_factory, other_origins, context, page):
+    """A signed-in user visits a hostile page — one on another origin, and an ``Origin: null`` one (a data:
+    URL, as sandboxed frames have). Its credentialed fetches of /oauth2/userinfo, /oauth2/auth and proxied
+    pages carry the user's cookie, but chromium lets it read none of the answers. The origin the operator
+    allowed (cors.allowed_origins) can read the gate's 401, which is what it is for."""
+    hostile, allowed = other_origins
+    stack = await stack_factory(cors={"allowed_origins": [allowed], "allow_credentials": True})
+    await page.goto(stack.url + "/html/home")
+    await sign_in(page, stack.idp.issuer)
+    assert (await echo_page(page))[0] == "alice"
+    targets = [stack.url + p for p in ("/oauth2/userinfo", "/oauth2/auth", "/api/data", "/html/home")]
+
+    await page.goto(hostile + "/")
+    seen = len(stack.echo.seen)
+    assert [await page.evaluate(READ, url) for url in targets] == ["refused: TypeError"] * len(targets)
+    # The cookies went along (the app answered as alice), so only CORS stood in the way.
+    assert [header_values(r, "X-Forwarded-User") for r in stack.echo.seen[seen:]] == [["alice"]] * 2
+    await page.goto("data:text/html,<title>null origin</title>")
+    assert [await page.evaluate(READ, url) for url in targets] == ["refused: TypeError"] * len(targets)
+
+    await page.goto(allowed + "/")
+    answer = await page.evaluate(READ.replace('"include"', '"omit"'), stack.url + "/api/data")
+    assert answer.startswith("read 401 ") and "login_url" in answer, answer
