@@ -108,8 +108,9 @@ async def test_two_tabs_signing_in_at_once_each_land_on_their_own_target(stack):
         back_b = await authorization_response_via_http(browser, to_b)       # the provider remembers
         assert query_of(back_a)["state"] == query_of(to_a)["state"] != query_of(back_b)["state"]
 
-        status, location, _ = await arrive(browser, back_b)
-        assert (status, location) == (302, stack.url + "/tab-b")
+        async with browser.get(back_b, headers=HTML, allow_redirects=False) as resp:
+            assert (resp.status, resp.headers["Location"]) == (302, stack.url + "/tab-b")
+            assert resp.headers["Referrer-Policy"] == "no-referrer"       # the code stays out of Referer
         status, location, _ = await arrive(browser, back_a)
         assert (status, location) == (302, stack.url + "/tab-a?n=1")
         assert not [c.key for c in browser.cookie_jar if c.key.startswith(LOGIN_PREFIX) and c.value]
@@ -356,6 +357,13 @@ async def test_error_response_text_is_escaped_bounded_and_needs_the_browsers_sta
     text = html.unescape(body)
     assert "access_denied<b>" in text
     assert "x" * 200 not in text and len(body) < 6000
+    async with loopback_browser() as browser:
+        state = query_of(await authorize_url(browser, stack, "/x"))["state"]
+        status, _, body = await arrive(browser, stack.url + "/oauth2/callback?" + urlencode({
+            "state": state, "iss": stack.idp.issuer, "error": "access_denied", "error_description": "y" * 20_000}))
+    assert status in (400, 414), (status, body[:200])       # too long a request line: aiohttp's own refusal
+    async with aiohttp.ClientSession() as client, client.get(stack.url + "/ping") as resp:
+        assert resp.status == 200
 
 
 @pytest.mark.parametrize("description", [

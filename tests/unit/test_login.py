@@ -14,6 +14,7 @@ from proxy.login import (
     LoginState,
     _plain_text,
     _refuse_repeated_parameters,
+    html_redirect,
     is_navigation,
     safe_redirect,
 )
@@ -128,6 +129,14 @@ def test_repeated_response_parameters_are_refused(pairs):
 def test_single_response_parameters_and_unknown_repeats_pass():
     _refuse_repeated_parameters(MultiDict([("state", "s"), ("code", "c"), ("iss", "https://idp"),
                                            ("session_state", "x"), ("session_state", "y")]))
+
+
+def test_sign_in_page_sends_no_referer_and_escapes_its_target():
+    """The page at the callback URL (samesite strict) must not hand ``?code=…&state=…`` on as Referer."""
+    response = html_redirect("https://app.example.com/x?a=1&b='2'")
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "url=https://app.example.com/x?a=1&amp;b=&#x27;2&#x27;" in response.text
 
 
 def _req(headers):
