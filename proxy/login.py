@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -58,6 +58,8 @@ CALLBACK_PARAMETERS = ("state", "code", "iss", "error", "error_description", "er
 # moves on by itself (``html_redirect``) would hand that URL to the app as Referer (RFC 9700 §4.2.4),
 # and a redirect's Referrer-Policy governs the request it leads to.
 AT_REDIRECT_URI = {**NO_STORE, "Referrer-Policy": "no-referrer"}
+# Every ASCII character: ``quote`` keeps these as they are and percent-encodes the rest.
+_ASCII = "".join(map(chr, range(128)))
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -66,9 +68,10 @@ def safe_redirect(target: str | None, config: Config, default: str = "/") -> str
     """An absolute URL on ``public_url``'s origin for ``target``, or for ``default`` if it is unsafe.
 
     Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
-    origin is exactly ``public_url``'s without userinfo. Everything else — scheme-relative
-    (``//host``), backslashes, encoded slashes that decode to ``//``, other schemes, controls,
-    non-ASCII, ``"<>``, a result longer than ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
+    origin is exactly ``public_url``'s without userinfo; non-ASCII characters are percent-encoded
+    first, as a browser would. Everything else — scheme-relative (``//host``), backslashes, encoded
+    slashes that decode to ``//``, other schemes, controls, ``"<>``, a result longer than
+    ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
     """
     origin = config.public_origin
     for candidate in (target, default):
@@ -79,7 +82,8 @@ def safe_redirect(target: str | None, config: Config, default: str = "/") -> str
 
 
 def _same_origin_path(target: str | None, origin: str) -> str | None:
-    if not target or len(target) > MAX_REDIRECT_LENGTH or not target.isascii() or _UNSAFE_REDIRECT.search(target):
+    target = _encode_non_ascii(target) if target else None
+    if not target or len(target) > MAX_REDIRECT_LENGTH or _UNSAFE_REDIRECT.search(target):
         return None
     if not target.startswith("/"):
         parts = urlsplit(target)
@@ -99,6 +103,16 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         if decoded.startswith("//") or decoded.startswith("/\\") or _UNSAFE_DECODED.search(decoded.split("?")[0]):
             return None
     return target
+
+
+def _encode_non_ascii(target: str) -> str | None:
+    """``target`` with every non-ASCII character percent-encoded as UTF-8, as a browser sends a URL
+    (WHATWG URL §4.4: path and query are UTF-8 percent-encoded), so "/café" is kept as "/caf%C3%A9"
+    and a look-alike ("/／／evil") becomes a path of our own. None if it cannot be encoded."""
+    try:
+        return quote(target, safe=_ASCII)
+    except UnicodeEncodeError:          # a lone surrogate
+        return None
 
 
 def _default_port_origin(scheme: str, netloc: str) -> str:

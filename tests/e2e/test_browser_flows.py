@@ -41,6 +41,8 @@ BRIEF_PAYLOADS = [
     "ftp://{host}/x", "http://127.0.0.1:1/x", "http://{host}./x", "http:{host}/x", "http:/{host}/x",
     "{origin}@evil/", "http://evil@{host}/x", "http://{host}%2F@evil/", "http://{host}%40evil/",
     "{origin}%2F%2Fevil", "{origin}/%2F%2Fevil", "{origin}?//evil",
+    # non-ASCII, which safe_redirect percent-encodes as chromium does
+    "/wiki/Caf\u00e9?q=\u00fc", "{origin}/\u00e9", "/\uff0f\uff0fevil", "/\u2215\u2215evil", "//evil\u3002example",
 ]
 
 

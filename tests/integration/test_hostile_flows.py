@@ -158,6 +158,16 @@ async def test_one_tabs_expired_login_does_not_spoil_another(stack_factory):
     assert stack.idp.count_grants("authorization_code") == 1
 
 
+async def test_non_ascii_target_comes_back_as_a_browser_encodes_it(stack):
+    """``/oauth2/start?rd=/wiki/Café`` (a link typed or built without encoding the path: chromium sends the
+    query UTF-8 percent-encoded, and it arrives decoded) returns to that page, percent-encoded as a browser
+    would request it — not to the start page."""
+    async with loopback_browser() as browser:
+        result = await login_via_http(browser, stack.url + "/oauth2/start?" + urlencode({"rd": "/wiki/Café?q=ü"}))
+    assert result.status == 200 and result.url == stack.url + "/wiki/Caf%C3%A9?q=%C3%BC"
+    assert json.loads(result.body_text)["raw_path"] == "/wiki/Caf%C3%A9?q=%C3%BC"
+
+
 # -- login CSRF ----------------------------------------------------------------------------------------------------
 
 

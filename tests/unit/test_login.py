@@ -34,6 +34,11 @@ SAFE = [
     ("https://app.example.com/x?", ORIGIN + "/x?"),
     ("https://app.example.com/x#part", ORIGIN + "/x#part"),
     ("https://app.example.com?q=1", ORIGIN + "/?q=1"),
+    # non-ASCII is percent-encoded as UTF-8, as a browser sends it: a look-alike slash is only a path here
+    ("/caf\u00e9?q=\u00fc", ORIGIN + "/caf%C3%A9?q=%C3%BC"),
+    ("https://app.example.com/\u00e9", ORIGIN + "/%C3%A9"),
+    ("/\u2215\u2215evil.example", ORIGIN + "/%E2%88%95%E2%88%95evil.example"),
+    ("/\uff0f\uff0fevil.example", ORIGIN + "/%EF%BC%8F%EF%BC%8Fevil.example"),
     ("/%2Fnot-a-host-but-a-path-segment-after-one-slash", None),   # decodes to //…: refused
 ]
 
@@ -46,7 +51,7 @@ UNSAFE = [
     "/%5Cevil.example", "/%5cevil.example", "/\tevil.example", "/\n/evil.example", "/x\r\nSet-Cookie: a=b",
     "javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<script>alert(1)</script>", "vbscript:x",
     "ftp://app.example.com/", "http://app.example.com/", "https://app.example.com:444/", "HtTpS:evil.example",
-    "https://аpp.example.com/", "https://xn--pp-8cd.example.com/", "/\u2215\u2215evil.example", " /x", "evil.example",
+    "https://аpp.example.com/", "https://xn--pp-8cd.example.com/", " /x", "evil.example", "/\ud800x",
     "https://app.example.com\\@evil.example", "//app.example.com/", "/.\\/evil.example",
     # characters RFC 3986 excludes and browsers always percent-encode: only a hand-made target has them
     '/x"onmouseover="alert(1)', "/<script>alert(1)</script>", "/a>b", '/q?x="1"',
