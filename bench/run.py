@@ -58,6 +58,7 @@ class Scenario:
 SCENARIOS = (Scenario("tiny, 1 conn", "/tiny", 1), Scenario("tiny, 32 conn", "/tiny", 32),
              Scenario("100 KB, 32 conn", "/100k.bin", 32))
 NGINX, AUTHPROXY, APACHE = "nginx-direct", "authproxy", "mod_auth_openidc"
+BEFORE = "authproxy-before"          # --before-src: the same authproxy row, from another checkout
 
 
 def is_authproxy(name: str) -> bool:
@@ -224,6 +225,22 @@ def print_table(runs: dict[tuple[str, str, int], Run], targets: list[str], round
     return rows
 
 
+def print_before_after(runs: dict[tuple[str, str, int], Run], after: str, rounds: int) -> list[dict]:
+    """``after`` against ``BEFORE``: the change's own effect, as a ratio of figures measured in the same rounds."""
+    rows = []
+    print(f"\n{after} / {BEFORE}, median of per-round ratios [each round]")
+    print(f"{'scenario':<16} {'req/s':<30} {'CPU per request':<30}")
+    for scenario in SCENARIOS:
+        cells = []
+        for figure in ("rps", "cpu"):
+            med, each = median_ratio(runs, scenario, after, BEFORE, rounds, figure)
+            cells.append(f"{med:.2f} [{' '.join(f'{x:.2f}' for x in each)}]")
+            rows.append({"scenario": scenario.label, "ratio": f"{figure}: {after}/{BEFORE}", "median": med,
+                         "rounds": each})
+        print(f"{scenario.label:<16} {cells[0]:<30} {cells[1]}")
+    return rows
+
+
 async def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     problems: list[str] = []
@@ -232,6 +249,7 @@ async def main(args: argparse.Namespace) -> int:
     if load_before > 1.0:
         print(f"note: load average {load_before:.1f} before the start: something else is using this machine's "
               "CPUs; the ratios (same-round) are still comparable, the absolute figures less so")
+    before_of = ""
     async with Stack(keep=args.keep) as stack:
         nginx_proc, nginx_url = await stack.nginx({"100k.bin": FILE_SIZE})
         authproxy_port, apache_port = free_port(), free_port()
@@ -253,7 +271,19 @@ async def main(args: argparse.Namespace) -> int:
             proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url, source=Path(args.authproxy_src).resolve(),
                                               cookie=cookie, workers=args.workers_row)
             targets.append(Target(f"{AUTHPROXY}-w{args.workers_row}", url, targets[1].cookie, proc))
+        if args.before_src is not None:
+            # The same settings as the last authproxy row, from another checkout: "before" and "after" measured
+            # in one run, against the same baselines, in interleaved order.
+            mirrored = targets[-1] if args.workers_row is not None else targets[1]
+            workers = {"workers": args.workers_row} if args.workers_row is not None else settings
+            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url, source=Path(args.before_src).resolve(),
+                                              cookie=cookie, **workers)
+            targets.append(Target(BEFORE, url, targets[1].cookie, proc))
+            before_of = mirrored.name
         version = source_version(Path(args.authproxy_src))
+        if args.before_src is not None:
+            print(f"{BEFORE}: {source_version(Path(args.before_src))} from {Path(args.before_src).resolve()}, "
+                  f"in place of {before_of}")
         print(f"authproxy {version}, workers: {args.workers}, event loop: {event_loop()}; started in {time.monotonic() - started:.1f}s: nginx {nginx_url}, oidc-provider {idp.issuer}, "
               f"authproxy {authproxy_url} (pid {authproxy_proc.pid}), Apache {apache_url}; temp dir {stack.root}")
         expected: dict[tuple[str, str], int] = {}
@@ -286,6 +316,8 @@ async def main(args: argparse.Namespace) -> int:
         if args.profile:
             await profile_authproxy(targets[1], SCENARIOS[1], args.duration, Path(args.profile))
         rows = print_table(runs, [t.name for t in targets], args.rounds)
+        if before_of:
+            rows += print_before_after(runs, before_of, args.rounds)
         print("\nauthproxy peak RSS (VmHWM): " + ", ".join(f"{kib / 1024:.1f} MiB (pid {pid})"
                                                           for pid, kib in rss_kib.items()))
         for proc in (authproxy_proc, apache_proc):
@@ -333,12 +365,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--authproxy-src", default=str(Path(__file__).resolve().parents[1]), metavar="DIR",
                         help="the checkout whose proxy/ package runs (default: this one), e.g. a `git worktree` "
                              "of another commit, to compare two versions with the same command")
+    parser.add_argument("--before-src", default=None, metavar="DIR",
+                        help="also run authproxy from this checkout (e.g. a `git worktree` of main before a change) "
+                             "with the settings of the last authproxy row, and print after/before ratios")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     if args.time_limit is None:
-        planned = args.rounds * len(SCENARIOS) * (3 + bool(args.workers_row)) * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
+        planned = args.rounds * len(SCENARIOS) * (3 + bool(args.workers_row) + bool(args.before_src)) * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
         args.time_limit = 2 * planned + 120
     return args
 

@@ -10,7 +10,9 @@ The modules each own one boundary:
 
 - ``config``    reads YAML and the environment, validates everything once, freezes it;
 - ``crypto``    the only user of ``cryptography``: sealing values, random values, PKCE;
-- ``session``   the Session value, loading it lazily, writing its cookie as headers go out;
+- ``model``     the Session value: who the user is and their tokens, nothing about HTTP;
+- ``session``   loading the session lazily, writing its cookie as headers go out;
+- ``ending``    the one way a session ends: recorded in the store, applied here, fanned out;
 - ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;
 - ``provider``  the only code that talks to the identity provider (discovery, JWKS, grants);
 - ``login``     the ``/oauth2/*`` sign-in and sign-out endpoints and the safe-redirect guard;
@@ -28,9 +30,10 @@ The modules each own one boundary:
 - ``pages``     the proxy's own HTML/JSON answers;
 - ``app``       wires it together: resources, middleware order, routes.
 
-A request flows: error middleware → session middleware (lazy) → router → ``/oauth2/*`` handler or
-the catch-all (no session: 302 to login for a browser, 401 for an API client; else forward
-upstream) → session cookie written just before the response headers go out.
+A request flows: error middleware → router → ``/oauth2/*`` handler or the catch-all, which loads the
+session only if the request needs one (no session: 302 to login for a browser, 401 for an API client;
+else forward upstream) → session cookie written just before the response headers go out, unless the
+session ended meanwhile.
 """
 
 __version__ = "0.1.0"

@@ -33,9 +33,10 @@ from .provider import Provider
 from .refresh import Refresher
 from .backchannel import handle_backchannel_logout
 from .redis_store import RedisDenylist, RedisStore
-from .session import CODEC, SESSION_STATE, STORE, load_session, write_session_cookie
+from .ending import ENDS, FANOUT, Fanout, LocalFanout, SessionEnds
+from .session import CODEC, SESSION_STATE, STORE, write_session_cookie
 from .store import CookieStore, MemoryDenylist, SessionStore
-from .websocket import setup_websockets
+from .websocket import SOCKETS, setup_websockets
 from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
 log = logging.getLogger("authproxy")
@@ -68,24 +69,26 @@ REQUEST_IDS = web.AppKey("authproxy_request_ids", RequestIds)
 @dataclass
 class Lasting:
     """What a process keeps across configurations: a reload (SIGHUP) builds a new app around it, so the
-    metrics' counters keep counting and sessions ended by back-channel logout (kept in memory when there
-    is no Redis) stay ended."""
+    metrics' counters keep counting and ended sessions (kept in memory when there is no Redis) stay
+    ended."""
 
     metrics: Metrics = field(default_factory=Metrics)
-    denylist: MemoryDenylist | None = None     # made by the first app that needs it
+    denylist: MemoryDenylist | None = None     # made by the first app
 
 
 LASTING = web.AppKey("authproxy_lasting", Lasting)
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time,
-               lasting: Lasting | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_boundary, load_session], handler_args={"max_field_size": 16384})
+               lasting: Lasting | None = None, fanout: Fanout | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": 16384})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
     app[LASTING] = lasting = lasting or Lasting()
+    lasting.denylist = lasting.denylist or MemoryDenylist(clock)
+    app[FANOUT] = fanout or LocalFanout()
     app[METRICS] = lasting.metrics
     app[REQUEST_IDS] = RequestIds()
     app.cleanup_ctx.append(_store_ctx)
@@ -114,21 +117,22 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The session store: the cookie (with a logout denylist in Redis or memory), or Redis."""
+    """The session store — the cookie (with a denylist in Redis or memory), or Redis — and the one
+    way sessions end (``SessionEnds``), told of ends by the fan-out and telling the socket registry."""
     config, clock = app[CONFIG], app[CLOCK]
     redis = config.session.redis
+    local = app[LASTING].denylist
+    assert local is not None
     store: SessionStore
     if config.session.store == "redis" and redis is not None:
         store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock)
     else:
-        denylist: RedisDenylist | MemoryDenylist
-        if redis is not None:
-            denylist = RedisDenylist(redis, clock)
-        else:
-            lasting = app[LASTING]
-            denylist = lasting.denylist = lasting.denylist or MemoryDenylist(clock)
+        denylist = RedisDenylist(redis, app[SEALER].blind, clock) if redis is not None else local
         store = CookieStore(app[CODEC], denylist)
     app[STORE] = store
+    app[ENDS] = ends = SessionEnds(store, local, app[FANOUT], ttl=config.cookie.expire, clock=clock)
+    ends.hold(app[SOCKETS].session_ended)
+    app[FANOUT].subscribe(ends.apply)
     yield
     await store.close()
 

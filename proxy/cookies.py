@@ -10,8 +10,7 @@ Every authenticated request opens its cookie, so the two steps on that path are 
 and ``CookieCodec`` remembers the sessions it opened by their exact sealed value. ``cookie_header``
 builds the ``Set-Cookie`` values, for the session (``session.write_session_cookie``) and the login.
 
-The Session value and the request path that uses this codec are ``session.py``'s. That module
-imports this one, so the codec takes ``Session`` when it is built, not at import (``__init__``).
+The Session value is ``model.py``'s; the request path that uses this codec is ``session.py``'s.
 """
 
 from __future__ import annotations
@@ -21,16 +20,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.cookies import Morsel
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from .config import CookieConfig
 from .crypto import Sealer
 from .errors import CookieError, SessionTooLarge
-
-if TYPE_CHECKING:
-    from .session import Session
+from .model import Session
 
 # Bytes of sealed value per cookie: browsers cap name+value near 4096; leave room for the name.
 CHUNK_SIZE = 3800
@@ -44,8 +39,6 @@ class CookieCodec:
     """Turns a Session into ``(cookie name, value)`` pairs and back, chunking big values."""
 
     def __init__(self, config: CookieConfig, sealer: Sealer, clock: Callable[[], float] = time.time):
-        from .session import Session      # here, not at the top: session.py imports this module
-
         self.config = config
         self.name = config.name
         self._sealer = sealer

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import secrets
 import ssl
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ _KEY_ID_LEN = 4
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _HKDF_INFO = b"authproxy cookie sealing v1"
+# A second purpose of the cookie secret, so its own key: naming users and sessions in a store's keys.
+_BLIND_INFO = b"authproxy store key names v1"
 
 
 def b64url_encode(data: bytes) -> str:
@@ -47,8 +50,8 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def derive_key(secret: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+def derive_key(secret: bytes, info: bytes = _HKDF_INFO) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
 class Sealer:
@@ -65,6 +68,13 @@ class Sealer:
             self._ciphers.setdefault(key_id, AESGCM(key))
             if index == 0:
                 self._seal_id = key_id
+        self._blind_key = derive_key(secrets_[0], _BLIND_INFO)
+
+    def blind(self, value: str) -> str:
+        """A stable name for ``value`` (a ``sub``, ``sid`` or ``jti``) that only holders of the cookie
+        secret can compute: HMAC-SHA256 under a key derived for this purpose. A plain hash of a ``sub``
+        could be reversed by hashing guessed user names; this cannot without the secret."""
+        return hmac.new(self._blind_key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     def seal(self, plaintext: bytes, associated_data: bytes) -> str:
         nonce = secrets.token_bytes(_NONCE_LEN)

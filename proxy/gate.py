@@ -30,6 +30,7 @@ from .authz import (BadQueryRules, authorize, authorize_all, cors_headers, is_ap
                     rules_for, skips_auth)
 from .bearer import BearerRejected, bearer_token, invalid_token_header, verify_bearer
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
+from .ending import ENDS, Reason
 from .headers import identity_headers
 from .login import is_navigation, login_url, start_login
 from .metrics import METRICS
@@ -51,21 +52,28 @@ def route_path(request: web.Request) -> str:
 
 
 async def authenticate(request: web.Request) -> Session | None:
-    """The request's session with fresh tokens, or None (and the cookie cleared) if there is none."""
-    session = get_session(request)
+    """The request's session with fresh tokens, or None (and the cookie cleared) if there is none.
+
+    A refresh the provider refused, or an expiry with no way to refresh, ends the session (``SessionEnds``).
+    """
+    session = await get_session(request)
     if session is None:
         return None
     try:
         fresh = await request.app[REFRESHER].ensure_fresh(session)
     except SessionEnded:
-        set_session(request, None)
-        return None
+        return await _ended(request, session, Reason.REFRESH_REFUSED)
     if fresh is not session:
         set_session(request, fresh)
     elif session.access_expired(request.app[CLOCK]()):
-        set_session(request, None)       # expired with no way to refresh: sign in again
-        return None
+        return await _ended(request, session, Reason.EXPIRY)      # sign in again
     return fresh
+
+
+async def _ended(request: web.Request, session: Session, reason: Reason) -> None:
+    set_session(request, None)
+    ends = request.app[ENDS]
+    await ends.end(ends.new(reason, session_id=session.id))
 
 
 async def identify(request: web.Request) -> Session | None:

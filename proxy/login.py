@@ -27,12 +27,14 @@ from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import cookie_header
 from .crypto import pkce_pair, random_token
+from .ending import ENDS, Reason
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
 from .metrics import METRICS
+from .model import Session
 from .pages import NO_STORE, html_page
 from .provider import Provider
-from .session import Session, commit_session, defer_cookie, get_session, set_session
-from .websocket import close_session_sockets
+from .session import commit_session, defer_cookie, get_session, set_session
+from .store import StoreUnavailable
 
 log = logging.getLogger("authproxy.login")
 
@@ -291,16 +293,28 @@ def html_redirect(target: str) -> web.Response:
 
 
 async def handle_sign_out(request: web.Request) -> web.StreamResponse:
-    """End the session here, then at the provider when it supports RP-initiated logout."""
+    """End the session here (``SessionEnds``: everywhere it is held), then at the provider when it
+    supports RP-initiated logout. The browser's cookies are cleared whatever happens; when the session
+    store cannot be reached, the page says the session could not be ended on the server."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
-    session = get_session(request)
-    set_session(request, None)
+    try:
+        session = await get_session(request)
+        set_session(request, None)
+        if session is not None:
+            request.app[METRICS].logged_out(session.identity.sub)
+            ends = request.app[ENDS]
+            await ends.end(ends.new(Reason.SIGN_OUT, session_id=session.id))
+    except StoreUnavailable as exc:
+        set_session(request, None)
+        log.error("sign-out: the session store could not be reached: %s rid=%s", exc, request[REQUEST_ID])
+        return html_page(503, "Signed out in this browser only",
+                         "Your session cookie is cleared, but the server side could not be reached to end the "
+                         "session there. It ends by itself when it expires; sign out again later to end it now.",
+                         request[REQUEST_ID], actions=[("Sign out again", "/oauth2/sign_out")],
+                         templates_dir=config.templates_dir)
     signed_out = config.public_url + "/oauth2/signed_out"
     end_session = provider.end_session_url(id_token_hint=session.id_token if session else None,
                                            post_logout_redirect_uri=signed_out)
-    if session is not None:
-        request.app[METRICS].logged_out(session.identity.sub)
-        close_session_sockets(request.app, session.id)
     raise web.HTTPFound(end_session or safe_redirect(request.query.get("rd"), config, default=signed_out),
                         headers=NO_STORE)
 

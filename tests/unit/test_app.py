@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.app import Lasting, create_app
+from proxy.ending import ENDS, Reason
 from proxy.metrics import METRICS
 from proxy.session import STORE, Identity, Session
 from tests.unit.conftest import make_config
@@ -25,7 +26,8 @@ async def test_a_rebuilt_app_keeps_the_metrics_and_the_memory_denylist():
         assert lasting.denylist is not None
         assert first[STORE].denylist is second[STORE].denylist is lasting.denylist
         session = Session(identity=Identity(sub="alice"), access_token="AT", created_at=0.0, sid="s1")
-        await first[STORE].denylist.add(sid="s1", sub=None, ttl=60)    # ended under the old configuration ...
+        first_ends = first[ENDS]
+        await first_ends.end(first_ends.new(Reason.BACKCHANNEL, sid="s1"))   # ended under the old configuration ...
         assert await second[STORE].denylist.ended(session)             # ... stays ended under the new one
     finally:
         for runner in runners:
