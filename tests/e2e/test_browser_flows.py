@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import BrowserContext, Page, Request
 from playwright.async_api import Error as PlaywrightError
 
 from proxy.login import MAX_REDIRECT_LENGTH, safe_redirect
@@ -141,9 +141,13 @@ class Follower:
         self.seen: dict[str, str | None] = {}
 
     async def install(self) -> None:
-        # Every hop of a redirect chain is a "request" event; names other than 127.0.0.1 do not resolve
-        # (the browser fixture's host-resolver rule), so an off-origin hop is seen but goes nowhere.
-        self.page.on("request", lambda request: self.requested.append(request.url))
+        # Every hop of a redirect chain is a navigation "request" event (a late favicon fetch is not); names
+        # other than 127.0.0.1 do not resolve (the browser fixture's host-resolver rule), so an off-origin
+        # hop is seen but goes nowhere.
+        def record(request: Request) -> None:
+            if request.is_navigation_request():
+                self.requested.append(request.url)
+        self.page.on("request", record)
 
     async def where(self, location: str) -> str | None:
         if location not in self.seen:
