@@ -24,7 +24,8 @@ The modules each own one boundary:
 - ``websocket`` authenticated WebSocket upgrades and the frames after them;
 - ``metrics``, ``logs``  Prometheus metrics, auth events and the log format;
 - ``server``    the process: signals, reloads, workers;
-- ``upstream``  the only code that talks to the app behind us: routing, paths, the two clients;
+- ``paths``     the one decoding of a request path: what is forwarded, what rules match, what is a 400;
+- ``upstream``  the only code that talks to the app behind us: routing, the two clients;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
 - ``relay``     the upstream's response on to the client: whole, streamed, batched or spliced;
 - ``pages``     the proxy's own HTML/JSON answers;

@@ -115,8 +115,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
-    if config.metrics_listen is None:
+    if config.metrics_on_listen:
         r.add_get("/metrics", handle_metrics)
+    elif config.metrics_listen is None:
+        log.info("/metrics is not served: set metrics_listen (a port of its own) or metrics_on_listen: true")
     r.add_route("*", "/{tail:.*}", handle_proxy)
     setup_websockets(app)
     return app
@@ -227,9 +229,11 @@ def error_response(request: web.Request, exc: AuthProxyError) -> web.Response:
     rid = request[REQUEST_ID]
     if not is_navigation(request):
         return json_answer(exc.status, {"error": type(exc).__name__, "message": str(exc), "request_id": rid})
-    # The retry link is checked like any redirect: a path such as //evil.example must not become one.
-    retry_to = "/" if isinstance(exc, LoginError) else safe_redirect(request.raw_path, request.app[CONFIG])
-    if isinstance(exc, (LoginError, StateMismatch)):
+    # The retry link is checked like any redirect: a path such as //evil.example must not become one. A failed
+    # callback is never retried as it was: its state is spent (a 403 at best) and its code must not sit in a link.
+    at_callback = isinstance(exc, LoginError) or request.path == CALLBACK_PATH
+    retry_to = "/" if at_callback else safe_redirect(request.raw_path, request.app[CONFIG])
+    if at_callback or isinstance(exc, StateMismatch):
         actions = [("Sign in again", "/oauth2/start?rd=" + quote(retry_to, safe=""))]
     else:
         actions = [("Try again", retry_to)]

@@ -21,9 +21,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from html import escape
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
@@ -34,6 +35,7 @@ from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch,
 from .metrics import METRICS
 from .model import Session
 from .pages import NO_STORE, html_page
+from .provider import Provider
 from .session import commit_session, defer_cookie, get_session, set_session
 from .store import StoreUnavailable
 
@@ -44,9 +46,25 @@ LOGIN_TTL = 600
 # Login cookies kept at once (one per tab signing in); the oldest beyond this are evicted.
 MAX_LOGIN_COOKIES = 3
 
+# Longest redirect target kept, as the absolute URL it becomes. The target rides in the login cookie,
+# and browsers drop a cookie whose name and value exceed 4096 bytes (RFC 6265 §6.1; chromium does so
+# silently), which would turn a long deep link into a sign-in that can never complete. 2048 leaves
+# that cookie about 1 KB of room; a longer target falls back to the default.
+MAX_REDIRECT_LENGTH = 2048
 # Characters never allowed in a redirect target: controls (CR/LF injection), backslash (browsers
-# read "\" as "/"), and spaces.
-_UNSAFE_REDIRECT = re.compile(r"[\x00-\x20\x7f\\]")
+# read "\" as "/"), spaces, and '"', "<", ">", which RFC 3986 excludes and browsers always send
+# percent-encoded (so only a hand-made target has them raw; '"' would also double in the cookie).
+_UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
+# The characters RFC 6749 §4.1.2.1 allows in an error response's ``error`` and ``error_description``.
+_OAUTH_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+# Parameters of the authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207), each allowed once.
+CALLBACK_PARAMETERS = ("state", "code", "iss", "error", "error_description", "error_uri")
+# Headers of the callback's answers. The callback's URL holds the code and state: a page there that
+# moves on by itself (``html_redirect``) would hand that URL to the app as Referer (RFC 9700 §4.2.4),
+# and a redirect's Referrer-Policy governs the request it leads to.
+AT_REDIRECT_URI = {**NO_STORE, "Referrer-Policy": "no-referrer"}
+# Every ASCII character: ``quote`` keeps these as they are and percent-encodes the rest.
+_ASCII = "".join(map(chr, range(128)))
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -55,20 +73,22 @@ def safe_redirect(target: str | None, config: Config, default: str = "/") -> str
     """An absolute URL on ``public_url``'s origin for ``target``, or for ``default`` if it is unsafe.
 
     Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
-    origin is exactly ``public_url``'s without userinfo. Everything else — scheme-relative
-    (``//host``), backslashes, encoded slashes that decode to ``//``, other schemes, controls,
-    non-ASCII — falls back to ``default``.
+    origin is exactly ``public_url``'s without userinfo; non-ASCII characters are percent-encoded
+    first, as a browser would. Everything else — scheme-relative (``//host``), backslashes, encoded
+    slashes that decode to ``//``, other schemes, controls, ``"<>``, a result longer than
+    ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
     """
     origin = config.public_origin
     for candidate in (target, default):
         path = _same_origin_path(candidate, origin)
-        if path is not None:
+        if path is not None and len(origin) + len(path) <= MAX_REDIRECT_LENGTH:
             return origin + path
     return origin + "/"
 
 
 def _same_origin_path(target: str | None, origin: str) -> str | None:
-    if not target or len(target) > 4096 or not target.isascii() or _UNSAFE_REDIRECT.search(target):
+    target = _encode_non_ascii(target) if target else None
+    if not target or len(target) > MAX_REDIRECT_LENGTH or _UNSAFE_REDIRECT.search(target):
         return None
     if not target.startswith("/"):
         parts = urlsplit(target)
@@ -77,7 +97,9 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
                 _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
             return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The rest as written, so a browser reads it as we do (an empty "?" or a fragment included).
+        rest = target[len(parts.scheme) + len("://") + len(parts.netloc):]
+        target = rest if rest.startswith("/") else "/" + rest
     if target.startswith("//"):
         return None
     decoded = target
@@ -86,6 +108,16 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         if decoded.startswith("//") or decoded.startswith("/\\") or _UNSAFE_DECODED.search(decoded.split("?")[0]):
             return None
     return target
+
+
+def _encode_non_ascii(target: str) -> str | None:
+    """``target`` with every non-ASCII character percent-encoded as UTF-8, as a browser sends a URL
+    (WHATWG URL §4.4: path and query are UTF-8 percent-encoded), so "/café" is kept as "/caf%C3%A9"
+    and a look-alike ("/／／evil") becomes a path of our own. None if it cannot be encoded."""
+    try:
+        return quote(target, safe=_ASCII)
+    except UnicodeEncodeError:          # a lone surrogate
+        return None
 
 
 def _default_port_origin(scheme: str, netloc: str) -> str:
@@ -213,6 +245,7 @@ async def handle_start(request: web.Request) -> web.StreamResponse:
 async def handle_callback(request: web.Request) -> web.StreamResponse:
     """The provider's redirect back (RFC 6749 §4.1.2): check, exchange, verify, start the session."""
     config, provider, q = request.app[CONFIG], request.app[PROVIDER], request.query
+    _refuse_repeated_parameters(q)
     state = q.get("state")
     if not state:
         raise StateMismatch("The sign-in response carried no state; start again from the application.")
@@ -223,17 +256,11 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
                             "(or it was already used, or it is older than 10 minutes); start again.")
     # The state is single-use: its cookie goes whatever happens next.
     defer_cookie(request, _login_cookie(config, name, "", 0))
-    if "error" in q:
-        raise AuthorizationDenied(q["error"][:80], q.get("error_description"))
-    # RFC 9207: a mix-up attack shows as an authorization response from another issuer — or, from a
-    # provider that promises iss, as one without it (§2.4).
     if provider.is_oidc:
-        iss, meta = q.get("iss"), provider.metadata
-        if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
-            raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
-                                       "promises one (RFC 9207)")
-        if iss is not None and iss != config.provider.issuer:
-            raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
+        _check_issuer(q.get("iss"), provider, config)
+    if "error" in q:
+        raise AuthorizationDenied(_plain_text(q["error"], 80) or "an error code that is not plain text",
+                                  _plain_text(q.get("error_description"), 200))
     code = q.get("code")
     if not code:
         raise LoginError("The sign-in response carried no authorization code; start again.")
@@ -260,7 +287,37 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
         # a same-site navigation from this page carries them.
         return html_redirect(target)
-    raise web.HTTPFound(target, headers=NO_STORE)
+    raise web.HTTPFound(target, headers=AT_REDIRECT_URI)
+
+
+def _check_issuer(iss: str | None, provider: Provider, config: Config) -> None:
+    """RFC 9207 §2.4: a mix-up attack shows as an authorization response from another issuer — or, from
+    a provider that promises ``iss``, as one without it. Error responses are authorization responses
+    too (§2): checked first, so another issuer's error text is never shown as our provider's."""
+    meta = provider.metadata
+    if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
+        raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
+                                   "promises one (RFC 9207)")
+    if iss is not None and iss != config.provider.issuer:
+        raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
+
+
+def _refuse_repeated_parameters(query: MultiMapping[str]) -> None:
+    """RFC 6749 §3.1: a response parameter "MUST NOT be included more than once". Two ``state``,
+    ``code`` or ``iss`` values leave it to whoever reads first which one counts — an appended
+    ``iss`` or ``code`` must not get a say — so such a response is refused before anything is used."""
+    for name in CALLBACK_PARAMETERS:
+        if len(query.getall(name, ())) > 1:
+            raise LoginError(f"The sign-in response carried {name} more than once; start again.")
+
+
+def _plain_text(value: str | None, limit: int) -> str | None:
+    """``value`` if it keeps to the characters RFC 6749 §4.1.2.1 allows in ``error`` and
+    ``error_description`` (printable ASCII but '"' and '\\'), cut to ``limit``; else None. The text is
+    shown on our origin and logged: no controls, no look-alike or right-to-left characters."""
+    if value is None or _OAUTH_TEXT.fullmatch(value) is None:
+        return None
+    return value[:limit]
 
 
 async def trim_login_cookies(request: web.Request, response: web.StreamResponse) -> None:
@@ -280,7 +337,7 @@ async def trim_login_cookies(request: web.Request, response: web.StreamResponse)
 def html_redirect(target: str) -> web.Response:
     body = (f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={escape(target)}">'
             f'<title>Signed in</title><p>Signed in. <a href="{escape(target)}">Continue</a></p>')
-    return web.Response(text=body, content_type="text/html", headers=NO_STORE)
+    return web.Response(text=body, content_type="text/html", headers=AT_REDIRECT_URI)
 
 
 async def handle_sign_out(request: web.Request) -> web.StreamResponse:

@@ -286,6 +286,12 @@ class CorsConfig(_Model):
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     allow_credentials: bool = True
     allow_preflight: bool = False
+    preflight_paths: list[Annotated[str, AfterValidator(_regex)]] = []
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.allow_preflight and not self.preflight_paths:
+            yield ("preflight_paths",), ("allow_preflight forwards preflights without a session only to the paths "
+                                         'listed here; list the app\'s cross-origin API, e.g. ["^/api/"]')
 
 
 class LoggingConfig(_Model):
@@ -313,6 +319,12 @@ class Config(_Model):
     shutdown_timeout: Duration = 30.0
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
     metrics_listen: str | None = None
+    metrics_on_listen: bool = False
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.metrics_on_listen and self.metrics_listen is not None:
+            yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
+                                           "metrics_on_listen: false, or remove metrics_listen to serve them on listen")
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -4,7 +4,7 @@
   comes out, and anything else is a ``CookieError`` — never another exception, which would be a 500;
 - the redirect guard (``login.safe_redirect``): whatever the target, a browser following the result stays on
   ``public_url``'s origin — checked with a browser-like reading of the URL, not with the guard's own parser;
-- path normalisation (``upstream.normalize_path``): the result starts with "/", has no dot segments, is a
+- path normalisation (``paths.normalize_path``): the result starts with "/", has no dot segments, is a
   fixed point, agrees with an independent resolver (``posixpath.normpath``), and a path that routes under a
   prefix really is under it.
 
@@ -33,7 +33,8 @@ from proxy.crypto import Sealer
 from proxy.errors import BadRequest, CookieError
 from proxy.login import safe_redirect
 from proxy.session import Identity, Session
-from proxy.upstream import Upstream, normalize_path
+from proxy.paths import normalize_path
+from proxy.upstream import Upstream
 
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

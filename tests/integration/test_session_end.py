@@ -152,7 +152,8 @@ async def test_redis_down_blocks_only_what_needs_the_session(stack_factory, brow
         stack = await stack_factory(session={"store": "redis", "redis": {"url": redis.url, "timeout": "1s",
                                                                           "connect_timeout": "1s"}},
                                     skip_auth=[{"path": "^/public/"}],
-                                    cors={"allowed_origins": ["https://spa.example"], "allow_preflight": True})
+                                    cors={"allowed_origins": ["https://spa.example"], "allow_preflight": True,
+                                          "preflight_paths": ["^/api/"]})
         await login_via_http(browser_session, stack.url + "/")
         cookie = cookie_header(browser_session)
         await redis.kill()

@@ -84,3 +84,47 @@ def test_upstream_set_cookie_naming_ours_anywhere_is_dropped(set_cookie, caplog)
     kept = policy().response_headers([("Set-Cookie", set_cookie), ("Set-Cookie", "theme=dark; Path=/")])
     assert kept.getall("Set-Cookie") == ["theme=dark; Path=/"]
     assert "dropped an upstream Set-Cookie" in caplog.text
+
+
+def test_forwarded_host_is_public_urls_host_unless_from_a_trusted_proxy():
+    """A client's Host never becomes X-Forwarded-Host: apps build absolute links from it."""
+    req = make_mocked_request("GET", "/x", headers={"Host": "evil.example", "X-Forwarded-Host": "evil2.example"})
+    assert policy().request_headers(req, None)["X-Forwarded-Host"] == "app.example.com"
+    ported = HeaderPolicy(make_config(public_url="https://app.example.com:8443"))
+    assert ported.request_headers(req, None)["X-Forwarded-Host"] == "app.example.com:8443"
+    trusted = HeaderPolicy(make_config(trusted_proxies=["127.0.0.0/8"]))
+    from_balancer = make_mocked_request("GET", "/x", headers={"Host": "lb.internal", "X-Forwarded-Host": "a.example"},
+                                        transport=_peer("127.0.0.1"))
+    assert trusted.request_headers(from_balancer, None)["X-Forwarded-Host"] == "a.example"
+    bare = make_mocked_request("GET", "/x", headers={"Host": "lb.internal"}, transport=_peer("127.0.0.1"))
+    assert trusted.request_headers(bare, None)["X-Forwarded-Host"] == "lb.internal"
+
+
+def _peer(address: str):
+    from unittest.mock import Mock
+    transport = Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (address, 1234) if name == "peername" else default
+    return transport
+
+
+OVERRIDES = [("X-HTTP-Method-Override", "DELETE"), ("x-http-method", "PUT"), ("X-Method-Override", "PATCH"),
+             ("X_HTTP_METHOD_OVERRIDE", "DELETE"), ("x_method_override", "DELETE"), ("X-HTTP-Method_Override", "X")]
+
+
+def test_method_override_headers_never_go_without_a_session():
+    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict(OVERRIDES + [("X-App", "kept")]))
+    anonymous = policy().request_headers(req, None)
+    assert [name for name in anonymous if "method" in name.lower()] == []
+    assert anonymous["X-App"] == "kept"
+    signed_in = policy().request_headers(req, SESSION)              # the app's business once someone is signed in
+    assert signed_in.getall("X-HTTP-Method-Override") == ["DELETE"]
+
+
+def test_path_override_headers_are_always_dropped():
+    """Symfony and IIS serve X-Original-URL's path: the rules checked the request line's."""
+    spoof = [("X-Original-URL", "/admin/delete"), ("X-Rewrite-URL", "/admin"), ("x_original_url", "/admin"),
+             ("X-Original-URI", "/admin"), ("X-Envoy-Original-Path", "/admin"), ("X-Forwarded-Path", "/admin")]
+    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict(spoof))
+    for session in (None, SESSION):
+        h = policy().request_headers(req, session)
+        assert not any(value == "/admin" or value == "/admin/delete" for value in h.values()), session
