@@ -22,12 +22,13 @@ from aiohttp import web
 
 from .config import CALLBACK_PATH, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
-from .cookies import CookieCodec
+from .cookies import CookieCodec, private_when_setting_own
 from .crypto import Sealer, random_token, tls_context
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics
 from .gate import handle_auth, handle_proxy, handle_userinfo
-from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect
+from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect,
+                    trim_login_cookies)
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
 from .refresh import Refresher
@@ -78,10 +79,16 @@ class Lasting:
 
 LASTING = web.AppKey("authproxy_lasting", Lasting)
 
+# The longest header field the server reads (aiohttp's default is 8190). Our own cookies must never
+# make a request unreadable: a session of MAX_CHUNKS chunks (≈ 31 KB) plus login-state cookies piled
+# up by concurrent sign-ins (≈ 450 bytes each; the next response clears all but the newest) must fit,
+# so the request reaches the code that drops the oldest instead of ending in a 400.
+MAX_FIELD_SIZE = 64 * 1024
+
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time,
                lasting: Lasting | None = None, fanout: Fanout | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": MAX_FIELD_SIZE})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
@@ -95,6 +102,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app.cleanup_ctx.append(_provider_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_response_prepare.append(write_session_cookie)
+    app.on_response_prepare.append(trim_login_cookies)
+    app.on_response_prepare.append(private_when_setting_own(config.cookie.name))   # after all that set ours
     app.on_response_prepare.append(_stamp_response)
     r = app.router
     r.add_get("/ping", handle_ping)

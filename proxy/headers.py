@@ -7,7 +7,7 @@ cookies, and hop-by-hop headers (RFC 9110 §7.6.1); from a request forwarded wit
 every method-override header. Then the proxy adds its own: ``Host``, ``X-Forwarded-For/-Proto/-Host``
 (a trusted proxy's view of the client kept; from anyone else the peer, ``public_url``'s scheme and host),
 the request id, the Bearer token and the identity headers. On the way back, hop-by-hop fields and any
-``Set-Cookie`` of the proxy's cookie names are dropped: an app must not set or clear our session.
+``Set-Cookie`` that names one of the proxy's cookies is dropped: an app must not set or clear our session.
 
 ``HeaderPolicy`` holds what these rules need from the config, built once with the ``Forwarder``; both
 the HTTP forwarding (``upstream.py``) and the WebSocket handshake (``websocket.py``) use it.
@@ -99,6 +99,7 @@ class HeaderPolicy:
         self._drop_cache: dict[str, bool] = {}
         self._own_cookie_prefixes = (name + "_",)
         self._own_cookies = frozenset({name})
+        self._own_cookie_lower = name.lower()
         public = URL(config.public_url)
         self._proto = public.scheme
         # X-Forwarded-Host from a peer that is not a trusted proxy: the host users reach us by, never the
@@ -120,9 +121,14 @@ class HeaderPolicy:
         return trusted
 
     def _sets_own_cookie(self, set_cookie: str) -> bool:
-        """An app must not set (or clear) the proxy's session or login cookies."""
+        """An app must not set (or clear) the proxy's session or login cookies — not by name, and not
+        inside another cookie's value either: ``pref=dark _authproxy=<sealed>`` is one cookie to a
+        browser, but a parser that ends a pair at whitespace (aiohttp's, and others an operator may
+        run in front) reads a second ``_authproxy`` in it. Any line that mentions one of our names,
+        in any case (browsers match ``__Host-`` case-insensitively), is dropped."""
         name = set_cookie.split("=", 1)[0].strip()
-        return name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
+        return (name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
+                or self._own_cookie_lower in set_cookie.lower())
 
     def _dropped(self, name: str) -> bool:
         """Whether a request field is the proxy's or hop-by-hop, remembered per spelling: the same
@@ -193,7 +199,7 @@ class HeaderPolicy:
             if lower in HOP_BY_HOP or lower in listed:
                 continue
             if lower == "set-cookie" and self._sets_own_cookie(value):
-                log.warning("dropped an upstream Set-Cookie that uses the proxy's cookie name")
+                log.warning("dropped an upstream Set-Cookie that names the proxy's cookie")
                 continue
             headers.add(name, value)
         return headers

@@ -4,7 +4,10 @@ The authorization-code flow (RFC 6749 §4.1) with PKCE S256 (RFC 7636), ``state`
 Connect, ``nonce``, as the OAuth 2.0 Security BCP (RFC 9700 §2.1) asks. Everything the callback
 must check later — state, PKCE verifier, nonce, where to go back to — lives in a short-lived login
 cookie *named after the state*, sealed like the session: two tabs signing in at once each find their
-own, and a burst of logins evicts the oldest instead of piling cookies up until the browser gets 431.
+own. At most ``MAX_LOGIN_COOKIES`` count, the newest by issue time: a start evicts the oldest, and
+since concurrent starts each see the same old set, the cap is also enforced when reading — the
+callback accepts only one of the newest, and any response to a request carrying more clears the
+rest (``trim_login_cookies``), so a burst of logins never piles cookies up into a 400 or 431.
 
 Every redirect target that came from a request (``rd``, the stored page) passes ``safe_redirect``,
 which only ever yields a URL on ``public_url``'s origin.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from html import escape
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -25,7 +28,7 @@ from multidict import MultiMapping
 
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
-from .cookies import cookie_header
+from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
 from .ending import ENDS, Reason
 from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
@@ -162,15 +165,38 @@ def _login_prefix(config: Config) -> str:
 
 
 def _open_login(request: web.Request, name: str) -> LoginState | None:
+    """The login state in cookie ``name``; None if it does not open, is stale, or came twice."""
     try:
-        raw = request.app[SEALER].open(request.cookies[name], name.encode())
+        raw = request.app[SEALER].open(request_cookies(request).owned(name), name.encode())
         data = json.loads(raw)
         login = LoginState(**data)
-    except (CookieError, ValueError, TypeError):
+    except (CookieError, ValueError, TypeError, KeyError):
         return None
     if login.created + LOGIN_TTL < request.app[CLOCK]() or name != _login_prefix(request.app[CONFIG]) + login.state:
         return None
     return login
+
+
+_LOGIN_COOKIES = web.RequestKey("authproxy_login_cookies", tuple)
+
+
+def _login_cookies(request: web.Request) -> tuple[list[str], list[str]]:
+    """The request's login cookies: ``(newest, rest)``. ``newest``: the names of at most
+    ``MAX_LOGIN_COOKIES`` live ones, newest first by issue time; ``rest``: every other login cookie —
+    older, stale, forged or sent twice — all to be cleared. Names that are not RFC 6265 tokens are
+    neither: no ``Set-Cookie`` can name them, and they are not ours."""
+    found = request.get(_LOGIN_COOKIES)
+    if found is not None:                 # start or callback, then trim_login_cookies: opened once
+        return found
+    prefix = _login_prefix(request.app[CONFIG])
+    raw = request.headers.get("Cookie")
+    names = [] if raw is None or prefix not in raw else \
+        [name for name in request_cookies(request) if name.startswith(prefix) and is_token(name)]
+    opened = [(name, _open_login(request, name)) for name in names]
+    live = sorted(((login.created, name) for name, login in opened if login is not None), reverse=True)
+    newest = [name for _, name in live[:MAX_LOGIN_COOKIES]]
+    request[_LOGIN_COOKIES] = found = (newest, [name for name in names if name not in newest])
+    return found
 
 
 def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
@@ -191,17 +217,25 @@ async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
     response = web.HTTPFound(provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
                              headers=NO_STORE)
     request.app[METRICS].login_started()
-    prefix, now = _login_prefix(config), request.app[CLOCK]()
-    existing = [(name, _open_login(request, name)) for name in request.cookies if name.startswith(prefix)]
-    live = sorted((login.created, name) for name, login in existing if login is not None)
-    evict = [name for name, login in existing if login is None] + [n for _, n in live[:max(0, len(live) - MAX_LOGIN_COOKIES + 1)]]
-    for name in evict:
+    newest, rest = _login_cookies(request)
+    for name in rest + newest[MAX_LOGIN_COOKIES - 1:]:      # room for the new one
         response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
-    name = prefix + state
-    payload = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
-    sealed = request.app[SEALER].seal(json.dumps(asdict(payload)).encode(), name.encode())
-    response.headers.add("Set-Cookie", _login_cookie(config, name, sealed, LOGIN_TTL))
+    name, now = _login_prefix(config) + state, request.app[CLOCK]()
+    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
+    response.headers.add("Set-Cookie", _login_cookie(config, name, _sealed_login(request, name, login), LOGIN_TTL))
     return response
+
+
+def _sealed_login(request: web.Request, name: str, login: LoginState) -> str:
+    """The login cookie's value. One too big for a browser to keep (a very long ``rd``) would be
+    dropped silently and the sign-in fail at the callback; it goes back to the start page instead."""
+    sealer = request.app[SEALER]
+    sealed = sealer.seal(json.dumps(asdict(login)).encode(), name.encode())
+    if len(name) + 1 + len(sealed) > MAX_COOKIE_BYTES:
+        log.info("the page to return to (%d characters) does not fit in a cookie: returning to /", len(login.rd))
+        fallback = replace(login, rd=safe_redirect("/", request.app[CONFIG]))
+        sealed = sealer.seal(json.dumps(asdict(fallback)).encode(), name.encode())
+    return sealed
 
 
 async def handle_start(request: web.Request) -> web.StreamResponse:
@@ -216,7 +250,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     if not state:
         raise StateMismatch("The sign-in response carried no state; start again from the application.")
     name = _login_prefix(config) + state
-    login = _open_login(request, name) if name in request.cookies else None
+    login = _open_login(request, name) if name in _login_cookies(request)[0] else None
     if login is None:
         raise StateMismatch("This sign-in response does not belong to a sign-in started in this browser "
                             "(or it was already used, or it is older than 10 minutes); start again.")
@@ -284,6 +318,20 @@ def _plain_text(value: str | None, limit: int) -> str | None:
     if value is None or _OAUTH_TEXT.fullmatch(value) is None:
         return None
     return value[:limit]
+
+
+async def trim_login_cookies(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: a request that carries more login cookies than the cap (concurrent
+    starts in one browser each added one) gets the oldest and the unusable ones cleared on whatever
+    response it receives, so they cannot grow the ``Cookie`` header for ten minutes."""
+    rest = _login_cookies(request)[1]
+    if not rest:
+        return
+    config = request.app[CONFIG]
+    already = {h.split("=", 1)[0] for h in response.headers.getall("Set-Cookie", ())}
+    for name in rest:
+        if name not in already:
+            response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
 
 
 def html_redirect(target: str) -> web.Response:

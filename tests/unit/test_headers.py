@@ -1,5 +1,6 @@
 """Header policy: what the proxy owns is stripped before anything is added."""
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
@@ -41,9 +42,11 @@ def test_hop_by_hop_and_connection_listed_are_dropped():
 
 
 def test_proxy_cookies_removed_app_cookies_kept():
-    h = headers_for([("Cookie", "_authproxy=s; app=1; _authproxy_0=c; _authproxy_login_abc=l; theme=dark")])
+    # A secure, host-only cookie is named "__Host-authproxy" unless configured (config.models).
+    h = headers_for([("Cookie", "__Host-authproxy=s; app=1; __Host-authproxy_0=c; __Host-authproxy_login_abc=l; "
+                                "theme=dark")])
     assert h["Cookie"] == "app=1; theme=dark"
-    assert "Cookie" not in headers_for([("Cookie", "_authproxy=s")])
+    assert "Cookie" not in headers_for([("Cookie", "__Host-authproxy=s")])
 
 
 def test_strip_cookies_keeps_values_with_equals():
@@ -68,6 +71,19 @@ def test_forwarded_headers_believed_only_from_trusted_proxies():
     h = policy().request_headers(req, None)
     assert h["X-Forwarded-For"] != "6.6.6.6" and "6.6.6.6" not in h["X-Forwarded-For"]
     assert h["X-Forwarded-Proto"] == "https" and h["X-Forwarded-Host"] == "app.example.com"
+
+
+@pytest.mark.parametrize("set_cookie", [
+    "__Host-authproxy=1.x; Path=/", "__Host-authproxy_0=1.x", "__Host-authproxy_login_s=1.x", "__host-AUTHPROXY=1.x",
+    'pref=dark __Host-authproxy=1.mallory "; Path=/', "pref=x__Host-authproxy=1.y", "pref=1; Path=/; __Host-authproxy=1.x",
+    " __Host-authproxy=1.x",
+])
+def test_upstream_set_cookie_naming_ours_anywhere_is_dropped(set_cookie, caplog):
+    """An app must not set our cookies — nor hide one in another cookie's value, which chromium stores as
+    that cookie and sends back where a looser parser reads a second session cookie (issue 13)."""
+    kept = policy().response_headers([("Set-Cookie", set_cookie), ("Set-Cookie", "theme=dark; Path=/")])
+    assert kept.getall("Set-Cookie") == ["theme=dark; Path=/"]
+    assert "dropped an upstream Set-Cookie" in caplog.text
 
 
 def test_forwarded_host_is_public_urls_host_unless_from_a_trusted_proxy():

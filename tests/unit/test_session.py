@@ -37,7 +37,7 @@ class CountingStore(CookieStore):
 
 
 def app_with(down: bool = False) -> tuple[web.Application, CountingStore]:
-    cfg = make_config().cookie
+    cfg = make_config(cookie={"name": "_authproxy"}).cookie
     codec = CookieCodec(cfg, Sealer(cfg.keys))
     app = web.Application()
     app[CODEC] = codec
