@@ -31,7 +31,8 @@ from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
 from .ending import ENDS, Reason
-from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
+from .errors import AuthorizationDenied, BadRequest, CookieError, LoginError, StateMismatch, TokenValidationError
+from .paths import normalize_path
 from .metrics import METRICS
 from .model import Session
 from .pages import NO_STORE, html_page
@@ -107,6 +108,10 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         decoded = unquote(decoded)
         if decoded.startswith("//") or decoded.startswith("/\\") or _UNSAFE_DECODED.search(decoded.split("?")[0]):
             return None
+    try:
+        normalize_path(target)          # never send a browser to a path the gate refuses (a 400 page)
+    except BadRequest:
+        return None
     return target
 
 

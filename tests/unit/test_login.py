@@ -37,8 +37,9 @@ SAFE = [
     # non-ASCII is percent-encoded as UTF-8, as a browser sends it: a look-alike slash is only a path here
     ("/caf\u00e9?q=\u00fc", ORIGIN + "/caf%C3%A9?q=%C3%BC"),
     ("https://app.example.com/\u00e9", ORIGIN + "/%C3%A9"),
-    ("/\u2215\u2215evil.example", ORIGIN + "/%E2%88%95%E2%88%95evil.example"),
-    ("/\uff0f\uff0fevil.example", ORIGIN + "/%EF%BC%8F%EF%BC%8Fevil.example"),
+    # a look-alike slash is refused by the gate (paths.py: other servers read it as "/"), so no redirect goes there
+    ("/\u2215\u2215evil.example", None),
+    ("/\uff0f\uff0fevil.example", None),
     ("/%2Fnot-a-host-but-a-path-segment-after-one-slash", None),   # decodes to //…: refused
 ]
 
@@ -57,6 +58,8 @@ UNSAFE = [
     '/x"onmouseover="alert(1)', "/<script>alert(1)</script>", "/a>b", '/q?x="1"',
     # a port spelled so that a browser reads it as the default one, and a trailing-dot host
     "https://app.example.com:0443/x", "https://app.example.com./x", "https://app.example.com:443@evil.example/",
+    # paths the gate answers with 400 (paths.py): a redirect there would only show an error page
+    "/a/../b", "/a/%2e%2e/b", "/x%zz", "/a%255Cb",
 ]
 
 
@@ -91,7 +94,7 @@ def test_login_cookie_for_the_longest_target_fits_in_a_browser():
     """The target rides in the login cookie: a browser drops a cookie over 4096 bytes (name and value,
     RFC 6265 §6.1), and the sign-in could then never complete. The worst case must fit with room to spare."""
     config = make_config()
-    target = safe_redirect("/" + "%" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - 1), config)
+    target = safe_redirect("/" + "a" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - 1), config)
     assert len(target) == MAX_REDIRECT_LENGTH
     state, (verifier, _) = random_token(), pkce_pair()
     login = LoginState(state=state, verifier=verifier, nonce=random_token(), rd=target, created=1.7e9)
