@@ -41,10 +41,10 @@ class SessionState:
     reach the browser whatever response ends the request, error pages included.
     """
 
-    __slots__ = ("_cookies", "_session", "loaded", "changed", "present", "deferred", "saved")
+    __slots__ = ("cookies", "_session", "loaded", "changed", "present", "deferred", "saved")
 
     def __init__(self, present: list[str], cookies: Mapping[str, str]) -> None:
-        self._cookies = cookies
+        self.cookies = cookies                    # the session's own cookies, read as browsers mean them
         self._session: Session | None = None
         self.loaded = not present                 # no cookie of ours: nothing to load
         self.changed = False
@@ -59,7 +59,7 @@ class SessionState:
         """
         if not self.loaded:
             try:
-                self._session = await store.load(self._cookies)
+                self._session = await store.load(self.cookies)
             except CookieError as exc:
                 log.warning("session cookie ignored: %s", exc)
                 self._session = None
@@ -109,7 +109,7 @@ async def commit_session(request: web.Request) -> None:
     state = session_state(request)
     session = state.peek()
     if session is not None and state.changed:
-        state.saved = await request.app[STORE].save(session, request.cookies)
+        state.saved = await request.app[STORE].save(session, state.cookies)
 
 
 def defer_cookie(request: web.Request, set_cookie: str) -> None:
@@ -133,7 +133,7 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
         max_age = session.created_at + codec.config.expire - codec.clock()
         for name, value in await _stored(request, state, session):
             written.add(name)
-            if request.cookies.get(name) != value:       # a Redis ticket stays the same across refreshes
+            if state.cookies.get(name) != value:       # a Redis ticket stays the same across refreshes
                 response.headers.add("Set-Cookie", codec.set_header(name, value, max_age))
     for name in state.present:
         if name not in written:
@@ -148,7 +148,7 @@ async def _stored(request: web.Request, state: SessionState, session: Session) -
         log.info("session ended while a request was in flight: not written back (sub=%s)", session.identity.sub)
         return []
     try:
-        return state.saved if state.saved is not None else await request.app[STORE].save(session, request.cookies)
+        return state.saved if state.saved is not None else await request.app[STORE].save(session, state.cookies)
     except SessionWasEnded as exc:
         log.info("session not written back: %s (sub=%s)", exc, session.identity.sub)
     except SessionTooLarge as exc:
