@@ -271,6 +271,31 @@ class CorsConfig(_Model):
     allow_preflight: bool = False
 
 
+def _count(low: int, high: int, example: int) -> AfterValidator:
+    """An integer between ``low`` and ``high``, with a message that says so and gives an example."""
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}; got {value}, e.g. write {example}")
+        return value
+    return AfterValidator(check)
+
+
+class LimitsConfig(_Model):
+    """What one client may hold of a worker process: time, connections, message sizes.
+
+    The defaults follow nginx: ``client_header_timeout`` 60 s, ``keepalive_timeout`` 75 s. A new
+    connection and each later request on it must deliver the whole request head within
+    ``header_timeout`` of its first byte (of the connection, for the first request); a connection idle
+    between requests is closed after ``keepalive_timeout``. ``max_connections`` counts one worker's
+    client connections (see ``server.py`` for what happens beyond it)."""
+
+    header_timeout: PositiveDuration = 60.0
+    keepalive_timeout: PositiveDuration = 75.0
+    max_connections: Annotated[int, _count(1, 1_000_000, 10000)] = 10000
+    websocket_max_message: Annotated[int, _count(1024, 1 << 30, 1048576)] = 4 * 1024 * 1024
+    websockets_per_session: Annotated[int, _count(1, 10000, 32)] = 32
+
+
 class LoggingConfig(_Model):
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
     format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
@@ -293,6 +318,7 @@ class Config(_Model):
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
     templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
+    limits: LimitsConfig = LimitsConfig()
     shutdown_timeout: Duration = 30.0
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
     metrics_listen: str | None = None

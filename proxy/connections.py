@@ -1,0 +1,143 @@
+"""Client connections: how long a client may take to send a request head, stay idle, and how many it may hold.
+
+aiohttp's server has one timer per connection, the keep-alive timer: it closes a connection that has
+no complete request head when the timer fires, and it is armed at the connection's start and after
+each response — with a default of 3630 s, and never moved by bytes that arrive. A client trickling one
+header byte every 20 s kept a connection (and its memory) for an hour; a few thousand such clients
+exhaust a worker's descriptors (Slowloris). Following nginx:
+
+- ``limits.header_timeout`` (nginx ``client_header_timeout``, 60 s): a new connection must deliver its
+  first request head whole within this of being accepted, and a kept-alive connection its next head
+  within this of that head's first byte. Measured in total, not between bytes, so trickling does not
+  extend it. The connection is closed without an answer, as nginx does.
+- ``limits.keepalive_timeout`` (nginx ``keepalive_timeout``, 75 s): a connection idle between
+  requests, not a byte of the next head yet, is closed after this.
+- ``limits.max_connections`` (nginx ``worker_connections``): client connections per worker process.
+  At the limit, nginx first closes idle keep-alive connections to make room and, when none is idle,
+  drops the new connection ("worker_connections are not enough"). So here: an idle keep-alive
+  connection is closed for the new one; with none idle, the new connection gets a ``503`` with
+  ``Retry-After`` and is closed, so a client sees why (and a load balancer in front can retry
+  elsewhere) rather than a reset.
+
+Both timers are aiohttp's own keep-alive timer, moved: ``RequestHandler._process_keepalive``
+reschedules itself to ``_next_keepalive_close_time`` and closes only a connection waiting for a head,
+so setting that time is all a deadline needs — no extra timer or task per request, and one attribute
+check per ``data_received`` on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .config import LimitsConfig
+
+log = logging.getLogger("authproxy.connections")
+
+# The answer to a connection beyond ``max_connections``: sent before the request is read, then closed.
+TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n\r\nToo many connections; try again shortly.\r\n")
+
+
+class LimitedHandler(RequestHandler):
+    """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
+
+    __slots__ = ("_limited", "_head_timeout", "_head_started", "_counted")
+
+    def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
+        super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
+        self._limited = manager
+        self._head_timeout = manager.limits.header_timeout
+        self._head_started = True            # the first head's deadline runs from the connection's start
+        self._counted = True
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request head of which not a byte has come: safe to close for another client."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._head_started and not self._messages
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._set_deadline(self._loop.time() + self._head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_started and self._waiter is not None:
+            self._head_started = True        # the first bytes of a kept-alive connection's next head
+            self._set_deadline(self._loop.time() + self._head_timeout)
+        super().data_received(data)
+        if self._messages:
+            self._head_started = False       # a whole head arrived: the next one's clock starts at its first byte
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._limited.released()
+        super().connection_lost(exc)
+
+    def _set_deadline(self, when: float) -> None:
+        """Close this connection at ``when`` if no whole head has come by then (aiohttp's keep-alive timer)."""
+        self._next_keepalive_close_time = when
+        handle = self._keepalive_handle
+        if handle is None or handle.when() > when:
+            if handle is not None:
+                handle.cancel()
+            self._keepalive_handle = self._loop.call_at(when, self._process_keepalive)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond the limit: told so, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY)
+        transport.close()
+
+
+class LimitedServer(web.Server):
+    """aiohttp's server (the protocol factory) with the limits of ``LimitsConfig``."""
+
+    def __init__(self, limits: LimitsConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.open = 0
+        self._warned = False
+
+    def __call__(self) -> RequestHandler:          # type: ignore[override]
+        if self.open >= self.limits.max_connections and not self._close_an_idle_one():
+            if not self._warned:
+                log.warning("limits.max_connections (%d) reached: new connections get 503",
+                            self.limits.max_connections)
+                self._warned = True
+            return _Refused()                      # type: ignore[return-value]
+        self.open += 1
+        return LimitedHandler(self, loop=self._loop, **self._kwargs)
+
+    def released(self) -> None:
+        self.open -= 1
+        if self.open < self.limits.max_connections * 0.9:
+            self._warned = False
+
+    def _close_an_idle_one(self) -> bool:
+        for handler in self._connections:
+            if isinstance(handler, LimitedHandler) and handler.idle:
+                handler.force_close()
+                return True
+        return False
+
+
+class LimitedRunner(web.AppRunner):
+    """``web.AppRunner`` whose server applies ``limits`` to every client connection."""
+
+    def __init__(self, app: web.Application, limits: LimitsConfig, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()          # starts the app and freezes it
+        return LimitedServer(self._limits, server.request_handler, request_factory=server.request_factory,
+                             handler_cancellation=server.handler_cancellation, **server._kwargs)
