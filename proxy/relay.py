@@ -21,7 +21,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import splice
-from .http1 import Http1Error, Http1Response
+from .errors import UpstreamError
+from .http1 import Http1Error, Http1Response, headers_problem
 
 # The forwarding logger, as in upstream.py and headers.py: an operator filters all forwarding messages by one name.
 log = logging.getLogger("authproxy.upstream")
@@ -40,7 +41,11 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
                 close: bool = False) -> web.StreamResponse:
     """Send the upstream's response on, its ``headers`` already filtered (``HeaderPolicy.response_headers``);
     ``lean``: the lean client's response, which allows the shortcuts; ``close``: say ``Connection: close``
-    and close after it."""
+    and close after it. A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the
+    lean client checks it while parsing, aiohttp's client caps its fields but not their total."""
+    if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
+        log.warning("upstream sent too big header: %s", problem)
+        raise UpstreamError("The application sent a response header too large to pass on.")
     if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
         complete = lean.complete_body()
         if complete is not None:

@@ -7,9 +7,11 @@ configured limits so the tests are quick; margins are generous because the machi
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from tests.integration.conftest import Stack, StackFactory
@@ -147,3 +149,99 @@ async def test_at_the_limit_an_idle_keepalive_connection_makes_room(three):
     assert [c for c, _ in closed].count(True) == 1           # one idle connection was closed for it
     for _, w in [*idle, (reader, writer)]:
         w.close()
+
+
+# -- response heads from the upstream ------------------------------------------------------------------------------
+
+
+class HeadServer:
+    """A misbehaving upstream: reads a request (and its Content-Length body), answers with ``head``."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            for line in request.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    await reader.readexactly(int(line.split(b":")[1]))
+            writer.write(self.head)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def _head(fields: list[tuple[str, str]], status: bytes = b"200 OK") -> bytes:
+    lines = b"".join(f"{name}: {value}\r\n".encode() for name, value in fields)
+    return b"HTTP/1.1 " + status + b"\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture
+async def head_upstream(stack_factory: StackFactory) -> AsyncIterator[tuple[Stack, HeadServer]]:
+    server = HeadServer()
+    url = await server.start()
+    stack = await stack_factory(upstreams=[{"path": "/", "url": url}], skip_auth=[{"path": "^/"}])
+    yield stack, server
+    await server.close()
+
+
+TOO_BIG = {
+    "one 4 MiB field": [("X-Huge", "a" * (4 << 20))],
+    "a field of 9000 bytes": [("X-Long", "a" * 9000)],
+    "200 fields": [(f"X-F{i}", "v") for i in range(200)],
+    "70 KiB in 100 fields": [(f"X-F{i}", "v" * 700) for i in range(100)],
+}
+
+
+async def _raw(stack: Stack, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; everything the proxy answers until it closes."""
+    reader, writer = await _open(stack)
+    writer.write(request)
+    closed, data = await _closed_within(reader, 10)
+    writer.close()
+    assert closed
+    return data
+
+
+@pytest.mark.parametrize("how", ["lean GET", "POST through aiohttp's client", "spliced upload"])
+async def test_too_big_a_response_head_is_a_502_never_relayed(head_upstream, how):
+    stack, server = head_upstream
+    body = {"lean GET": b"", "POST through aiohttp's client": b"x" * 10, "spliced upload": b"x" * (2 << 20)}[how]
+    request = (f"{'POST' if body else 'GET'} /x HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    server.head = _head([(f"X-F{i}", "v" * 100) for i in range(100)])         # 10 KiB in 100 fields: fine
+    answer = await _raw(stack, request)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"X-F99: " + b"v" * 100 in answer
+    for label, fields in TOO_BIG.items():
+        server.head = _head(fields)
+        started = time.monotonic()
+        answer = await _raw(stack, request)
+        assert answer.startswith(b"HTTP/1.1 502 "), label
+        assert b"X-F1" not in answer and b"X-Huge" not in answer and b"X-Long" not in answer, label
+        assert time.monotonic() - started < 3, label
+
+
+async def test_too_big_a_websocket_handshake_answer_is_a_502(head_upstream):
+    stack, server = head_upstream
+    server.head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"X-Huge: " + b"a" * (4 << 20) + b"\r\n\r\n")
+    async with aiohttp.ClientSession() as client:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(stack.url.replace("http", "ws") + "/socket")
+        assert refused.value.status == 502
+    assert server.requests == 1
