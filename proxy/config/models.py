@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Wi
                       model_validator)
 
 from .. import presets
-from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _existing_dir,
+from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _templates_dir,
                      _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url, _redis_url, _regex,
                      _scope, _split_listen, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
 
@@ -316,7 +316,7 @@ class Config(_Model):
     cors: CorsConfig = CorsConfig()
     websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
-    templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
+    templates_dir: Annotated[str, AfterValidator(_templates_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
     limits: LimitsConfig = LimitsConfig()
     shutdown_timeout: Duration = 30.0
