@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from tests.integration.conftest import Stack, StackFactory
+from tests.support.browserless import login_via_http
+from tests.support.ports import free_port
 
 SHORT = {"header_timeout": "1s", "keepalive_timeout": "1s"}
 PING = b"GET /ping HTTP/1.1\r\nHost: proxy\r\n\r\n"
@@ -245,3 +248,146 @@ async def test_too_big_a_websocket_handshake_answer_is_a_502(head_upstream):
             await client.ws_connect(stack.url.replace("http", "ws") + "/socket")
         assert refused.value.status == 502
     assert server.requests == 1
+
+
+# -- WebSockets ----------------------------------------------------------------------------------------------------
+
+
+class DeflateApp:
+    """A WebSocket app that agrees to compression or not; records its handshakes, messages and close codes."""
+
+    def __init__(self, compress: bool) -> None:
+        self.compress = compress
+        self.offers: list[str | None] = []
+        self.negotiated: list[int] = []
+        self.sizes: list[int] = []
+        self.closes: list[int] = []
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(compress=self.compress, max_msg_size=0)
+        if not ws.can_prepare(request).ok:
+            return web.Response(text="plain page")
+        self.offers.append(request.headers.get("Sec-WebSocket-Extensions"))
+        await ws.prepare(request)
+        self.negotiated.append(ws.compress)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT and msg.data.startswith("close "):
+                await ws.close(code=int(msg.data.split()[1]))
+            elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                self.sizes.append(len(msg.data))
+                await ws.send_str("got")
+        self.closes.append(ws.close_code or 0)
+        return ws
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}"
+
+
+async def _ws_stack(stack_factory: StackFactory, app: DeflateApp, **limits: object) -> Stack:
+    return await stack_factory(upstreams=[{"path": "/", "url": await app.start()}], limits=limits,
+                               skip_auth=[{"path": "^/open/"}])
+
+
+def _ws(stack: Stack, path: str) -> str:
+    return stack.url.replace("http://", "ws://") + path
+
+
+@pytest.fixture
+async def deflate_apps() -> AsyncIterator[Callable[[bool], DeflateApp]]:
+    made: list[DeflateApp] = []
+
+    def make(compress: bool) -> DeflateApp:
+        made.append(DeflateApp(compress))
+        return made[-1]
+    yield make
+    for app in made:
+        if app.runner is not None:
+            await app.runner.cleanup()
+
+
+async def test_compression_is_agreed_with_the_client_only_as_the_app_agrees(stack_factory, deflate_apps):
+    for app_compresses in (False, True):
+        app = deflate_apps(app_compresses)
+        stack = await _ws_stack(stack_factory, app)
+        async with aiohttp.ClientSession() as client:
+            async with client.ws_connect(_ws(stack, "/open/a"), compress=15) as ws:    # the client offers it
+                await ws.send_str("x" * 1000)
+                assert (await ws.receive(timeout=5)).data == "got"
+                assert bool(ws.compress) is app_compresses
+            async with client.ws_connect(_ws(stack, "/open/b"), compress=0) as ws:     # the client does not
+                assert not ws.compress
+        assert app.offers[0] is not None and "permessage-deflate" in app.offers[0]    # offered on, as the client did
+        assert app.offers[1] is None                                                   # never offered unasked
+        assert [bool(n) for n in app.negotiated] == [app_compresses, False]
+        assert app.sizes == [1000]
+
+
+async def test_an_inflated_message_beyond_the_limit_never_reaches_the_app(stack_factory, deflate_apps):
+    app = deflate_apps(True)
+    stack = await _ws_stack(stack_factory, app, websocket_max_message=1 << 20)
+    async with aiohttp.ClientSession() as client:
+        async with client.ws_connect(_ws(stack, "/open/z"), compress=15, max_msg_size=0) as ws:
+            assert ws.compress
+            await ws.send_bytes(b"\0" * (1 << 20))                   # exactly the limit passes
+            assert (await ws.receive(timeout=5)).data == "got"
+            await ws.send_bytes(b"\0" * (64 << 20))                  # ~64 KiB on the wire, 64 MiB inflated
+            closed = await ws.receive(timeout=10)
+            assert closed.type is WSMsgType.CLOSE and closed.data == WSCloseCode.MESSAGE_TOO_BIG
+    await _until(lambda: app.closes)
+    assert app.sizes == [1 << 20]
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_close_codes_that_may_not_be_sent_are_never_relayed(stack_factory, deflate_apps):
+    app = deflate_apps(False)
+    stack = await _ws_stack(stack_factory, app)
+    async with aiohttp.ClientSession() as client:
+        async with client.ws_connect(_ws(stack, "/open/c")) as ws:
+            await ws.close(code=1006)                                # RFC 6455 §7.4.1: never sent in a frame
+        await _until(lambda: app.closes)
+        assert app.closes == [WSCloseCode.GOING_AWAY]
+        async with client.ws_connect(_ws(stack, "/open/c")) as ws:
+            await ws.send_str("close 1006")                          # the app breaks the rule this time
+            closed = await ws.receive(timeout=5)
+            assert closed.type is WSMsgType.CLOSE and closed.data == WSCloseCode.BAD_GATEWAY
+        async with client.ws_connect(_ws(stack, "/open/c")) as ws:
+            await ws.send_str("close 4000")                          # a private code passes as it is
+            closed = await ws.receive(timeout=5)
+            assert closed.data == 4000
+
+
+async def test_a_session_may_open_only_so_many_websockets(stack_factory, deflate_apps, browser_session):
+    app = deflate_apps(False)
+    stack = await _ws_stack(stack_factory, app, websockets_per_session=2)
+    assert (await login_via_http(browser_session, stack.url + "/")).status == 200
+    cookie = "; ".join(f"{c.key}={c.value}" for c in browser_session.cookie_jar if c.key.startswith("_authproxy"))
+    async with aiohttp.ClientSession() as client:
+        async def attempt() -> aiohttp.ClientWebSocketResponse | int:
+            try:
+                return await client.ws_connect(_ws(stack, "/ws"), headers={"Cookie": cookie})
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+        results = await asyncio.gather(*(attempt() for _ in range(6)))     # all at once: the cap still holds
+        opened = [r for r in results if not isinstance(r, int)]
+        assert len(opened) == 2 and sorted(r for r in results if isinstance(r, int)) == [429] * 4
+        assert len(app.offers) == 2                                          # the refused never reached the app
+        await opened[0].close()
+        await _until(lambda: len(app.closes) == 1)
+        again = await attempt()                                              # a place is free again
+        assert not isinstance(again, int)
+        for ws in (opened[1], again):
+            await ws.close()
+        async with client.ws_connect(_ws(stack, "/open/x")) as ws:         # no session: not counted
+            assert not ws.closed
