@@ -42,10 +42,17 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
     """Send the upstream's response on, its ``headers`` already filtered (``HeaderPolicy.response_headers``);
     ``lean``: the lean client's response, which allows the shortcuts; ``close``: say ``Connection: close``
     and close after it. A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the
-    lean client checks it while parsing, aiohttp's client caps its fields but not their total."""
+    lean client checks it while parsing, aiohttp's client caps its fields but not their total. So is a
+    1xx status as the final answer."""
     if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
         log.warning("upstream sent too big header: %s", problem)
         raise UpstreamError("The application sent a response header too large to pass on.")
+    if status < 200:
+        # A 101 to a request that asked for no upgrade (aiohttp's client returns it as the answer; the lean
+        # client refuses it): relayed, it would turn a server in front of us into a raw tunnel whose later
+        # requests none of its rules see (WebSocket/h2c smuggling). Upgrades go through websocket.py only.
+        log.warning("upstream answered %d, an interim status, as its final answer", status)
+        raise UpstreamError("The application's answer could not be passed on.")
     if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
         complete = lean.complete_body()
         if complete is not None:

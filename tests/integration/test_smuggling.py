@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.integration.conftest import Stack, StackFactory
+from tests.integration.test_limits import HeadServer, _raw
 from tests.support.browserless import login_via_http
 from tests.support.echo import header_values
 from tests.support.evil_idp import start_evil_stack
@@ -216,3 +217,45 @@ async def test_lean_and_aiohttp_paths_send_one_request_per_request(stack_factory
             async with client.post(f"{stack.url}/p{i}", data=b"x" * 10) as resp:
                 assert (await resp.json())["path"] == f"/p{i}"
     assert [r["path"] for r in stack.echo.seen] == [p for i in range(5) for p in (f"/r{i}", f"/p{i}")]
+
+
+# -- the response side ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def raw_upstream(stack_factory: StackFactory) -> AsyncIterator[tuple[Stack, HeadServer]]:
+    server = HeadServer()
+    stack = await stack_factory(upstreams=[{"path": "/", "url": await server.start()}], skip_auth=[{"path": "^/"}])
+    yield stack, server
+    await server.close()
+
+
+GET = b"GET /x HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+POST = b"POST /x HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nContent-Length: 2\r\n\r\nab"
+BAD_ANSWERS = {
+    "101 to a plain request": (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+                               b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmugg"),
+    "Content-Length and Transfer-Encoding": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n"
+                                             b"\r\n5\r\nsmugg\r\n0\r\n\r\n"),
+    "two Content-Length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nsmugg",
+    "CR in a header value": b"HTTP/1.1 200 OK\r\nX-A: a\rsmugg\r\nContent-Length: 2\r\n\r\nok",
+    "NUL in a header value": b"HTTP/1.1 200 OK\r\nX-A: a\x00smugg\r\nContent-Length: 2\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("label", BAD_ANSWERS)
+@pytest.mark.parametrize("request_bytes", [GET, POST], ids=["lean client", "aiohttp client"])
+async def test_an_ambiguous_or_interim_answer_from_the_app_is_a_502(raw_upstream, label, request_bytes):
+    stack, server = raw_upstream
+    server.head = BAD_ANSWERS[label]
+    answer = await _raw(stack, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b"smugg" not in answer
+
+
+async def test_bytes_after_an_answer_are_not_a_second_answer(raw_upstream):
+    stack, server = raw_upstream
+    server.head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmugg"
+    for request_bytes in (GET, POST):
+        answer = await _raw(stack, request_bytes)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok") and b"smugg" not in answer
