@@ -12,6 +12,10 @@ exhaust a worker's descriptors (Slowloris). Following nginx:
   extend it. The connection is closed without an answer, as nginx does.
 - ``limits.keepalive_timeout`` (nginx ``keepalive_timeout``, 75 s): a connection idle between
   requests, not a byte of the next head yet, is closed after this.
+- ``limits.max_header_size``: the bytes of one request head (request line and fields). aiohttp caps
+  a field (16 KiB here, for large cookies) and their number (128), not their sum: one head could be
+  2 MiB, held in memory and forwarded. Beyond the cap the client gets ``431`` and the connection is
+  closed (nginx: ``large_client_header_buffers``, 32 KiB by default; Node.js: 16 KiB).
 - ``limits.max_connections`` (nginx ``worker_connections``): client connections per worker process.
   At the limit, nginx first closes idle keep-alive connections to make room and, when none is idle,
   drops the new connection ("worker_connections are not enough"). So here: an idle keep-alive
@@ -38,21 +42,31 @@ from .config import LimitsConfig
 
 log = logging.getLogger("authproxy.connections")
 
+def _answer(status: bytes, text: bytes, *extra: bytes) -> bytes:
+    """A whole plain-text response that closes the connection, written before aiohttp has a request."""
+    fields = b"".join(field + b"\r\n" for field in extra)
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(text)).encode()
+            + b"\r\n" + fields + b"Connection: close\r\n\r\n" + text)
+
+
+# The answer to a request head beyond ``max_header_size``: sent before it is read whole, then closed.
+HEAD_TOO_LARGE = _answer(b"431 Request Header Fields Too Large", b"The request's header is too large.\r\n")
 # The answer to a connection beyond ``max_connections``: sent before the request is read, then closed.
-TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
-            b"Retry-After: 1\r\nConnection: close\r\n\r\nToo many connections; try again shortly.\r\n")
+TOO_MANY = _answer(b"503 Service Unavailable", b"Too many connections; try again shortly.\r\n", b"Retry-After: 1")
 
 
 class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
-    __slots__ = ("_limited", "_head_timeout", "_head_started", "_counted")
+    __slots__ = ("_limited", "_head_timeout", "_head_started", "_head_bytes", "_max_head", "_counted")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
         self._limited = manager
         self._head_timeout = manager.limits.header_timeout
         self._head_started = True            # the first head's deadline runs from the connection's start
+        self._head_bytes = 0                 # bytes of the head under way, while it is not whole
+        self._max_head = manager.limits.max_header_size
         self._counted = True
 
     @property
@@ -71,7 +85,29 @@ class LimitedHandler(RequestHandler):
             self._set_deadline(self._loop.time() + self._head_timeout)
         super().data_received(data)
         if self._messages:
-            self._head_started = False       # a whole head arrived: the next one's clock starts at its first byte
+            # A whole head arrived: the next one's clock starts at its first byte. Only when the bytes it
+            # came in exceed the cap (a body may have come along) are its fields measured.
+            if self._head_bytes + len(data) > self._max_head and self._head_too_large():
+                self._refuse_head()
+            self._head_started = False
+            self._head_bytes = 0
+        elif self._head_started:             # still no whole head: every byte so far was head
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self._refuse_head()
+
+    def _head_too_large(self) -> bool:
+        for message, _ in self._messages:
+            raw = getattr(message, "raw_headers", ())
+            if sum(len(name) + len(value) + 4 for name, value in raw) > self._max_head:
+                return True
+        return False
+
+    def _refuse_head(self) -> None:
+        if self.transport is not None:
+            self.transport.write(HEAD_TOO_LARGE)
+        self._messages.clear()
+        self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._counted:

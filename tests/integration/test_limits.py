@@ -391,3 +391,50 @@ async def test_a_session_may_open_only_so_many_websockets(stack_factory, deflate
             await ws.close()
         async with client.ws_connect(_ws(stack, "/open/x")) as ws:         # no session: not counted
             assert not ws.closed
+
+
+# -- sizes of what a client sends ----------------------------------------------------------------------------------
+
+
+async def test_a_request_head_beyond_max_header_size_is_a_431(stack_factory):
+    stack = await stack_factory(limits={"max_header_size": 32768})
+    fields = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 8000) for i in range(5))        # 40 KB in fields of 8 KB
+    answer = await _raw(stack, b"GET /ping HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + fields + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    fields = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 8000) for i in range(3))        # 24 KB: fine
+    answer = await _raw(stack, b"GET /ping HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + fields + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_the_default_head_cap_holds_on_a_kept_alive_connection(stack):
+    reader, writer = await _open(stack)
+    writer.write(PING)
+    assert b" 200 " in await _answer(reader)
+    fields = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 8000) for i in range(100))      # 800 KB: was accepted
+    writer.write(b"GET /ping HTTP/1.1\r\nHost: p\r\n" + fields + b"\r\n")
+    closed, data = await _closed_within(reader, 10)
+    writer.close()
+    assert closed and data.startswith(b"HTTP/1.1 431 ")
+    assert stack.echo.seen == []
+
+
+async def test_too_many_header_fields_is_a_400(stack):
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+    answer = await _raw(stack, b"GET /x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + fields + b"\r\n")
+    assert answer.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 "))
+    assert stack.echo.seen == []
+
+
+async def test_the_proxys_own_endpoints_take_small_bodies_only(stack_factory):
+    stack = await stack_factory(backchannel=True)
+    url = stack.url + "/oauth2/backchannel_logout"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with aiohttp.ClientSession() as client:
+        async with client.post(url, data=io.BytesIO(b"logout_token=" + b"a" * (100 << 10)), headers=form) as resp:
+            assert resp.status == 413 and (await resp.json())["error"] == "invalid_request"
+        async with client.post(url, data=aiohttp.FormData({"logout_token": "a.b.c"}, default_to_multipart=True)) as resp:
+            assert resp.status == 400 and "x-www-form-urlencoded" in (await resp.json())["error_description"]
+        async with client.post(url, data=b"logout_token=a.b.c", headers=form) as resp:          # read, and checked
+            assert resp.status == 400 and "malformed" in (await resp.json())["error_description"]
+        async with client.get(stack.url + "/oauth2/callback?" + "a=b&" * 3000) as resp:         # a 12 KB query
+            assert resp.status in (400, 414)
