@@ -12,6 +12,10 @@ exhaust a worker's descriptors (Slowloris). Following nginx:
   extend it. The connection is closed without an answer, as nginx does.
 - ``limits.keepalive_timeout`` (nginx ``keepalive_timeout``, 75 s): a connection idle between
   requests, not a byte of the next head yet, is closed after this.
+- ``limits.body_timeout`` (nginx ``client_body_timeout``, 60 s): a request body that sends nothing for
+  this long, while the proxy is reading it, closes the connection (and cancels the upstream request).
+  Before, a body stalled on its way to an app that waits for all of it held both connections for
+  good: aiohttp's client times reads of the answer, not the sending of the body.
 - ``limits.max_header_size``: the bytes of one request head (request line and fields). aiohttp caps
   a field (16 KiB here, for large cookies) and their number (128), not their sum: one head could be
   2 MiB, held in memory and forwarded. Beyond the cap the client gets ``431`` and the connection is
@@ -36,6 +40,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from .config import LimitsConfig
@@ -58,7 +63,8 @@ TOO_MANY = _answer(b"503 Service Unavailable", b"Too many connections; try again
 class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
-    __slots__ = ("_limited", "_head_timeout", "_head_started", "_head_bytes", "_max_head", "_counted")
+    __slots__ = ("_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
+                 "_head_timeout", "_last_read", "_limited", "_max_head")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -67,6 +73,10 @@ class LimitedHandler(RequestHandler):
         self._head_started = True            # the first head's deadline runs from the connection's start
         self._head_bytes = 0                 # bytes of the head under way, while it is not whole
         self._max_head = manager.limits.max_header_size
+        self._body: StreamReader | None = None        # a request body still arriving, watched for stalls
+        self._body_timeout = manager.limits.body_timeout
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
         self._counted = True
 
     @property
@@ -83,6 +93,8 @@ class LimitedHandler(RequestHandler):
         if not self._head_started and self._waiter is not None:
             self._head_started = True        # the first bytes of a kept-alive connection's next head
             self._set_deadline(self._loop.time() + self._head_timeout)
+        if self._body is not None:
+            self._last_read = self._loop.time()
         super().data_received(data)
         if self._messages:
             # A whole head arrived: the next one's clock starts at its first byte. Only when the bytes it
@@ -91,10 +103,37 @@ class LimitedHandler(RequestHandler):
                 self._refuse_head()
             self._head_started = False
             self._head_bytes = 0
+            self._watch_body(*self._messages[-1])
         elif self._head_started:             # still no whole head: every byte so far was head
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
                 self._refuse_head()
+
+    def _watch_body(self, message: Any, payload: StreamReader) -> None:
+        """Start watching a request body that has not all come yet (none for an upgrade: its bytes are frames)."""
+        if payload is EMPTY_PAYLOAD or payload is self._body or getattr(message, "upgrade", True) or payload.is_eof():
+            return
+        self._body, self._last_read = payload, self._loop.time()
+        if self._body_timer is None:
+            self._body_timer = self._loop.call_at(self._last_read + self._body_timeout, self._check_body)
+
+    def _check_body(self) -> None:
+        """nginx's ``client_body_timeout``: close when the body under way has sent nothing for
+        ``body_timeout`` while we were reading (not while reading was paused for a slow upstream)."""
+        self._body_timer = None
+        body = self._body
+        if body is None or body.is_eof() or self.transport is None:
+            self._body = None
+            return
+        now = self._loop.time()
+        if self._reading_paused or self._buffer_paused:
+            self._last_read = now
+        elif now - self._last_read >= self._body_timeout:
+            log.info("closing a connection whose request body stalled for %gs", self._body_timeout)
+            self._body = None
+            self.force_close()
+            return
+        self._body_timer = self._loop.call_at(self._last_read + self._body_timeout, self._check_body)
 
     def _head_too_large(self) -> bool:
         for message, _ in self._messages:
@@ -110,6 +149,8 @@ class LimitedHandler(RequestHandler):
         self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
         if self._counted:
             self._counted = False
             self._limited.released()

@@ -108,6 +108,28 @@ async def test_a_slow_but_whole_head_within_the_timeout_is_served(stack_factory)
     writer.close()
 
 
+async def test_a_stalled_request_body_is_cut_at_the_body_timeout(stack_factory):
+    stack = await stack_factory(limits={"body_timeout": "1s"}, skip_auth=[{"path": "^/"}])
+    reader, writer = await _open(stack)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+    started = time.monotonic()
+    closed, _ = await _closed_within(reader, 8)              # aiohttp's client waited for the rest for good
+    writer.close()
+    assert closed and time.monotonic() - started < 5
+    assert stack.echo.seen == []                              # the app never got a request with a short body
+
+
+async def test_a_slow_body_that_keeps_coming_is_not_cut(stack_factory):
+    stack = await stack_factory(limits={"body_timeout": "1s"}, skip_auth=[{"path": "^/"}])
+    reader, writer = await _open(stack)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: p\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
+    await _trickle(writer, b"12345678", 0.3)                   # 2.4 s in all, never 1 s without a byte
+    closed, data = await _closed_within(reader, 8)
+    writer.close()
+    assert closed and data.startswith(b"HTTP/1.1 200 ")
+    assert [r["body_size"] for r in stack.echo.seen] == [8]
+
+
 @pytest.fixture
 async def three(stack_factory: StackFactory) -> AsyncIterator[Stack]:
     yield await stack_factory(limits={"max_connections": 3, "header_timeout": "30s", "keepalive_timeout": "30s"})
