@@ -16,6 +16,9 @@ exhaust a worker's descriptors (Slowloris). Following nginx:
   this long, while the proxy is reading it, closes the connection (and cancels the upstream request).
   Before, a body stalled on its way to an app that waits for all of it held both connections for
   good: aiohttp's client times reads of the answer, not the sending of the body.
+- ``limits.send_timeout`` (nginx ``send_timeout``, 60 s): a client that takes no byte of our answer for
+  this long is cut off, whether the bytes wait in the transport (watched from ``pause_writing``, so
+  only connections that back up pay for it) or are spliced in the kernel (``splice.py``).
 - ``limits.max_header_size``: the bytes of one request head (request line and fields). aiohttp caps
   a field (16 KiB here, for large cookies) and their number (128), not their sum: one head could be
   2 MiB, held in memory and forwarded. Beyond the cap the client gets ``431`` and the connection is
@@ -64,7 +67,7 @@ class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
     __slots__ = ("_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
-                 "_head_timeout", "_last_read", "_limited", "_max_head")
+                 "_head_timeout", "_last_read", "_limited", "_max_head", "_send_mark", "_send_timer")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -77,6 +80,8 @@ class LimitedHandler(RequestHandler):
         self._body_timeout = manager.limits.body_timeout
         self._body_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_mark = 0                           # bytes waiting to go out when last checked
         self._counted = True
 
     @property
@@ -148,9 +153,38 @@ class LimitedHandler(RequestHandler):
         self._messages.clear()
         self.force_close()
 
+    def pause_writing(self) -> None:
+        """The client takes our bytes more slowly than we write them: watch that it takes any."""
+        super().pause_writing()
+        if self._send_timer is None and self.transport is not None:
+            self._send_mark = self.transport.get_write_buffer_size()
+            self._send_timer = self._loop.call_later(self._limited.limits.send_timeout, self._check_send)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _check_send(self) -> None:
+        """nginx's ``send_timeout``: abort when the client took no byte for ``send_timeout`` (a slow read
+        held the connection, the upstream's and the response's buffers for as long as it liked)."""
+        self._send_timer = None
+        if not self._paused or self.transport is None:
+            return
+        waiting = self.transport.get_write_buffer_size()
+        if waiting < self._send_mark:           # it took some: check again later
+            self._send_mark = waiting
+            self._send_timer = self._loop.call_later(self._limited.limits.send_timeout, self._check_send)
+            return
+        log.info("aborting a connection whose client took nothing for %gs", self._limited.limits.send_timeout)
+        self.transport.abort()
+        self.force_close()
+
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
+        for timer in (self._body_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
         if self._counted:
             self._counted = False
             self._limited.released()

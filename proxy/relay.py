@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import splice
+from .context import CONFIG
 from .errors import UpstreamError
 from .http1 import Http1Error, Http1Response, headers_problem
 
@@ -78,7 +79,9 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
                 async for chunk in body.iter_any():
                     await _to_client(out, chunk)
         except ClientGone:
-            log.debug("client closed the connection during the response")
+            log.debug("client closed the connection, or took nothing for limits.send_timeout, during the response")
+            if request.transport is not None:
+                request.transport.abort()            # a body cut short: the connection cannot carry another answer
             return out
         except (aiohttp.ClientError, asyncio.TimeoutError, Http1Error) as exc:
             # Headers are gone already: all we can do is end the client's response early.
@@ -116,7 +119,8 @@ async def _spliced(request: web.Request, out: web.StreamResponse, lean: Http1Res
     if not await splice.flushed(request.transport):
         raise ClientGone
     try:
-        await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout)
+        await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout,
+                            write_timeout=request.app[CONFIG].limits.send_timeout)
     except splice.DestinationGone as exc:
         raise ClientGone from exc
     except splice.SourceBroke as exc:

@@ -292,6 +292,7 @@ class LimitsConfig(_Model):
     header_timeout: PositiveDuration = 60.0
     keepalive_timeout: PositiveDuration = 75.0
     body_timeout: PositiveDuration = 60.0
+    send_timeout: PositiveDuration = 60.0
     max_connections: Annotated[int, _count(1, 1_000_000, 10000)] = 10000
     max_header_size: Annotated[int, _count(8192, 16 << 20, 65536)] = 64 * 1024
     websocket_max_message: Annotated[int, _count(1024, 1 << 30, 1048576)] = 4 * 1024 * 1024

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -259,6 +260,38 @@ async def test_too_big_a_response_head_is_a_502_never_relayed(head_upstream, how
         assert answer.startswith(b"HTTP/1.1 502 "), label
         assert b"X-F1" not in answer and b"X-Huge" not in answer and b"X-Long" not in answer, label
         assert time.monotonic() - started < 3, label
+
+
+BIG = 32 << 20
+
+
+@pytest.mark.parametrize("framing", ["chunked: streamed", "Content-Length: spliced"])
+async def test_a_client_that_reads_nothing_is_cut_at_the_send_timeout(stack_factory, framing):
+    server = HeadServer()
+    url = await server.start()
+    stack = await stack_factory(upstreams=[{"path": "/", "url": url}], skip_auth=[{"path": "^/"}],
+                                limits={"send_timeout": "1s"})
+    if framing.startswith("chunked"):
+        server.head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % BIG + b"x" * BIG + b"\r\n0\r\n\r\n"
+    else:
+        server.head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"x" * BIG
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)      # a client that reads nothing, slowly
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.proxy.config.listen_port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+    await asyncio.sleep(4)                                           # 1 s configured; aiohttp waited for good
+    received = 0
+    try:
+        async with asyncio.timeout(20):
+            while chunk := await reader.read(1 << 20):
+                received += len(chunk)
+    except ConnectionResetError:
+        pass
+    writer.close()
+    await server.close()
+    assert 0 < received < BIG                                        # cut off, not the whole body
 
 
 async def test_too_big_a_websocket_handshake_answer_is_a_502(head_upstream):
