@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from typing import Any
 
 from aiohttp import web
@@ -239,6 +240,24 @@ class LimitedServer(web.Server):
                 handler.force_close()
                 return True
         return False
+
+
+def raise_descriptor_limit(limits: LimitsConfig) -> None:
+    """Let the process open what ``max_connections`` needs (a client's connection and one to the app each),
+    raising the soft limit on open files up to the hard one as Go's runtime does; warn if even that is short:
+    beyond it, accepting fails (EMFILE) before ``max_connections`` could answer anyone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * limits.max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        except (ValueError, OSError):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("limits.max_connections is %d, but this process may open only %d files (ulimit -n); "
+                    "raise the limit to %d or lower max_connections to %d", limits.max_connections, soft,
+                    wanted, max((soft - 64) // 2, 1))
 
 
 class LimitedRunner(web.AppRunner):

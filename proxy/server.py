@@ -25,7 +25,7 @@ from aiohttp import web
 
 from .app import Lasting, create_app
 from .config import Config
-from .connections import LimitedRunner
+from .connections import LimitedRunner, raise_descriptor_limit
 from .errors import ConfigError
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
@@ -54,6 +54,7 @@ async def start_runner(config: Config, lasting: Lasting | None = None) -> web.Ap
     app = create_app(config, lasting=lasting)
     if config.metrics_listen:
         app.cleanup_ctx.append(_metrics_listener(config.metrics_listen))
+    raise_descriptor_limit(config.limits)
     runner = make_runner(app, config, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()

@@ -293,7 +293,7 @@ class LimitsConfig(_Model):
     keepalive_timeout: PositiveDuration = 75.0
     body_timeout: PositiveDuration = 60.0
     send_timeout: PositiveDuration = 60.0
-    max_connections: Annotated[int, _count(1, 1_000_000, 10000)] = 10000
+    max_connections: Annotated[int, _count(1, 1_000_000, 4096)] = 4096
     max_header_size: Annotated[int, _count(8192, 16 << 20, 65536)] = 64 * 1024
     websocket_max_message: Annotated[int, _count(1024, 1 << 30, 1048576)] = 4 * 1024 * 1024
     websockets_per_session: Annotated[int, _count(1, 10000, 32)] = 32
