@@ -281,13 +281,9 @@ def _count(low: int, high: int, example: int) -> AfterValidator:
 
 
 class LimitsConfig(_Model):
-    """What one client may hold of a worker process: time, connections, message sizes.
-
-    The defaults follow nginx: ``client_header_timeout`` 60 s, ``keepalive_timeout`` 75 s. A new
-    connection and each later request on it must deliver the whole request head within
-    ``header_timeout`` of its first byte (of the connection, for the first request); a connection idle
-    between requests is closed after ``keepalive_timeout``. ``max_connections`` counts one worker's
-    client connections (see ``server.py`` for what happens beyond it)."""
+    """What one client may hold of a worker process: time, connections, sizes (``connections.py`` and
+    ``websocket.py`` say how each is enforced). The defaults follow nginx: ``client_header_timeout``,
+    ``client_body_timeout`` and ``send_timeout`` 60 s, ``keepalive_timeout`` 75 s."""
 
     header_timeout: PositiveDuration = 60.0
     keepalive_timeout: PositiveDuration = 75.0
