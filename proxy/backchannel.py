@@ -23,8 +23,17 @@ from .session import STORE
 
 log = logging.getLogger("authproxy.backchannel")
 
+# The largest request body read (§2.5: a form with one logout token, a signed JWT of a few KiB). aiohttp's
+# own cap is 1 MiB, and it would parse multipart bodies too; a provider sends neither.
+MAX_BODY = 64 * 1024
+FORM = "application/x-www-form-urlencoded"
+
 
 async def handle_backchannel_logout(request: web.Request) -> web.Response:
+    if request.content_type != FORM:
+        return _refused(f"the request is not {FORM} (Back-Channel Logout 1.0 §2.5)")
+    if (request.content_length or 0) > MAX_BODY:          # a chunked body: aiohttp's 1 MiB cap still holds
+        return _refused(f"the request body is larger than {MAX_BODY} bytes", status=413)
     form = await request.post()
     token = form.get("logout_token")
     if not isinstance(token, str) or not token:
@@ -47,6 +56,6 @@ async def handle_backchannel_logout(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
 
-def _refused(description: str) -> web.Response:
-    """Back-Channel Logout 1.0 §2.8: 400 with an OAuth-style error body."""
-    return json_answer(400, {"error": "invalid_request", "error_description": description})
+def _refused(description: str, status: int = 400) -> web.Response:
+    """Back-Channel Logout 1.0 §2.8: 400 (413 for a body too large) with an OAuth-style error body."""
+    return json_answer(status, {"error": "invalid_request", "error_description": description})

@@ -20,6 +20,13 @@ filled in with ``string.Template`` placeholders (``$name`` or ``${name}``; ``$$`
 Every value is HTML-escaped (``$actions`` is markup built from escaped labels and URLs), so a
 template needs no escaping of its own. A template that cannot be read is logged and the built-in
 page is used.
+
+``error.html`` must be a regular file inside ``templates_dir``: a symbolic link pointed at
+``/proc/self/environ`` once put the process's environment, ``COOKIE_SECRET`` included, into every
+error page. A link that leads out of the directory is refused by the configuration check
+(``config.template_problem``) and again when the page is read; links that stay inside (a Kubernetes
+ConfigMap volume's) are followed. The file is opened at its resolved path with ``O_NOFOLLOW`` and
+checked on the open descriptor, so what is read is the regular file that was checked.
 """
 
 from __future__ import annotations
@@ -28,15 +35,17 @@ import functools
 import json
 import logging
 import os
+import stat
 from html import escape
 from string import Template
 
 from aiohttp import web
 
+from .config import TEMPLATE_NAME, template_problem
+
 log = logging.getLogger("authproxy.pages")
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-TEMPLATE_NAME = "error.html"
 # Largest template read; a bigger file is surely not an error page.
 MAX_TEMPLATE_BYTES = 256 * 1024
 
@@ -106,12 +115,24 @@ def html_page(status: int, title: str, message: str, request_id: str,
 
 @functools.lru_cache(maxsize=8)
 def load_template(templates_dir: str) -> Template | None:
-    """``templates_dir/error.html`` as a Template; None if there is none or it cannot be read."""
+    """``templates_dir/error.html`` as a Template; None if there is none or it may not be used."""
     path = os.path.join(templates_dir, TEMPLATE_NAME)
-    if not os.path.isfile(path):
+    problem = template_problem(templates_dir)
+    if problem is not None:
+        log.warning("error page template not used: %s", problem)
         return None
     try:
-        with open(path, encoding="utf-8") as file:
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:                     # ELOOP: replaced by a symbolic link since the check
+        log.warning("error page template %s not used: %s", path, exc.strerror)
+        return None
+    try:
+        with open(fd, encoding="utf-8") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                log.warning("error page template %s not used: not a regular file", path)
+                return None
             text = file.read(MAX_TEMPLATE_BYTES + 1)
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("error page template %s not used: %s", path, exc)

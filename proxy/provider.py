@@ -185,6 +185,10 @@ class Provider:
         access = body.get("access_token")
         if not isinstance(access, str) or not access:
             raise ProviderError(step, "the token response has no access_token")
+        if not access.isascii() or not access.isprintable():
+            # RFC 6749 Appendix A.12: VSCHAR only. It goes into every upstream request's Authorization
+            # header: a CR or LF would split it (both HTTP clients refuse, so it was a 500 each time).
+            raise ProviderError(step, "the access_token has characters other than printable ASCII")
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise ProviderError(step, f"token_type is {str(token_type)[:40]!r}, but only Bearer tokens can be "

@@ -21,7 +21,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import splice
-from .http1 import Http1Error, Http1Response
+from .context import CONFIG
+from .errors import UpstreamError
+from .http1 import Http1Error, Http1Response, headers_problem
 
 # The forwarding logger, as in upstream.py and headers.py: an operator filters all forwarding messages by one name.
 log = logging.getLogger("authproxy.upstream")
@@ -40,7 +42,18 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
                 close: bool = False) -> web.StreamResponse:
     """Send the upstream's response on, its ``headers`` already filtered (``HeaderPolicy.response_headers``);
     ``lean``: the lean client's response, which allows the shortcuts; ``close``: say ``Connection: close``
-    and close after it."""
+    and close after it. A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the
+    lean client checks it while parsing, aiohttp's client caps its fields but not their total. So is a
+    1xx status as the final answer."""
+    if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
+        log.warning("upstream sent too big header: %s", problem)
+        raise UpstreamError("The application sent a response header too large to pass on.")
+    if status < 200:
+        # A 101 to a request that asked for no upgrade (aiohttp's client returns it as the answer; the lean
+        # client refuses it): relayed, it would turn a server in front of us into a raw tunnel whose later
+        # requests none of its rules see (WebSocket/h2c smuggling). Upgrades go through websocket.py only.
+        log.warning("upstream answered %d, an interim status, as its final answer", status)
+        raise UpstreamError("The application's answer could not be passed on.")
     if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
         complete = lean.complete_body()
         if complete is not None:
@@ -66,7 +79,9 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
                 async for chunk in body.iter_any():
                     await _to_client(out, chunk)
         except ClientGone:
-            log.debug("client closed the connection during the response")
+            log.debug("client closed the connection, or took nothing for limits.send_timeout, during the response")
+            if request.transport is not None:
+                request.transport.abort()            # a body cut short: the connection cannot carry another answer
             return out
         except (aiohttp.ClientError, asyncio.TimeoutError, Http1Error) as exc:
             # Headers are gone already: all we can do is end the client's response early.
@@ -104,7 +119,8 @@ async def _spliced(request: web.Request, out: web.StreamResponse, lean: Http1Res
     if not await splice.flushed(request.transport):
         raise ClientGone
     try:
-        await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout)
+        await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout,
+                            write_timeout=request.app[CONFIG].limits.send_timeout)
     except splice.DestinationGone as exc:
         raise ClientGone from exc
     except splice.SourceBroke as exc:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .app import Lasting, create_app
 from .config import Config
+from .connections import LimitedRunner, raise_descriptor_limit
 from .errors import ConfigError
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
@@ -43,11 +44,18 @@ WORKER_RESTART_PAUSE = 1.0
 SERVER_OPTIONS: dict[str, Any] = {"access_log": None, "handler_cancellation": True, "auto_decompress": False}
 
 
+def make_runner(app: web.Application, config: Config, **options: Any) -> web.AppRunner:
+    """The runner that serves ``app`` as production does: SERVER_OPTIONS, and ``limits`` on every client
+    connection (``connections.py``: head and idle timeouts, the connection cap)."""
+    return LimitedRunner(app, config.limits, **SERVER_OPTIONS, **options)
+
+
 async def start_runner(config: Config, lasting: Lasting | None = None) -> web.AppRunner:
     app = create_app(config, lasting=lasting)
     if config.metrics_listen:
         app.cleanup_ctx.append(_metrics_listener(config.metrics_listen))
-    runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout, **SERVER_OPTIONS)
+    raise_descriptor_limit(config.limits)
+    runner = make_runner(app, config, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
     return runner

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import math
 import os
 import socket
 
@@ -70,12 +71,14 @@ async def flushed(transport: asyncio.WriteTransport) -> bool:
     return not transport.is_closing()
 
 
-async def splice(source: int, destination: int, count: int, *, read_timeout: float) -> None:
+async def splice(source: int, destination: int, count: int, *, read_timeout: float,
+                 write_timeout: float | None = None) -> None:
     """Move exactly ``count`` bytes from socket ``source`` to socket ``destination``.
 
     Raises SourceBroke when the source ends early, fails, or sends nothing for ``read_timeout``
     seconds while we wait for it, and DestinationGone when the destination fails or its peer hangs
-    up. A slow destination is waited for, as a slow client is when bodies are copied.
+    up, or takes nothing for ``write_timeout`` seconds while we wait for it (``limits.send_timeout``
+    for a client; None: a slow destination is waited for as long as it takes).
     """
     loop = asyncio.get_running_loop()
     src = socket.socket(fileno=os.dup(source))        # a socket object: SO_RCVLOWAT is set on it
@@ -86,7 +89,8 @@ async def splice(source: int, destination: int, count: int, *, read_timeout: flo
             fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass                               # a lower pipe-max-size: the default capacity works too
-        pump = _Pump(loop, src, dst, pipe_r, pipe_w, count, fcntl.fcntl(pipe_w, _F_GETPIPE_SZ), read_timeout)
+        pump = _Pump(loop, src, dst, pipe_r, pipe_w, count, fcntl.fcntl(pipe_w, _F_GETPIPE_SZ),
+                     (read_timeout, write_timeout))
         try:
             pump.step()
             await pump.done
@@ -105,19 +109,19 @@ class _Pump:
     ``epoll_ctl`` calls and a task step each time, thousands of times per gigabyte.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, src: socket.socket, dst: int, pipe_r: int, pipe_w: int,
-                 count: int, capacity: int, read_timeout: float) -> None:
+                 count: int, capacity: int, timeouts: tuple[float, float | None]) -> None:
         self.loop, self.src_sock, self.src, self.dst = loop, src, src.fileno(), dst
         self.pipe_r, self.pipe_w = pipe_r, pipe_w
         self.count, self.capacity, self.in_pipe = count, capacity, 0
-        self.read_timeout = read_timeout
+        self.read_timeout, self.write_timeout = timeouts
         self.done: asyncio.Future[None] = loop.create_future()
         self.reading = self.writing = False
         # A pipe's capacity is counted in slots, one per piece spliced in, as well as in bytes: it can be
         # full with fewer bytes in it than its size. A refused fill while bytes are in the pipe means
         # that; reading then waits for a drain (else a readable source would wake us in a busy loop).
         self.pipe_full = False
-        self.last_read = loop.time()
-        self.timer = loop.call_later(read_timeout, self._check_stall)
+        self.last_read = self.last_write = loop.time()
+        self.timer = loop.call_later(min(self.read_timeout, self.write_timeout or math.inf), self._check_stall)
         self._low_water(min(count, LOW_WATER))
 
     def step(self) -> None:
@@ -169,6 +173,8 @@ class _Pump:
         except OSError as exc:
             raise DestinationGone(exc.strerror) from None
         self.in_pipe -= n
+        if n:
+            self.last_write = self.loop.time()
         self.pipe_full = self.pipe_full and n == 0
         return n
 
@@ -191,18 +197,27 @@ class _Pump:
             self.writing = write
 
     def _check_stall(self) -> None:
-        """Fail when the source has sent nothing for ``read_timeout`` while we waited only for it.
-        Time spent waiting for the destination does not count: a slow client is not the upstream's fault."""
+        """Fail when the source has sent nothing for ``read_timeout`` while we waited only for it, or
+        the destination took nothing for ``write_timeout`` while we waited for it. Time spent waiting
+        for one side does not count against the other: a slow client is not the upstream's fault."""
         if self.done.done():
             return
         now = self.loop.time()
         if self.writing:
             self.last_read = now
+            if self.write_timeout is not None and now - self.last_write >= self.write_timeout:
+                self._finish(DestinationGone("the destination took nothing within the send timeout"))
+                return
+        else:
+            self.last_write = now
         idle = now - self.last_read
         if idle >= self.read_timeout:
             self._finish(SourceBroke("the upstream sent nothing within the read timeout"))
             return
-        self.timer = self.loop.call_later(self.read_timeout - idle, self._check_stall)
+        wait = self.read_timeout - idle
+        if self.write_timeout is not None:
+            wait = min(wait, self.write_timeout - (now - self.last_write))
+        self.timer = self.loop.call_later(wait, self._check_stall)
 
     def _finish(self, error: Exception | None) -> None:
         if not self.done.done():

@@ -24,8 +24,15 @@ and dies at once.
 Frames are relayed as they come, each way in its own task: text and binary unchanged (text is not
 even decoded), ping and pong passed through — autoping is off on both ends, so the app answers a
 client's ping and the pong proves the whole path alive; the proxy sends no pings of its own — and a
-close frame's code and reason go to the other side. Each hop negotiates its own permessage-deflate.
-A message is held in memory once, at most ``MAX_MESSAGE`` bytes; a bigger one ends the socket (1009).
+close frame's code and reason go to the other side, if it is one an endpoint may send
+(``relayable_code``). A message is held in memory once, at most ``limits.websocket_max_message``
+bytes after decompression; a bigger one ends the socket (1009).
+
+Compression (permessage-deflate, RFC 7692) is offered to the app only when the client offered it,
+and accepted from the client only when the app accepted it. Accepting it from the client alone made
+the proxy the inflating end: 160 KiB on the client's wire reached the app as 160 MiB. Each hop still
+agrees its own parameters. A session may have ``limits.websockets_per_session`` sockets open at once
+(per worker); a handshake beyond that gets a 429 before the app hears of it.
 
 A live socket ends with ``SESSION_ENDED`` (4401) when its session does. Every end goes through
 ``ending.SessionEnds``, which tells this module's ``SocketRegistry`` (``session_ended``): on sign-out,
@@ -74,8 +81,8 @@ CLOSE_REASONS = {Reason.SIGN_OUT: "signed out", Reason.BACKCHANNEL: "signed out 
                  Reason.COOKIE_LIMIT: "session ended"}
 # Seconds to wait for the peer's close frame after sending ours (RFC 6455 §7.1.1), per side.
 CLOSE_TIMEOUT = 5.0
-# Largest message relayed, in bytes (aiohttp's default); a bigger one closes that side with 1009.
-MAX_MESSAGE = 4 * 1024 * 1024
+# The window bits offered to the app when the client offered compression (RFC 7692 §7.1.2: 15 is zlib's default).
+DEFLATE_WINDOW_BITS = 15
 # Seconds slept past an expiry before checking it, so a wake-up is not a hair early.
 EXPIRY_SLACK = 0.05
 # Handshake fields aiohttp's client sets itself (RFC 6455 §4.1); the client's would clash with them.
@@ -186,17 +193,48 @@ async def forward_websocket(request: web.Request, upstream: Upstream,
     refusal = _refusal(request, upstream)
     if refusal is not None:
         return refusal
-    upstream_ws = await _connect_upstream(request, upstream, session)
-    client_ws = web.WebSocketResponse(protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
-                                      timeout=CLOSE_TIMEOUT, autoclose=False, autoping=False,
-                                      max_msg_size=MAX_MESSAGE, decode_text=False)
+    limits = request.app[CONFIG].limits
+    registry = request.app.get(SOCKETS)
+    if registry is not None and session is not None and session.id \
+            and registry.count(session.id) >= limits.websockets_per_session:
+        log.warning("websocket refused: sub=%s has %d open already, rid=%s", session.identity.sub,
+                    limits.websockets_per_session, request[REQUEST_ID])
+        return _refuse(request, 429, "too_many_websockets", "Too many connections",
+                       "This session has too many WebSocket connections open; close some and try again.")
+    place = _hold_place(registry, session)
     try:
-        await client_ws.prepare(request)
-    except BaseException:
-        await upstream_ws.close(code=WSCloseCode.GOING_AWAY)
-        raise
+        upstream_ws = await _connect_upstream(request, upstream, session)
+        client_ws = web.WebSocketResponse(protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
+                                          timeout=CLOSE_TIMEOUT, autoclose=False, autoping=False,
+                                          max_msg_size=limits.websocket_max_message, decode_text=False,
+                                          compress=bool(upstream_ws.compress))
+        try:
+            await client_ws.prepare(request)
+        except BaseException:
+            await upstream_ws.close(code=WSCloseCode.GOING_AWAY)
+            raise
+    finally:
+        if registry is not None and place is not None:
+            registry.discard(place)         # _relay registers the socket itself, with no await in between
     await _relay(request, client_ws, upstream_ws, session)
     return client_ws
+
+
+def _hold_place(registry: SocketRegistry | None, session: Session | None) -> LiveSocket | None:
+    """Count a handshake under way among its session's sockets, so that concurrent handshakes cannot
+    all pass ``limits.websockets_per_session``: a LiveSocket standing in for it, which nothing waits
+    on. Taken right after the count, with no await between; None when there is no session."""
+    if registry is None or session is None or not session.id:
+        return None
+    place = LiveSocket(session.id, session)
+    registry.add(place)
+    return place
+
+
+def offers_deflate(request: web.Request) -> bool:
+    """Whether the client's handshake offers permessage-deflate (RFC 7692 §5)."""
+    return any(offer.split(";", 1)[0].strip().lower() == "permessage-deflate"
+               for value in request.headers.getall("Sec-WebSocket-Extensions", ()) for offer in value.split(","))
 
 
 async def _connect_upstream(request: web.Request, upstream: Upstream,
@@ -210,7 +248,8 @@ async def _connect_upstream(request: web.Request, upstream: Upstream,
         async with asyncio.timeout(upstream.config.connect_timeout + upstream.config.timeout):
             return await upstream.client.ws_connect(
                 upstream_ws_url(upstream, request), headers=headers, protocols=requested_protocols(request),
-                autoclose=False, autoping=False, max_msg_size=MAX_MESSAGE, decode_text=False,
+                autoclose=False, autoping=False, max_msg_size=request.app[CONFIG].limits.websocket_max_message,
+                decode_text=False, compress=DEFLATE_WINDOW_BITS if offers_deflate(request) else 0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
     except aiohttp.WSServerHandshakeError as exc:
         log.warning("upstream %s refused the websocket: %s %s", upstream.config.url, exc.status, exc.message)
@@ -280,12 +319,26 @@ async def _pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketRes
             elif msg.type is WSMsgType.PONG:
                 await sink.pong(msg.data)
             elif msg.type is WSMsgType.CLOSE:
-                # No status code on the wire reads as 0; 1005 itself must never be sent (RFC 6455 §7.4.1).
-                return Close(msg.data or WSCloseCode.OK, msg.extra or "")
+                return Close(relayable_code(msg.data, side), msg.extra or "")
             else:                                   # CLOSED, ERROR: gone without a close handshake
                 return _vanished(side)
         except (ConnectionError, aiohttp.ClientError):
             return _vanished("upstream" if side == "client" else "client")
+
+
+def relayable_code(code: int, side: str) -> int:
+    """The close code to send on for one ``side`` received: only codes an endpoint may send.
+
+    RFC 6455 §7.4.1–7.4.2: 1005, 1006 and 1015 must never be sent in a close frame, 1004 and
+    1016–2999 are reserved, and nothing outside 1000–4999 is a code. aiohttp's reader lets 1006 and
+    any code from 3000 up through. No code at all (read as 0) is a normal closure; any other code we
+    may not send is told as that side vanishing (1001 from the client, 1014 from the upstream).
+    """
+    if code == 0:
+        return WSCloseCode.OK
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return _vanished(side).code
 
 
 def _vanished(side: str) -> Close:
@@ -379,6 +432,10 @@ class SocketRegistry:
 
     def __len__(self) -> int:
         return sum(len(sockets) for sockets in self._by_session.values())
+
+    def count(self, session_id: str) -> int:
+        """The sockets of one session open (or being opened) now."""
+        return len(self._by_session.get(session_id, ()))
 
     def add(self, live: LiveSocket) -> None:
         self._by_session.setdefault(live.session_id, set()).add(live)

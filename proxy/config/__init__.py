@@ -22,13 +22,14 @@ rules across fields), ``loading`` (YAML, substitution, environment overrides, er
 """
 
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
-from .models import (AuthorizationConfig, ClaimsConfig, Config, CookieConfig, CorsConfig, LoggingConfig,
+from .models import (AuthorizationConfig, ClaimsConfig, Config, CookieConfig, CorsConfig, LimitsConfig, LoggingConfig,
                      ProviderConfig, RedisConfig, SessionConfig, SkipAuthRule, TLSConfig, UpstreamConfig)
 from .values import (CALLBACK_PATH, COOKIE_KEY_BYTES, DEFAULT_ID_TOKEN_ALGORITHMS, KNOWN_ID_TOKEN_ALGORITHMS,
-                     MAKE_KEY_HINT, RESERVED_AUTHORIZE_PARAMS, Duration, Loc, PositiveDuration, Secret, parse_duration)
+                     MAKE_KEY_HINT, RESERVED_AUTHORIZE_PARAMS, TEMPLATE_NAME, Duration, Loc, PositiveDuration, Secret, parse_duration,
+                     template_problem)
 
 __all__ = ["ENV_PREFIX", "env_overrides", "load_config", "parse_config", "AuthorizationConfig", "ClaimsConfig",
-           "Config", "CookieConfig", "CorsConfig", "LoggingConfig", "ProviderConfig", "RedisConfig", "SessionConfig",
+           "Config", "CookieConfig", "CorsConfig", "LimitsConfig", "LoggingConfig", "ProviderConfig", "RedisConfig", "SessionConfig",
            "SkipAuthRule", "TLSConfig", "UpstreamConfig", "CALLBACK_PATH", "COOKIE_KEY_BYTES",
-           "DEFAULT_ID_TOKEN_ALGORITHMS", "KNOWN_ID_TOKEN_ALGORITHMS", "MAKE_KEY_HINT", "RESERVED_AUTHORIZE_PARAMS",
-           "Duration", "Loc", "PositiveDuration", "Secret", "parse_duration"]
+           "DEFAULT_ID_TOKEN_ALGORITHMS", "KNOWN_ID_TOKEN_ALGORITHMS", "MAKE_KEY_HINT", "RESERVED_AUTHORIZE_PARAMS", "TEMPLATE_NAME",
+           "Duration", "Loc", "PositiveDuration", "Secret", "parse_duration", "template_problem"]

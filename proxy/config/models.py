@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Wi
                       model_validator)
 
 from .. import presets
-from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _existing_dir,
+from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _templates_dir,
                      _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url, _redis_url, _regex,
                      _scope, _split_listen, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
 
@@ -294,6 +294,30 @@ class CorsConfig(_Model):
                                          'listed here; list the app\'s cross-origin API, e.g. ["^/api/"]')
 
 
+def _count(low: int, high: int, example: int) -> AfterValidator:
+    """An integer between ``low`` and ``high``, with a message that says so and gives an example."""
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}; got {value}, e.g. write {example}")
+        return value
+    return AfterValidator(check)
+
+
+class LimitsConfig(_Model):
+    """What one client may hold of a worker process: time, connections, sizes (``connections.py`` and
+    ``websocket.py`` say how each is enforced). The defaults follow nginx: ``client_header_timeout``,
+    ``client_body_timeout`` and ``send_timeout`` 60 s, ``keepalive_timeout`` 75 s."""
+
+    header_timeout: PositiveDuration = 60.0
+    keepalive_timeout: PositiveDuration = 75.0
+    body_timeout: PositiveDuration = 60.0
+    send_timeout: PositiveDuration = 60.0
+    max_connections: Annotated[int, _count(1, 1_000_000, 4096)] = 4096
+    max_header_size: Annotated[int, _count(8192, 16 << 20, 65536)] = 64 * 1024
+    websocket_max_message: Annotated[int, _count(1024, 1 << 30, 1048576)] = 4 * 1024 * 1024
+    websockets_per_session: Annotated[int, _count(1, 10000, 32)] = 32
+
+
 class LoggingConfig(_Model):
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
     format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
@@ -314,8 +338,9 @@ class Config(_Model):
     cors: CorsConfig = CorsConfig()
     websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
-    templates_dir: Annotated[str, AfterValidator(_existing_dir)] | None = None
+    templates_dir: Annotated[str, AfterValidator(_templates_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
+    limits: LimitsConfig = LimitsConfig()
     shutdown_timeout: Duration = 30.0
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
     metrics_listen: str | None = None

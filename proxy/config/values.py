@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -201,6 +202,40 @@ def _origin(value: str) -> str:
 def _existing_dir(value: str) -> str:
     if not os.path.isdir(value):
         raise ValueError(f"no such directory {value!r}; create it or remove the key")
+    return value
+
+
+#: The error page template's name in ``templates_dir`` (``pages.py``).
+TEMPLATE_NAME = "error.html"
+
+
+def template_problem(templates_dir: str) -> str | None:
+    """Why ``templates_dir/error.html`` may not be used, or None (also when there is none).
+
+    It must be a regular file inside the directory. A symbolic link is followed only while it stays
+    inside (a Kubernetes ConfigMap volume is made of such links: ``error.html -> ..data/error.html``);
+    one that leads out is refused — pointed at ``/proc/self/environ``, it put the process's secrets
+    into every error page (``pages.py``)."""
+    path = os.path.join(templates_dir, TEMPLATE_NAME)
+    if not os.path.lexists(path):
+        return None
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, os.path.realpath(templates_dir)]) != os.path.realpath(templates_dir):
+        return f"{path} is a symbolic link to {real}, outside the directory; copy the template into it instead"
+    try:
+        info = os.stat(real)
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file; put your error page there as a file"
+    return None
+
+
+def _templates_dir(value: str) -> str:
+    """An existing directory whose ``error.html``, if any, is a regular file in it."""
+    problem = template_problem(_existing_dir(value))
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

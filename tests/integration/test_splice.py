@@ -123,9 +123,10 @@ def spliced(monkeypatch):
     counts: list[int] = []
     real = splice.splice
 
-    async def counting(source: int, destination: int, count: int, *, read_timeout: float) -> None:
+    async def counting(source: int, destination: int, count: int, *, read_timeout: float,
+                       write_timeout: float | None = None) -> None:
         counts.append(count)
-        await real(source, destination, count, read_timeout=read_timeout)
+        await real(source, destination, count, read_timeout=read_timeout, write_timeout=write_timeout)
 
     monkeypatch.setattr(splice, "splice", counting)
     return counts

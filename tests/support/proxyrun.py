@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import Config, parse_config
-from proxy.server import SERVER_OPTIONS
+from proxy.server import make_runner
 
 COOKIE_SECRET = base64.urlsafe_b64encode(b"k" * 32).decode()
 OTHER_SECRET = base64.urlsafe_b64encode(b"o" * 32).decode()
@@ -54,7 +54,7 @@ async def start_proxy(data: dict[str, Any], *, clock: Callable[[], float] = time
                       wait_ready: bool = True) -> RunningProxy:
     config = parse_config(data, source="<test>")
     app = create_app(config, clock=clock)
-    runner = web.AppRunner(app, **SERVER_OPTIONS)
+    runner = make_runner(app, config)
     await runner.setup()
     await web.TCPSite(runner, config.listen_host, config.listen_port).start()
     running = RunningProxy(url=config.public_url, config=config, app=app, runner=runner)

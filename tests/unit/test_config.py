@@ -556,3 +556,41 @@ def test_cookie_name_defaults_to_the_host_prefix_when_it_can(cookie, name):
 def test_cookie_name_from_the_environment_is_kept():
     config = parse_config(minimal(), environ={"AUTHPROXY_COOKIE__NAME": "_authproxy"})
     assert config.cookie.name == "_authproxy"
+
+
+# --- templates_dir and limits -----------------------------------------------------------------------------------
+
+
+def test_templates_dir_refuses_an_error_page_linked_outside_it(tmp_path):
+    (tmp_path / "error.html").symlink_to("/proc/self/environ")
+    assert_problem(with_(templates_dir=str(tmp_path)), "templates_dir", "outside the directory")
+    (tmp_path / "error.html").unlink()
+    (tmp_path / "secret.env").write_text("COOKIE_SECRET=x")
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "error.html").symlink_to("../secret.env")
+    assert_problem(with_(templates_dir=str(tmp_path / "pages")), "templates_dir", "outside the directory")
+
+
+def test_templates_dir_refuses_an_error_page_that_is_no_regular_file(tmp_path):
+    (tmp_path / "error.html").mkdir()
+    assert_problem(with_(templates_dir=str(tmp_path)), "templates_dir", "not a regular file")
+    (tmp_path / "error.html").rmdir()
+    os.mkfifo(tmp_path / "error.html")
+    assert_problem(with_(templates_dir=str(tmp_path)), "templates_dir", "not a regular file")
+
+
+def test_templates_dir_follows_links_that_stay_inside_it(tmp_path):
+    # A Kubernetes ConfigMap volume: error.html -> ..data/error.html -> ..2026_01_01/error.html
+    (tmp_path / "..2026_01_01").mkdir()
+    (tmp_path / "..2026_01_01" / "error.html").write_text("<p>$message</p>")
+    (tmp_path / "..data").symlink_to("..2026_01_01")
+    (tmp_path / "error.html").symlink_to("..data/error.html")
+    assert parse_config(with_(templates_dir=str(tmp_path))).templates_dir == str(tmp_path)
+
+
+def test_limits_must_be_positive():
+    found = problems(with_(limits={"header_timeout": 0, "keepalive_timeout": "-1s", "max_connections": 0,
+                                   "websocket_max_message": 10, "websockets_per_session": 0}))
+    assert set(found) == {"limits.header_timeout", "limits.keepalive_timeout", "limits.max_connections",
+                          "limits.websocket_max_message", "limits.websockets_per_session"}, found
+    assert "between 1 and" in found["limits.max_connections"]

@@ -1,10 +1,13 @@
 """The lean upstream client against tiny raw servers that answer exactly what each test needs."""
 
 import asyncio
+import inspect
 
+import aiohttp
 import pytest
 
-from proxy.http1 import HIGH_WATER, Http1Error, Http1Pool, Http1Timeout, serialize_head
+from proxy.http1 import (HIGH_WATER, MAX_FIELD_SIZE, MAX_HEADERS, Http1Error, Http1HeadTooLarge, Http1Pool, Http1Timeout,
+                         headers_problem, serialize_head)
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -177,3 +180,44 @@ def test_serialize_head_rejects_line_breaks_in_fields():
     for bad in ("a\r\nX-Evil: 1", "a\nb", "a\rb"):
         with pytest.raises(ValueError):
             serialize_head("GET", "/", [("X-Test", bad)])
+
+
+def _head(fields: list[tuple[str, str]]) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\n" + b"".join(f"{n}: {v}\r\n".encode() for n, v in fields)
+            + b"Content-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("fields", [
+    [("X-Huge", "a" * (8 << 20))],                                  # one field of 8 MiB: cut while it arrives
+    [("X-Long", "a" * (MAX_FIELD_SIZE + 1))],
+    [(f"X-F{i}", "v") for i in range(MAX_HEADERS + 1)],
+    [(f"X-F{i}", "v" * 1000) for i in range(70)],                   # fields fine, the head too big
+], ids=["8 MiB field", "long field", "too many fields", "70 KB head"])
+async def test_too_big_a_response_head_is_refused(fields):
+    server, _ = await raw_server([_head(fields)])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(Http1HeadTooLarge, match="upstream sent too big header"):
+        await pool_for(server).request(GET, idempotent=True)
+    assert loop.time() - started < 2                                  # 8 MiB took seconds of CPU before
+    server.close()
+
+
+async def test_a_head_at_the_limits_passes():
+    fields = [(f"X-F{i}", "v" * 400) for i in range(MAX_HEADERS - 1)]   # 127 fields, ~52 KB
+    server, _ = await raw_server([_head(fields)])
+    resp = await pool_for(server).request(GET, idempotent=True)
+    assert resp.status == 200 and len(resp.headers) == MAX_HEADERS
+    resp.close()
+    server.close()
+
+
+def test_the_caps_are_aiohttps_client_defaults():
+    """Both upstream clients refuse the same fields: aiohttp's client (bodies, TLS, WebSockets) has these
+    defaults, and relay.py adds the total."""
+    defaults = inspect.signature(aiohttp.ClientSession).parameters
+    assert defaults["max_field_size"].default == MAX_FIELD_SIZE
+    assert defaults["max_line_size"].default == MAX_FIELD_SIZE
+    assert defaults["max_headers"].default == MAX_HEADERS
+    assert headers_problem("OK", [("X-A", "v" * 1000)] * 70) is not None
+    assert headers_problem("OK", [("X-A", "v")] * 10) is None

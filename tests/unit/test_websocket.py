@@ -179,6 +179,19 @@ async def test_pump_maps_a_close_without_status_and_vanishing_sides():
     assert (await _pump(FakeSocket([text]), FakeSocket(fail_send=True), "client")).code == WSCloseCode.BAD_GATEWAY
 
 
+@pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535, 999, 1])
+@pytest.mark.parametrize("side, instead", [("client", WSCloseCode.GOING_AWAY), ("upstream", WSCloseCode.BAD_GATEWAY)])
+async def test_a_close_code_that_may_not_be_sent_is_never_relayed(code, side, instead):
+    """RFC 6455 §7.4.1: 1005, 1006 and 1015 are never sent; 1004 and 1016-2999 are reserved; 1000-4999 only."""
+    source = FakeSocket([WSMessage(WSMsgType.CLOSE, code, "why")])
+    assert await _pump(source, FakeSocket(), side) == Close(instead, "why")
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
+async def test_every_code_an_endpoint_may_send_is_relayed(code):
+    assert await _pump(FakeSocket([WSMessage(WSMsgType.CLOSE, code, "")]), FakeSocket(), "client") == Close(code, "")
+
+
 # -- the registry --------------------------------------------------------------------------------------
 
 

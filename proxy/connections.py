@@ -1,0 +1,277 @@
+"""Client connections: how long a client may take to send a head or a body, to read an answer, to stay
+idle, how large a head may be, and how many connections one worker holds.
+
+aiohttp's server has one timer per connection, the keep-alive timer: it closes a connection that has
+no complete request head when the timer fires, and it is armed at the connection's start and after
+each response — with a default of 3630 s, and never moved by bytes that arrive. A client trickling one
+header byte every 20 s kept a connection (and its memory) for an hour; a few thousand such clients
+exhaust a worker's descriptors (Slowloris). Following nginx:
+
+- ``limits.header_timeout`` (nginx ``client_header_timeout``, 60 s): a new connection must deliver its
+  first request head whole within this of being accepted, and a kept-alive connection its next head
+  within this of that head's first byte. Measured in total, not between bytes, so trickling does not
+  extend it. The connection is closed without an answer, as nginx does.
+- ``limits.keepalive_timeout`` (nginx ``keepalive_timeout``, 75 s): a connection idle between
+  requests, not a byte of the next head yet, is closed after this.
+- ``limits.body_timeout`` (nginx ``client_body_timeout``, 60 s): a request body that sends nothing for
+  this long, while the proxy is reading it, closes the connection (and cancels the upstream request).
+  Before, a body stalled on its way to an app that waits for all of it held both connections for
+  good: aiohttp's client times reads of the answer, not the sending of the body.
+- ``limits.send_timeout`` (nginx ``send_timeout``, 60 s): a client that takes no byte of our answer for
+  this long is cut off, whether the bytes wait in the transport (watched from ``pause_writing``, so
+  only connections that back up pay for it) or are spliced in the kernel (``splice.py``).
+- ``limits.max_header_size``: the bytes of one request head (request line and fields). aiohttp caps
+  a field (16 KiB here, for large cookies) and their number (128), not their sum: one head could be
+  2 MiB, held in memory and forwarded. Beyond the cap the client gets ``431`` and the connection is
+  closed (nginx: ``large_client_header_buffers``, 32 KiB by default; Node.js: 16 KiB).
+- ``limits.max_connections`` (nginx ``worker_connections``): client connections per worker process.
+  At the limit, nginx first closes idle keep-alive connections to make room and, when none is idle,
+  drops the new connection ("worker_connections are not enough"). So here: an idle keep-alive
+  connection is closed for the new one; with none idle, the new connection gets a ``503`` with
+  ``Retry-After`` and is closed, so a client sees why (and a load balancer in front can retry
+  elsewhere) rather than a reset.
+
+The head and keep-alive deadlines are aiohttp's own keep-alive timer, moved:
+``RequestHandler._process_keepalive`` reschedules itself to ``_next_keepalive_close_time`` and closes
+only a connection waiting for a head, so setting that time is all a deadline needs. No task is made
+per request; a body still arriving gets one timer handle, a backed-up answer another. The hot path
+pays a few attribute checks per ``data_received`` (measured: no difference in CPU per request beyond
+run-to-run noise, 50,000 keep-alive GETs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from .config import LimitsConfig
+
+log = logging.getLogger("authproxy.connections")
+
+
+def _answer(status: bytes, text: bytes, *extra: bytes) -> bytes:
+    """A whole plain-text response that closes the connection, written before aiohttp has a request."""
+    fields = b"".join(field + b"\r\n" for field in extra)
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(text)).encode()
+            + b"\r\n" + fields + b"Connection: close\r\n\r\n" + text)
+
+
+# The answer to a request head beyond ``max_header_size``: sent before it is read whole, then closed.
+HEAD_TOO_LARGE = _answer(b"431 Request Header Fields Too Large", b"The request's header is too large.\r\n")
+# The answer to a connection beyond ``max_connections``: sent before the request is read, then closed.
+TOO_MANY = _answer(b"503 Service Unavailable", b"Too many connections; try again shortly.\r\n", b"Retry-After: 1")
+
+
+class LimitedHandler(RequestHandler):
+    """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
+
+    __slots__ = ("_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
+                 "_head_timeout", "_last_read", "_limited", "_max_head", "_send_mark", "_send_timer")
+
+    def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
+        super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
+        self._limited = manager
+        self._head_timeout = manager.limits.header_timeout
+        self._head_started = True            # the first head's deadline runs from the connection's start
+        self._head_bytes = 0                 # bytes of the head under way, while it is not whole
+        self._max_head = manager.limits.max_header_size
+        self._body: StreamReader | None = None        # a request body still arriving, watched for stalls
+        self._body_timeout = manager.limits.body_timeout
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_mark = 0                           # bytes waiting to go out when last checked
+        self._counted = True
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request head of which not a byte has come: safe to close for another client."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._head_started and not self._messages
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._set_deadline(self._loop.time() + self._head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_started and self._waiter is not None:
+            self._head_started = True        # the first bytes of a kept-alive connection's next head
+            self._set_deadline(self._loop.time() + self._head_timeout)
+        if self._body is not None:
+            self._last_read = self._loop.time()
+        super().data_received(data)
+        if self._messages:
+            # A whole head arrived: the next one's clock starts at its first byte. Only when the bytes it
+            # came in exceed the cap (a body may have come along) are its fields measured.
+            if self._head_bytes + len(data) > self._max_head and self._head_too_large():
+                self._refuse_head()
+            self._head_started = False
+            self._head_bytes = 0
+            self._watch_body(*self._messages[-1])
+        elif self._head_started:             # still no whole head: every byte so far was head
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self._refuse_head()
+
+    def _watch_body(self, message: Any, payload: StreamReader) -> None:
+        """Start watching a request body that has not all come yet (none for an upgrade: its bytes are frames)."""
+        if payload is EMPTY_PAYLOAD or payload is self._body or getattr(message, "upgrade", True) or payload.is_eof():
+            return
+        self._body, self._last_read = payload, self._loop.time()
+        if self._body_timer is None:
+            self._body_timer = self._loop.call_at(self._last_read + self._body_timeout, self._check_body)
+
+    def _check_body(self) -> None:
+        """nginx's ``client_body_timeout``: close when the body under way has sent nothing for
+        ``body_timeout`` while we were reading (not while reading was paused for a slow upstream)."""
+        self._body_timer = None
+        body = self._body
+        if body is None or body.is_eof() or self.transport is None:
+            self._body = None
+            return
+        now = self._loop.time()
+        if self._reading_paused or self._buffer_paused:
+            self._last_read = now
+        elif now - self._last_read >= self._body_timeout:
+            log.info("closing a connection whose request body stalled for %gs", self._body_timeout)
+            self._body = None
+            self.force_close()
+            return
+        self._body_timer = self._loop.call_at(self._last_read + self._body_timeout, self._check_body)
+
+    def _head_too_large(self) -> bool:
+        for message, _ in self._messages:
+            raw = getattr(message, "raw_headers", ())
+            if sum(len(name) + len(value) + 4 for name, value in raw) > self._max_head:
+                return True
+        return False
+
+    def _refuse_head(self) -> None:
+        if self.transport is not None:
+            self.transport.write(HEAD_TOO_LARGE)
+        self._messages.clear()
+        self.force_close()
+
+    def pause_writing(self) -> None:
+        """The client takes our bytes more slowly than we write them: watch that it takes any."""
+        super().pause_writing()
+        if self._send_timer is None and self.transport is not None:
+            self._send_mark = self.transport.get_write_buffer_size()
+            self._send_timer = self._loop.call_later(self._limited.limits.send_timeout, self._check_send)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _check_send(self) -> None:
+        """nginx's ``send_timeout``: abort when the client took no byte for ``send_timeout`` (a slow read
+        held the connection, the upstream's and the response's buffers for as long as it liked)."""
+        self._send_timer = None
+        if not self._paused or self.transport is None:
+            return
+        waiting = self.transport.get_write_buffer_size()
+        if waiting < self._send_mark:           # it took some: check again later
+            self._send_mark = waiting
+            self._send_timer = self._loop.call_later(self._limited.limits.send_timeout, self._check_send)
+            return
+        log.info("aborting a connection whose client took nothing for %gs", self._limited.limits.send_timeout)
+        self.transport.abort()
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        for timer in (self._body_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._counted:
+            self._counted = False
+            self._limited.released()
+        super().connection_lost(exc)
+
+    def _set_deadline(self, when: float) -> None:
+        """Close this connection at ``when`` if no whole head has come by then (aiohttp's keep-alive timer)."""
+        self._next_keepalive_close_time = when
+        handle = self._keepalive_handle
+        if handle is None or handle.when() > when:
+            if handle is not None:
+                handle.cancel()
+            self._keepalive_handle = self._loop.call_at(when, self._process_keepalive)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond the limit: told so, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY)
+        transport.close()
+
+
+class LimitedServer(web.Server):
+    """aiohttp's server (the protocol factory) with the limits of ``LimitsConfig``."""
+
+    def __init__(self, limits: LimitsConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.open = 0
+        self._warned = False
+
+    def __call__(self) -> RequestHandler:          # type: ignore[override]
+        if self.open >= self.limits.max_connections and not self._close_an_idle_one():
+            if not self._warned:
+                log.warning("limits.max_connections (%d) reached: new connections get 503",
+                            self.limits.max_connections)
+                self._warned = True
+            return _Refused()                      # type: ignore[return-value]
+        self.open += 1
+        return LimitedHandler(self, loop=self._loop, **self._kwargs)
+
+    def released(self) -> None:
+        self.open -= 1
+        if self.open < self.limits.max_connections * 0.9:
+            self._warned = False
+
+    def _close_an_idle_one(self) -> bool:
+        for handler in self._connections:
+            if isinstance(handler, LimitedHandler) and handler.idle:
+                handler.force_close()
+                return True
+        return False
+
+
+def raise_descriptor_limit(limits: LimitsConfig) -> None:
+    """Let the process open what ``max_connections`` needs (a client's connection and one to the app each),
+    raising the soft limit on open files up to the hard one as Go's runtime does; warn if even that is short:
+    beyond it, accepting fails (EMFILE) before ``max_connections`` could answer anyone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * limits.max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        except (ValueError, OSError):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("limits.max_connections is %d, but this process may open only %d files (ulimit -n); "
+                    "raise the limit to %d or lower max_connections to %d", limits.max_connections, soft,
+                    wanted, max((soft - 64) // 2, 1))
+
+
+class LimitedRunner(web.AppRunner):
+    """``web.AppRunner`` whose server applies ``limits`` to every client connection."""
+
+    def __init__(self, app: web.Application, limits: LimitsConfig, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()          # starts the app and freezes it
+        return LimitedServer(self._limits, server.request_handler, request_factory=server.request_factory,
+                             handler_cancellation=server.handler_cancellation, **server._kwargs)

@@ -1,0 +1,53 @@
+"""Tests for proxy.connections that need no sockets (the sockets are in tests/integration/test_limits.py)."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+
+from proxy.config import LimitsConfig
+from proxy.connections import HEAD_TOO_LARGE, TOO_MANY, raise_descriptor_limit
+
+
+@pytest.fixture
+def rlimit(monkeypatch):
+    """resource's open-files limit, faked: (soft, hard), and the calls that set it."""
+    state = {"limit": (1024, 1 << 20), "set": []}
+
+    def setrlimit(which, value):
+        assert which == resource.RLIMIT_NOFILE
+        if value[0] > state["limit"][1]:
+            raise ValueError("not allowed")
+        state["limit"] = value
+        state["set"].append(value)
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: state["limit"])
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    return state
+
+
+def test_the_soft_limit_is_raised_to_fit_max_connections(rlimit, caplog):
+    raise_descriptor_limit(LimitsConfig(max_connections=4096))
+    assert rlimit["limit"] == (2 * 4096 + 64, 1 << 20)
+    assert "ulimit" not in caplog.text
+
+
+def test_a_hard_limit_too_low_is_a_warning_naming_the_key(rlimit, caplog):
+    rlimit["limit"] = (1024, 2048)
+    raise_descriptor_limit(LimitsConfig(max_connections=4096))
+    assert rlimit["limit"] == (2048, 2048)
+    assert "limits.max_connections" in caplog.text and "992" in caplog.text
+
+
+def test_enough_already_changes_nothing(rlimit):
+    rlimit["limit"] = (100000, 100000)
+    raise_descriptor_limit(LimitsConfig(max_connections=4096))
+    assert rlimit["set"] == []
+
+
+@pytest.mark.parametrize("answer", [TOO_MANY, HEAD_TOO_LARGE])
+def test_the_early_answers_are_whole_http_responses(answer):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length:")).split(b":")[1])
+    assert length == len(body) and b"Connection: close" in head
