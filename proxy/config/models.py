@@ -13,7 +13,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Wi
 from .. import presets
 from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _existing_dir,
                      _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url, _redis_url, _regex,
-                     _scope, _split_listen, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
+                     _scope, _split_listen, _token_type, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
 
 class _CrossFieldProblems(ValueError):
     """Problems of rules that span fields, each with a path relative to the model that found them."""
@@ -83,6 +83,10 @@ class ProviderConfig(_Model):
     extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
     accept_bearer_tokens: bool = False
     bearer_audiences: list[str] = []
+    # RFC 9068 §2.1: JWT access tokens are typed "at+jwt"; providers that do not (Azure AD, Keycloak,
+    # Okta) need their typ listed here. An ID or logout token is refused whatever this says.
+    bearer_token_types: Annotated[list[Annotated[str, AfterValidator(_token_type)]],
+                                  AfterValidator(_at_least_one)] = ["at+jwt"]
 
     @model_validator(mode="before")
     @classmethod
