@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -51,7 +52,9 @@ JWKS_UNKNOWN_KID_TTL = 60.0
 JWKS_REFETCH_BURST = 5
 JWKS_REFETCH_WINDOW = 60.0
 # With no keys at all, a JWKS that could not be read is tried again after this long, not per request.
-JWKS_RETRY_AFTER = 5.0
+JWKS_RETRY_AFTER = 1.0
+# Longest access-token lifetime believed; a longer expires_in is cut to it (the token is refreshed earlier).
+MAX_EXPIRES_IN = 366 * 24 * 3600.0
 # Largest provider response we read (discovery, JWKS, tokens, userinfo).
 MAX_RESPONSE_BYTES = 1 << 20
 USER_AGENT = f"authproxy/{__version__}"
@@ -195,13 +198,7 @@ class Provider:
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise ProviderError(step, f"token_type is {str(token_type)[:40]!r}, but only Bearer tokens can be "
                                 "forwarded (RFC 6750)")
-        expires_in = body.get("expires_in")
-        expires_at = None
-        if expires_in is not None:
-            try:
-                expires_at = self._clock() + float(expires_in)
-            except (TypeError, ValueError):
-                raise ProviderError(step, "expires_in is not a number") from None
+        expires_at = _expires_at(step, body.get("expires_in"), self._clock())
         refresh, id_token = body.get("refresh_token"), body.get("id_token")
         return TokenSet(access_token=access, expires_at=expires_at,
                         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
@@ -366,6 +363,20 @@ class Provider:
         if status != 200:
             raise ProviderError(step, f"it answered HTTP {status}")
         return body
+
+
+def _expires_at(step: str, expires_in: object, now: float) -> float | None:
+    """RFC 6749 §5.1 ``expires_in`` as a time: a non-negative finite number (some providers send it as
+    a string), capped at ``MAX_EXPIRES_IN``; ``NaN`` or ``Infinity`` would make the token never due."""
+    if expires_in is None:
+        return None
+    try:
+        seconds = float(expires_in) if not isinstance(expires_in, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ProviderError(step, "expires_in is not a number of seconds")
+    return now + min(seconds, MAX_EXPIRES_IN)
 
 
 def _expectations(config: ProviderConfig) -> Expectations:

@@ -121,7 +121,7 @@ class TokenValidator:
         sub = _subject(claims, kind)
         if nonce is not None and not _same(claims.get("nonce"), nonce):
             raise TokenValidationError("nonce", "the ID token's nonce is missing or not the one sent")
-        if expected_sub is not None and not _same(sub, expected_sub):
+        if expected_sub is not None and sub != expected_sub:
             raise TokenValidationError("sub", "the refreshed ID token names another subject")
         return claims
 
@@ -265,5 +265,5 @@ def _text(value: object) -> bool:
 
 
 def _same(value: object, expected: str) -> bool:
-    """Constant-time equality for values an attacker may probe byte by byte (nonce, sub)."""
+    """Constant-time equality for a secret an attacker may probe byte by byte (the nonce)."""
     return isinstance(value, str) and hmac.compare_digest(value.encode(), expected.encode())
