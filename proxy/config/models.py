@@ -119,6 +119,12 @@ class ProviderConfig(_Model):
         if self.accept_bearer_tokens and self.protocol == "oauth2":
             yield ("accept_bearer_tokens",), ("bearer JWTs are verified against an OpenID provider's issuer and keys; "
                                               "type oauth2 has neither: remove accept_bearer_tokens")
+        untyped = [t for t in self.bearer_token_types if t.lower().removeprefix("application/") != "at+jwt"]
+        if self.accept_bearer_tokens and untyped and not self.bearer_audiences:
+            yield ("bearer_audiences",), (f"with bearer_token_types {untyped}, an ID token of this client (its aud is "
+                                          "client_id, the default here) is told from an access token only by its "
+                                          "nonce; list your API's audience in bearer_audiences (the client id "
+                                          "too only if your access tokens carry it)")
         if self.use_userinfo and not self.needs_discovery and self.userinfo_endpoint is None:
             yield ("userinfo_endpoint",), ("claims come from userinfo but there is no issuer to discover it "
                                            'from; add userinfo_endpoint, e.g. "https://idp.example.com/userinfo"')

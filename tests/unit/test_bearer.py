@@ -202,12 +202,12 @@ async def test_a_token_not_typed_as_an_access_token_is_refused_by_default(make_p
 
 
 async def test_bearer_token_types_admits_providers_that_do_not_type_their_access_tokens(make_provider):
-    keycloak = make_provider(bearer_token_types=["at+jwt", "JWT"])
+    keycloak = make_provider(bearer_token_types=["at+jwt", "JWT"], bearer_audiences=["cid"])
     await verify_bearer(keycloak, sign(typ="JWT"), now=NOW)
     await verify_bearer(keycloak, sign(typ="application/jwt"), now=NOW)
     with pytest.raises(BearerRejected):
         await verify_bearer(keycloak, sign(typ=None), now=NOW)
-    okta = make_provider(bearer_token_types=[""])                    # "" = no typ header at all
+    okta = make_provider(bearer_token_types=[""], bearer_audiences=["cid"])   # "" = no typ header at all
     await verify_bearer(okta, sign(typ=None), now=NOW)
     with pytest.raises(BearerRejected):
         await verify_bearer(okta, sign(typ="at+jwt"), now=NOW)
@@ -220,7 +220,7 @@ async def test_an_id_token_is_never_an_access_token(make_provider):
     with pytest.raises(BearerRejected) as info:
         await verify_bearer(make_provider(), id_token, now=NOW)
     assert info.value.code == "typ"
-    lenient = make_provider(bearer_token_types=["at+jwt", "JWT", ""])
+    lenient = make_provider(bearer_token_types=["at+jwt", "JWT", ""], bearer_audiences=["cid"])
     for token in (id_token, sign(typ=None, nonce="n"), sign(typ="at+jwt", nonce="n")):
         with pytest.raises(BearerRejected) as info:
             await verify_bearer(lenient, token, now=NOW)
@@ -232,7 +232,7 @@ async def test_an_id_token_is_never_an_access_token(make_provider):
 
 async def test_a_logout_token_is_never_an_access_token(make_provider):
     logout = {"events": {BACKCHANNEL_EVENT: {}}, "sid": "s1", "jti": "j1"}
-    lenient = make_provider(bearer_token_types=["at+jwt", "JWT", ""])
+    lenient = make_provider(bearer_token_types=["at+jwt", "JWT", ""], bearer_audiences=["cid"])
     for typ, code in (("logout+jwt", "typ"), ("application/logout+jwt", "typ"), ("JWT", "events"),
                       (None, "events"), ("at+jwt", "events")):
         with pytest.raises(BearerRejected) as info:
@@ -251,6 +251,17 @@ def test_bearer_token_types_is_validated(types, message):
     with pytest.raises(ConfigError) as info:
         make_config(provider={"issuer": ISS, "client_id": "cid", "client_secret": "c", "bearer_token_types": types})
     assert "provider.bearer_token_types" in str(info.value) and message in str(info.value)
+
+
+def test_untyped_access_tokens_need_an_explicit_audience():
+    """An ID token's aud is the client id, the default bearer_audiences: accepting typ JWT (or none) with that
+    default would leave only the nonce to tell an ID token from an access token."""
+    settings = {"issuer": ISS, "client_id": "cid", "client_secret": "c", "accept_bearer_tokens": True}
+    with pytest.raises(ConfigError) as info:
+        make_config(provider={**settings, "bearer_token_types": ["at+jwt", "JWT"]})
+    assert "provider.bearer_audiences" in str(info.value) and "API's audience" in str(info.value)
+    make_config(provider={**settings, "bearer_token_types": ["application/at+jwt"]})
+    make_config(provider={**settings, "bearer_token_types": ["JWT"], "bearer_audiences": ["api://orders"]})
 
 
 def segment(value) -> str:
