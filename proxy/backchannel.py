@@ -18,7 +18,7 @@ from .ending import ENDS, Reason
 from .errors import TokenValidationError
 from .metrics import METRICS
 from .pages import json_answer
-from .tokens import LOGOUT_TOKEN_MAX_AGE
+from .provider import LOGOUT_TOKEN_MAX_AGE
 from .session import STORE
 
 log = logging.getLogger("authproxy.backchannel")

@@ -117,3 +117,14 @@ async def test_a_token_with_its_own_key_is_refused_even_when_signed_with_it(stac
     status, _, body = await call(stack, token)
     assert status == 401, body
     assert stack.echo.seen == []
+
+
+@pytest.mark.parametrize("name", ["kid-list", "kid-object", "header-list", "jku"])
+async def test_a_malformed_logout_token_is_a_400_not_a_500(stack, name):
+    """Back-Channel Logout 1.0 §2.8: a logout token that fails validation is a 400 with an OAuth error body."""
+    _, payload, signature = mint(stack, {"typ": "logout+jwt"}, aud=CLIENT_ID, sid="s1", events={EVENT: {}}).split(".")
+    token = f"{b64(MALFORMED_HEADERS[name])}.{payload}.{signature}"
+    async with aiohttp.ClientSession() as client:
+        async with client.post(stack.url + "/oauth2/backchannel_logout", data={"logout_token": token}) as resp:
+            assert resp.status == 400, await resp.text()
+            assert (await resp.json())["error"] == "invalid_request"

@@ -399,3 +399,29 @@ async def test_a_huge_expires_in_is_cut_to_the_longest_lifetime_believed(idp_and
         idp.token_answer = (200, "application/json", f'{{"access_token":"a","token_type":"Bearer","expires_in":{value}}}')
         expected = NOW + (3600 if value == '"3600"' else MAX_EXPIRES_IN)
         assert (await provider.refresh("rt")).expires_at == expected
+
+
+async def test_the_metadata_loader_survives_any_error(caplog):
+    """The background discovery loop (app._load_metadata) used to catch ProviderError only: anything else —
+    a RecursionError then, a bug tomorrow — ended it silently and /ready stayed 503 until a restart."""
+    from proxy.app import _load_metadata
+
+    class Flaky:
+        config = make_config().provider
+        calls = 0
+
+        async def load_metadata(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise RecursionError("maximum recursion depth exceeded")
+            if self.calls == 2:
+                raise ProviderError("discovery", "it answered HTTP 503", transient=True)
+
+    flaky = Flaky()
+    caplog.set_level("INFO", logger="authproxy")
+    await asyncio.wait_for(_load_metadata(flaky), timeout=30)
+    assert flaky.calls == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("not loaded (attempt 1): unexpected error" in m for m in messages)
+    assert any("not loaded (attempt 2)" in m and "HTTP 503" in m for m in messages)
+    assert any("metadata loaded" in m for m in messages)
