@@ -425,3 +425,17 @@ async def test_the_metadata_loader_survives_any_error(caplog):
     assert any("not loaded (attempt 1): unexpected error" in m for m in messages)
     assert any("not loaded (attempt 2)" in m and "HTTP 503" in m for m in messages)
     assert any("metadata loaded" in m for m in messages)
+
+
+async def test_eddsa_tokens_verify_without_a_warning(idp_and_provider):
+    """joserfc warns on "EdDSA" (RFC 9864 deprecates the name); under ``-W error`` that warning was an
+    exception out of the verifier. It is an algorithm we allow by default, so it verifies quietly."""
+    from joserfc.errors import SecurityWarning
+    from joserfc.jwk import OKPKey
+
+    idp, provider, _ = idp_and_provider
+    ed = OKPKey.generate_key("Ed25519", parameters={"kid": "o1"})
+    idp.keys = [ed]
+    with pytest.warns(SecurityWarning):                 # signing (the provider's side) still warns
+        token = jwt.encode({"alg": "EdDSA", "kid": "o1"}, claims(), ed, algorithms=["EdDSA"])
+    assert (await provider.verify_id_token(token, nonce="n1"))["sub"] == "alice"
