@@ -165,6 +165,8 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _load_metadata(provider: Provider) -> None:
+    """Discovery until it succeeds, with a growing pause. Nothing but cancellation ends this task: a
+    loader that died on an answer it did not expect would leave ``/ready`` at 503 until a restart."""
     for attempt in range(10**9):
         try:
             await provider.load_metadata()
@@ -172,6 +174,8 @@ async def _load_metadata(provider: Provider) -> None:
             return
         except ProviderError as exc:
             log.warning("provider metadata not loaded (attempt %d): %s", attempt + 1, exc)
+        except Exception:   # a bug of ours or of a library: say so loudly, and keep trying
+            log.exception("provider metadata not loaded (attempt %d): unexpected error", attempt + 1)
         await asyncio.sleep(DISCOVERY_RETRY[min(attempt, len(DISCOVERY_RETRY) - 1)])
 
 

@@ -15,7 +15,8 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     ├── ProviderError                 the provider failed a step: unreachable, 5xx, bad JSON (502)
     │   ├── ProviderUnavailable       needed the provider, could not reach it, no fallback (503)
     │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
-    ├── TokenValidationError          an ID token or userinfo failed a check (502; ``code`` says which)
+    ├── TokenValidationError          a token or userinfo of the provider failed a check (502; ``code`` says which)
+    ├── BearerRejected                a client's ``Authorization: Bearer`` token is refused (401 ``invalid_token``)
     └── UpstreamError                 the app behind us is unreachable (502)
         └── UpstreamTimeout           the app behind us is too slow (504)
 """
@@ -154,14 +155,29 @@ class TokenRejected(ProviderError):
 
 
 class TokenValidationError(AuthProxyError):
-    """An ID token (OIDC Core §3.1.3.7) or userinfo response failed a check; ``code`` names it."""
+    """A token the provider signed (ID, access or logout token; see ``tokens.py``) or its userinfo
+    failed a check; ``code`` names it."""
 
     status = 502
     title = "Sign-in failed a security check"
 
     def __init__(self, code: str, detail: str) -> None:
         self.code = code
+        self.detail = detail
         super().__init__(f"The identity provider's answer failed a security check ({code}): {detail}.")
+
+
+class BearerRejected(AuthProxyError):
+    """A bearer token that is malformed, badly signed, expired, not an access token or not for us;
+    ``code`` names the check (RFC 6750 §3.1). The gate answers 401 ``invalid_token``; the detail goes
+    to the log only, never to the client."""
+
+    status = 401
+    title = "Invalid access token"
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        super().__init__(f"The bearer token was refused ({code}): {detail}.")
 
 
 class UpstreamError(AuthProxyError):

@@ -5,10 +5,13 @@ This is the only module that talks to the provider. It returns plain values (``M
 ``TokenRejected`` (it answered an OAuth ``error``) and ``TokenValidationError`` (its answer failed a
 check), so callers never see aiohttp or joserfc exceptions.
 
-ID-token verification follows OpenID Connect Core §3.1.3.7: the signature is checked by joserfc
-against the provider's JWKS with an explicit algorithm allow-list (never ``none``, never HMAC: the
-client secret is not a signing key we accept), then the claims one by one with our own clock and
-skew, each failure with a short code for the log.
+Every token it signs — ID token, JWT access token (Bearer), back-channel logout token — is checked by
+one validator (``tokens.TokenValidator``): signature with an algorithm allow-list, then the claims
+with our clock and skew, then the rules of that kind of token, each failure with a short code for the
+log. This module hands it the provider's keys: the JWKS, cached, reread on an unknown ``kid`` at most
+``JWKS_REFETCH_BURST`` times a minute, one read at a time.
+
+Every answer that cannot be parsed — not JSON, too large, nested too deep — is a ``ProviderError``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -25,7 +29,6 @@ from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlencode
 
 import aiohttp
-from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
@@ -34,6 +37,9 @@ from . import __version__
 from .errors import ProviderError, TokenRejected, TokenValidationError
 from .metrics import Metrics
 from .session import Identity
+from .tokens import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, Expectations, TokenValidator, media_type
+
+__all__ = ["BACKCHANNEL_EVENT", "LOGOUT_TOKEN_MAX_AGE", "Metadata", "Provider", "TokenSet"]
 
 log = logging.getLogger("authproxy.provider")
 
@@ -45,13 +51,13 @@ JWKS_TTL = 3600.0
 JWKS_UNKNOWN_KID_TTL = 60.0
 JWKS_REFETCH_BURST = 5
 JWKS_REFETCH_WINDOW = 60.0
+# With no keys at all, a JWKS that could not be read is tried again after this long, not per request.
+JWKS_RETRY_AFTER = 1.0
+# Longest access-token lifetime believed; a longer expires_in is cut to it (the token is refreshed earlier).
+MAX_EXPIRES_IN = 366 * 24 * 3600.0
 # Largest provider response we read (discovery, JWKS, tokens, userinfo).
 MAX_RESPONSE_BYTES = 1 << 20
 USER_AGENT = f"authproxy/{__version__}"
-# Back-Channel Logout 1.0 §2.4: the event a logout token carries.
-BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
-# A logout token older (or newer) than this is refused: it is meant to be delivered at once.
-LOGOUT_TOKEN_MAX_AGE = 300.0
 # Key types that can verify an asymmetric signature; symmetric ("oct") keys in a JWKS are ignored.
 _KEY_TYPES_BY_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -98,8 +104,11 @@ class Provider:
         self._keys: KeySet | None = None
         self._keys_fetched_at = float("-inf")
         self._keys_lock = asyncio.Lock()
+        self._keys_generation = 0
+        self._jwks_retry_at = float("-inf")
         self._refetches: deque[float] = deque()
-        self._unknown_kids: dict[object, float] = {}
+        self._unknown_kids: dict[str | None, float] = {}
+        self._validator = TokenValidator(_expectations(config), self._signing_key, clock)
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -193,13 +202,7 @@ class Provider:
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise ProviderError(step, f"token_type is {str(token_type)[:40]!r}, but only Bearer tokens can be "
                                 "forwarded (RFC 6750)")
-        expires_in = body.get("expires_in")
-        expires_at = None
-        if expires_in is not None:
-            try:
-                expires_at = self._clock() + float(expires_in)
-            except (TypeError, ValueError):
-                raise ProviderError(step, "expires_in is not a number") from None
+        expires_at = _expires_at(step, body.get("expires_in"), self._clock())
         refresh, id_token = body.get("refresh_token"), body.get("id_token")
         return TokenSet(access_token=access, expires_at=expires_at,
                         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
@@ -235,139 +238,97 @@ class Provider:
         user_path = "sub" if self.is_oidc else self.config.claims.user
         return Identity.from_claims(claims, self.config.claims, user_path=user_path)
 
-    # -- ID token verification (OIDC Core §3.1.3.7, §12.2 for refresh) ---------------------------
+    # -- token verification: one validator for every kind (proxy/tokens.py) --------------------
 
     async def verify_id_token(self, id_token: str, *, nonce: str | None,
                               expected_sub: str | None = None) -> dict[str, Any]:
-        """Verify signature and claims; return the claims. ``nonce=None`` is for refreshed tokens."""
-        claims = await self.verify_signature(id_token, "ID token")
-        self._check_claims(claims, nonce=nonce, expected_sub=expected_sub)
-        return claims
+        """OIDC Core §3.1.3.7; ``nonce=None`` is for refreshed tokens (§12.2), which must keep ``sub``."""
+        return await self._validator.id_token(id_token, nonce=nonce, expected_sub=expected_sub)
 
-    async def verify_signature(self, token: str, what: str) -> dict[str, Any]:
-        """A JWT's claims once its signature verifies with a JWKS key and an allowed algorithm."""
-        try:
-            header = jws.extract_compact(token.encode("ascii")).headers()
-        except (JoseError, ValueError, UnicodeError) as exc:
-            raise TokenValidationError("malformed", f"the {what} is not a compact JWS") from exc
-        alg = header.get("alg")
-        if alg not in self.config.id_token_algorithms:
-            raise TokenValidationError("alg", f"the {what} is signed with {str(alg)[:20]!r}, which is not in "
-                                       "provider.id_token_algorithms")
-        key = await self._signing_key(header.get("kid"), alg)
-        try:
-            claims = jwt.decode(token, key, algorithms=[alg]).claims
-        except JoseError as exc:
-            raise TokenValidationError("signature", f"the {what}'s signature does not verify ({exc.error})") from exc
-        if not isinstance(claims, dict):
-            raise TokenValidationError("malformed", f"the {what}'s payload is not a JSON object")
-        return dict(claims)
+    async def verify_access_token(self, token: str) -> dict[str, Any]:
+        """A JWT access token sent as ``Authorization: Bearer`` (RFC 9068 §4)."""
+        return await self._validator.access_token(token)
 
     async def verify_logout_token(self, token: str) -> dict[str, Any]:
-        """A back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.6): signature, iss,
-        aud, iat, exp if present, the back-channel-logout event, sid or sub, and no nonce."""
-        claims = await self.verify_signature(token, "logout token")
-        c, now, skew = self.config, self._clock(), self.config.clock_skew
-        aud = claims.get("aud")
-        if claims.get("iss") != c.issuer:
-            raise TokenValidationError("iss", "the logout token was issued by someone else")
-        if c.client_id not in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []):
-            raise TokenValidationError("aud", "the logout token is not meant for this client")
-        iat, exp = claims.get("iat"), claims.get("exp")
-        if not isinstance(iat, (int, float)) or abs(iat - now) > LOGOUT_TOKEN_MAX_AGE + skew:
-            raise TokenValidationError("iat", "the logout token has no iat or is too old or from the future")
-        if exp is not None and (not isinstance(exp, (int, float)) or exp + skew <= now):
-            raise TokenValidationError("exp", "the logout token has expired")
-        events = claims.get("events")
-        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
-            raise TokenValidationError("events", "the logout token lacks the back-channel logout event")
-        if "nonce" in claims:
-            raise TokenValidationError("nonce", "a logout token must not carry a nonce")
-        if not isinstance(claims.get("sid"), str) and not isinstance(claims.get("sub"), str):
-            raise TokenValidationError("sid", "the logout token names neither a session (sid) nor a user (sub)")
-        if not isinstance(claims.get("jti"), str):
-            raise TokenValidationError("jti", "the logout token has no jti")
-        return claims
+        """A back-channel logout token (Back-Channel Logout 1.0 §2.6)."""
+        return await self._validator.logout_token(token)
 
-    def _check_claims(self, claims: Mapping[str, Any], *, nonce: str | None, expected_sub: str | None) -> None:
-        c, now, skew = self.config, self._clock(), self.config.clock_skew
-        if claims.get("iss") != c.issuer:
-            raise TokenValidationError("iss", "the ID token was issued by someone else")
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if c.client_id not in audiences:
-            raise TokenValidationError("aud", "the ID token is not meant for this client")
-        azp = claims.get("azp")
-        if (len(audiences) > 1 or azp is not None) and azp != c.client_id:
-            raise TokenValidationError("azp", "the ID token's authorized party is not this client")
-        exp, iat = claims.get("exp"), claims.get("iat")
-        if not isinstance(exp, (int, float)) or exp + skew <= now:
-            raise TokenValidationError("exp", "the ID token has expired or has no exp")
-        if not isinstance(iat, (int, float)) or iat - skew > now:
-            raise TokenValidationError("iat", "the ID token has no iat or was issued in the future")
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise TokenValidationError("sub", "the ID token has no subject")
-        if nonce is not None and claims.get("nonce") != nonce:
-            raise TokenValidationError("nonce", "the ID token's nonce is missing or not the one sent")
-        if expected_sub is not None and claims["sub"] != expected_sub:
-            raise TokenValidationError("sub", "the refreshed ID token names another subject")
-
-    async def signing_key(self, kid: object, alg: str) -> Any:
-        """The JWKS key to verify a JWT with ``kid``/``alg`` (for bearer tokens); see ``_signing_key``."""
-        return await self._signing_key(kid, alg)
-
-    async def _signing_key(self, kid: object, alg: str) -> Any:
-        """The JWKS key for ``kid``; an unknown kid refetches the JWKS (rate-limited) once."""
+    async def _signing_key(self, kid: str | None, alg: str) -> Any:
+        """The JWKS key for ``kid`` and ``alg``. The JWKS is read when first needed and after
+        ``JWKS_TTL``; an unknown kid (a key rotation) rereads it once, rate-limited, so tokens with
+        random kids cannot make us hammer the provider. Concurrent lookups share one read."""
         if self._keys is None or self._clock() - self._keys_fetched_at >= JWKS_TTL:
-            await self._fetch_keys()
+            await self._reread_keys(self._keys_generation, rate_limited=False)
+        generation = self._keys_generation          # the keys this lookup saw
         key = self._find_key(kid, alg)
-        if key is None and self._may_refetch_for(kid):
-            await self._fetch_keys()
-            key = self._find_key(kid, alg)
-            if key is None:
-                self._unknown_kids[kid] = self._clock() + JWKS_UNKNOWN_KID_TTL
+        if key is None and self._unknown_kids.get(kid, float("-inf")) <= self._clock():
+            if await self._reread_keys(generation, rate_limited=True):
+                key = self._find_key(kid, alg)
+                if key is None:
+                    self._remember_unknown(kid)
         if key is None:
-            what = f"kid {str(kid)[:40]!r}" if kid is not None else "no kid, and not exactly one key of its type"
-            raise TokenValidationError("kid", f"no signing key fits the ID token ({what})")
+            what = f"kid {kid[:40]!r}" if kid is not None else "no kid, and not exactly one key of its type"
+            raise TokenValidationError("kid", f"no signing key of the provider fits ({what})")
         return key
 
-    def _may_refetch_for(self, kid: object) -> bool:
+    async def _reread_keys(self, seen: int, *, rate_limited: bool) -> bool:
+        """Read the JWKS unless someone did since generation ``seen``; False if the rate limit said no."""
+        async with self._keys_lock:
+            if self._keys_generation != seen:
+                return True
+            if rate_limited and not self._refetch_allowed():
+                return False
+            await self._fetch_keys()
+            return True
+
+    def _refetch_allowed(self) -> bool:
         now = self._clock()
-        if self._unknown_kids.get(kid, float("-inf")) > now:
-            return False
         while self._refetches and self._refetches[0] <= now - JWKS_REFETCH_WINDOW:
             self._refetches.popleft()
         if len(self._refetches) >= JWKS_REFETCH_BURST:
             return False
         self._refetches.append(now)
-        if len(self._unknown_kids) > 1000:
-            self._unknown_kids = {k: t for k, t in self._unknown_kids.items() if t > now}
         return True
 
-    def _find_key(self, kid: object, alg: str) -> Any:
-        """Key choice: by ``kid``; without a kid only when exactly one key of the right type exists
-        (trying several keys in turn would make a forged token cost us a verification per key)."""
+    def _remember_unknown(self, kid: str | None) -> None:
+        now = self._clock()
+        if len(self._unknown_kids) > 1000:
+            self._unknown_kids = {k: t for k, t in self._unknown_kids.items() if t > now}
+        self._unknown_kids[kid] = now + JWKS_UNKNOWN_KID_TTL
+
+    def _find_key(self, kid: str | None, alg: str) -> Any:
+        """Key choice: by ``kid`` and the key type ``alg`` needs (an ES256 token never meets an RSA key),
+        and the key's own ``alg`` if it names one (RFC 7517 §4.4); without a kid only when exactly one
+        key fits. Two keys with one kid are no key at all: we never try keys in turn (a forged token
+        would cost a verification per key) nor guess which the provider meant."""
         if self._keys is None:
             return None
         kty = _KEY_TYPES_BY_ALG_PREFIX.get(alg[:2])
-        candidates = [k for k in self._keys.keys if k.key_type == kty and k.get("use") in (None, "sig")]
+        candidates = [k for k in self._keys.keys if k.key_type == kty and k.get("use") in (None, "sig")
+                      and k.get("alg") in (None, alg)]
         if kid is not None:
             candidates = [k for k in candidates if k.kid == kid]
         return candidates[0] if len(candidates) == 1 else None
 
     async def _fetch_keys(self) -> None:
-        async with self._keys_lock:
-            uri = self._meta().jwks_uri
-            if not uri:
-                raise ProviderError("jwks", "the provider publishes no jwks_uri")
-            self._keys_fetched_at = self._clock()
-            doc = await self._get_json("jwks", uri)
-            raw_keys = doc.get("keys") if isinstance(doc.get("keys"), list) else []
-            usable = [k for k in raw_keys if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP")]
-            try:
-                self._keys = KeySet.import_key_set({"keys": usable})
-            except (JoseError, ValueError, TypeError) as exc:
-                raise ProviderError("jwks", "the JWKS holds a key that cannot be read") from exc
+        """One read of the JWKS (under ``_keys_lock``). After a failure with no keys at all, the next
+        read waits ``JWKS_RETRY_AFTER``, so requests during an outage do not each try again."""
+        uri = self._meta().jwks_uri
+        if not uri:
+            raise ProviderError("jwks", "the provider publishes no jwks_uri")
+        now = self._clock()
+        if self._keys is None and now < self._jwks_retry_at:
+            raise ProviderError("jwks", "the JWKS could not be read a moment ago", transient=True)
+        self._keys_fetched_at = now
+        self._jwks_retry_at = now + JWKS_RETRY_AFTER
+        doc = await self._get_json("jwks", uri)
+        raw_keys = doc.get("keys") if isinstance(doc.get("keys"), list) else []
+        usable = [k for k in raw_keys if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP")]
+        try:
+            self._keys = KeySet.import_key_set({"keys": usable})
+        except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ProviderError("jwks", f"the JWKS holds a key that cannot be read ({type(exc).__name__})") from None
+        self._keys_generation += 1
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -408,8 +369,29 @@ class Provider:
         return body
 
 
+def _expires_at(step: str, expires_in: object, now: float) -> float | None:
+    """RFC 6749 §5.1 ``expires_in`` as a time: a non-negative finite number (some providers send it as
+    a string), capped at ``MAX_EXPIRES_IN``; ``NaN`` or ``Infinity`` would make the token never due."""
+    if expires_in is None:
+        return None
+    try:
+        seconds = float(expires_in) if not isinstance(expires_in, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ProviderError(step, "expires_in is not a number of seconds")
+    return now + min(seconds, MAX_EXPIRES_IN)
+
+
+def _expectations(config: ProviderConfig) -> Expectations:
+    return Expectations(issuer=config.issuer, client_id=config.client_id, algorithms=tuple(config.id_token_algorithms),
+                        leeway=config.clock_skew, access_audiences=tuple(config.bearer_audiences or [config.client_id]),
+                        access_types=frozenset(media_type(t) for t in config.bearer_token_types))
+
+
 def _parse_body(raw: bytes, content_type: str) -> Any:
-    """JSON, or a form-encoded token response (GitHub's answer when asked without ``Accept``)."""
+    """JSON, or a form-encoded token response (GitHub's answer when asked without ``Accept``); None
+    for anything else — nesting too deep for the parser (``RecursionError``) included."""
     if content_type == "application/x-www-form-urlencoded":
         try:
             return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
@@ -417,5 +399,5 @@ def _parse_body(raw: bytes, content_type: str) -> Any:
             return None
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None

@@ -174,22 +174,27 @@ class Refresher:
     async def _refreshed_identity(self, current: Session, tokens: TokenSet) -> Identity:
         """Who the refreshed tokens say the user is: the new ID token (OIDC Core §12.2: same iss and
         sub, no nonce needed) and, where claims come from userinfo (GitLab's groups, plain OAuth 2.0),
-        userinfo again. A userinfo that cannot be reached keeps the identity as it was."""
+        userinfo again — which must answer for the same ``sub`` (OIDC Core §5.3.2), as at sign-in, or
+        another account's claims (its groups) would be merged into this user's. A userinfo that cannot
+        be reached keeps the identity as it was."""
+        provider, sub = self._provider, current.identity.sub
         claims: dict[str, Any] = {}
         if tokens.id_token:
-            claims = await self._provider.verify_id_token(tokens.id_token, nonce=None,
-                                                          expected_sub=current.identity.sub)
-        if self._provider.config.use_userinfo:
+            claims = await provider.verify_id_token(tokens.id_token, nonce=None, expected_sub=sub)
+        if provider.config.use_userinfo:
             try:
-                claims = {**await self._provider.userinfo(tokens.access_token), **claims}
+                info = await provider.userinfo(tokens.access_token)
             except ProviderError as exc:
                 if not exc.transient:
                     raise
-                return current.identity if not claims else self._provider.identity_from(claims)
+                return current.identity if not claims else provider.identity_from(claims)
+            if provider.identity_from(info).sub != sub:      # the user id at the configured path: sub for OIDC
+                raise TokenValidationError("userinfo_sub", "the userinfo answer is about another user")
+            claims = {**info, **claims}
         if not claims:
             return current.identity
-        identity = self._provider.identity_from(claims)
-        if identity.sub != current.identity.sub:
+        identity = provider.identity_from(claims)
+        if identity.sub != sub:
             raise TokenValidationError("sub", "the refreshed tokens name another user")
         return identity
 

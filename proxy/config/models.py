@@ -13,7 +13,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Wi
 from .. import presets
 from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _templates_dir,
                      _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url, _redis_url, _regex,
-                     _scope, _split_listen, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
+                     _scope, _split_listen, _token_type, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
 
 class _CrossFieldProblems(ValueError):
     """Problems of rules that span fields, each with a path relative to the model that found them."""
@@ -83,6 +83,10 @@ class ProviderConfig(_Model):
     extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
     accept_bearer_tokens: bool = False
     bearer_audiences: list[str] = []
+    # RFC 9068 §2.1: JWT access tokens are typed "at+jwt"; providers that do not (Azure AD, Keycloak,
+    # Okta) need their typ listed here. An ID or logout token is refused whatever this says.
+    bearer_token_types: Annotated[list[Annotated[str, AfterValidator(_token_type)]],
+                                  AfterValidator(_at_least_one)] = ["at+jwt"]
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +119,12 @@ class ProviderConfig(_Model):
         if self.accept_bearer_tokens and self.protocol == "oauth2":
             yield ("accept_bearer_tokens",), ("bearer JWTs are verified against an OpenID provider's issuer and keys; "
                                               "type oauth2 has neither: remove accept_bearer_tokens")
+        untyped = [t for t in self.bearer_token_types if t.lower().removeprefix("application/") != "at+jwt"]
+        if self.accept_bearer_tokens and untyped and not self.bearer_audiences:
+            yield ("bearer_audiences",), (f"with bearer_token_types {untyped}, an ID token of this client (its aud is "
+                                          "client_id, the default here) is told from an access token only by its "
+                                          "nonce; list your API's audience in bearer_audiences (the client id "
+                                          "too only if your access tokens carry it)")
         if self.use_userinfo and not self.needs_discovery and self.userinfo_endpoint is None:
             yield ("userinfo_endpoint",), ("claims come from userinfo but there is no issuer to discover it "
                                            'from; add userinfo_endpoint, e.g. "https://idp.example.com/userinfo"')

@@ -308,6 +308,23 @@ def _algorithm(value: str) -> str:
     return value
 
 
+# A ``typ`` header value (RFC 7515 §4.1.9): a media type, "application/" optional; "" = no typ header.
+_TOKEN_TYPE = re.compile(r"(?:application/)?[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*", re.IGNORECASE)
+# ``typ`` values of tokens that are never access tokens (Back-Channel Logout 1.0 §2.4, RFC 8417 §2.3).
+_NOT_ACCESS_TOKEN_TYPES = frozenset({"logout+jwt", "secevent+jwt"})
+
+
+def _token_type(value: str) -> str:
+    if value == "":
+        return value
+    if not _TOKEN_TYPE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a typ header value; use a media type such as \"at+jwt\" or \"JWT\", "
+                         "or \"\" for tokens without typ")
+    if value.lower().removeprefix("application/") in _NOT_ACCESS_TOKEN_TYPES:
+        raise ValueError(f"{value!r} types a logout or event token, which is never an access token; remove it")
+    return value
+
+
 def _at_least_one(values: Any) -> Any:
     if not values:
         raise ValueError("is empty; list at least one")

@@ -15,6 +15,10 @@
 //   refresh_token_requires_offline_access   default false: a client allowed the refresh_token grant
 //                            gets a refresh token whether or not offline_access was granted
 //   extra_claims             merged into every account's claims and released in the ID token
+//   jwt_access_token_audience  when set, access tokens are RFC 9068 JWTs (header typ "at+jwt") for this
+//                            audience (resource indicators with a default resource), carrying the account's
+//                            email, preferred_username and groups as Keycloak's and Azure AD's do. oidc-provider
+//                            only accepts opaque tokens at userinfo, so tests using this leave use_userinfo off.
 //   cookie_keys              keys signing the provider's cookies (fixed default: survives restarts)
 //   state_file               where the token/session store is loaded from at start and saved to on
 //                            SIGTERM/SIGINT, so a restart (e.g. with a new jwks) keeps sessions and grants
@@ -41,7 +45,7 @@ import Provider from 'oidc-provider';
 const KNOWN_KEYS = new Set([
   'port', 'issuer', 'clients', 'jwks', 'access_token_ttl', 'id_token_ttl', 'refresh_token_ttl',
   'rotate_refresh_token', 'refresh_token_requires_offline_access', 'extra_claims', 'cookie_keys',
-  'state_file', 'events_file',
+  'state_file', 'events_file', 'jwt_access_token_audience',
 ]);
 
 // Lifetimes we do not expose as options; set so oidc-provider does not warn about defaults.
@@ -207,6 +211,17 @@ function claimsFor(sub, extraClaims) {
   };
 }
 
+// RFC 9068 access tokens for one audience, or oidc-provider's default opaque tokens (see jwt_access_token_audience).
+function jwtAccessTokens(audience) {
+  if (!audience) return { enabled: false };
+  return {
+    enabled: true,
+    defaultResource: async () => audience,
+    useGrantedResource: async () => true,
+    getResourceServerInfo: async () => ({ scope: 'api', audience, accessTokenFormat: 'jwt' }),
+  };
+}
+
 function buildProvider(config, store) {
   const issuer = config.issuer ?? `http://127.0.0.1:${config.port}`;
   const jwks = config.jwks ?? generateRsaJwks();
@@ -249,6 +264,12 @@ function buildProvider(config, store) {
       rpInitiatedLogout: { enabled: true },
       backchannelLogout: { enabled: true },
       claimsParameter: { enabled: true },
+      resourceIndicators: jwtAccessTokens(config.jwt_access_token_audience),
+    },
+    async extraTokenClaims(ctx, token) {
+      if (!config.jwt_access_token_audience || !token.accountId) return undefined;
+      const { email, preferred_username: username, groups } = claimsFor(token.accountId, extraClaims);
+      return { email, preferred_username: username, groups };
     },
     pkce: { required: () => true },
     // oidc-provider's outgoing requests (backchannel logout) refuse special-use addresses such as

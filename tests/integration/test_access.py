@@ -17,6 +17,7 @@ from yarl import URL
 from proxy.session import CODEC
 from tests.support.browserless import login_via_http
 from tests.support.echo import header_values, start_echo
+from tests.support.fixtures import CLIENT_ID
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -253,19 +254,29 @@ async def test_preflight_from_allowed_origin_reaches_the_app_unauthenticated(spa
 # -- bearer passthrough ------------------------------------------------------------------------
 
 
+# The audience of the real provider's JWT access tokens (tests/idp/server.mjs jwt_access_token_audience).
+API_AUDIENCE = "https://api.authproxy.test"
+
+
 async def test_bearer_jwt_from_the_provider_is_verified_and_forwarded(stack_factory, browser_session):
+    """The real provider's RFC 9068 access token (typ at+jwt, aud = the API) lets an API client in; the
+    ID token of the same sign-in — it travels as id_token_hint in sign-out URLs — does not, even with the
+    client id among the accepted audiences (the ID token's aud)."""
     offset = {"seconds": 0.0}
-    stack = await stack_factory(provider={"accept_bearer_tokens": True}, authorization={"allowed_groups": ["staff"]},
+    stack = await stack_factory(provider={"accept_bearer_tokens": True, "bearer_audiences": [API_AUDIENCE, CLIENT_ID]},
+                                authorization={"allowed_groups": ["staff"]},
+                                idp_options={"jwt_access_token_audience": API_AUDIENCE},
                                 clock=lambda: time.time() + offset["seconds"])
     await login_via_http(browser_session, stack.url + "/", username="bob")
-    id_token = session_of(stack, browser_session).id_token
-    assert id_token and id_token.count(".") == 2
-    bearer = {**API, "Authorization": f"Bearer {id_token}"}
+    signed_in = session_of(stack, browser_session)
+    access_token, id_token = signed_in.access_token, signed_in.id_token
+    assert access_token.count(".") == 2 and id_token and id_token.count(".") == 2
+    bearer = {**API, "Authorization": f"Bearer {access_token}"}
     async with aiohttp.ClientSession() as client:                          # no cookie at all
         async with client.get(stack.url + "/api/orders", headers={**bearer, "X-Forwarded-User": "root"}) as resp:
             assert resp.status == 200 and "Set-Cookie" not in resp.headers
             record = await resp.json()
-        assert header_values(record, "Authorization") == [f"Bearer {id_token}"]
+        assert header_values(record, "Authorization") == [f"Bearer {access_token}"]
         assert header_values(record, "X-Forwarded-User") == ["bob"]
         assert header_values(record, "X-Forwarded-Groups") == ["staff,bob-group"]
         async with client.get(stack.url + "/oauth2/auth", headers=bearer) as resp:
@@ -275,9 +286,10 @@ async def test_bearer_jwt_from_the_provider_is_verified_and_forwarded(stack_fact
         async with client.get(stack.url + "/oauth2/userinfo", headers=bearer) as resp:
             assert (await resp.json())["user"] == "bob"
 
-        header, payload, signature = id_token.split(".")
+        header, payload, signature = access_token.split(".")
         flipped = signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")
-        for bad in (f"{header}.{payload}.{flipped}", f"{header}.{payload}.", "opaque-token", id_token + "x"):
+        for bad in (f"{header}.{payload}.{flipped}", f"{header}.{payload}.", "opaque-token", access_token + "x",
+                    id_token):
             for accept in (API, HTML):
                 async with client.get(stack.url + "/app", allow_redirects=False,
                                       headers={**accept, "Authorization": f"Bearer {bad}"}) as resp:
@@ -287,7 +299,7 @@ async def test_bearer_jwt_from_the_provider_is_verified_and_forwarded(stack_fact
     # A bad token with a valid session cookie is still refused: no fallback to the cookie.
     async with browser_session.get(stack.url + "/app", headers={**API, "Authorization": "Bearer a.b.c"}) as resp:
         assert resp.status == 401 and 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
-    offset["seconds"] = 2 * 3600                                          # past the ID token's exp (1 h)
+    offset["seconds"] = 2 * 3600                                          # past the access token's exp (1 h)
     async with aiohttp.ClientSession() as client:
         async with client.get(stack.url + "/api/orders", headers=bearer) as resp:
             assert resp.status == 401 and 'error="invalid_token"' in resp.headers["WWW-Authenticate"]

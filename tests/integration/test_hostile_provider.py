@@ -214,10 +214,33 @@ async def test_broken_token_endpoint_is_a_clean_error(evil_factory, proxy_log, m
 
 
 def test_every_bad_mode_is_exercised():
-    exercised = set(ID_TOKEN_CHECKS) | set(TOKEN_ENDPOINT_CHECKS) | {
+    exercised = set(ID_TOKEN_CHECKS) | set(TOKEN_ENDPOINT_CHECKS) | set(NESTED_JSON_CHECKS) | {
         "userinfo_sub_mismatch", "auth_response_iss_mismatch", "auth_response_iss_missing",
-        "discovery_issuer_mismatch"}
+        "discovery_issuer_mismatch", "discovery_nested_json"}
     assert exercised == set(BAD_MODES)
+
+
+# mode -> the step the page and the log must name: JSON nested past the parser's recursion limit.
+NESTED_JSON_CHECKS = {
+    "jwks_nested_json": "during jwks: it answered HTTP 200 with something that is not a JSON object",
+    "token_nested_json": "during token exchange: it answered HTTP 200 with something that is not a JSON object",
+    "userinfo_nested_json": "during userinfo: it answered HTTP 200 with something that is not a JSON object",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(NESTED_JSON_CHECKS))
+async def test_deeply_nested_json_from_the_provider_is_a_clean_error(evil_factory, proxy_log, mode):
+    """``json.loads`` raises RecursionError on deep nesting, which no ``except ValueError`` catches: it
+    was a 500 with a traceback. Every answer that does not parse is a ProviderError (502) naming the step."""
+    offset = {"s": 0.0}
+    stack = await evil_factory(provider={"use_userinfo": True}, clock=lambda: time.time() + offset["s"])
+    stack.idp.mode = mode
+    async with browser() as session:
+        result = await login_via_http(session, stack.url + "/private")
+        assert_clean_refusal(result, session, proxy_log, NESTED_JSON_CHECKS[mode], status=502)
+    assert stack.echo.seen == []
+    offset["s"] = 10                # past the pause after a JWKS that could not be read (JWKS_RETRY_AFTER)
+    await assert_still_serving(stack)
 
 
 @pytest.mark.parametrize("claims", [
@@ -284,6 +307,31 @@ async def test_discovery_naming_another_issuer_keeps_the_proxy_unready(evil_fact
     while stack.proxy.app[PROVIDER].metadata is None:
         assert time.monotonic() < deadline, "the proxy never became ready"
         await asyncio.sleep(0.05)
+    await assert_still_serving(stack)
+
+
+async def test_deeply_nested_discovery_document_is_retried_until_it_parses(evil_factory, proxy_log):
+    """The metadata loader runs in the background until discovery succeeds. A RecursionError used to end
+    that task silently, and /ready stayed 503 until a restart; now it is a ProviderError, logged and retried."""
+    stack = await evil_factory(mode="discovery_nested_json", wait_ready=False)
+    deadline = time.monotonic() + 10
+    while not any("not loaded (attempt 2)" in r.getMessage() for r in proxy_log.records):
+        assert time.monotonic() < deadline, [r.getMessage() for r in proxy_log.records][-5:]
+        await asyncio.sleep(0.05)
+    assert any("discovery: it answered HTTP 200 with something that is not a JSON object" in r.getMessage()
+               for r in proxy_log.records if r.name.startswith("authproxy"))
+    assert stack.proxy.app[PROVIDER].metadata is None
+    async with browser() as session:
+        async with session.get(stack.url + "/ready") as resp:
+            assert resp.status == 503
+    stack.idp.mode = "good"
+    deadline = time.monotonic() + 10
+    while stack.proxy.app[PROVIDER].metadata is None:
+        assert time.monotonic() < deadline, "the proxy never became ready"
+        await asyncio.sleep(0.05)
+    async with browser() as session:
+        async with session.get(stack.url + "/ready") as resp:
+            assert resp.status == 200
     await assert_still_serving(stack)
 
 
@@ -416,3 +464,26 @@ async def test_refresh_answer_without_id_token_keeps_the_session(evil_factory):
         async with session.get(stack.url + "/again", headers=API) as resp:
             assert resp.status == 200
         assert stack.idp.count_grants("refresh_token") == 1
+
+
+@pytest.mark.parametrize("refresh_id_token", [True, False], ids=["with-id-token", "without-id-token"])
+async def test_refresh_with_userinfo_about_another_user_ends_the_session(evil_factory, refresh_id_token):
+    """OIDC Core §5.3.2, checked at sign-in, must hold at every refresh too: userinfo answering for mallory
+    merged mallory's claims (here the groups, which only userinfo carries) into alice's session when the
+    refresh answer had an ID token for alice. Now the session ends; the app never sees mallory's groups."""
+    offset = {"s": 0.0}
+    stack = await evil_factory(clock=lambda: time.time() + offset["s"],
+                               provider={"use_userinfo": True, "claims": {"groups": "admin_groups"}})
+    stack.idp.expires_in = 120
+    stack.idp.refresh_id_token = refresh_id_token
+    stack.idp.claims_of["mallory"] = {"admin_groups": ["admins"]}
+    async with browser() as session:
+        result = await login_via_http(session, stack.url + "/before")
+        assert result.status == 200, result.body_text[:300]
+        assert header_values(json.loads(result.body_text), "X-Forwarded-Groups") == []
+        stack.idp.mode = "userinfo_sub_mismatch"
+        offset["s"] = 100                           # inside the refresh window
+        async with session.get(stack.url + "/after", headers=API) as resp:
+            assert resp.status == 401, await resp.text()
+    assert stack.idp.count_grants("refresh_token") == 1
+    assert [r["path"] for r in stack.echo.seen] == ["/before"]

@@ -78,7 +78,14 @@ OTHER_BAD_MODES = {
     "token_invalid_json": "the token endpoint answers 200 application/json that is not JSON",
     "token_type_mac": 'the token response says token_type "mac"',
     "discovery_issuer_mismatch": "the discovery document names another issuer than the one it is served for",
+    # JSON nested deeper than any parser's recursion limit: one mode per endpoint whose JSON the proxy reads.
+    "discovery_nested_json": "the discovery document is 100,000 nested arrays",
+    "jwks_nested_json": "the JWKS is 100,000 nested arrays",
+    "token_nested_json": "the token endpoint answers 200 with 100,000 nested arrays",
+    "userinfo_nested_json": "the userinfo endpoint answers 200 with 100,000 nested arrays",
 }
+# How deep the nested-JSON modes nest: far beyond CPython's recursion limit, well under 1 MiB.
+NESTING = 100_000
 # Misbehaviours a client should accept.
 ACCEPTABLE_MODES = {
     "good": "a correct provider",
@@ -157,6 +164,7 @@ class EvilIdP:
         self.expires_in = ACCESS_TOKEN_TTL
         self.refresh_id_token = False          # whether refresh answers carry a new ID token
         self.extra_claims: dict[str, Any] = {}
+        self.claims_of: dict[str, dict[str, Any]] = {}   # more claims for one account (by sub)
         self.clock = clock
         self.requests: list[SeenRequest] = []
         self.grants: list[Grant] = []
@@ -214,8 +222,16 @@ class EvilIdP:
         kept = {k: ("<redacted>" if k in SECRET_FIELDS else v) for k, v in params.items()}
         self.requests.append(SeenRequest(request.method, request.path, kept))
 
+    def _nested_json(self, endpoint: str) -> web.Response | None:
+        """In mode "<endpoint>_nested_json", the answer: a JSON value nested ``NESTING`` deep."""
+        if self._mode != f"{endpoint}_nested_json":
+            return None
+        return web.Response(text="[" * NESTING + "]" * NESTING, content_type="application/json")
+
     async def _discovery(self, request: web.Request) -> web.Response:
         self._record(request, dict(request.query))
+        if (nested := self._nested_json("discovery")) is not None:
+            return nested
         issuer = self.issuer + "/other" if self._mode == "discovery_issuer_mismatch" else self.issuer
         doc: dict[str, Any] = {
             "issuer": issuer,
@@ -237,6 +253,8 @@ class EvilIdP:
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self._record(request, {})
+        if (nested := self._nested_json("jwks")) is not None:
+            return nested
         kids = list(self._published)
         if self._mode == "kid_absent_two_keys":
             kids = [self._signing_kid, "evil-2" if self._signing_kid != "evil-2" else "evil-1"]
@@ -276,6 +294,8 @@ class EvilIdP:
             return web.Response(text="<!doctype html><title>Sign in</title><form></form>", content_type="text/html")
         if self._mode == "token_invalid_json":
             return web.Response(text='{"access_token": "a", "token_type": ', content_type="application/json")
+        if (nested := self._nested_json("token")) is not None:
+            return nested
         try:
             self._authenticate_client(request, form)
             if grant.grant_type == "authorization_code":
@@ -351,6 +371,8 @@ class EvilIdP:
         if token is None or token.revoked:
             return web.json_response({"error": "invalid_token"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if (nested := self._nested_json("userinfo")) is not None:
+            return nested
         sub = "mallory" if self._mode == "userinfo_sub_mismatch" else token.sub
         return web.json_response(self.profile(sub))
 
@@ -368,7 +390,8 @@ class EvilIdP:
 
     def profile(self, sub: str) -> dict[str, Any]:
         return {"sub": sub, "email": f"{sub}@example.test", "email_verified": True,
-                "preferred_username": sub, "name": sub.title(), "groups": ["staff"], **self.extra_claims}
+                "preferred_username": sub, "name": sub.title(), "groups": ["staff"], **self.extra_claims,
+                **self.claims_of.get(sub, {})}
 
     def id_token(self, sub: str, nonce: str | None) -> str:
         """An ID token for ``sub``, wrong in the way the current mode says."""
@@ -500,5 +523,5 @@ async def start_evil_stack(*, mode: str = "good", provider: dict[str, Any] | Non
     return EvilStack(idp=idp, echo=echo, proxy=proxy)
 
 
-__all__ = ["ACCEPTABLE_MODES", "BAD_ID_TOKEN_MODES", "BAD_MODES", "EvilIdP", "EvilStack", "Grant", "MODES",
+__all__ = ["ACCEPTABLE_MODES", "BAD_ID_TOKEN_MODES", "BAD_MODES", "EvilIdP", "EvilStack", "Grant", "MODES", "NESTING",
            "OTHER_BAD_MODES", "SeenRequest", "rsa_key", "start_evil_idp", "start_evil_stack"]

@@ -1,5 +1,6 @@
 """Bearer passthrough: parsing the Authorization header, signature against the provider's JWKS with the
-algorithm allow-list, and the iss/aud/exp/nbf checks with an injected clock.
+algorithm allow-list, the iss/aud/exp/nbf checks with an injected clock, and that the token is an access
+token (RFC 9068) — never an ID token or a logout token.
 
 A small in-process aiohttp server plays the provider's JWKS endpoint.
 """
@@ -7,6 +8,8 @@ A small in-process aiohttp server plays the provider's JWKS endpoint.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 
 import aiohttp
@@ -16,7 +19,7 @@ from aiohttp.test_utils import make_mocked_request
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
-from proxy.bearer import BearerRejected, bearer_token, check_claims, verify_bearer
+from proxy.bearer import BearerRejected, bearer_token, verify_bearer
 from proxy.provider import Metadata, Provider
 from tests.unit.conftest import make_config
 
@@ -33,8 +36,11 @@ def claims(**changes):
     return {k: v for k, v in base.items() if v is not None}
 
 
-def sign(key=KEY, alg="RS256", **changes) -> str:
-    return jwt.encode({"alg": alg, "kid": key.kid}, claims(**changes), key)
+def sign(key=KEY, alg="RS256", typ="at+jwt", **changes) -> str:
+    header = {"alg": alg, "kid": key.kid}
+    if typ is not None:
+        header["typ"] = typ
+    return jwt.encode(header, claims(**changes), key, default_type=None)
 
 
 def b64(data: dict) -> str:
@@ -144,12 +150,11 @@ async def test_malformed_tokens_are_refused(make_provider, token):
     assert info.value.code in ("malformed", "signature")
 
 
-def test_check_claims_accepts_a_list_audience():
-    check_claims(claims(aud=["x", "cid"]), issuer=ISS, audiences=["cid"], now=NOW, skew=0)
-    with pytest.raises(BearerRejected):
-        check_claims(claims(), issuer=None, audiences=["cid"], now=NOW, skew=0)
-    with pytest.raises(BearerRejected):
-        check_claims(claims(exp=True), issuer=ISS, audiences=["cid"], now=NOW, skew=0)
+async def test_a_list_audience_with_extra_audiences_is_accepted(make_provider):
+    await verify_bearer(make_provider(), sign(aud=["x", "cid"]), now=NOW)
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), sign(exp=True), now=NOW)
+    assert info.value.code == "exp"
 
 
 def headers_request(*values: str):
@@ -172,3 +177,200 @@ def test_bearer_token_parsing(values, expected):
 def test_bad_bearer_headers_are_refused(values):
     with pytest.raises(BearerRejected):
         bearer_token(headers_request(*values))
+
+
+# -- an access token, and nothing else (RFC 9068 §4; issue 13) -----------------------------------------
+
+from joserfc.jwk import ECKey  # noqa: E402
+
+from proxy.errors import ConfigError  # noqa: E402
+from proxy.tokens import BACKCHANNEL_EVENT  # noqa: E402
+
+EC = ECKey.generate_key("P-256", parameters={"kid": "k1"})      # the RSA key's kid on an EC key
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT", "Application/At+Jwt"])
+async def test_rfc9068_typ_is_accepted_in_every_spelling(make_provider, typ):
+    await verify_bearer(make_provider(), sign(typ=typ), now=NOW)
+
+
+@pytest.mark.parametrize("typ", ["JWT", None, "logout+jwt", "application/logout+jwt", "id_token+jwt", "jose"])
+async def test_a_token_not_typed_as_an_access_token_is_refused_by_default(make_provider, typ):
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), sign(typ=typ), now=NOW)
+    assert info.value.code == "typ"
+
+
+async def test_bearer_token_types_admits_providers_that_do_not_type_their_access_tokens(make_provider):
+    keycloak = make_provider(bearer_token_types=["at+jwt", "JWT"], bearer_audiences=["cid"])
+    await verify_bearer(keycloak, sign(typ="JWT"), now=NOW)
+    await verify_bearer(keycloak, sign(typ="application/jwt"), now=NOW)
+    with pytest.raises(BearerRejected):
+        await verify_bearer(keycloak, sign(typ=None), now=NOW)
+    okta = make_provider(bearer_token_types=[""], bearer_audiences=["cid"])   # "" = no typ header at all
+    await verify_bearer(okta, sign(typ=None), now=NOW)
+    with pytest.raises(BearerRejected):
+        await verify_bearer(okta, sign(typ="at+jwt"), now=NOW)
+
+
+async def test_an_id_token_is_never_an_access_token(make_provider):
+    """The ID token's aud is the client id — the default bearer_audiences — and it travels in sign-out URLs
+    (id_token_hint), browser history and provider logs. Its nonce gives it away whatever typ it has."""
+    id_token = sign(typ="JWT", nonce="n-0S6_WzA2Mj", auth_time=NOW)
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), id_token, now=NOW)
+    assert info.value.code == "typ"
+    lenient = make_provider(bearer_token_types=["at+jwt", "JWT", ""], bearer_audiences=["cid"])
+    for token in (id_token, sign(typ=None, nonce="n"), sign(typ="at+jwt", nonce="n")):
+        with pytest.raises(BearerRejected) as info:
+            await verify_bearer(lenient, token, now=NOW)
+        assert info.value.code in ("typ", "nonce")
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(lenient, sign(typ="JWT", nonce="n"), now=NOW)
+    assert info.value.code == "nonce"
+
+
+async def test_a_logout_token_is_never_an_access_token(make_provider):
+    logout = {"events": {BACKCHANNEL_EVENT: {}}, "sid": "s1", "jti": "j1"}
+    lenient = make_provider(bearer_token_types=["at+jwt", "JWT", ""], bearer_audiences=["cid"])
+    for typ, code in (("logout+jwt", "typ"), ("application/logout+jwt", "typ"), ("JWT", "events"),
+                      (None, "events"), ("at+jwt", "events")):
+        with pytest.raises(BearerRejected) as info:
+            await verify_bearer(lenient, sign(typ=typ, **logout), now=NOW)
+        assert info.value.code == code, typ
+
+
+@pytest.mark.parametrize("types,message", [
+    ([], "list at least one"),
+    (["logout+jwt"], "never an access token"),
+    (["application/secevent+jwt"], "never an access token"),
+    (["at jwt"], "not a typ header value"),
+    (["at+jwt\r\nX: y"], "not a typ header value"),
+])
+def test_bearer_token_types_is_validated(types, message):
+    with pytest.raises(ConfigError) as info:
+        make_config(provider={"issuer": ISS, "client_id": "cid", "client_secret": "c", "bearer_token_types": types})
+    assert "provider.bearer_token_types" in str(info.value) and message in str(info.value)
+
+
+def test_untyped_access_tokens_need_an_explicit_audience():
+    """An ID token's aud is the client id, the default bearer_audiences: accepting typ JWT (or none) with that
+    default would leave only the nonce to tell an ID token from an access token."""
+    settings = {"issuer": ISS, "client_id": "cid", "client_secret": "c", "accept_bearer_tokens": True}
+    with pytest.raises(ConfigError) as info:
+        make_config(provider={**settings, "bearer_token_types": ["at+jwt", "JWT"]})
+    assert "provider.bearer_audiences" in str(info.value) and "API's audience" in str(info.value)
+    make_config(provider={**settings, "bearer_token_types": ["application/at+jwt"]})
+    make_config(provider={**settings, "bearer_token_types": ["JWT"], "bearer_audiences": ["api://orders"]})
+
+
+def segment(value) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def with_header(header, payload=None) -> str:
+    """A token with this header, the payload of a valid token and its (now wrong) signature."""
+    _, body, signature = sign().split(".")
+    return f"{segment(header)}.{segment(payload) if payload is not None else body}.{signature}"
+
+
+GOOD_HEADER = {"alg": "RS256", "kid": "k1", "typ": "at+jwt"}
+MALFORMED = {
+    "kid-list": with_header({**GOOD_HEADER, "kid": ["k1"]}),
+    "kid-object": with_header({**GOOD_HEADER, "kid": {"k1": 1}}),
+    "kid-number": with_header({**GOOD_HEADER, "kid": 1}),
+    "kid-null": with_header({**GOOD_HEADER, "kid": None}),
+    "alg-list": with_header({**GOOD_HEADER, "alg": ["RS256"]}),
+    "alg-missing": with_header({"kid": "k1", "typ": "at+jwt"}),
+    "typ-object": with_header({**GOOD_HEADER, "typ": {"a": 1}}),
+    "crit": with_header({**GOOD_HEADER, "crit": ["exp"], "exp": 1}),
+    "crit-unknown": with_header({**GOOD_HEADER, "crit": ["x-ours"], "x-ours": True}),
+    "b64-false": with_header({**GOOD_HEADER, "b64": False, "crit": ["b64"]}),
+    "jku": with_header({**GOOD_HEADER, "jku": "https://evil.example/jwks"}),
+    "x5u": with_header({**GOOD_HEADER, "x5u": "https://evil.example/cert"}),
+    "jwk": with_header({**GOOD_HEADER, "jwk": KEY.as_dict(private=False)}),
+    "x5c": with_header({**GOOD_HEADER, "x5c": ["MIIB"]}),
+    "header-list": with_header(["alg", "kid"]),
+    "header-string": with_header("RS256"),
+    "header-nested": segment(b'{"alg":' + b"[" * 300 + b"]" * 300 + b"}") + ".e30.c2ln",
+    "header-not-json": segment(b"not json") + ".e30.c2ln",
+    "header-not-utf8": segment(bytes([0xFF, 0xFE])) + ".e30.c2ln",
+    "payload-list": with_header(GOOD_HEADER, ["sub"]),
+    "payload-nested": with_header(GOOD_HEADER, b"[" * 50_000 + b"]" * 50_000),
+    "padding": sign() + "==",
+    "standard-base64": sign().replace("-", "+").replace("_", "/") + "+/",
+    "bad-base64-length": sign().split(".")[0] + "A.e30.c2ln",
+    "two-segments": ".".join(sign().split(".")[:2]),
+    "four-segments": sign() + ".e30",
+    "jwe-five-segments": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4R0NNIn0..aXY.Y3Q.dGFn",
+    "empty-segments": "..",
+    "huge": with_header(GOOD_HEADER, {"sub": "a" * 200_000}),
+    "not-ascii": sign()[:-3] + "é",
+}
+
+
+@pytest.mark.parametrize("token", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_every_malformed_token_is_refused_as_invalid_token(make_provider, token):
+    """RFC 6750 §3.1 invalid_token, never another exception (a kid list used to be a TypeError: a 500)."""
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), token, now=NOW)
+    assert info.value.code in ("malformed", "signature", "alg", "kid"), info.value
+
+
+async def test_hmac_keyed_with_the_providers_public_key_is_refused(make_provider):
+    """alg confusion: HS256 with the RSA public key as the HMAC secret verifies in a library that lets the
+    token pick the algorithm. Here HMAC is never allowed, and no symmetric key comes from a JWKS."""
+    public_pem = KEY.as_pem(private=False)
+    signing_input = f"{segment(GOOD_HEADER | {'alg': 'HS256'})}.{segment(claims(sub='root'))}"
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    forged = f"{signing_input}.{segment(mac)}"
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), forged, now=NOW)
+    assert info.value.code == "alg"
+
+
+async def test_es256_header_never_meets_the_rsa_key_of_that_kid(make_provider):
+    forged = jwt.encode({"alg": "ES256", "kid": "k1", "typ": "at+jwt"}, claims(sub="root"), EC)
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), forged, now=NOW)
+    assert info.value.code == "kid"
+
+
+async def test_a_token_signed_with_another_algorithm_than_its_header_says_is_refused(make_provider):
+    header, payload, _ = sign().split(".")
+    ps = jwt.encode({"alg": "PS256", "kid": "k1", "typ": "at+jwt"}, claims(), KEY, algorithms=["PS256"])
+    ps_signature = ps.split(".")[2]
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), f"{header}.{payload}.{ps_signature}", now=NOW)
+    assert info.value.code == "signature"
+
+
+@pytest.mark.parametrize("changes,code", [
+    ({"exp": str(NOW + 300)}, "exp"),
+    ({"exp": 10**400}, "exp"),                       # no float holds it: was an OverflowError (500)
+    ({"exp": 1e300}, "exp"),                          # past the year 9999: never expires, so no date
+    ({"exp": float("nan")}, "exp"),                   # NaN compares false with everything: never expired
+    ({"exp": float("inf")}, "exp"),
+    ({"exp": True}, "exp"),
+    ({"exp": -1}, "exp"),
+    ({"iat": NOW + 3600}, "iat"),                     # issued an hour from now
+    ({"iat": "now"}, "iat"),
+    ({"nbf": float("nan")}, "nbf"),
+    ({"iss": ISS + "/"}, "iss"),                      # a trailing slash is another issuer
+    ({"iss": ISS.upper()}, "iss"),
+    ({"aud": []}, "aud"),
+    ({"aud": ["cid", 7]}, "aud"),
+    ({"aud": {"cid": True}}, "aud"),
+    ({"sub": ""}, "sub"),
+    ({"sub": ["alice"]}, "sub"),
+])
+async def test_claims_of_the_wrong_type_or_range_are_refused(make_provider, changes, code):
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(make_provider(), sign(**changes), now=NOW)
+    assert info.value.code == code
+
+
+async def test_float_exp_and_extra_audiences_with_azp_are_fine(make_provider):
+    session = await verify_bearer(make_provider(), sign(exp=NOW + 299.5, aud=["other", "cid"], azp="other"), now=NOW)
+    assert session.expires_at == NOW + 299.5

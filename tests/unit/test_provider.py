@@ -35,7 +35,7 @@ def sign(key, alg="RS256", kid=True, **changes):
     header = {"alg": alg}
     if kid and key.kid:
         header["kid"] = key.kid
-    return jwt.encode(header, claims(**changes), key)
+    return jwt.encode(header, claims(**changes), key, algorithms=[alg])
 
 
 class FakeIdP:
@@ -43,10 +43,14 @@ class FakeIdP:
         self.keys = [RSA1]
         self.jwks_hits = 0
         self.token_answer: tuple[int, str, str] = (200, "application/json", "{}")
+        self.jwks_answer: tuple[int, str, str] | None = None      # None: the keys
 
     def app(self) -> web.Application:
         async def jwks(request):
             self.jwks_hits += 1
+            if self.jwks_answer is not None:
+                status, ctype, body = self.jwks_answer
+                return web.Response(status=status, text=body, content_type=ctype)
             return web.json_response({"keys": [k.as_dict(private=False) for k in self.keys]})
 
         async def token(request):
@@ -234,3 +238,204 @@ async def test_logout_token_signed_by_unknown_key_is_refused(idp_and_provider):
     with pytest.raises(TokenValidationError) as info:
         await provider.verify_logout_token(logout_token(key=RSA2))
     assert info.value.code == "kid"
+
+
+# -- one validator for every kind, and the JWKS under attack (issue 13) --------------------------------
+
+import asyncio  # noqa: E402
+
+import proxy.tokens  # noqa: E402
+from proxy.provider import JWKS_RETRY_AFTER, MAX_EXPIRES_IN  # noqa: E402
+
+
+async def test_a_logout_token_is_not_a_refreshed_id_token(idp_and_provider):
+    """A refreshed ID token is checked without a nonce (OIDC Core §12.2): a logout token for the same user
+    (aud = client, sub, iat, exp, no nonce) passed every check an ID token had. Its events claim (and its
+    typ, when set) tell them apart."""
+    _, provider, _ = idp_and_provider
+    for typ in (None, "logout+jwt"):
+        header = {"alg": "RS256", "kid": "r1", **({"typ": typ} if typ else {})}
+        token = jwt.encode(header, {"iss": ISS, "aud": "cid", "sub": "alice", "iat": NOW, "exp": NOW + 120,
+                                    "jti": "j1", "sid": "s1", "events": {BACKCHANNEL_EVENT: {}}}, RSA1,
+                           default_type=None)
+        with pytest.raises(TokenValidationError) as info:
+            await provider.verify_id_token(token, nonce=None, expected_sub="alice")
+        assert info.value.code in ("typ", "events")
+
+
+async def test_an_access_token_is_not_an_id_token_nor_a_logout_token(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    header = {"alg": "RS256", "kid": "r1", "typ": "at+jwt"}
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(jwt.encode(header, claims(), RSA1), nonce="n1")
+    assert info.value.code == "typ"
+    logout = {"iss": ISS, "aud": "cid", "iat": NOW, "jti": "j", "sid": "s", "events": {BACKCHANNEL_EVENT: {}}}
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_logout_token(jwt.encode(header, logout, RSA1))
+    assert info.value.code == "typ"
+
+
+async def test_the_nonce_is_compared_in_constant_time(idp_and_provider, monkeypatch):
+    _, provider, _ = idp_and_provider
+    compared = []
+
+    def spy(a, b):
+        compared.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(proxy.tokens.hmac, "compare_digest", spy)
+    await provider.verify_id_token(sign(RSA1), nonce="n1")
+    assert (b"n1", b"n1") in compared
+    for nonce in (["n1"], {"n": 1}, 1):                      # never a TypeError from a nonce of another type
+        with pytest.raises(TokenValidationError) as info:
+            await provider.verify_id_token(sign(RSA1, nonce=nonce), nonce="n1")
+        assert info.value.code == "nonce"
+
+
+@pytest.mark.parametrize("changes,code", [
+    ({"iss": ISS + "/"}, "iss"),
+    ({"exp": 10**400}, "exp"),
+    ({"exp": float("nan")}, "exp"),
+    ({"exp": str(NOW + 300)}, "exp"),
+    ({"iat": float("nan")}, "iat"),
+    ({"iat": NOW + 10**9}, "iat"),
+    ({"aud": ["cid", None]}, "aud"),
+    ({"aud": ["cid", "other"], "azp": ["cid"]}, "azp"),
+])
+async def test_id_token_claims_of_the_wrong_type_or_range(idp_and_provider, changes, code):
+    _, provider, _ = idp_and_provider
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(sign(RSA1, **changes), nonce="n1")
+    assert info.value.code == code
+
+
+async def test_a_float_exp_and_iat_are_numeric_dates(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    await provider.verify_id_token(sign(RSA1, exp=NOW + 0.5, iat=NOW - 0.25), nonce="n1")
+
+
+async def test_two_keys_with_one_kid_verify_nothing(idp_and_provider):
+    """A JWKS with a duplicate kid: no guess which key is meant, and no trying both."""
+    idp, provider, _ = idp_and_provider
+    twin = RSAKey.generate_key(2048, parameters={"kid": "r1"})
+    idp.keys = [RSA1, twin]
+    for key in (RSA1, twin):
+        with pytest.raises(TokenValidationError) as info:
+            await provider.verify_id_token(sign(key), nonce="n1")
+        assert info.value.code == "kid"
+
+
+async def test_a_key_that_names_its_algorithm_verifies_only_that_one(idp_and_provider):
+    """RFC 7517 §4.4: a JWK's alg is the algorithm it is meant for."""
+    idp, provider, _ = idp_and_provider
+    idp.keys = [RSAKey.import_key(RSA1.as_dict(private=True) | {"alg": "RS512"})]
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(sign(RSA1, alg="RS256"), nonce="n1")
+    assert info.value.code == "kid"
+    assert (await provider.verify_id_token(sign(RSA1, alg="RS512"), nonce="n1"))["sub"] == "alice"
+
+
+async def test_an_es256_header_never_uses_an_rsa_key_of_that_kid(idp_and_provider):
+    _, provider, _ = idp_and_provider
+    ec_named_r1 = ECKey.generate_key("P-256", parameters={"kid": "r1"})
+    with pytest.raises(TokenValidationError) as info:
+        await provider.verify_id_token(sign(ec_named_r1, alg="ES256"), nonce="n1")
+    assert info.value.code == "kid"
+
+
+async def test_a_key_rotation_seen_by_many_requests_at_once_rereads_the_jwks_once(idp_and_provider):
+    """Twenty logins with the new kid arrive together: one JWKS read serves them all, and the rate limit
+    is left for the next rotation."""
+    idp, provider, _ = idp_and_provider
+    await provider.verify_id_token(sign(RSA1), nonce="n1")
+    idp.keys = [RSA1, RSA2]
+    results = await asyncio.gather(*(provider.verify_id_token(sign(RSA2), nonce="n1") for _ in range(20)))
+    assert {r["sub"] for r in results} == {"alice"}
+    assert idp.jwks_hits == 2
+
+
+async def test_a_jwks_that_cannot_be_read_is_not_read_again_per_request(idp_and_provider):
+    """With no keys yet and the JWKS failing, every login (or forged bearer token) used to read it again."""
+    idp, provider, clock = idp_and_provider
+    idp.jwks_answer = (200, "application/json", "[" * 100_000 + "]" * 100_000)
+    for _ in range(10):
+        with pytest.raises(ProviderError) as info:
+            await provider.verify_id_token(sign(RSA1), nonce="n1")
+        assert info.value.step == "jwks"
+    assert idp.jwks_hits == 1
+    idp.jwks_answer = None
+    clock["now"] += JWKS_RETRY_AFTER
+    assert (await provider.verify_id_token(sign(RSA1, exp=clock["now"] + 60, iat=clock["now"]), nonce="n1"))
+    assert idp.jwks_hits == 2
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"access_token": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    '{"a": ' * 100_000 + "1" + "}" * 100_000,
+], ids=["arrays", "arrays-in-a-member", "objects"])
+async def test_deeply_nested_json_is_a_provider_error(idp_and_provider, body):
+    idp, provider, _ = idp_and_provider
+    idp.token_answer = (200, "application/json", body)
+    with pytest.raises(ProviderError) as info:
+        await provider.exchange_code("code", "verifier")
+    assert "not a JSON object" in info.value.detail
+
+
+@pytest.mark.parametrize("expires_in", ["NaN", "Infinity", "-Infinity", "-1", "true", '"soon"', "1e999"])
+async def test_expires_in_must_be_a_finite_number_of_seconds(idp_and_provider, expires_in):
+    """NaN or Infinity as a time compares false with every clock: the token would never be due for refresh."""
+    idp, provider, _ = idp_and_provider
+    idp.token_answer = (200, "application/json",
+                        f'{{"access_token":"a","token_type":"Bearer","expires_in":{expires_in}}}')
+    with pytest.raises(ProviderError) as info:
+        await provider.refresh("rt")
+    assert "expires_in" in info.value.detail
+
+
+async def test_a_huge_expires_in_is_cut_to_the_longest_lifetime_believed(idp_and_provider):
+    idp, provider, _ = idp_and_provider
+    for value in ('"3600"', "1e300"):
+        idp.token_answer = (200, "application/json", f'{{"access_token":"a","token_type":"Bearer","expires_in":{value}}}')
+        expected = NOW + (3600 if value == '"3600"' else MAX_EXPIRES_IN)
+        assert (await provider.refresh("rt")).expires_at == expected
+
+
+async def test_the_metadata_loader_survives_any_error(caplog):
+    """The background discovery loop (app._load_metadata) used to catch ProviderError only: anything else —
+    a RecursionError then, a bug tomorrow — ended it silently and /ready stayed 503 until a restart."""
+    from proxy.app import _load_metadata
+
+    class Flaky:
+        config = make_config().provider
+        calls = 0
+
+        async def load_metadata(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise RecursionError("maximum recursion depth exceeded")
+            if self.calls == 2:
+                raise ProviderError("discovery", "it answered HTTP 503", transient=True)
+
+    flaky = Flaky()
+    caplog.set_level("INFO", logger="authproxy")
+    await asyncio.wait_for(_load_metadata(flaky), timeout=30)
+    assert flaky.calls == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("not loaded (attempt 1): unexpected error" in m for m in messages)
+    assert any("not loaded (attempt 2)" in m and "HTTP 503" in m for m in messages)
+    assert any("metadata loaded" in m for m in messages)
+
+
+async def test_eddsa_tokens_verify_without_a_warning(idp_and_provider):
+    """joserfc warns on "EdDSA" (RFC 9864 deprecates the name); under ``-W error`` that warning was an
+    exception out of the verifier. It is an algorithm we allow by default, so it verifies quietly."""
+    from joserfc.errors import SecurityWarning
+    from joserfc.jwk import OKPKey
+
+    idp, provider, _ = idp_and_provider
+    ed = OKPKey.generate_key("Ed25519", parameters={"kid": "o1"})
+    idp.keys = [ed]
+    with pytest.warns(SecurityWarning):                 # signing (the provider's side) still warns
+        token = jwt.encode({"alg": "EdDSA", "kid": "o1"}, claims(), ed, algorithms=["EdDSA"])
+    assert (await provider.verify_id_token(token, nonce="n1"))["sub"] == "alice"
