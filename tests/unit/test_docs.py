@@ -446,3 +446,40 @@ def test_nginx_snippet_passes_nginx_t(tmp_path):
     result = subprocess.run([NGINX, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c",
                              str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# -- test references in the docs -----------------------------------------------------------------------------
+
+# A test named in a document: `tests/x/test_y.py::test_z[case]`, or `::test_z` after such a path on the same line.
+_TEST_REF = re.compile(r"`((?:tests/[\w/]+\.py)?::[\w\[\]<>|, .=+-]*?|tests/[\w/]+\.py)`")
+_DOCS_WITH_TEST_REFS = ["SECURITY.md", "README.md", "docs/configuration.md", "docs/deployment.md",
+                        "docs/providers.md", "docs/migrating-from-oauth2-proxy.md", "tests/fuzz/README.md"]
+
+
+def _test_refs(text: str) -> list[tuple[str, str]]:
+    found = []
+    for line in text.splitlines():
+        current = None
+        for match in _TEST_REF.finditer(line):
+            path, _, name = match.group(1).partition("::")
+            current = path or current
+            if name and current:
+                found.append((current, re.split(r"[\[\s]", name, maxsplit=1)[0]))
+    return found
+
+
+@pytest.mark.parametrize("doc", _DOCS_WITH_TEST_REFS)
+def test_every_test_a_document_names_exists(doc):
+    """SECURITY.md's tables say which test proves each defence: a renamed or deleted test must not leave the
+    claim standing without its proof."""
+    missing = []
+    for path, name in _test_refs((DOCS.parent / doc).read_text()):
+        source = DOCS.parent / path
+        if not source.is_file() or not re.search(rf"^(async )?def {re.escape(name)}\b", source.read_text(), re.M):
+            missing.append(f"{path}::{name}")
+    assert missing == []
+
+
+def test_the_test_reference_reader_finds_references():
+    refs = _test_refs("| x | `tests/unit/test_a.py::test_b[c]`, `::test_d` |")
+    assert refs == [("tests/unit/test_a.py", "test_b"), ("tests/unit/test_a.py", "test_d")]
