@@ -1,0 +1,80 @@
+"""Adversarial review of issue 12 (one way a session ends): races and edges the first tests did not reach.
+
+Real oidc-provider, real redis-server, real upstreams on loopback (fixtures as in test_session_end.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.integration.test_session_end import cookie_header, get, store_section
+from tests.integration.test_websocket import expect_close, wait_until, ws_url
+from tests.support.browserless import login_via_http
+from tests.support.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class GatedWsApp:
+    """A WebSocket upstream that holds each handshake until the test opens the gate: the window between
+    the proxy's session check and the socket being registered as the session's."""
+
+    url: str
+    runner: web.AppRunner
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        if not ws.can_prepare(request).ok:
+            return web.Response(text="plain page")
+        self.arrived.set()
+        await self.gate.wait()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        return ws
+
+
+@pytest.fixture
+async def gated_ws() -> AsyncIterator[GatedWsApp]:
+    port = free_port()
+    app = web.Application()
+    runner = web.AppRunner(app, access_log=None)
+    gated = GatedWsApp(url=f"http://127.0.0.1:{port}", runner=runner)
+    app.router.add_get("/{tail:.*}", gated.handle)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield gated
+    gated.gate.set()
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("store", ["cookie", "redis"])
+async def test_a_websocket_upgrade_in_flight_at_sign_out_is_closed_once_it_opens(stack_factory, redis_server,
+                                                                                 browser_session, gated_ws, store):
+    """The gate checked the session, then sign-out ended it while the upstream was still answering the
+    handshake: the socket was not registered yet, so nothing closed it when it opened a moment later."""
+    stack = await stack_factory(upstreams=[{"path": "/", "url": gated_ws.url}],
+                                session=store_section(store, redis_server.url))
+    await login_via_http(browser_session, stack.url + "/")
+    cookie = cookie_header(browser_session)
+    async with aiohttp.ClientSession() as client:
+        opening = asyncio.create_task(client.ws_connect(ws_url(stack), headers={"Cookie": cookie}))
+        await asyncio.wait_for(gated_ws.arrived.wait(), 5)      # past the gate, upstream handshake pending
+        status, _, _ = await get(stack.url + "/oauth2/sign_out", cookie)
+        assert status == 302
+        gated_ws.gate.set()
+        ws = await asyncio.wait_for(opening, 5)
+        try:
+            assert await expect_close(ws, 3.0) == (4401, "session ended")
+        finally:
+            await ws.close()
