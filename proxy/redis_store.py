@@ -254,9 +254,19 @@ class RedisStore:
                 await self._redis.eval(_RELEASE, 1, key, token)
 
     async def reload(self, session: Session) -> Session | None:
-        """The session as Redis has it now (another replica may have refreshed it)."""
+        """The session as Redis has it now (another replica may have refreshed it); None once it ended.
+
+        Without its key (it left the bounded ``_session_keys``, as a WebSocket's long-lived session may)
+        the tokens cannot be read, but whether it still exists can: an ended session is never refreshed.
+        """
         key = self._session_keys.get(session.id)
-        return session if key is None else await self._get(session.id, key)
+        if key is not None:
+            return await self._get(session.id, key)
+        if not session.id:                  # sealed before sessions had ids: stored under another name
+            return session
+        with _reachable():
+            current = await self._redis.get(self._key("s", session.id))
+        return None if current is None or _text(current) == TOMBSTONE else session
 
     async def update(self, session: Session) -> None:
         """Store refreshed tokens under the session's existing ticket (before the lock is released)."""

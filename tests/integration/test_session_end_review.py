@@ -78,3 +78,26 @@ async def test_a_websocket_upgrade_in_flight_at_sign_out_is_closed_once_it_opens
             assert await expect_close(ws, 3.0) == (4401, "session ended")
         finally:
             await ws.close()
+
+
+async def test_redis_reload_sees_a_tombstone_even_when_the_session_key_was_forgotten(redis_server, monkeypatch):
+    """A WebSocket's watcher refreshes hours after the socket's session was loaded; by then the
+    per-session key may have left the store's bounded memory (KEYS_REMEMBERED). ``reload`` then
+    returned the session as it was, without looking at Redis, so a session signed out on another
+    replica was refreshed again (a grant spent) and its socket kept open."""
+    from proxy import redis_store as module
+    from tests.contract.test_store_contract import ended, redis_store, session
+
+    monkeypatch.setattr(module, "KEYS_REMEMBERED", 1)
+    here, there = redis_store(redis_server.url), redis_store(redis_server.url)
+    try:
+        s = session()
+        cookies = dict(await here.save(s, {}))
+        loaded = await here.load(cookies)
+        await here.load(dict(await here.save(session("bob", sid="sid-b"), {})))   # pushes the first key out
+        assert await here.reload(loaded) == loaded                               # live: nothing to say
+        await there.record_end(ended(session_id=s.id))
+        assert await here.reload(loaded) is None
+    finally:
+        await here.close()
+        await there.close()
