@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -193,7 +193,15 @@ class SessionEnds:
             log.warning("a session end (%s) was not recorded in the store: %s", end.reason.value, exc)
 
     def apply(self, end: SessionEnd) -> None:
-        """This process's part only: remember the end, and let every holder let go (no re-publish)."""
+        """This process's part only: remember the end, and let every holder let go (no re-publish).
+
+        An end another process sent is taken as happening no later than now and lasting no longer than
+        a cookie lives here: one dated ahead (a peer's clock, a bug) would end later sign-ins of its
+        user, and one with a vast ttl would be kept for ever.
+        """
+        now = self._clock()
+        if end.at > now or end.ttl > self._ttl:
+            end = replace(end, at=min(end.at, now), ttl=min(end.ttl, self._ttl))
         self.local.note(end)
         for holder in self._holders:
             try:

@@ -103,6 +103,10 @@ class MemoryDenylist:
                 self._entries[key] = (max(end.at, old[0]), max(forget, old[1])) if old else (end.at, forget)
         self._sweep()
 
+    def __len__(self) -> int:
+        """Entries kept, expired ones included until the next sweep."""
+        return len(self._entries)
+
     def _sweep(self) -> None:
         now = self._clock()
         if now >= self._next_sweep:

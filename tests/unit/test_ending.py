@@ -205,3 +205,32 @@ async def test_a_fanout_that_fails_does_not_keep_the_end_from_the_store():
     session_ends, held = ends(store, Broken())
     assert await session_ends.end(end()) == 1
     assert store.recorded == held == [end()]
+
+
+async def test_an_end_from_the_future_or_for_ever_is_taken_as_now_and_for_a_cookies_life():
+    """A fan-out message is checked for shape only (``from_bytes``). One whose ``at`` lies ahead (a peer's
+    clock, a bug, a forged message) ended every later sign-in of its user until then, and a huge ttl kept
+    it in memory for ever: applied here, an end happened no later than now and lasts no longer than a cookie."""
+    now = [NOW]
+    session_ends = SessionEnds(RecordingStore(), MemoryDenylist(clock=lambda: now[0]), RecordingFanout(),  # type: ignore[arg-type]
+                               ttl=3600, clock=lambda: now[0])
+    held: list[SessionEnd] = []
+    session_ends.hold(held.append)
+    session_ends.apply(SessionEnd.from_bytes(b'{"r":"backchannel_logout","at":1e15,"ttl":1e300,"sub":"alice"}'))
+    assert held == [end(session_id=None, sub="alice", reason=Reason.BACKCHANNEL, at=NOW, ttl=3600)]
+    assert session_ends.ended(make_session(id="before", created_at=NOW - 1))
+    now[0] += 1
+    assert not session_ends.ended(make_session(id="sign-in-after", created_at=NOW + 1))
+    now[0] = NOW + 3601
+    assert not session_ends.ended(make_session(id="before", created_at=NOW - 1))
+
+
+def test_memory_denylist_forgets_expired_ends_so_it_does_not_grow():
+    now = [NOW]
+    local = MemoryDenylist(clock=lambda: now[0])
+    for i in range(1000):
+        local.note(end(session_id=f"s{i}", ttl=10))
+    assert len(local) == 1000
+    now[0] += 61                             # past every ttl and the sweep interval
+    local.note(end(session_id="last", at=now[0], ttl=10))
+    assert len(local) == 1
