@@ -225,17 +225,34 @@ class RedisStore:
                 await self._index_session(session_id, session)
 
     async def _index_session(self, session_id: str, session: Session) -> None:
-        """Put a new session in its ``sid``/``sub`` sets, and remember which (``ix:``) for its end."""
+        """Put a new session in its ``sid``/``sub`` sets, and remember which (``ix:``) for its end.
+
+        Each sign-in renews its sets' TTL, so a set would outlive the sessions it names: the ones that
+        expired meanwhile are taken out first (a sign-in is rare; the set is one user's sessions)."""
         life = int(self._max_life)
+        indexes = [(kind, value) for kind, value in (("sid", session.sid), ("sub", session.identity.sub)) if value]
+        for kind, value in indexes:
+            await self._prune(self._index(kind, value))
         pipe = self._redis.pipeline(transaction=False)
-        for kind, value in (("sid", session.sid), ("sub", session.identity.sub)):
-            if value:
-                index = self._index(kind, value)
-                pipe.sadd(index, session_id)
-                pipe.expire(index, life)
-                pipe.sadd(self._key("ix", session_id), index)
+        for kind, value in indexes:
+            index = self._index(kind, value)
+            pipe.sadd(index, session_id)
+            pipe.expire(index, life)
+            pipe.sadd(self._key("ix", session_id), index)
         pipe.expire(self._key("ix", session_id), life)
         await pipe.execute()
+
+    async def _prune(self, index: str) -> None:
+        """Take the sessions that no longer exist (expired) out of ``index``."""
+        members = [_text(m) for m in await self._redis.smembers(index)]
+        if not members:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            pipe.exists(self._key("s", member))
+        gone = [m for m, alive in zip(members, await pipe.execute()) if not alive]
+        if gone:
+            await self._redis.srem(index, *gone)
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
@@ -288,7 +305,9 @@ class RedisStore:
             ids = {end.session_id} if end.session_id else set()
             for kind, value in (("sid", end.sid), ("sub", end.sub)):
                 if value:
-                    ids.update(_text(m) for m in await self._redis.smembers(self._index(kind, value)))
+                    index = self._index(kind, value)
+                    await self._prune(index)         # expired ones need no tombstone; live ones leave below
+                    ids.update(_text(m) for m in await self._redis.smembers(index))
             for session_id in ids:
                 ended += int(await self._redis.eval(_END, 1, self._key("s", session_id), TOMBSTONE, ttl))
                 await self._unindex(session_id)

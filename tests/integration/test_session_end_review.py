@@ -6,6 +6,7 @@ Real oidc-provider, real redis-server, real upstreams on loopback (fixtures as i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -101,3 +102,32 @@ async def test_redis_reload_sees_a_tombstone_even_when_the_session_key_was_forgo
     finally:
         await here.close()
         await there.close()
+
+
+async def test_redis_user_index_holds_live_sessions_only(redis_server):
+    """Each sign-in adds its id to the user's index set and refreshes the set's TTL; only an end took an
+    id out, through a marker that expires with the session. So the set of a user who signs in now and
+    then grew for ever with sessions long expired, and a back-channel logout of the user walked (and
+    tombstoned) every one of them. A sign-in prunes the expired ones; an end empties the sets it read."""
+    import redis.asyncio as aioredis
+    from proxy.crypto import Sealer
+    from tests.contract.test_store_contract import EXPIRE, SECRET, ended, redis_store, session
+    from tests.unit.conftest import make_config
+
+    store = redis_store(redis_server.url)
+    client = aioredis.from_url(redis_server.url)
+    index = f"t:sub:{Sealer(make_config(cookie={'secret': SECRET}).cookie.keys).blind('carol')}"
+    try:
+        old = time.time() - EXPIRE + 1                      # a session with a second left to live
+        for _ in range(5):
+            await store.save(session("carol", sid=None, created_at=old), {})
+        await asyncio.sleep(2.2)                            # they expire in Redis
+        fresh = session("carol", sid=None)
+        await store.save(fresh, {})
+        assert await client.smembers(index) == {fresh.id.encode()}
+        await store.record_end(ended(sub="carol"))
+        assert await client.smembers(index) == set()
+        assert len(await client.keys("t:s:*")) == 1         # one tombstone: the live session's
+    finally:
+        await client.aclose()
+        await store.close()
