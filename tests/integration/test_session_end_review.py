@@ -131,3 +131,57 @@ async def test_redis_user_index_holds_live_sessions_only(redis_server):
     finally:
         await client.aclose()
         await store.close()
+
+
+@pytest.mark.parametrize("store", ["cookie", "cookie+redis", "redis"])
+async def test_after_sign_out_a_copied_cookie_is_nobody_on_every_path_that_needs_a_session(
+        stack_factory, redis_server, browser_session, store):
+    """Sessions load lazily: every path that needs one must load it, and so meet the end. The auth_request
+    endpoint and userinfo answer 401 to a copy of the cookie, an upgrade is refused before the app sees it."""
+    stack = await stack_factory(session=store_section(store, redis_server.url))
+    await login_via_http(browser_session, stack.url + "/")
+    copy = cookie_header(browser_session)
+    assert (await get(stack.url + "/oauth2/auth", copy))[0] == 202
+    assert (await get(stack.url + "/oauth2/sign_out", copy))[0] == 302
+    for path in ("/oauth2/auth", "/oauth2/userinfo", "/private"):
+        status, resp, _ = await get(stack.url + path, copy)
+        assert status == 401, path
+        assert not [c for c in resp.headers.getall("Set-Cookie", []) if "Max-Age=0" not in c
+                    and c.startswith("_authproxy") and not c.split(";", 1)[0].endswith("=")], path
+    async with aiohttp.ClientSession() as client:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(ws_url(stack), headers={"Cookie": copy, **{"Accept": "application/json"}})
+        assert refused.value.status == 401
+
+
+@pytest.mark.parametrize("cookie", ["garbage", "tampered"])
+async def test_sign_out_with_a_bad_cookie_clears_it_and_ends_nothing_else(stack_factory, browser_session, cookie):
+    stack = await stack_factory()
+    await login_via_http(browser_session, stack.url + "/")
+    good = cookie_header(browser_session)
+    name, value = good.split("; ")[0].split("=", 1)
+    bad = f"{name}=garbage" if cookie == "garbage" else f"{name}={value[:-4]}AAAA"
+    status, resp, _ = await get(stack.url + "/oauth2/sign_out", bad, {"Accept": "text/html"})
+    assert status == 302
+    assert any(c.startswith(name + "=") and "Max-Age=0" in c for c in resp.headers.getall("Set-Cookie", []))
+    assert (await get(stack.url + "/oauth2/auth", good))[0] == 202      # the real session is untouched
+
+
+async def test_sign_out_with_redis_down_promises_nothing_a_cleared_cookie_cannot_keep(stack_factory, browser_session):
+    """The 503 page clears the cookie, so "sign out again later to end it now" could never work: the
+    browser no longer holds the ticket that names the session. The page says what is true instead."""
+    from tests.support.redis_server import start_redis
+    redis = await start_redis(free_port())
+    try:
+        stack = await stack_factory(session={"store": "redis", "redis": {"url": redis.url, "timeout": "1s",
+                                                                          "connect_timeout": "1s"}})
+        await login_via_http(browser_session, stack.url + "/")
+        copy = cookie_header(browser_session)
+        await redis.kill()
+        status, resp, body = await get(stack.url + "/oauth2/sign_out", copy, {"Accept": "text/html"})
+        assert status == 503 and "could not be reached" in body
+        assert "sign out again" not in body.lower() and 'href="/oauth2/sign_out"' not in body
+        assert "expires" in body
+        assert "AT-" not in body and copy.split("=", 1)[1][:20] not in body
+    finally:
+        await redis.stop()
