@@ -185,3 +185,38 @@ async def test_sign_out_with_redis_down_promises_nothing_a_cleared_cookie_cannot
         assert "AT-" not in body and copy.split("=", 1)[1][:20] not in body
     finally:
         await redis.stop()
+
+
+async def test_every_key_the_stores_write_expires(redis_server):
+    """Ends must not grow Redis for ever: sessions, tombstones, index sets and markers, locks, used
+    logout-token ids and the cookie store's denylist all carry a TTL."""
+    import redis.asyncio as aioredis
+    from proxy.config import RedisConfig
+    from proxy.ending import Reason
+    from proxy.redis_store import RedisDenylist
+    from tests.contract.test_store_contract import ended, redis_store, session
+
+    store = redis_store(redis_server.url)
+    denylist = RedisDenylist(RedisConfig(url=redis_server.url, key_prefix="t:"), lambda v: f"b{len(v)}{v[:3]}")
+    client = aioredis.from_url(redis_server.url)
+    try:
+        sessions = [session("dave", sid=f"sid-{i}") for i in range(3)]
+        for s in sessions:
+            cookies = dict(await store.save(s, {}))
+            loaded = await store.load(cookies)
+            async with store.refresh_lock(loaded):
+                await store.update(loaded.with_tokens(access_token="AT-2"))
+        await store.record_end(ended(Reason.SIGN_OUT, session_id=sessions[0].id))
+        await store.record_end(ended(sid="sid-1"))
+        await store.record_end(ended(sub="dave"))
+        await store.record_end(ended(sub="nobody"))
+        assert await store.first_use("jti-1", 240)
+        await denylist.record(ended(session_id="x", sid="y", sub="z"))
+        assert await denylist.first_use("jti-2", 240)
+        keys = await client.keys("*")
+        assert keys
+        assert {k: await client.ttl(k) for k in keys if await client.ttl(k) < 0} == {}
+    finally:
+        await client.aclose()
+        await store.close()
+        await denylist.close()
