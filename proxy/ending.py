@@ -58,8 +58,8 @@ _FIELDS = {"r": "reason", "at": "at", "ttl": "ttl", "id": "session_id", "sid": "
 
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
-    """One end: of one session (``session_id``), of an OIDC session (``sid``), or of a user's sessions
-    created at or before ``at`` (``sub``: a later sign-in is not ended)."""
+    """One end: of one session (``session_id``), or of the sessions created at or before ``at`` of an
+    OIDC session (``sid``) or of a user (``sub``): a later sign-in is not ended."""
 
     reason: Reason
     at: float                       # epoch seconds when it ended
@@ -100,7 +100,7 @@ class SessionEnd:
         """Whether ``session`` is one this end ended. Sessions sealed before ids existed all have the
         id "": no end names "", so such a session is ended only by its sid or sub."""
         return bool((self.session_id and session.id == self.session_id)
-                    or (self.sid and session.sid == self.sid)
+                    or (self.sid and session.sid == self.sid and session.created_at <= self.at)
                     or (self.sub and session.identity.sub == self.sub and session.created_at <= self.at))
 
 

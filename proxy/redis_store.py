@@ -369,8 +369,9 @@ class RedisDenylist:
             pipe.get(self._key(kind, value or ""))
         with _reachable():
             by_id, by_sid, since = await pipe.execute()
-        # A sub-wide logout ends the sessions that existed then, not later sign-ins.
-        return (bool(session.id) and by_id is not None) or (bool(session.sid) and by_sid is not None) \
+        # A logout by sid or sub ends the sessions that existed then, not later sign-ins.
+        return (bool(session.id) and by_id is not None) \
+            or (bool(session.sid) and by_sid is not None and session.created_at <= float(by_sid)) \
             or (since is not None and session.created_at <= float(since))
 
     async def first_use(self, token_id: str, ttl: float) -> bool:

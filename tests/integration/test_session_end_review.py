@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.errors import CookieError
 from tests.integration.test_session_end import cookie_header, get, store_section
 from tests.integration.test_websocket import expect_close, wait_until, ws_url
 from tests.support.browserless import login_via_http
@@ -220,3 +221,34 @@ async def test_every_key_the_stores_write_expires(redis_server):
         await client.aclose()
         await store.close()
         await denylist.close()
+
+
+@pytest.mark.parametrize("kind", ["cookie", "cookie+redis", "redis"])
+async def test_a_sign_in_after_a_back_channel_logout_by_sid_is_not_ended(redis_server, kind):
+    """A provider may keep its session (and so its ``sid``) across a back-channel logout of one client,
+    as it may after a logout of the user by ``sub``. The Redis store ended only the sessions the sid named
+    then; the cookie store's denylists ended every later sign-in with that sid too, for a cookie's whole
+    life: the user could not sign in for days. Now every store ends what existed at the end, as for ``sub``."""
+    from proxy.config import RedisConfig
+    from proxy.crypto import Sealer
+    from proxy.redis_store import RedisDenylist
+    from proxy.store import CookieStore
+    from tests.contract.test_store_contract import SECRET, cookie_store, ended, redis_store, session
+    from tests.unit.conftest import make_config
+
+    if kind == "redis":
+        store = redis_store(redis_server.url)
+    else:
+        store = cookie_store()
+        if kind == "cookie+redis":
+            blind = Sealer(make_config(cookie={"secret": SECRET}).cookie.keys).blind
+            store = CookieStore(store.codec, RedisDenylist(RedisConfig(url=redis_server.url, key_prefix="t:"), blind))
+    try:
+        before = dict(await store.save(session("erin", sid="op-1"), {}))
+        await store.record_end(ended(sid="op-1"))
+        later = dict(await store.save(session("erin", sid="op-1", created_at=time.time() + 1), {}))
+        with pytest.raises(CookieError):
+            await store.load(before)
+        assert (await store.load(later)).sid == "op-1"
+    finally:
+        await store.close()

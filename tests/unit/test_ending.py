@@ -11,6 +11,7 @@ import pytest
 
 from proxy.ending import Fanout, LocalFanout, Reason, SessionEnd, SessionEnds
 from proxy.errors import CookieError
+from proxy.model import Identity
 from proxy.store import MemoryDenylist, StoreUnavailable
 from tests.unit.conftest import NOW, make_session
 
@@ -53,6 +54,7 @@ def test_covers_by_id_sid_and_sub_before_the_end_only():
     assert end(session_id=None, sid="op-sid").covers(s)
     assert end(session_id=None, sub="alice").covers(s)
     assert not end(session_id=None, sub="alice").covers(make_session(id="s2", created_at=NOW + 1))  # later sign-in
+    assert not end(session_id=None, sid="op-sid").covers(make_session(id="s2", sid="op-sid", created_at=NOW + 1))
     assert not end(session_id=None, sub="bob").covers(s)
     # A session sealed before ids existed has id "": no end by id reaches it (nor all such sessions).
     assert not end(session_id="").covers(make_session(id=""))
@@ -234,3 +236,12 @@ def test_memory_denylist_forgets_expired_ends_so_it_does_not_grow():
     now[0] += 61                             # past every ttl and the sweep interval
     local.note(end(session_id="last", at=now[0], ttl=10))
     assert len(local) == 1
+
+
+def test_memory_denylist_ends_by_sid_and_sub_only_what_existed_then():
+    local = MemoryDenylist(clock=lambda: NOW)
+    local.note(end(session_id=None, sid="op-sid"))
+    local.note(end(session_id=None, sub="bob"))
+    assert local.covers(make_session(id="a", sid="op-sid", created_at=NOW))
+    assert not local.covers(make_session(id="b", sid="op-sid", created_at=NOW + 1))     # signed in again
+    assert local.covers(make_session(id="c", identity=Identity(sub="bob"), created_at=NOW - 1))
