@@ -80,8 +80,8 @@ class SessionEnd:
     def from_bytes(cls, raw: bytes) -> SessionEnd:
         """Strict: an unknown field, a wrong type, a non-finite time or an end naming no session is a ValueError."""
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(raw, object_pairs_hook=_no_repeats)
+        except (ValueError, RecursionError) as exc:        # UnicodeDecodeError is a ValueError
             raise ValueError("a session end is not JSON") from exc
         if not isinstance(data, dict) or not set(data) <= set(_FIELDS) or not {"r", "at", "ttl"} <= set(data):
             raise ValueError("a session end has missing or unknown fields")
@@ -105,7 +105,21 @@ class SessionEnd:
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer of 400 digits is not: it overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object naming a field twice is read two ways by different parsers: refused."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("a session end names a field twice")
+    return data
 
 
 class Fanout(Protocol):
