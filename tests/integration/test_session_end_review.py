@@ -252,3 +252,27 @@ async def test_a_sign_in_after_a_back_channel_logout_by_sid_is_not_ended(redis_s
         assert (await store.load(later)).sid == "op-1"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("store", ["cookie", "cookie+redis", "redis"])
+async def test_signing_in_again_right_after_a_logout_by_sub_works(stack_factory, redis_server, browser_session, store):
+    """A back-channel logout without sid ends every session of the user that exists then; the sign-in
+    that follows a moment later (the provider still knows the browser: no password) must stick."""
+    import json
+
+    from proxy.ending import ENDS, Reason
+    stack = await stack_factory(session=store_section(store, redis_server.url))
+    await login_via_http(browser_session, stack.url + "/")
+    old = cookie_header(browser_session)
+    status, _, body = await get(stack.url + "/oauth2/userinfo", old)
+    assert status == 200
+    ends = stack.proxy.app[ENDS]
+    assert await ends.end(ends.new(Reason.BACKCHANNEL, sub=json.loads(body)["user"])) == (store == "redis")
+    assert (await get(stack.url + "/oauth2/auth", old))[0] == 401
+    browser_session.cookie_jar.clear(lambda c: c.key.startswith("_authproxy") or c.key.startswith("__Host-"))
+    result = await login_via_http(browser_session, stack.url + "/again")
+    assert result.status == 200
+    new = cookie_header(browser_session)
+    assert new and new != old
+    for _ in range(2):
+        assert (await get(stack.url + "/oauth2/auth", new))[0] == 202
