@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy.errors import CookieError
 from tests.integration.test_session_end import cookie_header, get, store_section
-from tests.integration.test_websocket import expect_close, wait_until, ws_url
+from tests.integration.test_websocket import expect_close, ws_url
 from tests.support.browserless import login_via_http
 from tests.support.ports import free_port
 
