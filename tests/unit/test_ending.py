@@ -6,6 +6,7 @@ import ast
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,8 +218,9 @@ async def test_an_end_from_the_future_or_for_ever_is_taken_as_now_and_for_a_cook
     clock, a bug, a forged message) ended every later sign-in of its user until then, and a huge ttl kept
     it in memory for ever: applied here, an end happened no later than now and lasts no longer than a cookie."""
     now = [NOW]
-    session_ends = SessionEnds(RecordingStore(), MemoryDenylist(clock=lambda: now[0]), RecordingFanout(),  # type: ignore[arg-type]
-                               ttl=3600, clock=lambda: now[0])
+    store: Any = RecordingStore()
+    session_ends = SessionEnds(store, MemoryDenylist(clock=lambda: now[0]), RecordingFanout(), ttl=3600,
+                               clock=lambda: now[0])
     held: list[SessionEnd] = []
     session_ends.hold(held.append)
     session_ends.apply(SessionEnd.from_bytes(b'{"r":"backchannel_logout","at":1e15,"ttl":1e300,"sub":"alice"}'))
