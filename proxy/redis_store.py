@@ -71,6 +71,14 @@ if current and current ~= ARGV[1] then return 1 end
 return 0
 """
 
+# Denylist entry: set KEYS[1] to the end's time ARGV[1] for ARGV[2] seconds, unless a later end is there.
+_LATEST = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 
 def connect(config: RedisConfig) -> Any:
     """A redis-py asyncio client for a single server, a Sentinel-managed master, or a Cluster.
@@ -355,10 +363,12 @@ class RedisDenylist:
         return f"{self._prefix}deny:{kind}:{self._blind(value)}"
 
     async def record(self, end: SessionEnd) -> None:
+        """Each name the end gives, with its time; a later end already there is kept (ends handled by
+        several replicas reach Redis in any order, and an earlier one must not undo a later one)."""
         pipe = self._redis.pipeline(transaction=False)
         for kind, value in (("id", end.session_id), ("sid", end.sid), ("sub", end.sub)):
             if value:
-                pipe.set(self._key(kind, value), repr(end.at), ex=max(1, int(end.ttl)))
+                pipe.eval(_LATEST, 1, self._key(kind, value), repr(end.at), max(1, int(end.ttl)))
         with _reachable():
             await pipe.execute()
 

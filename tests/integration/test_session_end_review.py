@@ -6,6 +6,7 @@ Real oidc-provider, real redis-server, real upstreams on loopback (fixtures as i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -304,3 +305,24 @@ async def test_a_server_sent_event_stream_ends_with_its_session(stack_factory, b
         except aiohttp.ClientPayloadError:
             rest = b""
         assert b"second" not in rest                  # cut, not waiting for the app's next event
+
+
+async def test_the_redis_denylist_keeps_the_latest_end_when_ends_arrive_out_of_order(redis_server):
+    """Two logouts of one user by sub, handled by two replicas, may reach Redis in either order. The
+    denylist kept whichever came last, so an earlier end written after a later one brought back the
+    sessions signed in between the two."""
+    from proxy.config import RedisConfig
+    from proxy.redis_store import RedisDenylist
+    from tests.contract.test_store_contract import ended, session
+
+    denylist = RedisDenylist(RedisConfig(url=redis_server.url, key_prefix="t:"), lambda v: v)
+    try:
+        first = ended(sub="frank", sid="op-f")
+        second = dataclasses.replace(first, at=first.at + 10)
+        between = session("frank", sid="op-f", created_at=(first.at + second.at) / 2)
+        await denylist.record(second)
+        await denylist.record(first)                         # late
+        assert await denylist.ended(between)
+        assert not await denylist.ended(session("frank", sid="op-f", created_at=second.at + 1))
+    finally:
+        await denylist.close()
