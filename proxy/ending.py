@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -58,8 +58,8 @@ _FIELDS = {"r": "reason", "at": "at", "ttl": "ttl", "id": "session_id", "sid": "
 
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
-    """One end: of one session (``session_id``), of an OIDC session (``sid``), or of a user's sessions
-    created at or before ``at`` (``sub``: a later sign-in is not ended)."""
+    """One end: of one session (``session_id``), or of the sessions created at or before ``at`` of an
+    OIDC session (``sid``) or of a user (``sub``): a later sign-in is not ended."""
 
     reason: Reason
     at: float                       # epoch seconds when it ended
@@ -80,8 +80,8 @@ class SessionEnd:
     def from_bytes(cls, raw: bytes) -> SessionEnd:
         """Strict: an unknown field, a wrong type, a non-finite time or an end naming no session is a ValueError."""
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(raw, object_pairs_hook=_no_repeats)
+        except (ValueError, RecursionError) as exc:        # UnicodeDecodeError is a ValueError
             raise ValueError("a session end is not JSON") from exc
         if not isinstance(data, dict) or not set(data) <= set(_FIELDS) or not {"r", "at", "ttl"} <= set(data):
             raise ValueError("a session end has missing or unknown fields")
@@ -100,12 +100,26 @@ class SessionEnd:
         """Whether ``session`` is one this end ended. Sessions sealed before ids existed all have the
         id "": no end names "", so such a session is ended only by its sid or sub."""
         return bool((self.session_id and session.id == self.session_id)
-                    or (self.sid and session.sid == self.sid)
+                    or (self.sid and session.sid == self.sid and session.created_at <= self.at)
                     or (self.sub and session.identity.sub == self.sub and session.created_at <= self.at))
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer of 400 digits is not: it overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object naming a field twice is read two ways by different parsers: refused."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("a session end names a field twice")
+    return data
 
 
 class Fanout(Protocol):
@@ -193,7 +207,15 @@ class SessionEnds:
             log.warning("a session end (%s) was not recorded in the store: %s", end.reason.value, exc)
 
     def apply(self, end: SessionEnd) -> None:
-        """This process's part only: remember the end, and let every holder let go (no re-publish)."""
+        """This process's part only: remember the end, and let every holder let go (no re-publish).
+
+        An end another process sent is taken as happening no later than now and lasting no longer than
+        a cookie lives here: one dated ahead (a peer's clock, a bug) would end later sign-ins of its
+        user, and one with a vast ttl would be kept for ever.
+        """
+        now = self._clock()
+        if end.at > now or end.ttl > self._ttl:
+            end = replace(end, at=min(end.at, now), ttl=min(end.ttl, self._ttl))
         self.local.note(end)
         for holder in self._holders:
             try:

@@ -362,8 +362,9 @@ async def handle_sign_out(request: web.Request) -> web.StreamResponse:
         log.error("sign-out: the session store could not be reached: %s rid=%s", exc, request[REQUEST_ID])
         return html_page(503, "Signed out in this browser only",
                          "Your session cookie is cleared, but the server side could not be reached to end the "
-                         "session there. It ends by itself when it expires; sign out again later to end it now.",
-                         request[REQUEST_ID], actions=[("Sign out again", "/oauth2/sign_out")],
+                         "session there: it ends by itself when it expires. This browser no longer holds it, "
+                         "so signing out again cannot end it sooner.",
+                         request[REQUEST_ID], actions=[("Go to the start page", "/")],
                          templates_dir=config.templates_dir)
     signed_out = config.public_url + "/oauth2/signed_out"
     end_session = provider.end_session_url(id_token_hint=session.id_token if session else None,

@@ -71,6 +71,14 @@ if current and current ~= ARGV[1] then return 1 end
 return 0
 """
 
+# Denylist entry: set KEYS[1] to the end's time ARGV[1] for ARGV[2] seconds, unless a later end is there.
+_LATEST = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 
 def connect(config: RedisConfig) -> Any:
     """A redis-py asyncio client for a single server, a Sentinel-managed master, or a Cluster.
@@ -225,17 +233,34 @@ class RedisStore:
                 await self._index_session(session_id, session)
 
     async def _index_session(self, session_id: str, session: Session) -> None:
-        """Put a new session in its ``sid``/``sub`` sets, and remember which (``ix:``) for its end."""
+        """Put a new session in its ``sid``/``sub`` sets, and remember which (``ix:``) for its end.
+
+        Each sign-in renews its sets' TTL, so a set would outlive the sessions it names: the ones that
+        expired meanwhile are taken out first (a sign-in is rare; the set is one user's sessions)."""
         life = int(self._max_life)
+        indexes = [(kind, value) for kind, value in (("sid", session.sid), ("sub", session.identity.sub)) if value]
+        for kind, value in indexes:
+            await self._prune(self._index(kind, value))
         pipe = self._redis.pipeline(transaction=False)
-        for kind, value in (("sid", session.sid), ("sub", session.identity.sub)):
-            if value:
-                index = self._index(kind, value)
-                pipe.sadd(index, session_id)
-                pipe.expire(index, life)
-                pipe.sadd(self._key("ix", session_id), index)
+        for kind, value in indexes:
+            index = self._index(kind, value)
+            pipe.sadd(index, session_id)
+            pipe.expire(index, life)
+            pipe.sadd(self._key("ix", session_id), index)
         pipe.expire(self._key("ix", session_id), life)
         await pipe.execute()
+
+    async def _prune(self, index: str) -> None:
+        """Take the sessions that no longer exist (expired) out of ``index``."""
+        members = [_text(m) for m in await self._redis.smembers(index)]
+        if not members:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            pipe.exists(self._key("s", member))
+        gone = [m for m, alive in zip(members, await pipe.execute()) if not alive]
+        if gone:
+            await self._redis.srem(index, *gone)
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
@@ -254,9 +279,19 @@ class RedisStore:
                 await self._redis.eval(_RELEASE, 1, key, token)
 
     async def reload(self, session: Session) -> Session | None:
-        """The session as Redis has it now (another replica may have refreshed it)."""
+        """The session as Redis has it now (another replica may have refreshed it); None once it ended.
+
+        Without its key (it left the bounded ``_session_keys``, as a WebSocket's long-lived session may)
+        the tokens cannot be read, but whether it still exists can: an ended session is never refreshed.
+        """
         key = self._session_keys.get(session.id)
-        return session if key is None else await self._get(session.id, key)
+        if key is not None:
+            return await self._get(session.id, key)
+        if not session.id:                  # sealed before sessions had ids: stored under another name
+            return session
+        with _reachable():
+            current = await self._redis.get(self._key("s", session.id))
+        return None if current is None or _text(current) == TOMBSTONE else session
 
     async def update(self, session: Session) -> None:
         """Store refreshed tokens under the session's existing ticket (before the lock is released)."""
@@ -278,7 +313,9 @@ class RedisStore:
             ids = {end.session_id} if end.session_id else set()
             for kind, value in (("sid", end.sid), ("sub", end.sub)):
                 if value:
-                    ids.update(_text(m) for m in await self._redis.smembers(self._index(kind, value)))
+                    index = self._index(kind, value)
+                    await self._prune(index)         # expired ones need no tombstone; live ones leave below
+                    ids.update(_text(m) for m in await self._redis.smembers(index))
             for session_id in ids:
                 ended += int(await self._redis.eval(_END, 1, self._key("s", session_id), TOMBSTONE, ttl))
                 await self._unindex(session_id)
@@ -326,10 +363,12 @@ class RedisDenylist:
         return f"{self._prefix}deny:{kind}:{self._blind(value)}"
 
     async def record(self, end: SessionEnd) -> None:
+        """Each name the end gives, with its time; a later end already there is kept (ends handled by
+        several replicas reach Redis in any order, and an earlier one must not undo a later one)."""
         pipe = self._redis.pipeline(transaction=False)
         for kind, value in (("id", end.session_id), ("sid", end.sid), ("sub", end.sub)):
             if value:
-                pipe.set(self._key(kind, value), repr(end.at), ex=max(1, int(end.ttl)))
+                pipe.eval(_LATEST, 1, self._key(kind, value), repr(end.at), max(1, int(end.ttl)))
         with _reachable():
             await pipe.execute()
 
@@ -340,8 +379,9 @@ class RedisDenylist:
             pipe.get(self._key(kind, value or ""))
         with _reachable():
             by_id, by_sid, since = await pipe.execute()
-        # A sub-wide logout ends the sessions that existed then, not later sign-ins.
-        return (bool(session.id) and by_id is not None) or (bool(session.sid) and by_sid is not None) \
+        # A logout by sid or sub ends the sessions that existed then, not later sign-ins.
+        return (bool(session.id) and by_id is not None) \
+            or (bool(session.sid) and by_sid is not None and session.created_at <= float(by_sid)) \
             or (since is not None and session.created_at <= float(since))
 
     async def first_use(self, token_id: str, ttl: float) -> bool:

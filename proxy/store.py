@@ -99,9 +99,13 @@ class MemoryDenylist:
                     f"sub:{end.sub}" if end.sub else None):
             if key:
                 old = self._entries.get(key)
-                # A later sub-wide end covers more sessions; keep the latest time and the longest life.
+                # A later end by sid or sub covers more sessions; keep the latest time and the longest life.
                 self._entries[key] = (max(end.at, old[0]), max(forget, old[1])) if old else (end.at, forget)
         self._sweep()
+
+    def __len__(self) -> int:
+        """Entries kept, expired ones included until the next sweep."""
+        return len(self._entries)
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -113,13 +117,16 @@ class MemoryDenylist:
         if not self._entries:
             return False
         now = self._clock()
-        for key in (f"id:{session.id}" if session.id else None, f"sid:{session.sid}" if session.sid else None):
+        by_id = self._entries.get(f"id:{session.id}") if session.id else None
+        if by_id is not None and by_id[1] > now:
+            return True
+        # A logout by sid or sub ends the sessions that existed then, not later sign-ins (a provider
+        # may keep its session, and so its sid, across one client's back-channel logout).
+        for key in (f"sid:{session.sid}" if session.sid else None, f"sub:{session.identity.sub}"):
             entry = self._entries.get(key) if key else None
-            if entry is not None and entry[1] > now:
+            if entry is not None and entry[1] > now and session.created_at <= entry[0]:
                 return True
-        entry = self._entries.get(f"sub:{session.identity.sub}")
-        # A sub-wide logout ends the sessions that existed then, not later sign-ins.
-        return entry is not None and entry[1] > now and session.created_at <= entry[0]
+        return False
 
     async def record(self, end: SessionEnd) -> None:
         self.note(end)

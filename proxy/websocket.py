@@ -270,12 +270,17 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
     registry = app.get(SOCKETS)
     if registry is not None:
         registry.add(live)
+    ends = app.get(ENDS)
+    if session is not None and ends is not None and ends.ended(session):
+        # It ended after the gate checked it, while the upstream answered the handshake: before the
+        # socket was registered, so that end could not reach it. (Which end it was is not kept.)
+        live.end(SESSION_ENDED, "session ended")
     pumps = (asyncio.create_task(_pump(client_ws, upstream_ws, "client")),
              asyncio.create_task(_pump(upstream_ws, client_ws, "upstream")))
     tasks = list(pumps)
     if session is not None:
         hard_end = session.created_at + app[CONFIG].cookie.expire
-        tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, app.get(ENDS))))
+        tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, ends)))
     log.info("websocket open: sub=%s path=%s rid=%s", sub, request.path, rid)
     close = Close(WSCloseCode.GOING_AWAY, "proxy shutting down")      # if this handler is cancelled
     try:

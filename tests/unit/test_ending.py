@@ -6,11 +6,13 @@ import ast
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.ending import Fanout, LocalFanout, Reason, SessionEnd, SessionEnds
 from proxy.errors import CookieError
+from proxy.model import Identity
 from proxy.store import MemoryDenylist, StoreUnavailable
 from tests.unit.conftest import NOW, make_session
 
@@ -40,6 +42,9 @@ def test_round_trip(one):
     b'{"r":"sign_out","at":NaN,"ttl":1,"id":"a"}', b'{"r":"sign_out","at":1,"ttl":Infinity,"id":"a"}',
     b'{"r":"sign_out","at":1,"ttl":1,"id":""}', b'{"r":"sign_out","at":1,"ttl":1,"id":7}',
     b'{"r":"sign_out","at":1,"ttl":1,"id":"a","extra":1}', b'{"at":1,"ttl":1,"id":"a"}', b"\xff\xfe",
+    # found in review: these escaped as RecursionError / OverflowError, or were read two ways
+    b"[" * 100_000, b'{"r":"sign_out","at":1' + b"0" * 400 + b',"ttl":1,"id":"a"}',
+    b'{"r":"sign_out","at":1,"ttl":1' + b"0" * 400 + b',"id":"a"}', b'{"r":"sign_out","at":1,"ttl":1,"id":"a","id":"b"}',
 ])
 def test_from_bytes_is_strict(raw):
     with pytest.raises(ValueError):
@@ -53,6 +58,7 @@ def test_covers_by_id_sid_and_sub_before_the_end_only():
     assert end(session_id=None, sid="op-sid").covers(s)
     assert end(session_id=None, sub="alice").covers(s)
     assert not end(session_id=None, sub="alice").covers(make_session(id="s2", created_at=NOW + 1))  # later sign-in
+    assert not end(session_id=None, sid="op-sid").covers(make_session(id="s2", sid="op-sid", created_at=NOW + 1))
     assert not end(session_id=None, sub="bob").covers(s)
     # A session sealed before ids existed has id "": no end by id reaches it (nor all such sessions).
     assert not end(session_id="").covers(make_session(id=""))
@@ -205,3 +211,42 @@ async def test_a_fanout_that_fails_does_not_keep_the_end_from_the_store():
     session_ends, held = ends(store, Broken())
     assert await session_ends.end(end()) == 1
     assert store.recorded == held == [end()]
+
+
+async def test_an_end_from_the_future_or_for_ever_is_taken_as_now_and_for_a_cookies_life():
+    """A fan-out message is checked for shape only (``from_bytes``). One whose ``at`` lies ahead (a peer's
+    clock, a bug, a forged message) ended every later sign-in of its user until then, and a huge ttl kept
+    it in memory for ever: applied here, an end happened no later than now and lasts no longer than a cookie."""
+    now = [NOW]
+    store: Any = RecordingStore()
+    session_ends = SessionEnds(store, MemoryDenylist(clock=lambda: now[0]), RecordingFanout(), ttl=3600,
+                               clock=lambda: now[0])
+    held: list[SessionEnd] = []
+    session_ends.hold(held.append)
+    session_ends.apply(SessionEnd.from_bytes(b'{"r":"backchannel_logout","at":1e15,"ttl":1e300,"sub":"alice"}'))
+    assert held == [end(session_id=None, sub="alice", reason=Reason.BACKCHANNEL, at=NOW, ttl=3600)]
+    assert session_ends.ended(make_session(id="before", created_at=NOW - 1))
+    now[0] += 1
+    assert not session_ends.ended(make_session(id="sign-in-after", created_at=NOW + 1))
+    now[0] = NOW + 3601
+    assert not session_ends.ended(make_session(id="before", created_at=NOW - 1))
+
+
+def test_memory_denylist_forgets_expired_ends_so_it_does_not_grow():
+    now = [NOW]
+    local = MemoryDenylist(clock=lambda: now[0])
+    for i in range(1000):
+        local.note(end(session_id=f"s{i}", ttl=10))
+    assert len(local) == 1000
+    now[0] += 61                             # past every ttl and the sweep interval
+    local.note(end(session_id="last", at=now[0], ttl=10))
+    assert len(local) == 1
+
+
+def test_memory_denylist_ends_by_sid_and_sub_only_what_existed_then():
+    local = MemoryDenylist(clock=lambda: NOW)
+    local.note(end(session_id=None, sid="op-sid"))
+    local.note(end(session_id=None, sub="bob"))
+    assert local.covers(make_session(id="a", sid="op-sid", created_at=NOW))
+    assert not local.covers(make_session(id="b", sid="op-sid", created_at=NOW + 1))     # signed in again
+    assert local.covers(make_session(id="c", identity=Identity(sub="bob"), created_at=NOW - 1))
