@@ -34,9 +34,10 @@ from .provider import Provider
 from .refresh import Refresher
 from .backchannel import handle_backchannel_logout
 from .redis_store import RedisDenylist, RedisStore
-from .ending import ENDS, FANOUT, Fanout, LocalFanout, SessionEnds
+from .ending import ENDS, FANOUT, Fanout, Holds, LocalFanout, SessionEnds
 from .session import CODEC, SESSION_STATE, STORE, write_session_cookie
 from .store import CookieStore, MemoryDenylist, SessionStore
+from .relay import STREAMS, LiveStream
 from .websocket import SOCKETS, setup_websockets
 from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
@@ -121,6 +122,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
         log.info("/metrics is not served: set metrics_listen (a port of its own) or metrics_on_listen: true")
     r.add_route("*", "/{tail:.*}", handle_proxy)
     setup_websockets(app)
+    app[STREAMS] = Holds[LiveStream]("streamed response")
     return app
 
 
@@ -143,6 +145,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[ENDS] = ends = SessionEnds(store, local, app[FANOUT], ttl=config.cookie.expire, clock=clock)
     ends.hold(app[SOCKETS].session_ended)
+    ends.hold(app[STREAMS].session_ended)
     app[FANOUT].subscribe(ends.apply)
     yield
     await store.close()

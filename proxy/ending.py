@@ -28,9 +28,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -149,7 +149,62 @@ class LocalFanout:
 
 
 Holder = Callable[[SessionEnd], object]
-"""Something that holds sessions in this process and must let go of an ended one (the socket registry)."""
+"""Something that holds sessions in this process and must let go of an ended one (a ``Holds.session_ended``)."""
+
+
+class Held(Protocol):
+    """One connection serving a session: a relayed WebSocket, a streamed response."""
+
+    session_id: str
+    session: Session | None
+
+    def let_go(self, end: SessionEnd) -> None:
+        """Stop serving the session now (close the socket, cut the stream)."""
+
+
+H = TypeVar("H", bound=Held)
+
+
+class Holds(Generic[H]):
+    """What this process serves each session with, by session id, so that an end reaches all of it at once
+    (registered with ``SessionEnds.hold``). ``what`` names them in the log."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._by_session: dict[str, set[H]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._by_session.values())
+
+    def __iter__(self) -> Iterator[H]:
+        return iter([held for group in self._by_session.values() for held in group])
+
+    def count(self, session_id: str) -> int:
+        """How many of one session's are open (or being opened) now."""
+        return len(self._by_session.get(session_id, ()))
+
+    def add(self, held: H) -> None:
+        self._by_session.setdefault(held.session_id, set()).add(held)
+
+    def discard(self, held: H) -> None:
+        group = self._by_session.get(held.session_id)
+        if group is not None:
+            group.discard(held)
+            if not group:
+                del self._by_session[held.session_id]
+
+    def session_ended(self, end: SessionEnd) -> int:
+        """A ``SessionEnds`` holder: let go of everything of the sessions ``end`` covers; how many."""
+        if end.sid is None and end.sub is None:       # one session: its group (id "" names no session)
+            ending = list(self._by_session.get(end.session_id, ())) if end.session_id else []
+        else:
+            ending = [held for group in self._by_session.values() for held in group
+                      if held.session is not None and end.covers(held.session)]
+        for held in ending:
+            held.let_go(end)
+        if ending:
+            log.info("ending %d %s(s): %s", len(ending), self.what, end.reason.value)
+        return len(ending)
 
 
 class SessionEnds:

@@ -22,14 +22,34 @@ from multidict import CIMultiDict
 
 from . import splice
 from .context import CONFIG
+from .ending import Holds, SessionEnd
 from .errors import UpstreamError
 from .http1 import Http1Error, Http1Response, headers_problem
+from .model import Session
 
 # The forwarding logger, as in upstream.py and headers.py: an operator filters all forwarding messages by one name.
 log = logging.getLogger("authproxy.upstream")
 
 # Most bytes batched into one write when ``flush_interval`` is set.
 CHUNK = 64 * 1024
+
+
+class LiveStream:
+    """A response streaming to a signed-in user (server-sent events, a long poll, a download): when its
+    session ends, the client's connection is cut, which cancels the handler and closes the upstream's."""
+
+    __slots__ = ("session_id", "session", "_transport")
+
+    def __init__(self, session: Session, transport: asyncio.BaseTransport) -> None:
+        self.session_id = session.id
+        self.session = session
+        self._transport = transport
+
+    def let_go(self, end: SessionEnd) -> None:
+        self._transport.abort()
+
+
+STREAMS = web.AppKey("authproxy_streams", Holds[LiveStream])
 
 
 class ClientGone(Exception):
@@ -39,10 +59,10 @@ class ClientGone(Exception):
 
 async def relay(request: web.Request, status: int, reason: str | None, headers: CIMultiDict[str],
                 body: aiohttp.StreamReader | Http1Response, lean: Http1Response | None, flush_interval: float,
-                close: bool = False) -> web.StreamResponse:
+                close: bool = False, session: Session | None = None) -> web.StreamResponse:
     """Send the upstream's response on, its ``headers`` already filtered (``HeaderPolicy.response_headers``);
     ``lean``: the lean client's response, which allows the shortcuts; ``close``: say ``Connection: close``
-    and close after it. A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the
+    and close after it; ``session``: the user's, whose end cuts a streamed body short (``STREAMS``). A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the
     lean client checks it while parsing, aiohttp's client caps its fields but not their total. So is a
     1xx status as the final answer."""
     if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
@@ -70,6 +90,10 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
         log.debug("client closed the connection before the response")
         return out
     if request.method != "HEAD" and status not in (204, 304):
+        streams, held = request.app.get(STREAMS), None
+        if streams is not None and session is not None and session.id and request.transport is not None:
+            held = LiveStream(session, request.transport)
+            streams.add(held)
         try:
             if lean is not None and flush_interval == 0 and await _spliced(request, out, lean, headers):
                 pass
@@ -89,6 +113,9 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
             if request.transport is not None:
                 request.transport.close()
             return out
+        finally:
+            if held is not None:
+                streams.discard(held)
     await out.write_eof()
     return out
 

@@ -159,7 +159,7 @@ class Forwarder:
             raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
         try:
             return await relay(request, resp.status, resp.reason, self.headers.response_headers(resp.headers.items()),
-                               resp.content, None, upstream.config.flush_interval)
+                               resp.content, None, upstream.config.flush_interval, session=session)
         finally:
             if resp.content.at_eof():
                 resp.release()          # the connection goes back to the pool
@@ -191,7 +191,7 @@ class Forwarder:
         request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
         try:
             return await relay(request, resp.status, resp.reason, self.headers.response_headers(resp.headers), resp,
-                               resp, upstream.config.flush_interval, close=body_length is not None)
+                               resp, upstream.config.flush_interval, close=body_length is not None, session=session)
         finally:
             if resp.at_eof():
                 resp.release()

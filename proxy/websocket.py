@@ -63,7 +63,7 @@ from yarl import URL
 from . import login
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
-from .ending import ENDS, Reason, SessionEnd, SessionEnds
+from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
 from .errors import ProviderError, UpstreamError, UpstreamTimeout
 from .model import Session
 from .pages import html_page, json_answer
@@ -428,45 +428,18 @@ class LiveSocket:
         if not self.ended.done():
             self.ended.set_result(Close(code, reason))
 
+    def let_go(self, end: SessionEnd) -> None:
+        self.end(SESSION_ENDED, CLOSE_REASONS[end.reason])
 
-class SocketRegistry:
+
+class SocketRegistry(Holds[LiveSocket]):
     """Live sockets by session id, so that a session's end ends its sockets at once."""
 
     def __init__(self) -> None:
-        self._by_session: dict[str, set[LiveSocket]] = {}
-
-    def __len__(self) -> int:
-        return sum(len(sockets) for sockets in self._by_session.values())
-
-    def count(self, session_id: str) -> int:
-        """The sockets of one session open (or being opened) now."""
-        return len(self._by_session.get(session_id, ()))
-
-    def add(self, live: LiveSocket) -> None:
-        self._by_session.setdefault(live.session_id, set()).add(live)
-
-    def discard(self, live: LiveSocket) -> None:
-        sockets = self._by_session.get(live.session_id)
-        if sockets is not None:
-            sockets.discard(live)
-            if not sockets:
-                del self._by_session[live.session_id]
-
-    def session_ended(self, end: SessionEnd) -> int:
-        """A ``SessionEnds`` holder: end every socket of the sessions ``end`` covers; the number ended."""
-        if end.sid is None and end.sub is None:       # one session: its group (id "" names no session)
-            sockets = list(self._by_session.get(end.session_id, ())) if end.session_id else []
-        else:
-            sockets = [live for group in self._by_session.values() for live in group
-                       if live.session is not None and end.covers(live.session)]
-        for live in sockets:
-            live.end(SESSION_ENDED, CLOSE_REASONS[end.reason])
-        if sockets:
-            log.info("ending %d websocket(s): %s", len(sockets), end.reason.value)
-        return len(sockets)
+        super().__init__("websocket")
 
     def end_all(self, code: int, reason: str) -> int:
-        sockets = [live for group in self._by_session.values() for live in group]
+        sockets = list(self)
         for live in sockets:
             live.end(code, reason)
         return len(sockets)
