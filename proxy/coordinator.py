@@ -23,8 +23,9 @@ It offers, on one single-threaded asyncio loop:
 - **values with a time to live** (``get``/``put``/``claim``): refresh results, sealed by the workers with
   the app's ``Sealer`` — this process never sees a plain token;
 - **retained messages** (session ends): sent at once to every other connection and kept until their ttl,
-  so a worker that (re)connects receives them all. A worker announces the messages it knows when it
-  (re)connects, so a restarted coordinator learns them back from the workers that survived it.
+  so a worker that (re)connects receives them all (``hello``). A worker publishes again every message
+  it knows when it (re)connects, so a restarted coordinator learns them back from the workers that
+  survived it; a message it already has is not sent twice.
 
 Frames are a 4-byte big-endian length and a JSON object; sizes and entry counts are bounded, and a
 connection that breaks the protocol is closed. Only processes of the same user can reach the socket.
@@ -52,6 +53,7 @@ MAX_LOCKS = 10_000              # locks held at once
 MAX_VALUES = 10_000             # values kept (the oldest go first)
 MAX_RETAINED = 10_000           # messages kept for replay (the oldest go first)
 MAX_CLIENTS = 1024              # connections (one per worker, and its reconnects)
+MAX_BACKLOG = 8 * 1024 * 1024   # bytes waiting for a worker that does not read (stopped): then it is dropped
 MAX_TTL = 31 * 86400.0          # no value or message outlives a month
 PARENT_CHECK = 1.0              # how often to look whether the supervisor is gone (then exit)
 
@@ -105,8 +107,13 @@ class _Client:
         self.locks: set[str] = set()
 
     def send(self, message: Message) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(message))
+        if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_BACKLOG:
+            log.warning("coordinator: dropping a worker that has not read %d bytes", MAX_BACKLOG)
+            self.writer.close()                           # it reconnects, and gets the replay, when it wakes
+            return
+        self.writer.write(encode(message))
 
 
 class Coordinator:
@@ -167,7 +174,7 @@ class Coordinator:
         elif op == "publish":
             self._retain(client, _text(message, "message", MAX_FRAME), _seconds(message, "ttl"), now)
         elif op == "hello":
-            self._hello(client, message.get("retained"), now)
+            self._hello(client, now)
         else:
             raise FrameError(f"unknown op {op!r}")
 
@@ -220,13 +227,9 @@ class Coordinator:
             if client is not sender:
                 client.send({"ev": text})
 
-    def _hello(self, client: _Client, announced: Any, now: float) -> None:
-        """A (re)connected worker: learn the messages it knows, then send it every one kept."""
-        if not isinstance(announced, list):
-            raise FrameError("hello needs a list of [message, ttl]")
-        for item in announced[:MAX_RETAINED]:
-            if isinstance(item, list) and len(item) == 2:
-                self._retain(client, _text({"m": item[0]}, "m", MAX_FRAME), _seconds({"t": item[1]}, "t"), now)
+    def _hello(self, client: _Client, now: float) -> None:
+        """A (re)connected worker (which has just published again every end it knows): send it every
+        message kept."""
         for text, forget_at in self._retained.items():
             if forget_at > now:
                 client.send({"ev": text})

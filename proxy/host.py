@@ -22,7 +22,6 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from .coordinator import FrameError, Message, encode, read_frame
 from .crypto import Sealer
@@ -50,21 +49,24 @@ class HostLink:
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._ids = itertools.count(1)
-        self._announce: Callable[[], list[list[Any]]] = list
+        self._announce: Callable[[], list[tuple[str, float]]] = list
         self._on_message: Callable[[str], None] = lambda text: None
         self._task = asyncio.create_task(self._run())
 
-    def carry(self, announce: Callable[[], list[list[Any]]], on_message: Callable[[str], None]) -> None:
-        """Who keeps the retained messages: ``announce`` lists ``[message, ttl]`` on each connect."""
+    def carry(self, announce: Callable[[], list[tuple[str, float]]], on_message: Callable[[str], None]) -> None:
+        """Who keeps the retained messages: ``announce`` lists ``(message, ttl)`` on each connect."""
         self._announce, self._on_message = announce, on_message
 
     async def _run(self) -> None:
-        for attempt in itertools.count():
+        failures = 0
+        while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(self._path)
             except OSError:
-                await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                failures += 1
                 continue
+            failures = 0
             try:
                 await self._serve(reader, writer)
             finally:
@@ -73,18 +75,26 @@ class HostLink:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer, self._generation = writer, self._generation + 1
-        self._send({"op": "hello", "retained": self._announce()})
+        for text, ttl in self._announce():        # what a restarted coordinator lost, the workers still know
+            self._send({"op": "publish", "message": text, "ttl": ttl})
+        self._send({"op": "hello"})
         self._connected.set()
         log.debug("connected to the host coordinator")
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, FrameError):
             while True:
                 message = await read_frame(reader)
                 if "ev" in message:
-                    self._on_message(str(message["ev"]))
+                    self._deliver(str(message["ev"]))
                 else:
                     future = self._pending.pop(message.get("id", -1), None)
                     if future is not None and not future.done():
                         future.set_result(message)
+
+    def _deliver(self, text: str) -> None:
+        try:
+            self._on_message(text)
+        except Exception:                         # a receiver's bug must not cut the worker off the host
+            log.exception("a session end from the host coordinator was not handled")
 
     def _drop(self, writer: asyncio.StreamWriter) -> None:
         self._connected.clear()
@@ -98,7 +108,11 @@ class HostLink:
     def _send(self, message: Message) -> bool:
         if self._writer is None or self._writer.is_closing():
             return False
-        self._writer.write(encode(message))
+        try:
+            self._writer.write(encode(message))
+        except FrameError as exc:                 # too large to share: this worker keeps it to itself
+            log.warning("not sent to the host coordinator: %s", exc)
+            return False
         return True
 
     async def _ask(self, message: Message, timeout: float) -> Message:
@@ -219,9 +233,9 @@ class HostFanout:
         for receive in list(self._receivers):
             receive(end)
 
-    def _announce(self) -> list[list[Any]]:
+    def _announce(self) -> list[tuple[str, float]]:
         now = self._clock()
-        return [[text, until - now] for text, until in self._known.items() if until > now]
+        return [(text, until - now) for text, until in self._known.items() if until > now]
 
     def _remember(self, text: str, until: float) -> None:
         self._known[text] = until

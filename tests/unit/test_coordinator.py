@@ -137,19 +137,19 @@ async def test_values_live_for_their_ttl_and_claims_are_granted_once(served):
 async def test_a_message_reaches_the_others_once_and_is_replayed_until_its_ttl(served):
     _, connect, clock = served
     a, b = await connect(), await connect()
-    a.tell(op="hello", retained=[])
-    b.tell(op="hello", retained=[])
+    a.tell(op="hello")
+    b.tell(op="hello")
     await b.ask(op="get", key="sync")                           # b's hello is in before the publish
     a.tell(op="publish", message="end-1", ttl=60)
     assert await b.next() == {"ev": "end-1"}
     a.tell(op="publish", message="end-1", ttl=60)               # the same end again: not sent twice
     assert (await a.ask(op="get", key="x"))["value"] is None    # and nothing came back to its sender
     late = await connect()
-    late.tell(op="hello", retained=[])
+    late.tell(op="hello")
     assert await late.next() == {"ev": "end-1"}                  # a (re)started worker learns it
     clock.now += 61
     later = await connect()
-    later.tell(op="hello", retained=[])
+    later.tell(op="hello")
     assert (await later.ask(op="get", key="x")) == {"id": 1, "value": None}   # expired: no replay came first
     with pytest.raises(TimeoutError):
         await b.next(timeout=0.2)
@@ -158,9 +158,10 @@ async def test_a_message_reaches_the_others_once_and_is_replayed_until_its_ttl(s
 async def test_announced_messages_rebuild_a_restarted_coordinator(served):
     _, connect, _ = served
     survivor, other = await connect(), await connect()
-    other.tell(op="hello", retained=[])
+    other.tell(op="hello")
     await other.ask(op="get", key="sync")
-    survivor.tell(op="hello", retained=[["end-7", 100]])
+    survivor.tell(op="publish", message="end-7", ttl=100)      # what a worker does on connecting
+    survivor.tell(op="hello")
     assert await other.next() == {"ev": "end-7"}                # news to the coordinator: passed on
     assert await survivor.next() == {"ev": "end-7"}             # the replay to the announcer itself
 
