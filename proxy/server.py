@@ -147,9 +147,11 @@ class CoordinatorProcess:
         self.started = 0.0
 
     def start(self) -> None:
-        root = str(Path(__file__).resolve().parents[1])          # where the ``proxy`` package is found
+        # This very ``proxy`` package, whatever the working directory holds (-P: not the cwd first).
+        root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "proxy.coordinator", self.socket], env)
+        argv = [sys.executable, "-P", "-m", "proxy.coordinator", self.socket]
+        self.pid = os.posix_spawn(sys.executable, argv, env)
         self.started = time.monotonic()
 
     def restart(self, code: int) -> None:
@@ -179,7 +181,14 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
 
     On SIGHUP the supervisor reads the configuration too: workers it starts from then on (to replace
     one that died, or because ``workers`` grew) run the new one, and it stops workers beyond a smaller
-    count. Each worker reloads itself on the SIGHUP passed on to it."""
+    count. Each worker reloads itself on the SIGHUP passed on to it. The host coordinator is started
+    before the workers, restarted whenever it dies, and stopped after the last worker."""
+    try:
+        coordinator = CoordinatorProcess()
+    except OSError as exc:
+        log.error("workers: %d needs a private directory for the host coordinator (%s); set TMPDIR to a writable "
+                  "directory, or use workers: 1", count, exc)
+        return 1
     children: dict[int, float] = {}
     retiring: set[int] = set()                        # stopped because ``workers`` shrank: not replaced
     stopping = False
@@ -230,7 +239,6 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    coordinator = CoordinatorProcess()
     coordinator.start()
     for _ in range(count):
         spawn()

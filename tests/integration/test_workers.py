@@ -194,6 +194,7 @@ async def test_a_logout_in_one_worker_reaches_every_worker_and_outlives_restarts
 
 HOLDER = """
 import asyncio, sys
+from proxy.host import HostLink
 async def main():
     link = HostLink(sys.argv[1])
     async with link.lock("refresh:k", 60) as held:
