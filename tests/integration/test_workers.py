@@ -175,6 +175,8 @@ async def test_a_logout_in_one_worker_reaches_every_worker_and_outlives_restarts
         await refused_everywhere(proxy.url, cookie)
 
         (coordinator,) = family(proxy.proc.pid)[1]
+        socket = Path(Path(f"/proc/{coordinator}/cmdline").read_bytes().split(b"\0")[-2].decode())
+        assert socket.is_socket() and socket.parent.stat().st_mode & 0o777 == 0o700     # this user only
         originals = family(proxy.proc.pid)[0]
         await replace_worker(proxy, min(originals))                 # SIGKILL: a fresh worker, empty memory
         assert family(proxy.proc.pid)[1] == {coordinator}           # the coordinator outlived it
@@ -190,6 +192,7 @@ async def test_a_logout_in_one_worker_reaches_every_worker_and_outlives_restarts
         assert await proxy.stop() == 0
         await echo.close()
     assert not any(Path(f"/proc/{pid}").exists() for pid in everyone)     # no worker or coordinator left over
+    assert not socket.parent.exists()                                        # nor its directory
 
 
 HOLDER = """
