@@ -78,7 +78,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Message:
         raise FrameError(f"frame of {size} bytes is over {MAX_FRAME}")
     try:
         message = json.loads(await reader.readexactly(size))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise FrameError("frame is not JSON") from exc
     if not isinstance(message, dict):
         raise FrameError("frame is not an object")
@@ -166,7 +166,8 @@ class Coordinator:
         elif op == "put":
             self._put(_text(message, "key"), _text(message, "value", MAX_FRAME), now + _seconds(message, "ttl"))
         elif op == "claim":                                   # put if absent: True for the first caller only
-            key, entry = _text(message, "key"), self._values.get(message.get("key", ""))
+            key = _text(message, "key")
+            entry = self._values.get(key)
             first = entry is None or entry[0] <= now
             if first:
                 self._put(key, "1", now + _seconds(message, "ttl"))

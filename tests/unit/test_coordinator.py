@@ -197,6 +197,26 @@ async def test_entries_are_bounded(served, monkeypatch):
     assert len(coordinator._values) == 3 and list(coordinator._retained) == ["m8", "m9"]
 
 
+async def test_a_worker_that_stops_reading_is_dropped_not_buffered_for(served, monkeypatch):
+    coordinator, connect, _ = served
+    monkeypatch.setattr(coord, "MAX_BACKLOG", 64 * 1024)
+    stuck, publisher = await connect(), await connect()
+    stuck.tell(op="hello")
+    await stuck.ask(op="get", key="sync")
+    for i in range(2000):                                      # stuck never reads its socket
+        publisher.tell(op="publish", message=f"end-{i}-" + "x" * 500, ttl=60)
+    await publisher.ask(op="get", key="sync")
+    await until_true(lambda: len(coordinator._clients) == 1)
+    assert sum(c.writer.transport.get_write_buffer_size() for c in coordinator._clients) < 64 * 1024
+
+
+async def until_true(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
 def test_frames_are_length_prefixed_json():
     frame = encode({"op": "get", "key": "k"})
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
