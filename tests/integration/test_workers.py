@@ -155,6 +155,17 @@ async def refused_everywhere(url: str, cookie: str) -> None:
     assert statuses == [401] * 20, statuses
 
 
+async def ends_received_by_each_worker(url: str) -> set[float]:
+    seen = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+        for _ in range(20):                                         # fresh connections reach both workers
+            async with client.get(url + "/metrics") as resp:
+                text = await resp.text()
+            seen.add(next(float(line.split()[-1]) for line in text.splitlines()
+                          if line.startswith("authproxy_host_ends_received_total ")))
+    return seen
+
+
 async def replace_worker(proxy: ProxyProcess, victim: int) -> None:
     os.kill(victim, signal.SIGKILL)
     await until(lambda: len(family(proxy.proc.pid)[0]) == 2 and victim not in family(proxy.proc.pid)[0])
@@ -173,6 +184,9 @@ async def test_a_logout_in_one_worker_reaches_every_worker_and_outlives_restarts
         assert (await idp.wait_for_event("backchannel", timeout=10))["ok"] is True    # one worker took it
         await asyncio.sleep(1.0)                                    # within a second, every worker knows
         await refused_everywhere(proxy.url, cookie)
+        # Each worker's own count of ends received from the others: 1 in the worker that did not take the
+        # logout, 0 in the one that did (its own end is not sent back to it).
+        assert await ends_received_by_each_worker(proxy.url) == {0.0, 1.0}
 
         (coordinator,) = family(proxy.proc.pid)[1]
         socket = Path(Path(f"/proc/{coordinator}/cmdline").read_bytes().split(b"\0")[-2].decode())
