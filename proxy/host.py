@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from .coordinator import FrameError, Message, encode, read_frame
-from .crypto import Sealer
+from .crypto import Sealer, fingerprint
 from .ending import Reason, SessionEnd
 from .errors import CookieError
 from .metrics import Metrics
@@ -153,15 +153,19 @@ class HostLink:
         return value if isinstance(value, str) else None
 
     def put(self, key: str, value: str, ttl: float) -> None:
-        self._send({"op": "put", "key": key, "value": value, "ttl": ttl})
+        if ttl > 0:                               # the coordinator drops a connection that breaks the protocol
+            self._send({"op": "put", "key": key, "value": value, "ttl": ttl})
 
     async def claim(self, key: str, ttl: float) -> bool | None:
         """True for the first claim of ``key`` host-wide, False after; None when nobody can say."""
+        if ttl <= 0:
+            return None
         answer = await self._ask({"op": "claim", "key": key, "ttl": ttl}, ANSWER_TIMEOUT)
         return answer.get("ok") if isinstance(answer.get("ok"), bool) else None
 
     def publish(self, text: str, ttl: float) -> None:
-        self._send({"op": "publish", "message": text, "ttl": ttl})
+        if ttl > 0:
+            self._send({"op": "publish", "message": text, "ttl": ttl})
 
     async def close(self) -> None:
         self._task.cancel()
@@ -211,8 +215,7 @@ class HostFanout:
     async def publish(self, end: SessionEnd) -> None:
         text = end.to_bytes().decode("utf-8")
         self._remember(text, end.at + end.ttl)
-        if end.at + end.ttl > self._clock():
-            self._link.publish(text, end.at + end.ttl - self._clock())
+        self._link.publish(text, end.at + end.ttl - self._clock())
 
     def subscribe(self, receive: Callable[[SessionEnd], None]) -> None:
         self._receivers.append(receive)
@@ -261,7 +264,7 @@ class HostDenylist(MemoryDenylist):
         await self._fanout.publish(SessionEnd(Reason.BACKCHANNEL, self._now(), ttl, sid=sid, sub=sub))
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
-        first = await self._link.claim("jti:" + token_id, ttl)
+        first = await self._link.claim("jti:" + fingerprint(token_id), ttl)
         local = await super().first_use(token_id, ttl)
         return local if first is None else first and local
 

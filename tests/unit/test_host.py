@@ -199,3 +199,17 @@ async def test_the_denylist_is_the_same_in_every_worker(host):
     assert await lists[1].ended(signed_in)
     assert await lists[0].first_use("jti-1", 60) is True
     assert await lists[1].first_use("jti-1", 60) is False       # a replayed logout token, in another worker
+    assert await lists[1].first_use("j" * 5000, 60) is True     # any jti (hashed to a name the protocol takes)
+    assert await lists[0].first_use("j" * 5000, 60) is False
+
+
+async def test_what_has_no_time_left_is_not_sent(host):
+    """A value or an end whose ttl has run out would break the protocol (and cost the connection)."""
+    link = host.link()
+    await host.connected(link)
+    link.put("refresh:k", "v", 0)
+    link.publish("m", -1)
+    assert await link.claim("jti:x", 0) is None
+    link.put("refresh:k2", "v2", 5)
+    assert await link.get("refresh:k2") == "v2"                 # the same connection, still answered
+    assert link._generation == 1                                # never cut off and reconnected
