@@ -22,21 +22,23 @@ from aiohttp import web
 
 from .config import CALLBACK_PATH, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
-from .cookies import CookieCodec
+from .cookies import CookieCodec, private_when_setting_own
 from .crypto import Sealer, random_token, tls_context
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics
 from .gate import handle_auth, handle_proxy, handle_userinfo
-from .host import HostDenylist, HostFanout, HostLink, HostRefreshes
-from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect
+from .host import HostFanout, HostLink, HostRefreshes
+from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect,
+                    trim_login_cookies)
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
 from .refresh import Refresher
 from .backchannel import handle_backchannel_logout
 from .redis_store import RedisDenylist, RedisStore
-from .session import CODEC, SESSION_STATE, STORE, load_session, write_session_cookie
+from .ending import ENDS, FANOUT, Fanout, LocalFanout, SessionEnds
+from .session import CODEC, SESSION_STATE, STORE, write_session_cookie
 from .store import CookieStore, MemoryDenylist, SessionStore
-from .websocket import setup_websockets
+from .websocket import SOCKETS, setup_websockets
 from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
 log = logging.getLogger("authproxy")
@@ -69,32 +71,42 @@ REQUEST_IDS = web.AppKey("authproxy_request_ids", RequestIds)
 @dataclass
 class Lasting:
     """What a process keeps across configurations: a reload (SIGHUP) builds a new app around it, so the
-    metrics' counters keep counting and sessions ended by back-channel logout (kept in memory when there
-    is no Redis) stay ended."""
+    metrics' counters keep counting and ended sessions (kept in memory when there is no Redis) stay
+    ended."""
 
     metrics: Metrics = field(default_factory=Metrics)
-    denylist: MemoryDenylist | None = None     # made by the first app that needs it
+    denylist: MemoryDenylist | None = None     # made by the first app
     host: HostLink | None = None               # the host coordinator, for a worker of ``workers: N``
     fanout: HostFanout | None = None           # session ends to and from the host's other workers
 
 
 LASTING = web.AppKey("authproxy_lasting", Lasting)
 
+# The longest header field the server reads (aiohttp's default is 8190). Our own cookies must never
+# make a request unreadable: a session of MAX_CHUNKS chunks (≈ 31 KB) plus login-state cookies piled
+# up by concurrent sign-ins (≈ 450 bytes each; the next response clears all but the newest) must fit,
+# so the request reaches the code that drops the oldest instead of ending in a 400.
+MAX_FIELD_SIZE = 64 * 1024
+
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time,
-               lasting: Lasting | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_boundary, load_session], handler_args={"max_field_size": 16384})
+               lasting: Lasting | None = None, fanout: Fanout | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": MAX_FIELD_SIZE})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
     app[LASTING] = lasting = lasting or Lasting()
+    lasting.denylist = lasting.denylist or MemoryDenylist(clock)
+    app[FANOUT] = fanout or lasting.fanout or LocalFanout()     # a worker of ``workers: N``: the host's
     app[METRICS] = lasting.metrics
     app[REQUEST_IDS] = RequestIds()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_provider_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_response_prepare.append(write_session_cookie)
+    app.on_response_prepare.append(trim_login_cookies)
+    app.on_response_prepare.append(private_when_setting_own(config.cookie.name))   # after all that set ours
     app.on_response_prepare.append(_stamp_response)
     r = app.router
     r.add_get("/ping", handle_ping)
@@ -106,8 +118,10 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
-    if config.metrics_listen is None:
+    if config.metrics_on_listen:
         r.add_get("/metrics", handle_metrics)
+    elif config.metrics_listen is None:
+        log.info("/metrics is not served: set metrics_listen (a port of its own) or metrics_on_listen: true")
     r.add_route("*", "/{tail:.*}", handle_proxy)
     setup_websockets(app)
     return app
@@ -117,24 +131,22 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The session store: the cookie (with a logout denylist in Redis or memory), or Redis."""
+    """The session store — the cookie (with a denylist in Redis or memory), or Redis — and the one
+    way sessions end (``SessionEnds``), told of ends by the fan-out and telling the socket registry."""
     config, clock = app[CONFIG], app[CLOCK]
     redis = config.session.redis
+    local = app[LASTING].denylist
+    assert local is not None
     store: SessionStore
     if config.session.store == "redis" and redis is not None:
         store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock)
     else:
-        denylist: RedisDenylist | MemoryDenylist
-        if redis is not None:
-            denylist = RedisDenylist(redis, clock)
-        else:
-            lasting = app[LASTING]
-            if lasting.denylist is None:       # shared by the host's workers when there are several
-                shared = lasting.fanout is not None and lasting.host is not None
-                lasting.denylist = HostDenylist(lasting.fanout, lasting.host, clock) if shared else MemoryDenylist(clock)
-            denylist = lasting.denylist
+        denylist = RedisDenylist(redis, app[SEALER].blind, clock) if redis is not None else local
         store = CookieStore(app[CODEC], denylist)
     app[STORE] = store
+    app[ENDS] = ends = SessionEnds(store, local, app[FANOUT], ttl=config.cookie.expire, clock=clock)
+    ends.hold(app[SOCKETS].session_ended)
+    app[FANOUT].subscribe(ends.apply)
     yield
     await store.close()
 
@@ -223,9 +235,11 @@ def error_response(request: web.Request, exc: AuthProxyError) -> web.Response:
     rid = request[REQUEST_ID]
     if not is_navigation(request):
         return json_answer(exc.status, {"error": type(exc).__name__, "message": str(exc), "request_id": rid})
-    # The retry link is checked like any redirect: a path such as //evil.example must not become one.
-    retry_to = "/" if isinstance(exc, LoginError) else safe_redirect(request.raw_path, request.app[CONFIG])
-    if isinstance(exc, (LoginError, StateMismatch)):
+    # The retry link is checked like any redirect: a path such as //evil.example must not become one. A failed
+    # callback is never retried as it was: its state is spent (a 403 at best) and its code must not sit in a link.
+    at_callback = isinstance(exc, LoginError) or request.path == CALLBACK_PATH
+    retry_to = "/" if at_callback else safe_redirect(request.raw_path, request.app[CONFIG])
+    if at_callback or isinstance(exc, StateMismatch):
         actions = [("Sign in again", "/oauth2/start?rd=" + quote(retry_to, safe=""))]
     else:
         actions = [("Try again", retry_to)]

@@ -11,13 +11,17 @@ on both sides. ``alice@evil.test@example.com`` matches neither ``example.com`` n
 is trusted. An email the provider marked unverified never reaches here (``Identity.from_claims``
 drops it), so it fails every email rule.
 
-``skip_auth`` rules are regular expressions searched in the normalised path (``upstream.normalize_path``:
-decoded, dot segments resolved, percent-encoded again — what the upstream receives) together with the
-method; the query never takes part. As defence in depth, a request whose *raw* path holds dot
-segments or an encoded ``/`` or ``\\`` never skips: every path that takes such tricks to spell is
-one a client obscured, and anything that still forwarded the raw path (RFC 3986 §5.2.4, §6.2.2)
-would otherwise let ``/admin/..%2Fpublic/x`` pass as ``/public/x``. Such requests simply need a
-sign-in.
+``skip_auth`` rules are regular expressions searched in the request's match key (``paths.py``: decoded
+once, ambiguous paths already refused with a 400, encoded again, segment parameters removed) together
+with the method; the query never takes part. Matching without parameters is what the app behind sees:
+Tomcat serves ``/public/app.jsp;x.png`` as ``/public/app.jsp``, so a rule ``[.]png$`` must not match
+it. As defence in depth, a request whose *raw* path holds an encoded ``/`` never skips: a path that
+takes such tricks to spell is one a client obscured. Such requests simply need a sign-in.
+
+A CORS preflight passes without identity only when ``cors.allow_preflight`` is on, it comes from an
+allowed origin and its match key matches one of ``cors.preflight_paths``; like every request sent
+without a session, it carries no identity, no ``Authorization`` and no method-override header
+(``headers.py``).
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ def query_rules(params: MultiMapping[str]) -> AuthorizationConfig:
 
 
 def skips_auth(config: Config, request: web.Request, path: str) -> bool:
-    """Whether a ``skip_auth`` rule matches this method and normalised ``path`` (never the query)."""
+    """Whether a ``skip_auth`` rule matches this method and match key ``path`` (never the query)."""
     if not config.skip_auth or not _unambiguous(request.raw_path):
         return False
     return any((not rule.methods or request.method in rule.methods) and re.search(rule.path, path)
@@ -135,10 +139,13 @@ def _unambiguous(raw_path: str) -> bool:
     return True
 
 
-def is_preflight(config: Config, request: web.Request) -> bool:
-    """A CORS preflight (Fetch §3.2.2) from an allowed origin, when preflights are passed through."""
-    return (config.cors.allow_preflight and request.method == "OPTIONS"
-            and "Access-Control-Request-Method" in request.headers and _allowed_origin(config, request) is not None)
+def is_preflight(config: Config, request: web.Request, path: str) -> bool:
+    """A CORS preflight (Fetch §3.2.2) from an allowed origin to one of ``cors.preflight_paths`` (matched
+    on the match key ``path``), when preflights are passed through."""
+    cors = config.cors
+    return (cors.allow_preflight and request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in request.headers and _allowed_origin(config, request) is not None
+            and any(re.search(pattern, path) for pattern in cors.preflight_paths))
 
 
 def is_api_path(config: Config, path: str) -> bool:

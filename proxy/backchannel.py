@@ -1,10 +1,10 @@
 """``POST /oauth2/backchannel_logout``: the provider tells us a user signed out (Back-Channel Logout 1.0).
 
 The logout token is verified like an ID token, with its own rules (``Provider.verify_logout_token``),
-and its ``jti`` may be used once. Then the sessions it names end: those of its ``sid`` when it has
-one, else every session of its ``sub``. The Redis store deletes them; the cookie store cannot reach
-browsers, so it denylists the ``sid``/``sub`` until the longest session would have ended anyway —
-in Redis when one is configured (every replica honours it), else in this process only.
+and its ``jti`` may be used once. Then the sessions it names end, through ``SessionEnds`` like every
+end: those of its ``sid`` when it has one, else every session of its ``sub`` signed in until now. The
+store records the end (Redis: tombstones; cookie store: the denylist, until the longest session would
+have ended anyway), their WebSockets close here and, through the fan-out, in the host's other workers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 from aiohttp import web
 
 from .context import PROVIDER
+from .ending import ENDS, Reason
 from .errors import TokenValidationError
 from .metrics import METRICS
 from .pages import json_answer
@@ -39,7 +40,8 @@ async def handle_backchannel_logout(request: web.Request) -> web.Response:
         return _refused("the logout token was already used")
     sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
     sub = None if sid else claims.get("sub")
-    ended = await store.end_sessions(sid=sid, sub=sub)
+    ends = request.app[ENDS]
+    ended = await ends.end(ends.new(Reason.BACKCHANNEL, sid=sid, sub=sub))
     request.app[METRICS].event("backchannel_logout", f"back-channel logout: {'sid' if sid else 'sub'} ended"
                                f" ({ended} stored sessions)", sid_given=bool(sid), ended=ended)
     return web.Response(status=200, headers={"Cache-Control": "no-store"})

@@ -5,13 +5,16 @@ associated data, so the browser can neither read nor forge it. A sealed session 
 cookie can hold (browsers keep ~4096 bytes of name and value) is split into ``NAME_0``, ``NAME_1``…
 and joined again on the way in; a reordered or missing chunk simply fails authentication.
 
-Every authenticated request opens its cookie, so the two steps on that path are made cheap here:
-``own_cookies`` picks the session's cookies out of the ``Cookie`` header without parsing the rest,
-and ``CookieCodec`` remembers the sessions it opened by their exact sealed value. ``cookie_header``
-builds the ``Set-Cookie`` values, for the session (``session.write_session_cookie``) and the login.
+Every reader of the ``Cookie`` header goes through ``request_cookies`` (session loading, login
+state, ``own_cookies``): one parser, the browsers' reading of RFC 6265 §4.2.1/§5.4, so no other
+parser can see a cookie the browser did not send. Names the proxy owns that arrive twice are
+ambiguous — a cookie tossed from a sibling subdomain, or planted under another path — and count as
+a bad cookie, never as either value. ``CookieCodec`` remembers the sessions it opened by their
+sealed bytes (canonically decoded, so one session has one key), within a memory budget.
+``cookie_header`` builds the ``Set-Cookie`` values, for the session and the login;
+``private_when_setting_own`` keeps shared caches from storing a response that sets one of them.
 
-The Session value and the request path that uses this codec are ``session.py``'s. That module
-imports this one, so the codec takes ``Session`` when it is built, not at import (``__init__``).
+The Session value is ``model.py``'s; the request path that uses this codec is ``session.py``'s.
 """
 
 from __future__ import annotations
@@ -19,45 +22,47 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from http.cookies import Morsel
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from .config import CookieConfig
 from .crypto import Sealer
 from .errors import CookieError, SessionTooLarge
+from .model import Session
 
-if TYPE_CHECKING:
-    from .session import Session
-
+# Browsers drop a cookie whose name and value together exceed this (RFC 6265bis §5.6, step 4).
+MAX_COOKIE_BYTES = 4096
 # Bytes of sealed value per cookie: browsers cap name+value near 4096; leave room for the name.
 CHUNK_SIZE = 3800
 # More chunks than this is a session no browser would send back whole (≈ 30 KB of headers).
 MAX_CHUNKS = 8
-# Decoded sessions remembered by their exact sealed value (see ``CookieCodec._decoded``).
+# Decoded sessions remembered by their sealed bytes (see ``CookieCodec._decoded``): at most this many,
+# and at most this much memory by the estimate ``_cache_cost`` (a 3 KB cookie holds ≈ 5 KB).
 DECODED_CACHE_SIZE = 4096
+DECODED_CACHE_BYTES = 16 * 1024 * 1024
+# Python objects behind one cached session beyond its bytes (Session, Identity, the dict entry). With
+# it the estimate runs ≈ 1 KB above what tracemalloc measured for sessions of 0.4 to 40 KB.
+_CACHE_ENTRY_OVERHEAD = 1536
 
 
 class CookieCodec:
     """Turns a Session into ``(cookie name, value)`` pairs and back, chunking big values."""
 
     def __init__(self, config: CookieConfig, sealer: Sealer, clock: Callable[[], float] = time.time):
-        from .session import Session      # here, not at the top: session.py imports this module
-
         self.config = config
         self.name = config.name
         self._sealer = sealer
         self._aad = config.name.encode("utf-8")
         self.clock = clock
-        self._cache: OrderedDict[str, Session] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Session, int]] = OrderedDict()
+        self.cache_bytes = 0
         self._parse = Session.from_bytes
+        self._names = session_cookie_names(config.name)
 
     def owned_names(self, cookies: Mapping[str, str]) -> list[str]:
         """The session cookie names present in a request: the plain name and any chunks."""
-        prefix = self.name + "_"
-        return [n for n in cookies if n == self.name or (n.startswith(prefix) and n[len(prefix):].isdigit())]
+        return [n for n in cookies if n in self._names]
 
     def dump(self, session: Session) -> list[tuple[str, str]]:
         sealed = self._sealer.seal(session.to_bytes(), self._aad)
@@ -81,6 +86,8 @@ class CookieCodec:
             if not parts:
                 return None
             sealed = "".join(parts)
+        if REPEATED in sealed:
+            raise CookieError(f"a {self.name} cookie arrived more than once (tossed or planted by another site?)")
         session = self._decoded(sealed)
         now = self.clock()
         if session.created_at + self.config.expire <= now:
@@ -92,16 +99,22 @@ class CookieCodec:
     def _decoded(self, sealed: str) -> Session:
         """Open and parse ``sealed``, once per distinct value: a browser sends the same cookie on
         every request until it changes. Saves the AES-GCM open and JSON parse (≈10 µs of ≈12 µs per
-        request, measured with a 2.8 KB cookie). Safe because the key is the exact authenticated
-        ciphertext; the expiry checks in ``load`` still run on every request."""
-        session = self._cache.get(sealed)
-        if session is not None:
-            self._cache.move_to_end(sealed)
-            return session
-        session = self._parse(self._sealer.open(sealed, self._aad))
-        self._cache[sealed] = session
-        if len(self._cache) > DECODED_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        request, measured with a 2.8 KB cookie). Safe because the key is the authenticated ciphertext
+        itself, decoded canonically (``Sealer.unwrap``): respelling a value does not make a new entry.
+        The cache is bounded by memory as well as by count, so big sessions cannot crowd a worker;
+        the expiry checks in ``load`` still run on every request."""
+        raw = self._sealer.unwrap(sealed)
+        hit = self._cache.get(raw)
+        if hit is not None:
+            self._cache.move_to_end(raw)
+            return hit[0]
+        plain = self._sealer.open_raw(raw, self._aad)
+        session = self._parse(plain)
+        cost = _cache_cost(raw, plain)
+        self._cache[raw] = (session, cost)
+        self.cache_bytes += cost
+        while self._cache and (len(self._cache) > DECODED_CACHE_SIZE or self.cache_bytes > DECODED_CACHE_BYTES):
+            self.cache_bytes -= self._cache.popitem(last=False)[1][1]
         return session
 
     def set_header(self, name: str, value: str, max_age: float) -> str:
@@ -136,30 +149,144 @@ def cookie_header(name: str, value: str, *, max_age: float, path: str, domain: s
     return morsel.OutputString()
 
 
-# The characters of the values the proxy writes (a version prefix and base64url): such a value needs no
-# unquoting, so it reads the same whatever parser reads it.
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._~-]*")
+def _cache_cost(raw: bytes, plain: bytes) -> int:
+    """The memory one cached session holds: its key, its strings (about the plaintext's size) and objects."""
+    return len(raw) + len(plain) + _CACHE_ENTRY_OVERHEAD
+
+
+def session_cookie_names(name: str) -> frozenset[str]:
+    """The names the session may use: ``name`` and its chunks ``name_0`` … (ASCII digits, bounded).
+    ``str.isdigit`` would also take ``²`` or ``٣``, names no ``Set-Cookie`` can clear."""
+    return frozenset({name, *(f"{name}_{i}" for i in range(MAX_CHUNKS + 1))})
+
+
+# -- reading the Cookie header ---------------------------------------------------------------------
+
+# RFC 6265 §4.1.1: a cookie name is an RFC 9110 §5.6.2 token. Only such names can be written back (or
+# cleared) in a Set-Cookie, so the proxy considers no other name its own.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The value a name the proxy owns reads as when it arrived more than once: no sealed value contains a
+# NUL, so it never opens, and ``CookieCodec.load`` names the reason.
+REPEATED = "\x00repeated"
+
+
+def is_token(name: str) -> bool:
+    return _TOKEN.fullmatch(name) is not None
+
+
+def cookie_pairs(header: str) -> Iterator[tuple[str, str]]:
+    """The ``(name, value)`` pairs of a ``Cookie`` header, as the browser that sent it means them.
+
+    Browsers join cookies with ``"; "`` (RFC 6265 §5.4 step 4) and nothing else separates them: a
+    value may hold spaces, ``=`` and quotes (``pref=dark _authproxy=x "`` is one cookie, ``pref``).
+    A pair without ``=`` is a cookie with an empty name (RFC 6265bis §5.6 step 3). Whitespace around
+    names and values is dropped (RFC 6265 §5.2 steps 4–5); quotes are part of the value.
+    """
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        if not sep:
+            name, value = "", name
+        yield name.strip(" \t"), value.strip(" \t")
+
+
+class RequestCookies(Mapping[str, str]):
+    """A request's cookies: each name's first value, and which names came more than once.
+
+    Browsers send the most specific cookie first (longest path, then oldest: RFC 6265 §5.4 step 2),
+    so the first value is what an app would expect for its own cookies. For the proxy's names a
+    repeat is ambiguous: ``owned`` reads them as ``REPEATED``.
+    """
+
+    __slots__ = ("_first", "repeated")
+
+    def __init__(self, header: str) -> None:
+        self._first: dict[str, str] = {}
+        self.repeated: set[str] = set()
+        for name, value in cookie_pairs(header):
+            if name in self._first:
+                self.repeated.add(name)
+            else:
+                self._first[name] = value
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def owned(self, name: str) -> str:
+        """The value of one of the proxy's cookies: ``REPEATED`` if it came twice (``KeyError`` if never)."""
+        return REPEATED if name in self.repeated else self._first[name]
+
+
+_REQUEST_COOKIES = web.RequestKey("authproxy_request_cookies", RequestCookies)
+
+
+def request_cookies(request: web.Request) -> RequestCookies:
+    """The request's cookies (``RequestCookies``), parsed once per request. Use this, never
+    ``request.cookies``: aiohttp's parser ends a pair at whitespace and lets the last duplicate win,
+    so it reads ``pref=dark _authproxy=x`` as a second ``_authproxy``."""
+    cookies = request.get(_REQUEST_COOKIES)
+    if cookies is None:
+        cookies = RequestCookies(request.headers.get("Cookie", ""))
+        request[_REQUEST_COOKIES] = cookies
+    return cookies
 
 
 def own_cookies(request: web.Request, name: str) -> Mapping[str, str]:
-    """The session cookies (``name`` and its chunks ``name_N``) of a request, read without parsing every
-    cookie: aiohttp's ``request.cookies`` runs a regex over the whole header and builds a Morsel per
-    cookie, which was 8 % of a tiny proxied GET with a 2.8 KB session cookie. No ``name`` in the header
-    at all skips the work; anything unusual (quotes, escapes, a name twice, a value the proxy would not
-    write) is left to ``request.cookies``, so the answer is always the one aiohttp would give."""
+    """The session cookies (``name`` and its chunks ``name_N``) of a request. A request without
+    ``name`` anywhere in its ``Cookie`` header is not parsed at all; one of these names sent twice
+    reads as ``REPEATED``, which no store opens: the user is signed out and the cookie cleared."""
     raw = request.headers.get("Cookie")
     if raw is None or name not in raw:
         return {}
-    if '"' in raw or "\\" in raw:
-        return request.cookies
-    found: dict[str, str] = {}
-    prefix = name + "_"
-    for part in raw.split(";"):
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if key == name or (key.startswith(prefix) and key[len(prefix):].isdigit()):
-            value = value.strip()
-            if not sep or key in found or not _PLAIN_VALUE.fullmatch(value):
-                return request.cookies
-            found[key] = value
-    return found
+    cookies = request_cookies(request)
+    names = session_cookie_names(name)
+    return {n: cookies.owned(n) for n in cookies if n in names}
+
+
+# -- responses that set our cookies ------------------------------------------------------------------
+
+# Directives that let a shared cache store a response (RFC 9111 §5.2.2.9, §5.2.2.10) or that "private"
+# replaces. Quoted values may hold commas, so directives are matched, not split.
+_SHARED_DIRECTIVES = frozenset({"public", "s-maxage", "private", "proxy-revalidate"})
+_DIRECTIVE = re.compile(r'\s*([^,=\s]+)(\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
+# Cache-Control fields aimed at CDNs only (RFC 9213 and its predecessor), which CDNs obey over
+# Cache-Control: they would undo "private".
+_TARGETED_CACHE_FIELDS = ("CDN-Cache-Control", "Surrogate-Control")
+
+
+def private_cache_control(value: str) -> str:
+    """``value`` (a Cache-Control field, maybe empty) made ``private``: ``public`` and ``s-maxage``
+    dropped, every other directive (``max-age``, ``no-store`` …) kept for the browser's own cache."""
+    kept = [m.group(1) + (m.group(2) or "") for m in _DIRECTIVE.finditer(value)
+            if m.group(1).lower() not in _SHARED_DIRECTIVES]
+    return ", ".join(["private", *kept])
+
+
+def sets_cookie_named(response: web.StreamResponse, name: str) -> bool:
+    """Whether the response sets or clears ``name`` or a cookie derived from it (``name_…``)."""
+    return any(h.startswith(name) and h[len(name):len(name) + 1] in ("=", "_")
+               for h in response.headers.getall("Set-Cookie", ()))
+
+
+def private_when_setting_own(name: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook, to run after every hook that adds the proxy's cookies: a
+    response that sets or clears one of them (``name``, its chunks, login state) becomes
+    ``Cache-Control: private`` (RFC 9111 §5.2.2.7, §8: a shared cache would hand the Set-Cookie to the
+    next visitor), whatever the app said. The app's ``max-age`` and ``no-store`` stay for the browser's
+    own cache; ``public``, ``s-maxage`` and the CDN-only fields go."""
+    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+        if sets_cookie_named(response, name):
+            make_private(response)
+    return hook
+
+
+def make_private(response: web.StreamResponse) -> None:
+    """Mark ``response`` as for this browser only (``private_cache_control``, no CDN-only fields)."""
+    response.headers["Cache-Control"] = private_cache_control(", ".join(response.headers.getall("Cache-Control", ())))
+    for field in _TARGETED_CACHE_FIELDS:
+        response.headers.popall(field, None)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
+import re
 import secrets
 import ssl
 from collections.abc import Sequence
@@ -36,6 +38,13 @@ _KEY_ID_LEN = 4
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _HKDF_INFO = b"authproxy cookie sealing v1"
+# A second purpose of the cookie secret, so its own key: naming users and sessions in a store's keys.
+_BLIND_INFO = b"authproxy store key names v1"
+
+
+# The base64url alphabet (RFC 4648 §5), unpadded: the only characters ``b64url_encode`` writes.
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64URL_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def b64url_encode(data: bytes) -> str:
@@ -43,12 +52,23 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode base64url with or without padding; raises ``binascii.Error``/``ValueError`` on junk."""
+    """Decode unpadded base64url strictly and canonically; ``ValueError`` for anything else.
+
+    Only the text ``b64url_encode`` would write for the same bytes is accepted (RFC 4648 §3.5): no
+    padding, no character outside the alphabet, no length that leaves a lone character, no set bits
+    past the last byte. Python's decoder skips junk and ignores those bits, so without this one
+    sealed value had endless spellings (``.`` or ``~`` inserted anywhere), each a new entry in any
+    cache keyed on the text and a new AES-GCM open."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    spare_bits = {0: 0, 2: 4, 3: 2}[len(text) % 4]
+    if spare_bits and _B64URL_DIGITS.index(text[-1]) & ((1 << spare_bits) - 1):
+        raise ValueError("not canonical base64url (bits set past the last byte)")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def derive_key(secret: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+def derive_key(secret: bytes, info: bytes = _HKDF_INFO) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
 class Sealer:
@@ -65,6 +85,13 @@ class Sealer:
             self._ciphers.setdefault(key_id, AESGCM(key))
             if index == 0:
                 self._seal_id = key_id
+        self._blind_key = derive_key(secrets_[0], _BLIND_INFO)
+
+    def blind(self, value: str) -> str:
+        """A stable name for ``value`` (a ``sub``, ``sid`` or ``jti``) that only holders of the cookie
+        secret can compute: HMAC-SHA256 under a key derived for this purpose. A plain hash of a ``sub``
+        could be reversed by hashing guessed user names; this cannot without the secret."""
+        return hmac.new(self._blind_key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     def seal(self, plaintext: bytes, associated_data: bytes) -> str:
         nonce = secrets.token_bytes(_NONCE_LEN)
@@ -73,14 +100,25 @@ class Sealer:
 
     def open(self, sealed: str, associated_data: bytes) -> bytes:
         """Return the plaintext, or raise ``CookieError`` saying why it cannot be trusted."""
+        return self.open_raw(self.unwrap(sealed), associated_data)
+
+    @staticmethod
+    def unwrap(sealed: str) -> bytes:
+        """The sealed bytes of a value, before any key is tried; ``CookieError`` if it is not in the
+        format ``seal`` writes. The decoding is canonical, so one sealed value has one spelling: a
+        cache of opened values can be keyed on these bytes (``cookies.CookieCodec``)."""
         if not sealed.startswith(VERSION):
             raise CookieError("unknown format version")
         try:
             raw = b64url_decode(sealed[len(VERSION):])
         except (binascii.Error, ValueError) as exc:
-            raise CookieError("not base64url") from exc
+            raise CookieError("not canonical base64url") from exc
         if len(raw) < _KEY_ID_LEN + _NONCE_LEN + _TAG_LEN:
             raise CookieError("too short")
+        return raw
+
+    def open_raw(self, raw: bytes, associated_data: bytes) -> bytes:
+        """Open bytes from ``unwrap``: the plaintext, or ``CookieError``."""
         key_id, nonce = raw[:_KEY_ID_LEN], raw[_KEY_ID_LEN:_KEY_ID_LEN + _NONCE_LEN]
         cipher = self._ciphers.get(key_id)
         if cipher is None:

@@ -1,20 +1,51 @@
-"""The "session ended" event (a minimal copy of its interface; the ``end`` branch owns this module).
+"""How a session ends: one event, one owner, honoured by every holder of the session.
 
-``SessionEnd`` is what every holder of a session honours; ``Fanout`` carries ends between the
-processes that serve one host (``host.HostFanout``).
+A session ends on sign-out, on back-channel logout (OpenID Connect Back-Channel Logout 1.0 §2.7), at
+its expiry, when the provider refuses its refresh (RFC 6749 §5.2 ``invalid_grant``) and when it no
+longer fits in cookies. Whatever the reason, the end is a ``SessionEnd`` and goes through
+``SessionEnds.end``, which
+
+1. applies it in this process: the in-memory record of recent ends (``MemoryDenylist``), which the
+   session cookie writer consults so a request that began before the end cannot write the session
+   back, and every holder registered here — the WebSocket registry closes the session's sockets,
+   which stops their refresh watchers;
+2. publishes it through the ``Fanout`` to the other processes that may hold the session (the other
+   workers of this host). They ``apply`` it: local effects only, never published again;
+3. records it in the session store, final: the Redis store overwrites the session with a tombstone
+   that every later save checks atomically; the cookie store puts it in its denylist (in Redis when
+   one is configured), for as long as a cookie could live.
+
+No other module closes sockets or clears sessions its own way. A store that cannot be reached does not
+stop the local effects or the fan-out: ``end`` does those first and raises ``StoreUnavailable`` last,
+so the caller can say the server side could not be reached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
+import logging
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from .model import Session
+from .store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .store import MemoryDenylist, SessionStore
+
+log = logging.getLogger("authproxy.ending")
 
 
 class Reason(str, enum.Enum):
+    """Why a session ended (the WebSocket close reason and the log say it)."""
+
     SIGN_OUT = "sign_out"
     BACKCHANNEL = "backchannel_logout"
     EXPIRY = "expiry"
@@ -22,39 +53,158 @@ class Reason(str, enum.Enum):
     COOKIE_LIMIT = "cookie_limit"
 
 
+_FIELDS = {"r": "reason", "at": "at", "ttl": "ttl", "id": "session_id", "sid": "sid", "sub": "sub"}
+
+
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
+    """One end: of one session (``session_id``), of an OIDC session (``sid``), or of a user's sessions
+    created at or before ``at`` (``sub``: a later sign-in is not ended)."""
+
     reason: Reason
-    at: float
-    ttl: float
-    session_id: str | None = None
-    sid: str | None = None
-    sub: str | None = None
+    at: float                       # epoch seconds when it ended
+    ttl: float                      # how long every holder must remember it (the longest a cookie could live)
+    session_id: str | None = None   # Session.id: this one session
+    sid: str | None = None          # OIDC sid: every session with it
+    sub: str | None = None          # every session of this user created at or before `at`
 
     def to_bytes(self) -> bytes:
-        data = {k: v for k, v in asdict(self).items() if v is not None}
-        data["reason"] = self.reason.value
+        data: dict[str, Any] = {"r": self.reason.value, "at": self.at, "ttl": self.ttl}
+        for short in ("id", "sid", "sub"):
+            value = getattr(self, _FIELDS[short])
+            if value is not None:
+                data[short] = value
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionEnd:
-        """Parse an end; ``ValueError`` when it is not one."""
+        """Strict: an unknown field, a wrong type, a non-finite time or an end naming no session is a ValueError."""
         try:
             data = json.loads(raw)
-            end = cls(reason=Reason(data.pop("reason")), **data)
-        except (TypeError, KeyError, AttributeError) as exc:
-            raise ValueError("not a session end") from exc
-        numbers = (end.at, end.ttl)
-        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n) for n in numbers):
-            raise ValueError("not a session end: at/ttl")
-        if not all(v is None or isinstance(v, str) for v in (end.session_id, end.sid, end.sub)):
-            raise ValueError("not a session end: ids")
-        return end
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError("a session end is not JSON") from exc
+        if not isinstance(data, dict) or not set(data) <= set(_FIELDS) or not {"r", "at", "ttl"} <= set(data):
+            raise ValueError("a session end has missing or unknown fields")
+        reason = Reason(data["r"]) if isinstance(data["r"], str) else None
+        at, ttl = data["at"], data["ttl"]
+        if reason is None or not _finite(at) or not _finite(ttl) or ttl <= 0:
+            raise ValueError("a session end has a bad reason, time or ttl")
+        names = {short: data.get(short) for short in ("id", "sid", "sub")}
+        if any(v is not None and (not isinstance(v, str) or not v) for v in names.values()) \
+                or not any(names.values()):
+            raise ValueError("a session end must name a session, an OIDC sid or a user")
+        return cls(reason=reason, at=float(at), ttl=float(ttl), session_id=names["id"], sid=names["sid"],
+                   sub=names["sub"])
+
+    def covers(self, session: Session) -> bool:
+        """Whether ``session`` is one this end ended. Sessions sealed before ids existed all have the
+        id "": no end names "", so such a session is ended only by its sid or sub."""
+        return bool((self.session_id and session.id == self.session_id)
+                    or (self.sid and session.sid == self.sid)
+                    or (self.sub and session.identity.sub == self.sub and session.created_at <= self.at))
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Fanout(Protocol):
+    """Carries ends to the other processes that may hold the session (workers of this host, replicas)."""
+
     async def publish(self, end: SessionEnd) -> None: ...
 
-    def subscribe(self, receive: Callable[[SessionEnd], None]) -> None: ...
+    def subscribe(self, receive: Callable[[SessionEnd], None]) -> None:
+        """``receive`` is called (on the event loop) for ends published by OTHER processes, and on
+        (re)connect for every end still within its ttl, so a restarted worker learns the current ends."""
+        ...
 
     async def close(self) -> None: ...
+
+
+class LocalFanout:
+    """One process: nobody else to tell. ``publish`` does nothing, ``subscribe`` stores nothing."""
+
+    async def publish(self, end: SessionEnd) -> None:
+        return None
+
+    def subscribe(self, receive: Callable[[SessionEnd], None]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+Holder = Callable[[SessionEnd], object]
+"""Something that holds sessions in this process and must let go of an ended one (the socket registry)."""
+
+
+class SessionEnds:
+    """THE way a session ends in this process (see the module docstring)."""
+
+    def __init__(self, store: SessionStore, local: MemoryDenylist, fanout: Fanout, *,
+                 ttl: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.local = local
+        self._fanout = fanout
+        self._ttl = ttl
+        self._clock = clock
+        self._holders: list[Holder] = []
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def hold(self, holder: Holder) -> None:
+        """Call ``holder`` with every end applied in this process, ours or another's."""
+        self._holders.append(holder)
+
+    def new(self, reason: Reason, *, session_id: str | None = None, sid: str | None = None,
+            sub: str | None = None) -> SessionEnd:
+        """An end happening now, remembered for as long as a session cookie could live."""
+        return SessionEnd(reason=reason, at=self._clock(), ttl=self._ttl, session_id=session_id or None,
+                          sid=sid or None, sub=sub or None)
+
+    async def end(self, end: SessionEnd) -> int:
+        """Apply, record and publish ``end``; the number of stored sessions it ended (Redis store).
+
+        Published before it is recorded, so the other workers need not wait on a slow store. Raises
+        ``StoreUnavailable`` (after applying and publishing) when the store cannot record it. An end that
+        names nothing (a session sealed before sessions had ids) has nothing to do.
+        """
+        if not (end.session_id or end.sid or end.sub):
+            return 0
+        log.info("session ended: %s (%s)", end.reason.value,
+                 "session" if end.session_id else "sid" if end.sid else "user")
+        self.apply(end)
+        try:
+            await self._fanout.publish(end)
+        except Exception:                          # the end still holds here and in the store
+            log.exception("a session end (%s) could not be published to the other processes", end.reason.value)
+        return await self.store.record_end(end)
+
+    def end_soon(self, end: SessionEnd) -> None:
+        """``end`` in a task of its own, for a caller about to be cancelled (a WebSocket's watcher ends
+        its socket, and the socket's relay then cancels the watcher): the end is still recorded."""
+        task = asyncio.create_task(self._end_logged(end))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _end_logged(self, end: SessionEnd) -> None:
+        try:
+            await self.end(end)
+        except StoreUnavailable as exc:
+            log.warning("a session end (%s) was not recorded in the store: %s", end.reason.value, exc)
+
+    def apply(self, end: SessionEnd) -> None:
+        """This process's part only: remember the end, and let every holder let go (no re-publish)."""
+        self.local.note(end)
+        for holder in self._holders:
+            try:
+                holder(end)
+            except Exception:                      # one holder's bug must not keep the others from ending it
+                log.exception("a holder failed to apply a session end (%s)", end.reason.value)
+
+    def ended(self, session: Session) -> bool:
+        """Whether an end known in this process covers ``session`` (no I/O: for the response path)."""
+        return self.local.covers(session)
+
+
+ENDS = web.AppKey("authproxy_session_ends", SessionEnds)
+FANOUT = web.AppKey("authproxy_fanout", Fanout)

@@ -2,10 +2,14 @@
 
 In order, for each request (``handle_proxy``):
 
-1. **Route** on the normalised path (``route_path``), never the query.
+1. **Route** on the match key (``route_path``: the normalised path without segment parameters,
+   ``paths.py``), never the query. A path ``paths.py`` refuses is a 400; a path under the proxy's own
+   ``/oauth2/`` that no handler took is a 404 — never forwarded, so a front server's rule for
+   ``/oauth2/`` can never be a way to the app.
 2. **Pass without identity** a request that matches a ``skip_auth`` rule, or a CORS preflight from
-   an allowed origin when ``cors.allow_preflight`` is on: it is forwarded with no session and no
-   identity or Bearer header, whatever cookie or header the client sent.
+   an allowed origin to one of ``cors.preflight_paths`` when ``cors.allow_preflight`` is on: it is
+   forwarded with no session and no identity, Bearer or method-override header, whatever cookie or
+   header the client sent.
 3. **Authenticate**: a Bearer JWT when ``provider.accept_bearer_tokens`` is on and one is sent
    (``bearer.py``; a bad one is 401 ``invalid_token``, never a fallback to the cookie), else the
    session cookie, refreshed when due. Nobody: a browser navigation goes to the provider; anything
@@ -30,13 +34,15 @@ from .authz import (BadQueryRules, authorize, authorize_all, cors_headers, is_ap
                     rules_for, skips_auth)
 from .bearer import BearerRejected, bearer_token, invalid_token_header, verify_bearer
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
+from .ending import ENDS, Reason
 from .headers import identity_headers
 from .login import is_navigation, login_url, start_login
 from .metrics import METRICS
 from .pages import NO_STORE, html_page, json_answer
 from .refresh import SessionEnded
 from .session import Session, get_session, set_session
-from .upstream import FORWARDER, normalized_path
+from .paths import is_own_path, request_key
+from .upstream import FORWARDER
 from .websocket import forward_websocket, is_websocket_upgrade
 
 log = logging.getLogger("authproxy.gate")
@@ -45,27 +51,34 @@ SIGN_OUT_PATH = "/oauth2/sign_out"
 
 
 def route_path(request: web.Request) -> str:
-    """The path routing and every access rule see — and the upstream receives: percent-decoded,
-    dot segments and backslashes resolved, encoded again, no query (``upstream.normalize_path``)."""
-    return normalized_path(request)
+    """The path routing and every access rule see: the normalised path (decoded once, ambiguous paths
+    refused with BadRequest, encoded again, no query) without segment parameters (``paths.request_key``)."""
+    return request_key(request)
 
 
 async def authenticate(request: web.Request) -> Session | None:
-    """The request's session with fresh tokens, or None (and the cookie cleared) if there is none."""
-    session = get_session(request)
+    """The request's session with fresh tokens, or None (and the cookie cleared) if there is none.
+
+    A refresh the provider refused, or an expiry with no way to refresh, ends the session (``SessionEnds``).
+    """
+    session = await get_session(request)
     if session is None:
         return None
     try:
         fresh = await request.app[REFRESHER].ensure_fresh(session)
     except SessionEnded:
-        set_session(request, None)
-        return None
+        return await _ended(request, session, Reason.REFRESH_REFUSED)
     if fresh is not session:
         set_session(request, fresh)
     elif session.access_expired(request.app[CLOCK]()):
-        set_session(request, None)       # expired with no way to refresh: sign in again
-        return None
+        return await _ended(request, session, Reason.EXPIRY)      # sign in again
     return fresh
+
+
+async def _ended(request: web.Request, session: Session, reason: Reason) -> None:
+    set_session(request, None)
+    ends = request.app[ENDS]
+    await ends.end(ends.new(reason, session_id=session.id))
 
 
 async def identify(request: web.Request) -> Session | None:
@@ -84,9 +97,11 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     """Every request that is not the proxy's own: skip or authenticate, authorize, then forward upstream."""
     config, forwarder = request.app[CONFIG], request.app[FORWARDER]
     path = route_path(request)
+    if is_own_path(path):
+        return not_found(request, "This path belongs to the sign-in proxy and does not exist.")
     upstream = forwarder.route(path)
     session: Session | None = None
-    if upstream is None or not (skips_auth(config, request, path) or is_preflight(config, request)):
+    if upstream is None or not (skips_auth(config, request, path) or is_preflight(config, request, path)):
         try:
             session = await identify(request)
         except BearerRejected as exc:
@@ -94,8 +109,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if session is None:
             return await unauthenticated(request, path)
         if upstream is None:
-            return html_page(404, "Not found", "No application is configured for this path.", request[REQUEST_ID],
-                             actions=[("Go to the start page", "/")], templates_dir=config.templates_dir)
+            return not_found(request, "No application is configured for this path.")
         decision = authorize(session.identity, rules_for(config, upstream.config))
         if not decision.allowed:
             request.app[METRICS].refused(session.identity.sub, f"{upstream.config.path}: {decision.reason}",
@@ -105,6 +119,12 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     if is_websocket_upgrade(request):
         return await forward_websocket(request, upstream, session)
     return await forwarder.forward(request, upstream, session)
+
+
+def not_found(request: web.Request, message: str) -> web.Response:
+    """404 from the proxy itself: nothing is forwarded."""
+    return html_page(404, "Not found", message, request[REQUEST_ID], actions=[("Go to the start page", "/")],
+                     templates_dir=request.app[CONFIG].templates_dir)
 
 
 def wants_json(request: web.Request, path: str) -> bool:

@@ -1,11 +1,13 @@
 """The header policy: which fields pass between the client and the app, and which the proxy sets itself.
 
 What the proxy owns is stripped from the request before anything is added: the client's
-``Authorization`` and identity headers (a client must never assert who it is), the proxy's own
-cookies, and hop-by-hop headers (RFC 9110 §7.6.1). Then the proxy adds its own: ``Host``,
-``X-Forwarded-For/-Proto/-Host`` (a trusted proxy's view of the client kept, anyone else's replaced),
+``Authorization`` and identity headers (a client must never assert who it is), headers that ask the
+app to serve another path than the one every rule checked (``X-Original-URL``…), the proxy's own
+cookies, and hop-by-hop headers (RFC 9110 §7.6.1); from a request forwarded without a session, also
+every method-override header. Then the proxy adds its own: ``Host``, ``X-Forwarded-For/-Proto/-Host``
+(a trusted proxy's view of the client kept; from anyone else the peer, ``public_url``'s scheme and host),
 the request id, the Bearer token and the identity headers. On the way back, hop-by-hop fields and any
-``Set-Cookie`` of the proxy's cookie names are dropped: an app must not set or clear our session.
+``Set-Cookie`` that names one of the proxy's cookies is dropped: an app must not set or clear our session.
 
 ``HeaderPolicy`` holds what these rules need from the config, built once with the ``Forwarder``; both
 the HTTP forwarding (``upstream.py``) and the WebSocket handshake (``websocket.py``) use it.
@@ -43,9 +45,20 @@ PROXY_SET = frozenset({
     "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
     "x-auth-request-preferred-username", "x-auth-request-access-token",
 })
+# Ask an app to serve another path than the request line's (Symfony, Zend and IIS URL Rewrite honour
+# X-Original-URL / X-Rewrite-URL; X-Original-URI and X-Envoy-Original-Path are other proxies' names for
+# the same): routing and every rule here read the request line, so the app must too. Always dropped.
+PATH_OVERRIDE = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri", "x-envoy-original-path",
+                           "x-forwarded-path"})
+# Ask an app (Rails, Laravel, Express's method-override, Spring's HiddenHttpMethodFilter…) to treat the
+# request as another method. Dropped from every request forwarded without a session (skip_auth,
+# preflights): a rule that lets GET through must not let a GET become a DELETE. Matched like PROXY_SET.
+METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Re-added by the proxy: Host and Content-Length as they must be, Cookie without ours, and the request id
 # (the client's when it looks like one, else a new one: the same id the proxy logs and answers with).
-_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | {"host", "cookie", "content-length", "x-request-id"}
+_DROPPED_REQUEST = HOP_BY_HOP | PROXY_SET | PATH_OVERRIDE | {"host", "cookie", "content-length", "x-request-id"}
+# Also dropped when spelt with "_" (CGI and WSGI servers read X_Original_URL as X-Original-URL).
+_DROPPED_ANY_SPELLING = PROXY_SET | PATH_OVERRIDE
 
 
 def identity_headers(session: Session) -> dict[str, str]:
@@ -71,6 +84,11 @@ def strip_cookies(header: str, is_ours: frozenset[str] | None, prefixes: tuple[s
     return "; ".join(kept)
 
 
+def _overrides_method(name: str) -> bool:
+    """Whether a field asks the app to use another method (any letter case, "_" for "-")."""
+    return name.lower().replace("_", "-") in METHOD_OVERRIDE
+
+
 class HeaderPolicy:
     """The header rules for one config: the proxy's cookie names, its trusted proxies, its public scheme."""
 
@@ -81,7 +99,12 @@ class HeaderPolicy:
         self._drop_cache: dict[str, bool] = {}
         self._own_cookie_prefixes = (name + "_",)
         self._own_cookies = frozenset({name})
-        self._proto = URL(config.public_url).scheme
+        self._own_cookie_lower = name.lower()
+        public = URL(config.public_url)
+        self._proto = public.scheme
+        # X-Forwarded-Host from a peer that is not a trusted proxy: the host users reach us by, never the
+        # client's Host (an app building links from it would let a client choose where they point).
+        self._public_host = public.raw_authority
 
     def _is_trusted(self, peer: str) -> bool:
         """Whether the connecting peer is a configured trusted proxy (parsed once per address)."""
@@ -98,9 +121,14 @@ class HeaderPolicy:
         return trusted
 
     def _sets_own_cookie(self, set_cookie: str) -> bool:
-        """An app must not set (or clear) the proxy's session or login cookies."""
+        """An app must not set (or clear) the proxy's session or login cookies — not by name, and not
+        inside another cookie's value either: ``pref=dark _authproxy=<sealed>`` is one cookie to a
+        browser, but a parser that ends a pair at whitespace (aiohttp's, and others an operator may
+        run in front) reads a second ``_authproxy`` in it. Any line that mentions one of our names,
+        in any case (browsers match ``__Host-`` case-insensitively), is dropped."""
         name = set_cookie.split("=", 1)[0].strip()
-        return name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
+        return (name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
+                or self._own_cookie_lower in set_cookie.lower())
 
     def _dropped(self, name: str) -> bool:
         """Whether a request field is the proxy's or hop-by-hop, remembered per spelling: the same
@@ -109,7 +137,7 @@ class HeaderPolicy:
         dropped = self._drop_cache.get(name)
         if dropped is None:
             lower = name.lower()
-            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in PROXY_SET
+            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in _DROPPED_ANY_SPELLING
             if len(self._drop_cache) > 1024:
                 self._drop_cache.clear()
             self._drop_cache[name] = dropped
@@ -130,6 +158,8 @@ class HeaderPolicy:
         dropped = self._dropped
         headers = [(name, value) for name, value in incoming.items()
                    if not dropped(name) and not (listed and name.lower() in listed)]
+        if session is None:
+            headers = [(name, value) for name, value in headers if not _overrides_method(name)]
         cookie = incoming.get("Cookie")
         if cookie:
             kept = strip_cookies(cookie, self._own_cookies, self._own_cookie_prefixes)
@@ -149,7 +179,7 @@ class HeaderPolicy:
         else:
             headers.append(("X-Forwarded-For", peer))
             headers.append(("X-Forwarded-Proto", self._proto))
-            headers.append(("X-Forwarded-Host", request.host))
+            headers.append(("X-Forwarded-Host", self._public_host))
         request_id = request.get(REQUEST_ID)
         if request_id:
             headers.append(("X-Request-Id", request_id))
@@ -169,7 +199,7 @@ class HeaderPolicy:
             if lower in HOP_BY_HOP or lower in listed:
                 continue
             if lower == "set-cookie" and self._sets_own_cookie(value):
-                log.warning("dropped an upstream Set-Cookie that uses the proxy's cookie name")
+                log.warning("dropped an upstream Set-Cookie that names the proxy's cookie")
                 continue
             headers.add(name, value)
         return headers

@@ -6,8 +6,9 @@
 - ``HostRefreshes``: the cross-worker half of ``refresh.py``'s "lock → reload → still due? → refresh →
   save": a lock per refresh token, and the result, sealed with the app's ``Sealer``, for the worker
   that waited.
-- ``HostFanout``: ``ending.Fanout`` over the coordinator's retained messages.
-- ``HostDenylist``: the in-memory logout denylist, shared by the host's workers through the fanout.
+- ``HostFanout``: ``ending.Fanout`` over the coordinator's retained messages: every end of a session
+  (``ending.SessionEnds``) reaches the other workers, and a worker that restarts.
+- ``HostDenylist``: the worker's record of ends, with logout tokens' ``jti`` claimed host-wide.
 
 Only a process started by the supervisor with ``workers: N`` (N > 1) has a link; ``workers: 1`` builds
 none of this. Nothing here runs on the hot path: a request talks to the coordinator only when its
@@ -25,10 +26,10 @@ from collections.abc import AsyncIterator, Callable
 
 from .coordinator import FrameError, Message, encode, read_frame
 from .crypto import Sealer, fingerprint
-from .ending import Reason, SessionEnd
+from .ending import SessionEnd
 from .errors import CookieError
 from .metrics import Metrics
-from .session import Session
+from .model import Session
 from .store import MemoryDenylist
 
 log = logging.getLogger("authproxy.host")
@@ -250,28 +251,15 @@ class HostFanout:
 
 
 class HostDenylist(MemoryDenylist):
-    """The in-memory logout denylist, the same in every worker of the host: an entry added in one
-    worker reaches the others through the fanout (replayed to a worker that restarts), and a logout
-    token's ``jti`` is claimed host-wide, so a replay is refused whichever worker it reaches."""
+    """This worker's record of ended sessions (``ending.SessionEnds.local``; the fanout keeps it the same in
+    every worker), whose logout-token ``jti`` is claimed host-wide: a replayed logout token is refused
+    whichever worker it reaches."""
 
-    def __init__(self, fanout: HostFanout, link: HostLink, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, link: HostLink, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
-        self._fanout, self._link, self._now = fanout, link, clock
-        fanout.subscribe(self._received)
-
-    async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None:
-        await super().add(sid=sid, sub=sub, ttl=ttl)
-        await self._fanout.publish(SessionEnd(Reason.BACKCHANNEL, self._now(), ttl, sid=sid, sub=sub))
+        self._link = link
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
         first = await self._link.claim("jti:" + fingerprint(token_id), ttl)
         local = await super().first_use(token_id, ttl)
         return local if first is None else first and local
-
-    def _received(self, end: SessionEnd) -> None:
-        """An end from another worker, entered as of when it happened (a sub-wide end spares later sign-ins)."""
-        until = end.at + end.ttl
-        if until > self._now():
-            for key in (f"sid:{end.sid}" if end.sid else None, f"sub:{end.sub}" if end.sub else None):
-                if key:
-                    self._entries[key] = (end.at, until)

@@ -4,7 +4,10 @@ The authorization-code flow (RFC 6749 §4.1) with PKCE S256 (RFC 7636), ``state`
 Connect, ``nonce``, as the OAuth 2.0 Security BCP (RFC 9700 §2.1) asks. Everything the callback
 must check later — state, PKCE verifier, nonce, where to go back to — lives in a short-lived login
 cookie *named after the state*, sealed like the session: two tabs signing in at once each find their
-own, and a burst of logins evicts the oldest instead of piling cookies up until the browser gets 431.
+own. At most ``MAX_LOGIN_COOKIES`` count, the newest by issue time: a start evicts the oldest, and
+since concurrent starts each see the same old set, the cap is also enforced when reading — the
+callback accepts only one of the newest, and any response to a request carrying more clears the
+rest (``trim_login_cookies``), so a burst of logins never piles cookies up into a 400 or 431.
 
 Every redirect target that came from a request (``rd``, the stored page) passes ``safe_redirect``,
 which only ever yields a URL on ``public_url``'s origin.
@@ -15,22 +18,27 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from html import escape
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
-from .cookies import cookie_header
+from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
-from .errors import AuthorizationDenied, CookieError, LoginError, StateMismatch, TokenValidationError
+from .ending import ENDS, Reason
+from .errors import AuthorizationDenied, BadRequest, CookieError, LoginError, StateMismatch, TokenValidationError
+from .paths import normalize_path
 from .metrics import METRICS
+from .model import Session
 from .pages import NO_STORE, html_page
-from .session import Session, commit_session, defer_cookie, get_session, set_session
-from .websocket import close_session_sockets
+from .provider import Provider
+from .session import commit_session, defer_cookie, get_session, set_session
+from .store import StoreUnavailable
 
 log = logging.getLogger("authproxy.login")
 
@@ -39,9 +47,25 @@ LOGIN_TTL = 600
 # Login cookies kept at once (one per tab signing in); the oldest beyond this are evicted.
 MAX_LOGIN_COOKIES = 3
 
+# Longest redirect target kept, as the absolute URL it becomes. The target rides in the login cookie,
+# and browsers drop a cookie whose name and value exceed 4096 bytes (RFC 6265 §6.1; chromium does so
+# silently), which would turn a long deep link into a sign-in that can never complete. 2048 leaves
+# that cookie about 1 KB of room; a longer target falls back to the default.
+MAX_REDIRECT_LENGTH = 2048
 # Characters never allowed in a redirect target: controls (CR/LF injection), backslash (browsers
-# read "\" as "/"), and spaces.
-_UNSAFE_REDIRECT = re.compile(r"[\x00-\x20\x7f\\]")
+# read "\" as "/"), spaces, and '"', "<", ">", which RFC 3986 excludes and browsers always send
+# percent-encoded (so only a hand-made target has them raw; '"' would also double in the cookie).
+_UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
+# The characters RFC 6749 §4.1.2.1 allows in an error response's ``error`` and ``error_description``.
+_OAUTH_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+# Parameters of the authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207), each allowed once.
+CALLBACK_PARAMETERS = ("state", "code", "iss", "error", "error_description", "error_uri")
+# Headers of the callback's answers. The callback's URL holds the code and state: a page there that
+# moves on by itself (``html_redirect``) would hand that URL to the app as Referer (RFC 9700 §4.2.4),
+# and a redirect's Referrer-Policy governs the request it leads to.
+AT_REDIRECT_URI = {**NO_STORE, "Referrer-Policy": "no-referrer"}
+# Every ASCII character: ``quote`` keeps these as they are and percent-encodes the rest.
+_ASCII = "".join(map(chr, range(128)))
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -50,20 +74,22 @@ def safe_redirect(target: str | None, config: Config, default: str = "/") -> str
     """An absolute URL on ``public_url``'s origin for ``target``, or for ``default`` if it is unsafe.
 
     Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
-    origin is exactly ``public_url``'s without userinfo. Everything else — scheme-relative
-    (``//host``), backslashes, encoded slashes that decode to ``//``, other schemes, controls,
-    non-ASCII — falls back to ``default``.
+    origin is exactly ``public_url``'s without userinfo; non-ASCII characters are percent-encoded
+    first, as a browser would. Everything else — scheme-relative (``//host``), backslashes, encoded
+    slashes that decode to ``//``, other schemes, controls, ``"<>``, a result longer than
+    ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
     """
     origin = config.public_origin
     for candidate in (target, default):
         path = _same_origin_path(candidate, origin)
-        if path is not None:
+        if path is not None and len(origin) + len(path) <= MAX_REDIRECT_LENGTH:
             return origin + path
     return origin + "/"
 
 
 def _same_origin_path(target: str | None, origin: str) -> str | None:
-    if not target or len(target) > 4096 or not target.isascii() or _UNSAFE_REDIRECT.search(target):
+    target = _encode_non_ascii(target) if target else None
+    if not target or len(target) > MAX_REDIRECT_LENGTH or _UNSAFE_REDIRECT.search(target):
         return None
     if not target.startswith("/"):
         parts = urlsplit(target)
@@ -72,7 +98,9 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
                 _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
             return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The rest as written, so a browser reads it as we do (an empty "?" or a fragment included).
+        rest = target[len(parts.scheme) + len("://") + len(parts.netloc):]
+        target = rest if rest.startswith("/") else "/" + rest
     if target.startswith("//"):
         return None
     decoded = target
@@ -80,7 +108,21 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         decoded = unquote(decoded)
         if decoded.startswith("//") or decoded.startswith("/\\") or _UNSAFE_DECODED.search(decoded.split("?")[0]):
             return None
+    try:
+        normalize_path(target)          # never send a browser to a path the gate refuses (a 400 page)
+    except BadRequest:
+        return None
     return target
+
+
+def _encode_non_ascii(target: str) -> str | None:
+    """``target`` with every non-ASCII character percent-encoded as UTF-8, as a browser sends a URL
+    (WHATWG URL §4.4: path and query are UTF-8 percent-encoded), so "/café" is kept as "/caf%C3%A9"
+    and a look-alike ("/／／evil") becomes a path of our own. None if it cannot be encoded."""
+    try:
+        return quote(target, safe=_ASCII)
+    except UnicodeEncodeError:          # a lone surrogate
+        return None
 
 
 def _default_port_origin(scheme: str, netloc: str) -> str:
@@ -128,15 +170,38 @@ def _login_prefix(config: Config) -> str:
 
 
 def _open_login(request: web.Request, name: str) -> LoginState | None:
+    """The login state in cookie ``name``; None if it does not open, is stale, or came twice."""
     try:
-        raw = request.app[SEALER].open(request.cookies[name], name.encode())
+        raw = request.app[SEALER].open(request_cookies(request).owned(name), name.encode())
         data = json.loads(raw)
         login = LoginState(**data)
-    except (CookieError, ValueError, TypeError):
+    except (CookieError, ValueError, TypeError, KeyError):
         return None
     if login.created + LOGIN_TTL < request.app[CLOCK]() or name != _login_prefix(request.app[CONFIG]) + login.state:
         return None
     return login
+
+
+_LOGIN_COOKIES = web.RequestKey("authproxy_login_cookies", tuple)
+
+
+def _login_cookies(request: web.Request) -> tuple[list[str], list[str]]:
+    """The request's login cookies: ``(newest, rest)``. ``newest``: the names of at most
+    ``MAX_LOGIN_COOKIES`` live ones, newest first by issue time; ``rest``: every other login cookie —
+    older, stale, forged or sent twice — all to be cleared. Names that are not RFC 6265 tokens are
+    neither: no ``Set-Cookie`` can name them, and they are not ours."""
+    found = request.get(_LOGIN_COOKIES)
+    if found is not None:                 # start or callback, then trim_login_cookies: opened once
+        return found
+    prefix = _login_prefix(request.app[CONFIG])
+    raw = request.headers.get("Cookie")
+    names = [] if raw is None or prefix not in raw else \
+        [name for name in request_cookies(request) if name.startswith(prefix) and is_token(name)]
+    opened = [(name, _open_login(request, name)) for name in names]
+    live = sorted(((login.created, name) for name, login in opened if login is not None), reverse=True)
+    newest = [name for _, name in live[:MAX_LOGIN_COOKIES]]
+    request[_LOGIN_COOKIES] = found = (newest, [name for name in names if name not in newest])
+    return found
 
 
 def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
@@ -157,17 +222,25 @@ async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
     response = web.HTTPFound(provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
                              headers=NO_STORE)
     request.app[METRICS].login_started()
-    prefix, now = _login_prefix(config), request.app[CLOCK]()
-    existing = [(name, _open_login(request, name)) for name in request.cookies if name.startswith(prefix)]
-    live = sorted((login.created, name) for name, login in existing if login is not None)
-    evict = [name for name, login in existing if login is None] + [n for _, n in live[:max(0, len(live) - MAX_LOGIN_COOKIES + 1)]]
-    for name in evict:
+    newest, rest = _login_cookies(request)
+    for name in rest + newest[MAX_LOGIN_COOKIES - 1:]:      # room for the new one
         response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
-    name = prefix + state
-    payload = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
-    sealed = request.app[SEALER].seal(json.dumps(asdict(payload)).encode(), name.encode())
-    response.headers.add("Set-Cookie", _login_cookie(config, name, sealed, LOGIN_TTL))
+    name, now = _login_prefix(config) + state, request.app[CLOCK]()
+    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
+    response.headers.add("Set-Cookie", _login_cookie(config, name, _sealed_login(request, name, login), LOGIN_TTL))
     return response
+
+
+def _sealed_login(request: web.Request, name: str, login: LoginState) -> str:
+    """The login cookie's value. One too big for a browser to keep (a very long ``rd``) would be
+    dropped silently and the sign-in fail at the callback; it goes back to the start page instead."""
+    sealer = request.app[SEALER]
+    sealed = sealer.seal(json.dumps(asdict(login)).encode(), name.encode())
+    if len(name) + 1 + len(sealed) > MAX_COOKIE_BYTES:
+        log.info("the page to return to (%d characters) does not fit in a cookie: returning to /", len(login.rd))
+        fallback = replace(login, rd=safe_redirect("/", request.app[CONFIG]))
+        sealed = sealer.seal(json.dumps(asdict(fallback)).encode(), name.encode())
+    return sealed
 
 
 async def handle_start(request: web.Request) -> web.StreamResponse:
@@ -177,27 +250,22 @@ async def handle_start(request: web.Request) -> web.StreamResponse:
 async def handle_callback(request: web.Request) -> web.StreamResponse:
     """The provider's redirect back (RFC 6749 §4.1.2): check, exchange, verify, start the session."""
     config, provider, q = request.app[CONFIG], request.app[PROVIDER], request.query
+    _refuse_repeated_parameters(q)
     state = q.get("state")
     if not state:
         raise StateMismatch("The sign-in response carried no state; start again from the application.")
     name = _login_prefix(config) + state
-    login = _open_login(request, name) if name in request.cookies else None
+    login = _open_login(request, name) if name in _login_cookies(request)[0] else None
     if login is None:
         raise StateMismatch("This sign-in response does not belong to a sign-in started in this browser "
                             "(or it was already used, or it is older than 10 minutes); start again.")
     # The state is single-use: its cookie goes whatever happens next.
     defer_cookie(request, _login_cookie(config, name, "", 0))
-    if "error" in q:
-        raise AuthorizationDenied(q["error"][:80], q.get("error_description"))
-    # RFC 9207: a mix-up attack shows as an authorization response from another issuer — or, from a
-    # provider that promises iss, as one without it (§2.4).
     if provider.is_oidc:
-        iss, meta = q.get("iss"), provider.metadata
-        if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
-            raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
-                                       "promises one (RFC 9207)")
-        if iss is not None and iss != config.provider.issuer:
-            raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
+        _check_issuer(q.get("iss"), provider, config)
+    if "error" in q:
+        raise AuthorizationDenied(_plain_text(q["error"], 80) or "an error code that is not plain text",
+                                  _plain_text(q.get("error_description"), 200))
     code = q.get("code")
     if not code:
         raise LoginError("The sign-in response carried no authorization code; start again.")
@@ -224,26 +292,82 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
         # a same-site navigation from this page carries them.
         return html_redirect(target)
-    raise web.HTTPFound(target, headers=NO_STORE)
+    raise web.HTTPFound(target, headers=AT_REDIRECT_URI)
+
+
+def _check_issuer(iss: str | None, provider: Provider, config: Config) -> None:
+    """RFC 9207 §2.4: a mix-up attack shows as an authorization response from another issuer — or, from
+    a provider that promises ``iss``, as one without it. Error responses are authorization responses
+    too (§2): checked first, so another issuer's error text is never shown as our provider's."""
+    meta = provider.metadata
+    if iss is None and meta is not None and meta.authorization_response_iss_parameter_supported:
+        raise TokenValidationError("iss", "the authorization response has no iss, though the provider "
+                                   "promises one (RFC 9207)")
+    if iss is not None and iss != config.provider.issuer:
+        raise TokenValidationError("iss", "the authorization response came from another issuer (RFC 9207)")
+
+
+def _refuse_repeated_parameters(query: MultiMapping[str]) -> None:
+    """RFC 6749 §3.1: a response parameter "MUST NOT be included more than once". Two ``state``,
+    ``code`` or ``iss`` values leave it to whoever reads first which one counts — an appended
+    ``iss`` or ``code`` must not get a say — so such a response is refused before anything is used."""
+    for name in CALLBACK_PARAMETERS:
+        if len(query.getall(name, ())) > 1:
+            raise LoginError(f"The sign-in response carried {name} more than once; start again.")
+
+
+def _plain_text(value: str | None, limit: int) -> str | None:
+    """``value`` if it keeps to the characters RFC 6749 §4.1.2.1 allows in ``error`` and
+    ``error_description`` (printable ASCII but '"' and '\\'), cut to ``limit``; else None. The text is
+    shown on our origin and logged: no controls, no look-alike or right-to-left characters."""
+    if value is None or _OAUTH_TEXT.fullmatch(value) is None:
+        return None
+    return value[:limit]
+
+
+async def trim_login_cookies(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: a request that carries more login cookies than the cap (concurrent
+    starts in one browser each added one) gets the oldest and the unusable ones cleared on whatever
+    response it receives, so they cannot grow the ``Cookie`` header for ten minutes."""
+    rest = _login_cookies(request)[1]
+    if not rest:
+        return
+    config = request.app[CONFIG]
+    already = {h.split("=", 1)[0] for h in response.headers.getall("Set-Cookie", ())}
+    for name in rest:
+        if name not in already:
+            response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
 
 
 def html_redirect(target: str) -> web.Response:
     body = (f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={escape(target)}">'
             f'<title>Signed in</title><p>Signed in. <a href="{escape(target)}">Continue</a></p>')
-    return web.Response(text=body, content_type="text/html", headers=NO_STORE)
+    return web.Response(text=body, content_type="text/html", headers=AT_REDIRECT_URI)
 
 
 async def handle_sign_out(request: web.Request) -> web.StreamResponse:
-    """End the session here, then at the provider when it supports RP-initiated logout."""
+    """End the session here (``SessionEnds``: everywhere it is held), then at the provider when it
+    supports RP-initiated logout. The browser's cookies are cleared whatever happens; when the session
+    store cannot be reached, the page says the session could not be ended on the server."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
-    session = get_session(request)
-    set_session(request, None)
+    try:
+        session = await get_session(request)
+        set_session(request, None)
+        if session is not None:
+            request.app[METRICS].logged_out(session.identity.sub)
+            ends = request.app[ENDS]
+            await ends.end(ends.new(Reason.SIGN_OUT, session_id=session.id))
+    except StoreUnavailable as exc:
+        set_session(request, None)
+        log.error("sign-out: the session store could not be reached: %s rid=%s", exc, request[REQUEST_ID])
+        return html_page(503, "Signed out in this browser only",
+                         "Your session cookie is cleared, but the server side could not be reached to end the "
+                         "session there. It ends by itself when it expires; sign out again later to end it now.",
+                         request[REQUEST_ID], actions=[("Sign out again", "/oauth2/sign_out")],
+                         templates_dir=config.templates_dir)
     signed_out = config.public_url + "/oauth2/signed_out"
     end_session = provider.end_session_url(id_token_hint=session.id_token if session else None,
                                            post_logout_redirect_uri=signed_out)
-    if session is not None:
-        request.app[METRICS].logged_out(session.identity.sub)
-        close_session_sockets(request.app, session.id)
     raise web.HTTPFound(end_session or safe_redirect(request.query.get("rd"), config, default=signed_out),
                         headers=NO_STORE)
 

@@ -16,6 +16,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 events_log = logging.getLogger("authproxy.events")
 
+# Failed sign-ins are counted by reason, and a reason can come from the provider (its OAuth ``error``):
+# at most this many distinct reasons get a series of their own, the rest count as "other", so a hostile
+# or broken provider cannot grow the registry (and every scrape) without bound.
+MAX_FAILURE_REASONS = 32
 # Latency buckets in seconds: a proxy's own work is sub-millisecond, upstreams and providers slower.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -47,6 +51,7 @@ class Metrics:
         # Label children by their values: ``labels()`` takes a lock and validates the values on every call.
         self._answered: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._upstream: dict[str, Any] = {}
+        self._failure_reasons: set[str] = set()
 
     def answered(self, upstream: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration. The label children are looked up once per
@@ -74,12 +79,20 @@ class Metrics:
     def login_started(self) -> None:
         self.logins.labels("started", "").inc()
 
+    def _failure_label(self, reason: str) -> str:
+        """``reason`` as a label value, or "other" once MAX_FAILURE_REASONS distinct ones are in use."""
+        if reason not in self._failure_reasons:
+            if len(self._failure_reasons) >= MAX_FAILURE_REASONS:
+                return "other"
+            self._failure_reasons.add(reason)
+        return reason
+
     def login_completed(self, sub: str, request_id: str) -> None:
         self.logins.labels("completed", "").inc()
         self.event("login", f"login: sub={sub}", sub=sub, request_id=request_id)
 
     def login_failed(self, reason: str, request_id: str) -> None:
-        self.logins.labels("failed", reason).inc()
+        self.logins.labels("failed", self._failure_label(reason)).inc()
         self.event("login_failed", f"login failed: {reason}", reason=reason, request_id=request_id)
 
     def refreshed(self, outcome: str, sub: str, reason: str = "") -> None:

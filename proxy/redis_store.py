@@ -8,8 +8,16 @@ browsers), and a cookie alone reveals no token (the tokens are only in Redis). o
 
 Refresh across replicas takes a short lock (``SET NX PX``, released only by its holder with a
 compare-and-delete script): lock → reload → still due? → refresh → save → unlock. A crashed holder
-blocks nobody longer than ``lock_timeout``. Back-channel logout finds sessions through ``sid`` and
-``sub`` index sets. Every Redis failure becomes ``StoreUnavailable`` (a 503), never a lost session.
+blocks nobody longer than ``lock_timeout``. Every Redis failure becomes ``StoreUnavailable`` (a 503),
+never a lost session.
+
+An end is final (``record_end``): the session's key is overwritten with a tombstone that lives as long
+as a cookie could, and every save runs one script on that one key (so it works on a Cluster too) that
+refuses to write over a tombstone — or, for a refresh, over a session that is gone. So a request still
+in flight when the user signs out cannot re-create the session with its plain save. Back-channel logout
+finds sessions through ``sid`` and ``sub`` index sets, named by an HMAC under a key derived from the
+cookie secret (``Sealer.blind``), so neither a dump nor a guess of user names reveals who is signed in;
+each session remembers the sets it is in, and an end takes it out of them.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -30,10 +38,13 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from .config import RedisConfig
-from .crypto import Sealer, b64url_decode, b64url_encode, fingerprint, random_token
+from .crypto import Sealer, b64url_decode, b64url_encode, random_token
 from .errors import CookieError
-from .session import Session
-from .store import StoreUnavailable
+from .model import Session
+from .store import SessionWasEnded, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .ending import SessionEnd
 
 # How often a waiter looks whether another replica's refresh lock is gone.
 LOCK_POLL = 0.05
@@ -42,6 +53,23 @@ HEALTH_CACHE = 1.0
 # Per-session keys remembered for reloading during a refresh (a refresh always follows a load here).
 KEYS_REMEMBERED = 10_000
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# What an ended session's key holds instead of the sealed session (sealed values start with "1.").
+TOMBSTONE = "ended"
+# Save: never over a tombstone; a refresh ("update") only over a session that still exists.
+# KEYS[1] session key; ARGV: sealed session, ttl seconds, "new"/"update", tombstone. 1 = saved.
+_SAVE = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[4] or (current == false and ARGV[3] == 'update') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+# End: the tombstone replaces the session whatever it was; 1 if a live session was there.
+_END = """
+local current = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if current and current ~= ARGV[1] then return 1 end
+return 0
+"""
 
 
 def connect(config: RedisConfig) -> Any:
@@ -120,8 +148,9 @@ class RedisStore:
         return f"{self._prefix}{kind}:{value}"
 
     def _index(self, kind: str, value: str) -> str:
-        """Index keys name a hash of the ``sub``/``sid``, so a dump shows no user identifiers."""
-        return f"{self._prefix}{kind}:{fingerprint(value)}"
+        """Index keys name a keyed hash of the ``sub``/``sid``: a dump shows no user identifiers, and
+        hashing guessed user names does not find them either."""
+        return f"{self._prefix}{kind}:{self._sealer.blind(value)}"
 
     def _open_ticket(self, cookies: Mapping[str, str]) -> tuple[str, bytes] | None:
         raw = cookies.get(self.name)
@@ -147,7 +176,7 @@ class RedisStore:
             return None
         session = await self._get(*ticket)
         if session is None:
-            raise CookieError("the session no longer exists in Redis (expired, signed out or revoked)")
+            raise SessionWasEnded("the session no longer exists in Redis (expired, signed out or revoked)")
         self._remember(*ticket)
         return session
 
@@ -156,19 +185,27 @@ class RedisStore:
             sealed = await self._redis.get(self._key("s", session_id))
         if sealed is None:
             return None
-        plain = Sealer([key]).open(sealed.decode() if isinstance(sealed, bytes) else sealed, session_id.encode())
+        sealed = sealed.decode() if isinstance(sealed, bytes) else sealed
+        if sealed == TOMBSTONE:
+            return None
+        plain = Sealer([key]).open(sealed, session_id.encode())
         return Session.from_bytes(plain)
 
     async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]:
-        """Store the session; the ticket cookie is new only when the session is (a new sign-in)."""
+        """Store the session; the ticket cookie is new only when the session is (a new sign-in).
+
+        Raises ``SessionWasEnded`` when the session has ended meanwhile (its key is a tombstone, or a
+        refresh finds it gone): the caller clears the browser's cookie instead.
+        """
         ticket = self._safe_ticket(cookies)
-        if ticket is None or ticket[0] != session.id:
+        new = ticket is None or ticket[0] != session.id
+        if new:
             ticket = (session.id or random_token(16), secrets.token_bytes(32))
+        assert ticket is not None
         session_id, key = ticket
-        await self._put(session_id, key, session)
+        await self._put(session_id, key, session, new=new)
         self._remember(session_id, key)
-        same = ticket == self._safe_ticket(cookies)
-        return [(self.name, cookies[self.name] if same else self._ticket(session_id, key))]
+        return [(self.name, cookies[self.name] if not new else self._ticket(session_id, key))]
 
     def _safe_ticket(self, cookies: Mapping[str, str]) -> tuple[str, bytes] | None:
         try:
@@ -176,25 +213,29 @@ class RedisStore:
         except CookieError:
             return None
 
-    async def _put(self, session_id: str, key: bytes, session: Session) -> None:
+    async def _put(self, session_id: str, key: bytes, session: Session, *, new: bool) -> None:
         ttl = max(1, int(session.created_at + self._max_life - self._clock()))
         sealed = Sealer([key]).seal(session.to_bytes(), session_id.encode())
         with _reachable():
-            await self._redis.set(self._key("s", session_id), sealed, ex=ttl)
-            for kind, value in (("sid", session.sid), ("sub", session.identity.sub)):
-                if value:
-                    index = self._index(kind, value)
-                    await self._redis.sadd(index, session_id)
-                    await self._redis.expire(index, int(self._max_life))
+            saved = await self._redis.eval(_SAVE, 1, self._key("s", session_id), sealed, ttl,
+                                           "new" if new else "update", TOMBSTONE)
+            if not saved:
+                raise SessionWasEnded("the session ended while this request was in flight; not saved again")
+            if new:
+                await self._index_session(session_id, session)
 
-    async def delete(self, cookies: Mapping[str, str]) -> None:
-        try:
-            ticket = self._open_ticket(cookies)
-        except CookieError:
-            return
-        if ticket is not None:
-            with _reachable():
-                await self._redis.delete(self._key("s", ticket[0]))
+    async def _index_session(self, session_id: str, session: Session) -> None:
+        """Put a new session in its ``sid``/``sub`` sets, and remember which (``ix:``) for its end."""
+        life = int(self._max_life)
+        pipe = self._redis.pipeline(transaction=False)
+        for kind, value in (("sid", session.sid), ("sub", session.identity.sub)):
+            if value:
+                index = self._index(kind, value)
+                pipe.sadd(index, session_id)
+                pipe.expire(index, life)
+                pipe.sadd(self._key("ix", session_id), index)
+        pipe.expire(self._key("ix", session_id), life)
+        await pipe.execute()
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
@@ -221,22 +262,36 @@ class RedisStore:
         """Store refreshed tokens under the session's existing ticket (before the lock is released)."""
         key = self._session_keys.get(session.id)
         if key is not None:
-            await self._put(session.id, key, session)
+            try:
+                await self._put(session.id, key, session, new=False)
+            except SessionWasEnded:
+                # Ended during the refresh: nothing is written; the response's save refuses again
+                # and clears the browser's cookie.
+                return
 
-    async def end_sessions(self, *, sid: str | None, sub: str | None) -> int:
-        """Delete every session indexed under ``sid`` or ``sub`` (back-channel logout)."""
+    async def record_end(self, end: SessionEnd) -> int:
+        """Tombstone the sessions ``end`` names (its id, and every session in its ``sid``/``sub`` sets),
+        take them out of their index sets; the number of live sessions it ended."""
+        ttl = max(1, int(end.ttl))
         ended = 0
         with _reachable():
-            for kind, value in (("sid", sid), ("sub", sub)):
-                if not value:
-                    continue
-                index = self._index(kind, value)
-                ids = await self._redis.smembers(index)
-                for session_id in ids:
-                    sid_text = session_id.decode() if isinstance(session_id, bytes) else session_id
-                    ended += await self._redis.delete(self._key("s", sid_text))
-                await self._redis.delete(index)
+            ids = {end.session_id} if end.session_id else set()
+            for kind, value in (("sid", end.sid), ("sub", end.sub)):
+                if value:
+                    ids.update(_text(m) for m in await self._redis.smembers(self._index(kind, value)))
+            for session_id in ids:
+                ended += int(await self._redis.eval(_END, 1, self._key("s", session_id), TOMBSTONE, ttl))
+                await self._unindex(session_id)
         return ended
+
+    async def _unindex(self, session_id: str) -> None:
+        marker = self._key("ix", session_id)
+        indexes = [_text(i) for i in await self._redis.smembers(marker)]
+        pipe = self._redis.pipeline(transaction=False)
+        for index in indexes:
+            pipe.srem(index, session_id)
+        pipe.delete(marker)
+        await pipe.execute()
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
         """True the first time a logout token's ``jti`` is seen (SET NX), across every replica."""
@@ -251,31 +306,43 @@ class RedisStore:
             await self._redis.aclose()
 
 
-class RedisDenylist:
-    """The cookie store's logout denylist kept in Redis, so every replica honours a back-channel logout."""
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
-    def __init__(self, config: RedisConfig, clock: Callable[[], float] = time.time, client: Any = None) -> None:
+
+class RedisDenylist:
+    """The cookie store's denylist kept in Redis, so every replica honours an end: ended session ids,
+    ``sid``s and ``sub``s (keyed names, as the Redis store's indexes), each for the end's ttl."""
+
+    def __init__(self, config: RedisConfig, blind: Callable[[str], str], clock: Callable[[], float] = time.time,
+                 client: Any = None) -> None:
         self._redis = client if client is not None else connect(config)
         self._prefix = config.key_prefix
+        self._blind = blind
         self._clock = clock
         self._health = _Health(self._redis, config.timeout)
 
     def _key(self, kind: str, value: str) -> str:
-        return f"{self._prefix}deny:{kind}:{fingerprint(value)}"
+        return f"{self._prefix}deny:{kind}:{self._blind(value)}"
 
-    async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None:
+    async def record(self, end: SessionEnd) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for kind, value in (("id", end.session_id), ("sid", end.sid), ("sub", end.sub)):
+            if value:
+                pipe.set(self._key(kind, value), repr(end.at), ex=max(1, int(end.ttl)))
         with _reachable():
-            for kind, value in (("sid", sid), ("sub", sub)):
-                if value:
-                    await self._redis.set(self._key(kind, value), repr(self._clock()), ex=max(1, int(ttl)))
+            await pipe.execute()
 
     async def ended(self, session: Session) -> bool:
+        """One round trip for the three names a session can be ended by."""
+        pipe = self._redis.pipeline(transaction=False)
+        for kind, value in (("id", session.id), ("sid", session.sid), ("sub", session.identity.sub)):
+            pipe.get(self._key(kind, value or ""))
         with _reachable():
-            if session.sid and await self._redis.exists(self._key("sid", session.sid)):
-                return True
-            since = await self._redis.get(self._key("sub", session.identity.sub))
+            by_id, by_sid, since = await pipe.execute()
         # A sub-wide logout ends the sessions that existed then, not later sign-ins.
-        return since is not None and session.created_at <= float(since)
+        return (bool(session.id) and by_id is not None) or (bool(session.sid) and by_sid is not None) \
+            or (since is not None and session.created_at <= float(since))
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
         with _reachable():

@@ -10,7 +10,7 @@
   Before the workers it starts the host coordinator (``coordinator.py``, its own process on a unix
   socket in a private 0700 directory) and restarts it too if it dies: through it the workers act as
   one — one refresh per session whichever worker gets the requests, and the end of a session
-  (logout denylist, ``ending.SessionEnd``) reaches every worker. ``workers: 1`` runs no coordinator.
+  (``ending.SessionEnd``) reaches every worker. ``workers: 1`` runs no coordinator.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from aiohttp import web
 from .app import Lasting, create_app
 from .config import Config
 from .errors import ConfigError
-from .host import HostFanout, HostLink
+from .host import HostDenylist, HostFanout, HostLink
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
 
@@ -89,6 +89,7 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
     if host_socket is not None:
         lasting.host = HostLink(host_socket)
         lasting.fanout = HostFanout(lasting.host, lasting.metrics)
+        lasting.denylist = HostDenylist(lasting.host)
     runner = await start_runner(config, lasting)
     log.info("ready on %s:%d (pid %d)", config.listen_host, config.listen_port, os.getpid())
     while True:

@@ -10,8 +10,13 @@ Two stores pass one contract suite (``tests/contract/``):
 
 Either way a store answers ``load`` with a Session, None (no session) or ``CookieError`` (a bad
 one: the caller signs the user out), and raises ``StoreUnavailable`` when its backend is down.
-Back-channel logout ends sessions by ``sid``/``sub``: the Redis store deletes them; the cookie store
-cannot reach cookies, so it keeps a denylist (in Redis when one is configured, else in memory).
+
+An end (``ending.SessionEnd``) is final in every store (``record_end``): no later ``save`` brings the
+session back — ``save`` raises ``SessionWasEnded`` instead. The Redis store overwrites the session with
+a tombstone its save script checks; the cookie store cannot reach cookies, so it keeps a denylist of
+ended session ids, ``sid``s and ``sub``s for as long as a cookie could live: in Redis when one is
+configured (every replica honours it), else in this process's memory (``MemoryDenylist``, which the
+host's other workers fill from the fan-out of ends).
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .cookies import CookieCodec
 from .errors import AuthProxyError, CookieError
-from .session import Session
+from .model import Session
+
+if TYPE_CHECKING:
+    from .ending import SessionEnd
 
 
 class StoreUnavailable(AuthProxyError):
@@ -33,6 +41,10 @@ class StoreUnavailable(AuthProxyError):
     title = "Sessions are unavailable"
 
 
+class SessionWasEnded(CookieError):
+    """A save of a session that has ended: refused, so a request in flight cannot bring it back."""
+
+
 class SessionStore(Protocol):
     def owned_names(self, cookies: Mapping[str, str]) -> list[str]: ...
 
@@ -40,15 +52,13 @@ class SessionStore(Protocol):
 
     async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]: ...
 
-    async def delete(self, cookies: Mapping[str, str]) -> None: ...
-
     def refresh_lock(self, session: Session) -> contextlib.AbstractAsyncContextManager[None]: ...
 
     async def reload(self, session: Session) -> Session | None: ...
 
     async def update(self, session: Session) -> None: ...
 
-    async def end_sessions(self, *, sid: str | None, sub: str | None) -> int: ...
+    async def record_end(self, end: SessionEnd) -> int: ...
 
     async def first_use(self, token_id: str, ttl: float) -> bool: ...
 
@@ -58,10 +68,10 @@ class SessionStore(Protocol):
 
 
 class Denylist(Protocol):
-    """Ended ``sid``/``sub`` values, for stores that cannot delete a session (cookies); and the
-    ``jti`` of logout tokens already used, so a replayed one is refused."""
+    """Ended sessions (by id, ``sid`` or ``sub``), for stores that cannot delete a session (cookies);
+    and the ``jti`` of logout tokens already used, so a replayed one is refused."""
 
-    async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None: ...
+    async def record(self, end: SessionEnd) -> None: ...
 
     async def ended(self, session: Session) -> bool: ...
 
@@ -73,18 +83,49 @@ class Denylist(Protocol):
 
 
 class MemoryDenylist:
-    """In-process denylist: right for one process only (the README says so)."""
+    """Ends known to this process, kept until their ttl: the cookie store's denylist when there is no
+    Redis, and every process's record of recent ends (``ending.SessionEnds.local``). Lookups are three
+    dict reads, cheap enough for every request."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._entries: dict[str, tuple[float, float]] = {}     # "sid:x"/"sub:y" -> (ended at, forget at)
+        # "id:x" / "sid:x" / "sub:x" / "jti:x" -> (ended at, forget at)
+        self._entries: dict[str, tuple[float, float]] = {}
+        self._next_sweep = 0.0
 
-    async def add(self, *, sid: str | None, sub: str | None, ttl: float) -> None:
-        now = self._clock()
-        for key in (f"sid:{sid}" if sid else None, f"sub:{sub}" if sub else None):
+    def note(self, end: SessionEnd) -> None:
+        forget = end.at + end.ttl
+        for key in (f"id:{end.session_id}" if end.session_id else None, f"sid:{end.sid}" if end.sid else None,
+                    f"sub:{end.sub}" if end.sub else None):
             if key:
-                self._entries[key] = (now, now + ttl)
-        self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+                old = self._entries.get(key)
+                # A later sub-wide end covers more sessions; keep the latest time and the longest life.
+                self._entries[key] = (max(end.at, old[0]), max(forget, old[1])) if old else (end.at, forget)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+            self._next_sweep = now + 60.0
+
+    def covers(self, session: Session) -> bool:
+        if not self._entries:
+            return False
+        now = self._clock()
+        for key in (f"id:{session.id}" if session.id else None, f"sid:{session.sid}" if session.sid else None):
+            entry = self._entries.get(key) if key else None
+            if entry is not None and entry[1] > now:
+                return True
+        entry = self._entries.get(f"sub:{session.identity.sub}")
+        # A sub-wide logout ends the sessions that existed then, not later sign-ins.
+        return entry is not None and entry[1] > now and session.created_at <= entry[0]
+
+    async def record(self, end: SessionEnd) -> None:
+        self.note(end)
+
+    async def ended(self, session: Session) -> bool:
+        return self.covers(session)
 
     async def first_use(self, token_id: str, ttl: float) -> bool:
         now = self._clock()
@@ -100,16 +141,6 @@ class MemoryDenylist:
     async def close(self) -> None:
         return None
 
-    async def ended(self, session: Session) -> bool:
-        keys = [f"sid:{session.sid}"] if session.sid else []
-        keys.append(f"sub:{session.identity.sub}")
-        for key in keys:
-            entry = self._entries.get(key)
-            # A sub-wide logout ends the sessions that existed then, not later sign-ins.
-            if entry and entry[1] > self._clock() and (key.startswith("sid:") or session.created_at <= entry[0]):
-                return True
-        return False
-
 
 class CookieStore:
     """The session sealed into the browser's cookies (``cookies.CookieCodec``)."""
@@ -124,27 +155,28 @@ class CookieStore:
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         session = self.codec.load(cookies)
         if session is not None and await self.denylist.ended(session):
-            raise CookieError("the session was ended by the provider (back-channel logout)")
+            raise SessionWasEnded("the session was ended (signed out, logged out at the provider or refused)")
         return session
 
     async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]:
+        if await self.denylist.ended(session):
+            raise SessionWasEnded("the session was ended while this request was in flight")
         return self.codec.dump(session)
-
-    async def delete(self, cookies: Mapping[str, str]) -> None:
-        return None
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
         yield          # the cookie is per browser: the in-process single flight is the lock
 
     async def reload(self, session: Session) -> Session | None:
-        return session
+        """The session, or None once it has ended: a WebSocket's watcher refreshing a session ended on
+        another replica learns it here (through the Redis denylist) instead of spending its grant."""
+        return None if await self.denylist.ended(session) else session
 
     async def update(self, session: Session) -> None:
         return None        # the new cookie goes out with the response
 
-    async def end_sessions(self, *, sid: str | None, sub: str | None) -> int:
-        await self.denylist.add(sid=sid, sub=sub, ttl=self.codec.config.expire)
+    async def record_end(self, end: SessionEnd) -> int:
+        await self.denylist.record(end)
         return 0
 
     async def first_use(self, token_id: str, ttl: float) -> bool:

@@ -1,7 +1,8 @@
 """Forwarding to the app behind the proxy — the only module that talks to upstreams.
 
-Routing first: one normalised path (``normalize_path``) both matches the rules and is forwarded, and
-the longest ``upstreams[].path`` prefix that matches wins. Then one of two clients carries the request:
+Routing first, on the request's match key (``paths.py``: the normalised path without segment
+parameters): the longest ``upstreams[].path`` prefix that matches wins, and the normalised path, with
+its parameters, is forwarded. Then one of two clients carries the request:
 
 - the lean HTTP/1.1 client (``http1.py``) for a plain-HTTP or unix-socket upstream, when the request has
   no body and nothing unusual (``is_lean``) or a body large enough to move inside the kernel
@@ -19,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import time
 from collections.abc import Iterable
-from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import web
@@ -37,16 +36,12 @@ from .headers import HeaderPolicy
 from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
 from . import splice
 from .metrics import METRICS
+from .paths import normalized_path, strip_segments
 from .relay import relay
 from .session import Session
 
 log = logging.getLogger("authproxy.upstream")
 
-# Characters left as they are when a normalised path is encoded again for the upstream
-# (RFC 3986 §3.3 pchar without "%", plus "/").
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
-# Raw paths containing none of these are already normal: the common case skips the work.
-_NEEDS_NORMALISING = re.compile(r"%|/\.|//|\\")
 # RFC 9110 §9.2.2: a request with one of these methods may be sent again after a connection failure.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Methods whose requests normally have no body; a request with another and no body says Content-Length: 0.
@@ -55,46 +50,8 @@ _BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 # cannot be told to expect none); CONNECT is a tunnel.
 _NOT_LEAN_METHODS = frozenset({"HEAD", "CONNECT"})
 
-NORMALISED_PATH = web.RequestKey("authproxy_normalised_path", str)
 # The ``path`` of the upstream a request went to, for metrics and logs.
 UPSTREAM_LABEL = web.RequestKey("authproxy_upstream_label", str)
-
-
-def normalize_path(raw_path: str) -> str:
-    """The one path used both to match rules and to forward (percent-encoded, query removed).
-
-    Percent-decoding (``%2e``, ``%2F``), backslashes and dot-segments (RFC 3986 §5.2.4) are all
-    resolved *before* matching, and the result is what the upstream receives: a request cannot match
-    ``/public`` and reach ``/admin`` through ``/public/../admin``, ``/public/%2e%2e/admin`` or
-    ``/public%2F..%2Fadmin``. The price: an encoded slash in a path reaches the app as a real one.
-    """
-    path = raw_path.split("?", 1)[0].split("#", 1)[0] or "/"
-    if not _NEEDS_NORMALISING.search(path):
-        return path
-    decoded = unquote(path, errors="strict") if "%" in path else path
-    if "\x00" in decoded:
-        raise BadRequest("The request path contains a NUL byte.")
-    segments: list[str] = []
-    for segment in decoded.replace("\\", "/").split("/"):
-        if segment == "..":
-            if segments:
-                segments.pop()
-        elif segment not in ("", "."):
-            segments.append(segment)
-    trailing = "/" if decoded.endswith(("/", "/.", "/..")) and segments else ""
-    return quote("/" + "/".join(segments) + trailing, safe=_PATH_SAFE)
-
-
-def normalized_path(request: web.Request) -> str:
-    """The request's normalised path, computed once per request."""
-    path = request.get(NORMALISED_PATH)
-    if path is None:
-        try:
-            path = normalize_path(request.raw_path)
-        except UnicodeDecodeError:
-            raise BadRequest("The request path is not valid UTF-8 after percent-decoding.") from None
-        request[NORMALISED_PATH] = path
-    return path
 
 
 class Upstream:
@@ -103,6 +60,7 @@ class Upstream:
     def __init__(self, config: UpstreamConfig, client: aiohttp.ClientSession) -> None:
         self.config = config
         self.prefix = config.path.rstrip("/")
+        self.prefix_segments = self.prefix.count("/")
         # A unix socket is reached through its connector; the URL only supplies the path.
         self.base = "http://localhost" if config.url.startswith("unix:") else config.url.rstrip("/")
         self.host = None if config.url.startswith("unix:") else URL(config.url).raw_authority
@@ -115,19 +73,19 @@ class Upstream:
                                              sock_read=config.timeout)
         self.lean = lean_pool(config)
 
-    def matches(self, path: str) -> bool:
-        return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
+    def matches(self, key: str) -> bool:
+        """Whether a match key (``paths.match_key``) lies under this upstream's prefix, on whole segments."""
+        return not self.prefix or key == self.prefix or key.startswith(self.prefix + "/")
 
     def target(self, path: str, query: str) -> URL:
         """The upstream URL for a normalised path, with ``strip_prefix`` applied."""
         return URL(self.base + self.request_target(path, query), encoded=True)
 
     def request_target(self, path: str, query: str) -> str:
-        """The origin-form request target (RFC 9112 §3.2.1): the path with ``strip_prefix`` applied, the query."""
+        """The origin-form request target (RFC 9112 §3.2.1): the path with ``strip_prefix`` applied (by
+        segments, as the prefix matched the match key: ``/app;x/y`` loses ``/app;x``), the query."""
         if self.config.strip_prefix and self.prefix:
-            path = path[len(self.prefix):] or "/"
-            if not path.startswith("/"):
-                path = "/" + path
+            path = strip_segments(path, self.prefix_segments)
         return path + (f"?{query}" if query else "")
 
 
@@ -168,9 +126,10 @@ class Forwarder:
         self.upstreams = sorted(upstreams, key=lambda u: len(u.prefix), reverse=True)
         self.headers = HeaderPolicy(config)
 
-    def route(self, path: str) -> Upstream | None:
+    def route(self, key: str) -> Upstream | None:
+        """The upstream for a match key (``paths.request_key``), or None."""
         for upstream in self.upstreams:
-            if upstream.matches(path):
+            if upstream.matches(key):
                 return upstream
         return None
 

@@ -27,12 +27,16 @@ client's ping and the pong proves the whole path alive; the proxy sends no pings
 close frame's code and reason go to the other side. Each hop negotiates its own permessage-deflate.
 A message is held in memory once, at most ``MAX_MESSAGE`` bytes; a bigger one ends the socket (1009).
 
-A live socket ends with ``SESSION_ENDED`` (4401) when its session does: on sign-out
-(``close_session_sockets``, called by ``/oauth2/sign_out``), at an access-token expiry it cannot
-refresh past, or at the session's hard end (``created_at + cookie.expire``). The refresh goes through
-the Refresher, so it is shared with the session's HTTP requests: the new tokens cannot reach the
-browser's cookie over the socket, but the browser's next request with the old cookie gets the same
-result from the Refresher's recent-results cache instead of spending the refresh token again.
+A live socket ends with ``SESSION_ENDED`` (4401) when its session does. Every end goes through
+``ending.SessionEnds``, which tells this module's ``SocketRegistry`` (``session_ended``): on sign-out,
+back-channel logout, a refused refresh — in this worker, or in another one through the fan-out — the
+registry ends the session's sockets, which also stops their watchers. Each socket's watcher
+(``watch_session``) wakes at each access-token expiry and at the session's hard end
+(``created_at + cookie.expire``); a session it cannot refresh past ends, through ``SessionEnds`` too.
+The refresh goes through the Refresher, so it is shared with the session's HTTP requests: the new
+tokens cannot reach the browser's cookie over the socket, but the browser's next request with the old
+cookie gets the same result from the Refresher's recent-results cache instead of spending the refresh
+token again.
 """
 
 from __future__ import annotations
@@ -52,10 +56,11 @@ from yarl import URL
 from . import login
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
+from .ending import ENDS, Reason, SessionEnd, SessionEnds
 from .errors import ProviderError, UpstreamError, UpstreamTimeout
+from .model import Session
 from .pages import html_page, json_answer
 from .refresh import RECENT_TTL, Refresher, SessionEnded
-from .session import Session
 from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream, normalized_path
 
 log = logging.getLogger("authproxy.websocket")
@@ -63,6 +68,10 @@ log = logging.getLogger("authproxy.websocket")
 # Close code for "your session ended: sign in again". Private-use range (RFC 6455 §7.4.2), 4000 + the
 # HTTP status, so a front end can tell it from the app's own codes and from network failures.
 SESSION_ENDED = 4401
+# The close reason a client sees for each way a session ends.
+CLOSE_REASONS = {Reason.SIGN_OUT: "signed out", Reason.BACKCHANNEL: "signed out at the provider",
+                 Reason.EXPIRY: "session expired", Reason.REFRESH_REFUSED: "session expired",
+                 Reason.COOKIE_LIMIT: "session ended"}
 # Seconds to wait for the peer's close frame after sending ours (RFC 6455 §7.1.1), per side.
 CLOSE_TIMEOUT = 5.0
 # Largest message relayed, in bytes (aiohttp's default); a bigger one closes that side with 1009.
@@ -218,7 +227,7 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
     """Relay both ways until a side closes or vanishes or the session ends; then close both, leaving no task."""
     app, rid = request.app, request[REQUEST_ID]
     sub = session.identity.sub if session is not None else "-"
-    live = LiveSocket(session.id if session is not None else "")
+    live = LiveSocket(session.id if session is not None else "", session)
     registry = app.get(SOCKETS)
     if registry is not None:
         registry.add(live)
@@ -227,7 +236,7 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
     tasks = list(pumps)
     if session is not None:
         hard_end = session.created_at + app[CONFIG].cookie.expire
-        tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end)))
+        tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, app.get(ENDS))))
     log.info("websocket open: sub=%s path=%s rid=%s", sub, request.path, rid)
     close = Close(WSCloseCode.GOING_AWAY, "proxy shutting down")      # if this handler is cancelled
     try:
@@ -289,8 +298,9 @@ def _vanished(side: str) -> Close:
 
 
 async def watch_session(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
-                        hard_end: float) -> None:
-    """End ``live`` with ``SESSION_ENDED`` when the session ends; return only then.
+                        hard_end: float) -> Reason | None:
+    """End ``live`` with ``SESSION_ENDED`` when the session ends; return only then, with why it ended
+    (None: only this socket ends — the provider could not be reached to refresh).
 
     Wakes at each access-token expiry and refreshes through the Refresher (once per expiry, shared
     with the session's HTTP requests); a session that cannot be refreshed ends. At ``hard_end``
@@ -299,13 +309,13 @@ async def watch_session(session: Session, live: LiveSocket, refresher: Refresher
     while True:
         now = clock()
         if now >= hard_end:
-            live.end(SESSION_ENDED, "session expired")
-            return
+            live.end(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY])
+            return Reason.EXPIRY
         if session.access_expired(now):
             renewed = await _renewed(session, refresher, clock, hard_end)
-            if renewed is None:
-                live.end(SESSION_ENDED, "session expired")
-                return
+            if not isinstance(renewed, Session):
+                live.end(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY])
+                return renewed
             session = renewed
             continue
         deadline = min(hard_end, session.expires_at if session.expires_at is not None else math.inf)
@@ -313,27 +323,30 @@ async def watch_session(session: Session, live: LiveSocket, refresher: Refresher
 
 
 async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], float],
-                   hard_end: float = math.inf) -> Session | None:
-    """The session refreshed past its expiry, or None if it cannot be.
+                   hard_end: float = math.inf) -> Session | Reason | None:
+    """The session refreshed past its expiry; else why the session ended, or None when only the
+    provider's absence keeps it from being refreshed.
 
     The result is remembered until the session's hard end: the browser's cookie still holds the
     refresh token spent here, and its next HTTP request must find the new tokens, not spend it again.
     """
     if not session.refresh_token:
-        return None
+        return Reason.EXPIRY
     try:
         fresh = await refresher.ensure_fresh(session, remember_for=max(hard_end - clock(), RECENT_TTL))
     except (SessionEnded, ProviderError) as exc:     # grant gone, or provider down with the token expired
         log.info("websocket session ended: sub=%s (%s)", session.identity.sub, type(exc).__name__)
-        return None
+        return Reason.REFRESH_REFUSED if isinstance(exc, SessionEnded) else None
     # An answer that is itself expired would have us refresh again at once, in a loop.
-    return None if fresh.access_expired(clock()) else fresh
+    return Reason.EXPIRY if fresh.access_expired(clock()) else fresh
 
 
 async def _watch(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
-                 hard_end: float) -> None:
+                 hard_end: float, ends: SessionEnds | None) -> None:
     try:
-        await watch_session(session, live, refresher, clock, hard_end)
+        reason = await watch_session(session, live, refresher, clock, hard_end)
+        if reason is not None and ends is not None:
+            ends.end_soon(ends.new(reason, session_id=session.id))    # this task is cancelled next
     except Exception:
         log.exception("websocket session watch failed: sub=%s", session.identity.sub)
         live.end(WSCloseCode.INTERNAL_ERROR, "internal error")
@@ -345,10 +358,11 @@ async def _watch(session: Session, live: LiveSocket, refresher: Refresher, clock
 class LiveSocket:
     """One relayed connection as the registry sees it: whose session, and the way to end it."""
 
-    __slots__ = ("session_id", "ended")
+    __slots__ = ("session_id", "session", "ended")
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, session: Session | None = None) -> None:
         self.session_id = session_id
+        self.session = session
         self.ended: asyncio.Future[Close] = asyncio.get_running_loop().create_future()
 
     def end(self, code: int, reason: str) -> None:
@@ -358,7 +372,7 @@ class LiveSocket:
 
 
 class SocketRegistry:
-    """Live sockets by session id, so that signing out ends that session's sockets at once."""
+    """Live sockets by session id, so that a session's end ends its sockets at once."""
 
     def __init__(self) -> None:
         self._by_session: dict[str, set[LiveSocket]] = {}
@@ -376,14 +390,17 @@ class SocketRegistry:
             if not sockets:
                 del self._by_session[live.session_id]
 
-    def end_session(self, session_id: str, code: int, reason: str) -> int:
-        """End every socket of one session; the number ended. Sessions sealed before session ids
-        existed all have the id "": ending "" would end everyone's, so it ends none."""
-        if not session_id:
-            return 0
-        sockets = list(self._by_session.get(session_id, ()))
+    def session_ended(self, end: SessionEnd) -> int:
+        """A ``SessionEnds`` holder: end every socket of the sessions ``end`` covers; the number ended."""
+        if end.sid is None and end.sub is None:       # one session: its group (id "" names no session)
+            sockets = list(self._by_session.get(end.session_id, ())) if end.session_id else []
+        else:
+            sockets = [live for group in self._by_session.values() for live in group
+                       if live.session is not None and end.covers(live.session)]
         for live in sockets:
-            live.end(code, reason)
+            live.end(SESSION_ENDED, CLOSE_REASONS[end.reason])
+        if sockets:
+            log.info("ending %d websocket(s): %s", len(sockets), end.reason.value)
         return len(sockets)
 
     def end_all(self, code: int, reason: str) -> int:
@@ -411,12 +428,3 @@ async def _end_all_sockets(app: web.Application) -> None:
     count = app[SOCKETS].end_all(WSCloseCode.GOING_AWAY, "proxy shutting down")
     if count:
         log.info("ending %d websocket(s) for shutdown", count)
-
-
-def close_session_sockets(app: web.Application, session_id: str) -> int:
-    """End the live sockets of a signed-out session with ``SESSION_ENDED``; the number ended.
-
-    Returns at once: each relay sends its close frames in its own task.
-    """
-    registry = app.get(SOCKETS)
-    return registry.end_session(session_id, SESSION_ENDED, "signed out") if registry is not None else 0

@@ -136,9 +136,14 @@ class ProviderConfig(_Model):
         return self.protocol == "oidc" and self.issuer is not None and not all(explicit)
 
 
+# The cookie name when secure, host-only and not configured (``CookieConfig._host_prefix_by_default``).
+HOST_PREFIXED_NAME = "__Host-authproxy"
+
+
 class CookieConfig(_Model):
     """The session cookie (RFC 6265): its attributes and the keys that seal it."""
 
+    # The default name: "__Host-authproxy" when it can be (see ``_host_prefix_by_default``), else this.
     name: str = "_authproxy"
     secret: Annotated[tuple[CookieKey, ...], BeforeValidator(_one_or_many), AfterValidator(_at_least_one),
                       WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
@@ -169,6 +174,18 @@ class CookieConfig(_Model):
         if value is not None and not _DOMAIN.fullmatch(value):
             raise ValueError(f"must be a host name such as example.com (no scheme, port or path); got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _host_prefix_by_default(self) -> CookieConfig:
+        """Without a configured name, a secure host-only cookie is named ``__Host-authproxy``.
+
+        Browsers accept a ``__Host-`` cookie only with Secure, Path=/ and no Domain (RFC 6265bis
+        §4.1.3.2), so a sibling subdomain cannot set one for this host ("cookie tossing"): it cannot
+        plant its own session, chunk or login-state cookie under our names (all derive from this
+        one). A name set in the file or the environment is kept as it is."""
+        if "name" not in self.model_fields_set and self.secure and self.domain is None and self.path == "/":
+            object.__setattr__(self, "name", HOST_PREFIXED_NAME)
+        return self
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
         if self.samesite == "none" and not self.secure:
@@ -269,6 +286,12 @@ class CorsConfig(_Model):
     allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     allow_credentials: bool = True
     allow_preflight: bool = False
+    preflight_paths: list[Annotated[str, AfterValidator(_regex)]] = []
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.allow_preflight and not self.preflight_paths:
+            yield ("preflight_paths",), ("allow_preflight forwards preflights without a session only to the paths "
+                                         'listed here; list the app\'s cross-origin API, e.g. ["^/api/"]')
 
 
 class LoggingConfig(_Model):
@@ -296,6 +319,12 @@ class Config(_Model):
     shutdown_timeout: Duration = 30.0
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
     metrics_listen: str | None = None
+    metrics_on_listen: bool = False
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.metrics_on_listen and self.metrics_listen is not None:
+            yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
+                                           "metrics_on_listen: false, or remove metrics_listen to serve them on listen")
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -9,11 +9,12 @@ import pytest
 
 from proxy.config import RedisConfig
 from proxy.cookies import CookieCodec
-from proxy.crypto import Sealer, random_token
+from proxy.crypto import Sealer, fingerprint, random_token
+from proxy.ending import Reason, SessionEnd
 from proxy.errors import CookieError
 from proxy.redis_store import RedisStore
 from proxy.session import Identity, Session
-from proxy.store import CookieStore, MemoryDenylist, StoreUnavailable
+from proxy.store import CookieStore, MemoryDenylist, SessionWasEnded, StoreUnavailable
 from tests.unit.conftest import make_config
 
 SECRET = base64.urlsafe_b64encode(b"c" * 32).decode()
@@ -105,16 +106,20 @@ async def test_two_sessions_stay_apart(make_store):
     assert (await store.load(b)).identity.sub == "bob"
 
 
+def ended(reason: Reason = Reason.BACKCHANNEL, **names) -> SessionEnd:
+    return SessionEnd(reason, time.time(), EXPIRE, **names)
+
+
 async def test_backchannel_end_by_sid_and_by_sub(make_store):
     store = make_store()
     a1 = dict(await store.save(session("alice", sid="sid-a1", token="t1"), {}))
     a2 = dict(await store.save(session("alice", sid="sid-a2", token="t2"), {}))
     b = dict(await store.save(session("bob", sid="sid-b"), {}))
-    await store.end_sessions(sid="sid-a1", sub=None)
+    await store.record_end(ended(sid="sid-a1"))
     with pytest.raises(CookieError):
         await store.load(a1)
     assert (await store.load(a2)).identity.sub == "alice"
-    await store.end_sessions(sid=None, sub="alice")
+    await store.record_end(ended(sub="alice"))
     with pytest.raises(CookieError):
         await store.load(a2)
     assert (await store.load(b)).identity.sub == "bob"
@@ -122,10 +127,31 @@ async def test_backchannel_end_by_sid_and_by_sub(make_store):
 
 async def test_sign_in_after_a_sub_wide_logout_is_not_ended(make_store):
     store = make_store()
-    await store.end_sessions(sid=None, sub="alice")
+    await store.record_end(ended(sub="alice"))
     later = session("alice", sid="sid-new", created_at=time.time() + 1)
     cookies = dict(await store.save(later, {}))
     assert (await store.load(cookies)).sid == "sid-new"
+
+
+@pytest.mark.parametrize("names", [{"session_id": "own"}, {"sid": "sid-1"}, {"sub": "alice"}])
+async def test_ended_is_final(make_store, names):
+    """No save after the end brings the session back: not the response of a request that refreshed it
+    while in flight, not a refresh saved under the refresh lock, not a copy of the old cookie."""
+    store = make_store()
+    s = session()
+    cookies = dict(await store.save(s, {}))
+    loaded = await store.load(cookies)
+    other = dict(await store.save(session("bob", sid="sid-b"), {}))
+    await store.record_end(ended(Reason.SIGN_OUT, **{k: s.id if v == "own" else v for k, v in names.items()}))
+    refreshed = loaded.with_tokens(access_token="AT-after-end")
+    with pytest.raises(SessionWasEnded):
+        await store.save(refreshed, cookies)
+    async with store.refresh_lock(loaded):
+        await store.update(refreshed)                  # a refresh that finishes after the end writes nothing
+    for attempt in (cookies, cookies):
+        with pytest.raises(CookieError):
+            await store.load(attempt)
+    assert (await store.load(other)).identity.sub == "bob"
 
 
 async def test_refresh_lock_and_reload(make_store):
@@ -158,6 +184,27 @@ async def test_redis_holds_only_ciphertext(redis_server):
         await client.aclose()
         await store.close()
     assert dump and b"AT-in-redis" not in dump and b"alice" not in dump and b"RT-" not in dump
+
+
+async def test_redis_index_names_are_keyed_and_ended_sessions_leave_them(redis_server):
+    """Index keys are an HMAC under a key from the cookie secret, not a plain hash anyone can compute
+    from a guessed user name; an ended session is taken out of its index sets."""
+    import redis.asyncio as aioredis
+    store = redis_store(redis_server.url)
+    s = session("alice", sid="sid-x")
+    await store.save(s, {})
+    client = aioredis.from_url(redis_server.url)
+    try:
+        keys = {k.decode() for k in await client.keys("t:*")}
+        assert not {f"t:sub:{fingerprint('alice')}", f"t:sid:{fingerprint('sid-x')}"} & keys
+        sub_index = f"t:sub:{Sealer(make_config(cookie={'secret': SECRET}).cookie.keys).blind('alice')}"
+        assert await client.smembers(sub_index) == {s.id.encode()}
+        await store.record_end(ended(Reason.SIGN_OUT, session_id=s.id))
+        assert await client.smembers(sub_index) == set()
+        assert await client.get(f"t:s:{s.id}") == b"ended"
+    finally:
+        await client.aclose()
+        await store.close()
 
 
 async def test_redis_down_is_store_unavailable(redis_server):

@@ -104,7 +104,8 @@ async def test_provider_error_is_a_clear_page(stack, browser_session):
     async with browser_session.get(stack.url + "/x", headers=HTML, allow_redirects=False) as resp:
         from urllib.parse import parse_qs, urlsplit
         state = parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0]
-    url = f"{stack.url}/oauth2/callback?error=access_denied&error_description=nope&state={state}"
+    # As oidc-provider answers: with iss, which RFC 9207 §2 puts in error responses too (checked first).
+    url = f"{stack.url}/oauth2/callback?error=access_denied&error_description=nope&state={state}&iss={stack.idp.issuer}"
     async with browser_session.get(url, headers=HTML) as resp:
         text = await resp.text()
         assert resp.status == 403

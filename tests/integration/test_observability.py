@@ -30,7 +30,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_count_logins_requests_and_refreshes(stack_factory, browser_session):
-    stack = await stack_factory(idp_options={"access_token_ttl": 2})
+    stack = await stack_factory(idp_options={"access_token_ttl": 2}, metrics_on_listen=True)
     await login_via_http(browser_session, stack.url + "/")
     await asyncio.sleep(1.3)
     async with browser_session.get(stack.url + "/x", headers=API) as resp:
@@ -47,7 +47,8 @@ async def test_metrics_count_logins_requests_and_refreshes(stack_factory, browse
     assert metric(text, "authproxy_provider_request_duration_seconds_count", step="token exchange") == 1
 
 
-async def test_failed_login_is_counted_by_reason(stack, browser_session):
+async def test_failed_login_is_counted_by_reason(stack_factory, browser_session):
+    stack = await stack_factory(metrics_on_listen=True)
     async with browser_session.get(stack.url + "/oauth2/callback?state=nope&code=x") as resp:
         assert resp.status == 403
     async with browser_session.get(stack.url + "/metrics") as resp:

@@ -181,7 +181,7 @@ async def test_sighup_resizes_the_workers_and_replacements_run_the_new_config(ri
 
 
 async def test_metrics_keep_counting_across_a_reload(rich):
-    data = public_config(rich.url)
+    data = public_config(rich.url, metrics_on_listen=True)
     proxy = await start_proxy_process(data, ready_path="/ping")
 
     async def answered_2xx(client: aiohttp.ClientSession) -> float:

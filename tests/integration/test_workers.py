@@ -85,7 +85,7 @@ async def two_workers(idp_factory, *, backchannel: bool = False, **idp_options) 
     idp = await idp_factory(clients=[meta], **idp_options)
     echo = await start_echo(free_port())
     data = config_dict(port=port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
-                       client_secret=CLIENT_SECRET, workers=2, logging={"level": "warning"})
+                       client_secret=CLIENT_SECRET, workers=2, logging={"level": "warning"}, metrics_on_listen=True)
     proxy = await start_proxy_process(data)
     await until(lambda: listeners(port) == 2 and len(family(proxy.proc.pid)[0]) == 2)
     await ready_everywhere(proxy)

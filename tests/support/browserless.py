@@ -98,7 +98,8 @@ def _provider_form(url: str, html: str, username: str, password: str, logout: bo
 
 
 async def _drive(
-    session: aiohttp.ClientSession, start_url: str, *, username: str, password: str, logout: bool
+    session: aiohttp.ClientSession, start_url: str, *, username: str, password: str, logout: bool,
+    stop_at: str | None = None,
 ) -> LoginResult:
     visited: list[str] = []
     url, method, data = start_url, "GET", None
@@ -112,6 +113,9 @@ async def _drive(
                 if resp.status not in (307, 308):
                     method, data = "GET", None
                 url = urljoin(url, location)
+                if stop_at is not None and urlsplit(url).path == stop_at:
+                    visited.append(url)             # where the browser would go next, not requested
+                    return LoginResult(resp, "", visited)
                 continue
             body = await resp.text()
         form = _provider_form(url, body, username, password, logout)
@@ -135,3 +139,16 @@ async def login_via_http(
 async def logout_via_http(session: aiohttp.ClientSession, start_url: str) -> LoginResult:
     """GET `start_url` (e.g. the proxy's sign-out URL) and confirm the provider's logout prompt on the way."""
     return await _drive(session, start_url, username="", password="", logout=True)
+
+
+async def authorization_response_via_http(
+    session: aiohttp.ClientSession, start_url: str, *, username: str = "alice", password: str = "pw",
+    callback_path: str = "/oauth2/callback",
+) -> str:
+    """Like `login_via_http`, but stop where the provider sends the browser back: the callback URL (with
+    `code` and `state`) is returned, not requested, so a test decides when, where and how it arrives."""
+    result = await _drive(session, start_url, username=username, password=password, logout=False,
+                          stop_at=callback_path)
+    if urlsplit(result.visited[-1]).path != callback_path:
+        raise RuntimeError(f"the provider never sent the browser back to {callback_path}: {result.visited}")
+    return result.visited[-1]

@@ -1,4 +1,4 @@
-"""A real nginx (Debian's nginx-light) serving static files from a temp dir, on a free loopback port."""
+"""A real nginx (Debian's nginx-light) on a free loopback port: static files, a balancer, or a given config."""
 
 from __future__ import annotations
 
@@ -82,6 +82,21 @@ async def start_nginx(port: int, *, balance: list[int] | None = None) -> Nginx:
         (root / "nginx.conf").write_text(_BALANCER.format(root=root, port=port, servers=servers, connections=1024))
     else:
         (root / "nginx.conf").write_text(_CONF.format(root=root, port=port, connections=256))
+    return await _launch(root, port)
+
+
+async def start_nginx_http(port: int, http_config: str) -> Nginx:
+    """nginx with ``http_config`` (server and upstream blocks) inside its ``http { }``, e.g. a config from the docs."""
+    root = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
+    root.chmod(0o755)
+    (root / "www").mkdir()
+    (root / "tmp").mkdir()
+    (root / "nginx.conf").write_text(PROLOGUE.format(root=root, connections=256) + http_config + "\n}\n")
+    return await _launch(root, port)
+
+
+async def _launch(root: Path, port: int) -> Nginx:
+    """Start nginx on ``root/nginx.conf`` and wait until ``port`` accepts."""
     proc = await asyncio.create_subprocess_exec(NGINX, "-c", str(root / "nginx.conf"), "-p", str(root),
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     for _ in range(100):

@@ -10,6 +10,7 @@ from multidict import MultiDict
 from proxy.authz import (BadQueryRules, authorize, authorize_all, cors_headers, is_api_path, is_preflight,
                          query_rules, rules_for, skips_auth)
 from proxy.config import AuthorizationConfig
+from proxy.errors import BadRequest, ConfigError
 from proxy.gate import route_path
 from proxy.session import Identity
 from tests.unit.conftest import make_config
@@ -128,18 +129,26 @@ def request(method: str, raw_path: str, **headers: str):
     return make_mocked_request(method, raw_path, headers=headers)
 
 
-@pytest.mark.parametrize("raw,normalised", [
+@pytest.mark.parametrize("raw,key", [
     ("/a/b", "/a/b"),
-    ("/public/../admin", "/admin"),
-    ("/public/%2e%2e/admin", "/admin"),
-    ("/public%2F..%2Fadmin", "/admin"),
-    ("/a/./b/", "/a/b/"),
-    ("/a/b/..", "/a/"),
-    ("/../../x", "/x"),
+    ("/a//b/", "/a/b/"),
     ("/a%20b?q=/public/", "/a%20b"),
+    ("/admin;jsessionid=1/x", "/admin/x"),              # segment parameters never take part in matching
+    ("/admin%3Bjsessionid=1/x", "/admin/x"),            # nor encoded ones (the app gets them decoded)
+    ("/admin/;x/y;a=b;c", "/admin/y"),
+    ("/public/app.jsp;x.png", "/public/app.jsp"),
 ])
-def test_route_path_is_the_normalised_path(raw, normalised):
-    assert route_path(request("GET", raw)) == normalised
+def test_route_path_is_the_match_key(raw, key):
+    assert route_path(request("GET", raw)) == key
+
+
+@pytest.mark.parametrize("raw", [
+    "/public/../admin", "/public/%2e%2e/admin", "/public%2F..%2Fadmin", "/a/./b/", "/a/b/..", "/../../x",
+    "/public/..;/admin", "/public/.;x/admin", "/public\\admin", "/public/..%5cadmin",
+])
+def test_route_path_refuses_ambiguous_paths(raw):
+    with pytest.raises(BadRequest):
+        route_path(request("GET", raw))
 
 
 SKIP = make_config(skip_auth=[{"path": "^/public/", "methods": ["get", "HEAD"]}, {"path": "^/health$"}])
@@ -153,19 +162,27 @@ SKIP = make_config(skip_auth=[{"path": "^/public/", "methods": ["get", "HEAD"]},
     ("GET", "/health/x", False),
     ("GET", "/admin?x=/public/", False),                  # the query never takes part
     ("GET", "/admin?/public/", False),
-    ("GET", "/public/../admin", False),                   # dot segments: never a skip
-    ("GET", "/public/%2e%2e/admin", False),
-    ("GET", "/public/%2E%2E/admin", False),
-    ("GET", "/public/..%2fadmin", False),
-    ("GET", "/admin/..%2fpublic/x", False),               # would be /public/x decoded, /admin/… to the app
     ("GET", "/public%2flogo.png", False),                 # an encoded "/" hides a segment boundary
-    ("GET", "/public/..%5cadmin", False),
-    ("GET", "/public/./logo.png", False),
     ("GET", "/x/public/logo.png", False),
+    ("GET", "/public;x/logo.png", True),                  # the app drops ";x": it is /public/logo.png
 ])
 def test_skip_auth_matches_method_and_unambiguous_normalised_path(method, raw, expected):
     req = request(method, raw)
     assert skips_auth(SKIP, req, route_path(req)) is expected
+
+
+PNG = make_config(skip_auth=[{"path": r"^/static/.*\.png$"}])
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("/static/logo.png", True),
+    ("/static/app.jsp;x.png", False),          # Tomcat serves app.jsp: the rule sees what the app sees
+    ("/static/app.jsp%3Bx.png", False),
+    ("/static/logo.png;v=2", True),
+])
+def test_skip_auth_matches_without_segment_parameters(raw, expected):
+    req = request("GET", raw)
+    assert skips_auth(PNG, req, route_path(req)) is expected
 
 
 def test_skip_auth_without_rules():
@@ -181,7 +198,8 @@ def test_api_paths_match_whole_segments(path, expected):
     assert is_api_path(make_config(api_paths=["/api", "/graphql/"]), path) is expected
 
 
-CORS = make_config(cors={"allowed_origins": ["https://spa.example.com"], "allow_preflight": True})
+CORS = make_config(cors={"allowed_origins": ["https://spa.example.com"], "allow_preflight": True,
+                         "preflight_paths": ["^/api(/|$)"]})
 
 
 def test_cors_headers_only_for_an_allowed_origin():
@@ -199,9 +217,23 @@ def test_cors_headers_only_for_an_allowed_origin():
 
 def test_preflight_needs_option_allowed_origin_and_request_method():
     spa = {"Origin": "https://spa.example.com", "Access-Control-Request-Method": "POST"}
-    assert is_preflight(CORS, request("OPTIONS", "/api", **spa))
-    assert not is_preflight(CORS, request("GET", "/api", **spa))
-    assert not is_preflight(CORS, request("OPTIONS", "/api", Origin="https://spa.example.com"))
-    assert not is_preflight(CORS, request("OPTIONS", "/api", **{**spa, "Origin": "https://evil.example"}))
+    assert is_preflight(CORS, request("OPTIONS", "/api", **spa), "/api")
+    assert not is_preflight(CORS, request("GET", "/api", **spa), "/api")
+    assert not is_preflight(CORS, request("OPTIONS", "/api", Origin="https://spa.example.com"), "/api")
+    assert not is_preflight(CORS, request("OPTIONS", "/api", **{**spa, "Origin": "https://evil.example"}), "/api")
     off = make_config(cors={"allowed_origins": ["https://spa.example.com"]})
-    assert not is_preflight(off, request("OPTIONS", "/api", **spa))
+    assert not is_preflight(off, request("OPTIONS", "/api", **spa), "/api")
+
+
+def test_preflight_passes_only_to_the_listed_paths():
+    spa = {"Origin": "https://spa.example.com", "Access-Control-Request-Method": "DELETE"}
+    for path in ("/admin/users", "/", "/apiary", "/x/api"):
+        req = request("OPTIONS", path, **spa)
+        assert not is_preflight(CORS, req, route_path(req)), path
+    req = request("OPTIONS", "/api;x/items", **spa)
+    assert is_preflight(CORS, req, route_path(req))          # matched without segment parameters
+
+
+def test_allow_preflight_needs_its_paths():
+    with pytest.raises(ConfigError, match=r"cors\.preflight_paths: allow_preflight .* e\.g\. \[\"\^/api/\"\]"):
+        make_config(cors={"allowed_origins": ["https://spa.example.com"], "allow_preflight": True})

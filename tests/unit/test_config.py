@@ -70,7 +70,7 @@ def test_minimal_config_has_the_documented_defaults() -> None:
     assert "none" not in p.id_token_algorithms and p.id_token_algorithms[0] == "RS256"
     assert p.client_secret.get() == CLIENT_SECRET and p.extra_authorize_params == {}
     c = config.cookie
-    assert (c.name, c.secure, c.samesite, c.domain, c.path) == ("_authproxy", True, "lax", None, "/")
+    assert (c.name, c.secure, c.samesite, c.domain, c.path) == ("__Host-authproxy", True, "lax", None, "/")
     assert (c.expire, c.refresh_before) == (168 * 3600.0, 60.0)
     assert c.keys == (b"\xaa" * 32,)
     assert config.upstreams == [UpstreamConfig(path="/", url="http://127.0.0.1:8080", timeout=30.0,
@@ -537,3 +537,22 @@ def test_json_schema_accepts_what_the_loader_accepts() -> None:
     for wrong in ({"expire": "a week"}, {"expire": "1h30"}, {"expire": -1}, {"secret": []}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**base, "cookie": {**base["cookie"], **wrong}}, schema)
+
+
+@pytest.mark.parametrize(("cookie", "name"), [
+    ({}, "__Host-authproxy"),                                        # secure, path "/", no domain: the prefix
+    ({"secure": False}, "_authproxy"),                               # __Host- needs Secure
+    ({"domain": "example.com"}, "_authproxy"),                       # ... and no Domain
+    ({"path": "/app"}, "_authproxy"),                                # ... and Path=/
+    ({"name": "_authproxy"}, "_authproxy"),                          # a configured name is kept
+    ({"name": "__Host-x"}, "__Host-x"),
+])
+def test_cookie_name_defaults_to_the_host_prefix_when_it_can(cookie, name):
+    """Cookie tossing: a sibling subdomain can set "_authproxy" for the parent domain, never "__Host-…"
+    (RFC 6265bis §4.1.3.2). The chunk and login-state names derive from this one."""
+    assert parse_config(with_(cookie=cookie), environ={}).cookie.name == name
+
+
+def test_cookie_name_from_the_environment_is_kept():
+    config = parse_config(minimal(), environ={"AUTHPROXY_COOKIE__NAME": "_authproxy"})
+    assert config.cookie.name == "_authproxy"

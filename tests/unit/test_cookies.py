@@ -1,14 +1,20 @@
 """The cookie format: the codec's round trip, chunking, tampering, expiry, rotation and decoded-session
-cache — every bad cookie is no session — and ``own_cookies``, which reads the session cookies without
-parsing the whole header and agrees with aiohttp."""
+cache — every bad cookie is no session — and the one ``Cookie`` parser (``cookie_pairs``,
+``request_cookies``, ``own_cookies``), which reads a header as the browser that sent it means it;
+``private_when_setting_own``, which keeps shared caches away from responses that set our cookies."""
 
 import base64
+import tracemalloc
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from proxy.cookies import CHUNK_SIZE, CookieCodec, own_cookies
+from aiohttp import web
+
+from proxy import cookies as cookies_module
+from proxy.cookies import (CHUNK_SIZE, REPEATED, CookieCodec, cookie_pairs, own_cookies, private_cache_control,
+                           private_when_setting_own, request_cookies)
 from proxy.crypto import Sealer
 from proxy.errors import CookieError
 from tests.unit.conftest import NOW, make_config, make_session
@@ -128,19 +134,165 @@ def request_with(cookie):
     return make_mocked_request("GET", "/", headers=CIMultiDict({"Cookie": cookie} if cookie is not None else {}))
 
 
+# What browsers send (RFC 6265 §5.4: pairs joined by "; ") and the cookies they mean. aiohttp's parser
+# reads several of these differently (a pair ended at whitespace, the last duplicate winning, quotes
+# unwrapped), which let an app plant a session inside another cookie's value.
+BROWSER_READINGS = [
+    (None, {}),
+    ("", {}),
+    ("theme=dark", {}),
+    ("_authproxy=1.abc-_DEF", {"_authproxy": "1.abc-_DEF"}),
+    ("a=1; _authproxy=1.xyz; b=2", {"_authproxy": "1.xyz"}),
+    ("_authproxy_0=1.aa; _authproxy_1=bb", {"_authproxy_0": "1.aa", "_authproxy_1": "bb"}),
+    ("_authproxy=", {"_authproxy": ""}),
+    ('_authproxy="1.a"', {"_authproxy": '"1.a"'}),                 # quotes are part of the value
+    ('a="x; _authproxy=1.evil; b"', {"_authproxy": "1.evil"}),      # a browser sent three pairs here
+    ("_authproxy=1.a b", {"_authproxy": "1.a b"}),
+    ("_authproxyx=1.a; _authproxy_x=1.a", {}),
+    ("  _authproxy =  1.a  ;theme=dark", {"_authproxy": "1.a"}),
+    ("_authproxy", {}),                                             # a nameless cookie whose value is "_authproxy"
+    ("x_authproxy=1; _authproxy_02=1.c; _authproxy_\u00b2=1.d; _authproxy_99=1.e", {}),
+    # The planted cookie of issue 13: chromium stores "pref=dark _authproxy=<mallory> \"" as one cookie, "pref".
+    ('_authproxy=1.alice; pref=dark _authproxy=1.mallory "', {"_authproxy": "1.alice"}),
+    ('pref=dark _authproxy=1.mallory "; _authproxy=1.alice', {"_authproxy": "1.alice"}),
+]
+
+
+@pytest.mark.parametrize(("cookie", "expected"), BROWSER_READINGS)
+def test_reads_the_header_as_browsers_mean_it(cookie, expected):
+    assert dict(own_cookies(request_with(cookie), NAME)) == expected
+
+
 @pytest.mark.parametrize("cookie", [
-    None, "", "theme=dark", "_authproxy=1.abc-_DEF", "a=1; _authproxy=1.xyz; b=2", "_authproxy_0=1.aa; _authproxy_1=bb",
-    "_authproxy=", "_authproxy=1.a; _authproxy=1.b", '_authproxy="1.a"', 'a="x; _authproxy=1.evil; b"',
-    "_authproxy=1.a b", "_authproxyx=1.a", "_authproxy_x=1.a", "  _authproxy =  1.a  ;theme=dark", "_authproxy",
-    "x_authproxy=1; _authproxy_02=1.c",
+    "_authproxy=1.a; _authproxy=1.b", "_authproxy=1.a; pref=x; _authproxy=1.a",
+    "_authproxy_0=1.a; _authproxy_1=b; _authproxy_1=c",
 ])
-def test_agrees_with_aiohttps_parser(cookie):
-    request = request_with(cookie)
-    expected = {k: v for k, v in request.cookies.items()
-                if k == NAME or (k.startswith(NAME + "_") and k[len(NAME) + 1:].isdigit())}
-    found = own_cookies(request, NAME)
-    assert {k: v for k, v in found.items() if k == NAME or k.startswith(NAME + "_")} == expected
+def test_one_of_our_names_twice_is_no_session(cookie):
+    found = own_cookies(request_with(cookie), NAME)
+    assert REPEATED in found.values()
+    c = codec()
+    assert set(c.owned_names(found)) == set(found)          # so the cookie is cleared
+    with pytest.raises(CookieError, match="more than once"):
+        c.load(found)
+
+
+def test_a_real_session_twice_is_no_session_either():
+    c = codec()
+    (name, value), = c.dump(session())
+    found = own_cookies(request_with(f"{name}={value}; {name}={value}"), NAME)
+    with pytest.raises(CookieError):
+        c.load(found)
+
+
+def test_cookie_pairs_split_only_at_semicolons():
+    assert list(cookie_pairs('a=1; b=x y=2 "; c; =d; e=f=g')) == [
+        ("a", "1"), ("b", 'x y=2 "'), ("", "c"), ("", "d"), ("e", "f=g")]
+
+
+def test_request_cookies_is_parsed_once_and_keeps_the_first_value():
+    request = request_with("a=1; b=2; a=3")
+    cookies = request_cookies(request)
+    assert request_cookies(request) is cookies
+    assert dict(cookies) == {"a": "1", "b": "2"} and cookies.repeated == {"a"}
+
+
+def test_chunk_names_are_ascii_digits_and_bounded():
+    c = codec()
+    names = ["_authproxy_0", "_authproxy_8", "_authproxy_\u00b2", "_authproxy_\u0663", "_authproxy_9", "_authproxy_00",
+             "_authproxy_login_x", "_authproxy"]
+    assert c.owned_names(dict.fromkeys(names, "v")) == ["_authproxy_0", "_authproxy_8", "_authproxy"]
 
 
 def test_header_without_the_name_is_not_parsed():
     assert own_cookies(request_with("theme=dark; lang=en"), NAME) == {}
+
+
+# -- canonical sealed values and the decoded-session cache -----------------------------------------------
+
+def test_respelled_sealed_values_do_not_open():
+    """Python's base64 decoder skips junk and ignores spare bits: each respelling used to open the same
+    session and take a new cache entry (issue 13: 4,200 variants, +59 MiB)."""
+    c = codec()
+    (name, value), = c.dump(session())
+    assert c.load({name: value}) == session()
+    body = value[2:]
+    variants = [value[:10] + "...." + value[10:], value[:10] + "~~~~" + value[10:], value + "====",
+                value[:2] + body[:20] + "\n" + body[20:], value[:10] + "++++" + value[10:]]
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(body[-1])
+    spare = {2: 4, 3: 2}.get(len(body) % 4)
+    if spare:          # the same bytes, spelt with a spare bit set
+        variants.append(value[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last | 1])
+    for variant in variants:
+        with pytest.raises(CookieError):
+            c.load({name: variant})
+    assert len(c._cache) == 1
+
+
+def test_the_decoded_cache_is_bounded_by_memory(monkeypatch):
+    """Distinct big sessions (each a real sealed value) stay within the cache's byte budget."""
+    monkeypatch.setattr(cookies_module, "DECODED_CACHE_BYTES", 1024 * 1024, raising=False)
+    c = codec()
+    cookies = [dict(c.dump(session(id_token="x" * 20_000, id=str(i)))) for i in range(150)]   # ≈ 3 MB opened
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for pairs in cookies:
+            c.load(pairs)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2 * 1024 * 1024, f"the cache grew by {grown} bytes"
+    assert c.cache_bytes <= 1024 * 1024
+    assert c.load(cookies[-1]) == session(id_token="x" * 20_000, id="149")   # the newest are still there
+
+
+# -- responses that set our cookies are private -------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "made"), [
+    ("public, max-age=3600", "private, max-age=3600"),
+    ("", "private"),
+    ("s-maxage=600, max-age=60, PUBLIC", "private, max-age=60"),
+    ('no-cache="Set-Cookie, X", public, proxy-revalidate', 'private, no-cache="Set-Cookie, X"'),
+    ("no-store", "private, no-store"),
+    ("private", "private"),
+])
+def test_private_cache_control(given, made):
+    assert private_cache_control(given) == made
+
+
+async def _prepared(set_cookie: str | None, **headers: str) -> web.StreamResponse:
+    response = web.Response(headers=headers)
+    if set_cookie:
+        response.headers.add("Set-Cookie", set_cookie)
+    await private_when_setting_own("__Host-authproxy")(request_with(None), response)
+    return response
+
+
+async def test_a_response_that_sets_our_cookie_is_private():
+    for ours in ("__Host-authproxy=1.x; Path=/", "__Host-authproxy_1=; Max-Age=0", "__Host-authproxy_login_s=1.y"):
+        r = await _prepared(ours, **{"Cache-Control": "public, max-age=3600", "CDN-Cache-Control": "max-age=60",
+                                     "Surrogate-Control": "max-age=60"})
+        assert r.headers.getall("Cache-Control") == ["private, max-age=3600"]
+        assert "CDN-Cache-Control" not in r.headers and "Surrogate-Control" not in r.headers
+
+
+async def test_a_response_without_our_cookie_keeps_its_caching():
+    for other in (None, "theme=dark", "__Host-authproxyx=1"):
+        r = await _prepared(other, **{"Cache-Control": "public, max-age=3600"})
+        assert r.headers["Cache-Control"] == "public, max-age=3600"
+
+
+def test_host_prefixed_cookies_carry_what_browsers_require():
+    """A "__Host-" cookie without Secure, with a Domain or another Path is dropped by the browser
+    (RFC 6265bis §4.1.3.2): the session, its chunks and the login-state cookies all qualify."""
+    from proxy.login import _login_cookie
+    config = make_config()
+    cfg = config.cookie
+    assert cfg.name == "__Host-authproxy"
+    c = CookieCodec(cfg, Sealer(cfg.keys))
+    headers = [c.set_header(cfg.name, "1.x", 60), c.set_header(cfg.name + "_3", "1.x", 60), c.clear_header(cfg.name),
+               _login_cookie(config, cfg.name + "_login_abc", "1.x", 60), _login_cookie(config, cfg.name + "_login_abc", "", 0)]
+    for header in headers:
+        attributes = [a.strip().lower() for a in header.split(";")[1:]]
+        assert header.startswith("__Host-authproxy") and "secure" in attributes and "path=/" in attributes
+        assert not [a for a in attributes if a.startswith("domain")]

@@ -84,6 +84,32 @@ def test_b64url_round_trip():
         assert b64url_decode(b64url_encode(data)) == data
 
 
+@pytest.mark.parametrize("text", [
+    "QUJD=", "QUJDRA==", "QUJD.", "QU.JD", "QU~JD", "QU+JD", "QU/JD", "QU JD", "QUJD\n", "Q", "QUJDR",
+    "QUJDRB", "QUJDRE", "QUJ", "\u0661\u0662\u0663\u0664",
+])
+def test_b64url_decode_accepts_only_the_canonical_spelling(text):
+    """One spelling per byte string (RFC 4648 §3.5): junk, padding, a lone last character and bits set past
+    the last byte are refused, where Python's decoder let them through."""
+    with pytest.raises(ValueError):
+        b64url_decode(text)
+
+
+def test_b64url_decode_accepts_every_canonical_length():
+    for n in range(0, 40):
+        data = bytes(range(n))
+        assert b64url_decode(b64url_encode(data)) == data
+
+
+def test_a_respelled_sealed_value_does_not_open():
+    s = Sealer([A])
+    sealed = s.seal(b"hello", b"purpose")
+    for variant in (sealed[:6] + "...." + sealed[6:], sealed[:6] + "~~~~" + sealed[6:], sealed + "=="):
+        with pytest.raises(CookieError, match="base64url"):
+            s.open(variant, b"purpose")
+    assert s.open_raw(Sealer.unwrap(sealed), b"purpose") == b"hello"
+
+
 def test_extra_ca_file_adds_to_the_system_cas(tmp_path):
     from proxy.crypto import tls_context
     from tests.support.tls import self_signed

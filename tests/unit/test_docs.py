@@ -68,7 +68,8 @@ EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file",
                   "templates_dir": "dir"}
 COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable"]
 # Keys whose example is valid only together with another key's value.
-COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"}}
+COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
+              "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]}}
 
 
 # -- the models -----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Header policy: what the proxy owns is stripped before anything is added."""
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
@@ -41,9 +42,11 @@ def test_hop_by_hop_and_connection_listed_are_dropped():
 
 
 def test_proxy_cookies_removed_app_cookies_kept():
-    h = headers_for([("Cookie", "_authproxy=s; app=1; _authproxy_0=c; _authproxy_login_abc=l; theme=dark")])
+    # A secure, host-only cookie is named "__Host-authproxy" unless configured (config.models).
+    h = headers_for([("Cookie", "__Host-authproxy=s; app=1; __Host-authproxy_0=c; __Host-authproxy_login_abc=l; "
+                                "theme=dark")])
     assert h["Cookie"] == "app=1; theme=dark"
-    assert "Cookie" not in headers_for([("Cookie", "_authproxy=s")])
+    assert "Cookie" not in headers_for([("Cookie", "__Host-authproxy=s")])
 
 
 def test_strip_cookies_keeps_values_with_equals():
@@ -68,3 +71,60 @@ def test_forwarded_headers_believed_only_from_trusted_proxies():
     h = policy().request_headers(req, None)
     assert h["X-Forwarded-For"] != "6.6.6.6" and "6.6.6.6" not in h["X-Forwarded-For"]
     assert h["X-Forwarded-Proto"] == "https" and h["X-Forwarded-Host"] == "app.example.com"
+
+
+@pytest.mark.parametrize("set_cookie", [
+    "__Host-authproxy=1.x; Path=/", "__Host-authproxy_0=1.x", "__Host-authproxy_login_s=1.x", "__host-AUTHPROXY=1.x",
+    'pref=dark __Host-authproxy=1.mallory "; Path=/', "pref=x__Host-authproxy=1.y", "pref=1; Path=/; __Host-authproxy=1.x",
+    " __Host-authproxy=1.x",
+])
+def test_upstream_set_cookie_naming_ours_anywhere_is_dropped(set_cookie, caplog):
+    """An app must not set our cookies — nor hide one in another cookie's value, which chromium stores as
+    that cookie and sends back where a looser parser reads a second session cookie (issue 13)."""
+    kept = policy().response_headers([("Set-Cookie", set_cookie), ("Set-Cookie", "theme=dark; Path=/")])
+    assert kept.getall("Set-Cookie") == ["theme=dark; Path=/"]
+    assert "dropped an upstream Set-Cookie" in caplog.text
+
+
+def test_forwarded_host_is_public_urls_host_unless_from_a_trusted_proxy():
+    """A client's Host never becomes X-Forwarded-Host: apps build absolute links from it."""
+    req = make_mocked_request("GET", "/x", headers={"Host": "evil.example", "X-Forwarded-Host": "evil2.example"})
+    assert policy().request_headers(req, None)["X-Forwarded-Host"] == "app.example.com"
+    ported = HeaderPolicy(make_config(public_url="https://app.example.com:8443"))
+    assert ported.request_headers(req, None)["X-Forwarded-Host"] == "app.example.com:8443"
+    trusted = HeaderPolicy(make_config(trusted_proxies=["127.0.0.0/8"]))
+    from_balancer = make_mocked_request("GET", "/x", headers={"Host": "lb.internal", "X-Forwarded-Host": "a.example"},
+                                        transport=_peer("127.0.0.1"))
+    assert trusted.request_headers(from_balancer, None)["X-Forwarded-Host"] == "a.example"
+    bare = make_mocked_request("GET", "/x", headers={"Host": "lb.internal"}, transport=_peer("127.0.0.1"))
+    assert trusted.request_headers(bare, None)["X-Forwarded-Host"] == "lb.internal"
+
+
+def _peer(address: str):
+    from unittest.mock import Mock
+    transport = Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (address, 1234) if name == "peername" else default
+    return transport
+
+
+OVERRIDES = [("X-HTTP-Method-Override", "DELETE"), ("x-http-method", "PUT"), ("X-Method-Override", "PATCH"),
+             ("X_HTTP_METHOD_OVERRIDE", "DELETE"), ("x_method_override", "DELETE"), ("X-HTTP-Method_Override", "X")]
+
+
+def test_method_override_headers_never_go_without_a_session():
+    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict(OVERRIDES + [("X-App", "kept")]))
+    anonymous = policy().request_headers(req, None)
+    assert [name for name in anonymous if "method" in name.lower()] == []
+    assert anonymous["X-App"] == "kept"
+    signed_in = policy().request_headers(req, SESSION)              # the app's business once someone is signed in
+    assert signed_in.getall("X-HTTP-Method-Override") == ["DELETE"]
+
+
+def test_path_override_headers_are_always_dropped():
+    """Symfony and IIS serve X-Original-URL's path: the rules checked the request line's."""
+    spoof = [("X-Original-URL", "/admin/delete"), ("X-Rewrite-URL", "/admin"), ("x_original_url", "/admin"),
+             ("X-Original-URI", "/admin"), ("X-Envoy-Original-Path", "/admin"), ("X-Forwarded-Path", "/admin")]
+    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict(spoof))
+    for session in (None, SESSION):
+        h = policy().request_headers(req, session)
+        assert not any(value == "/admin" or value == "/admin/delete" for value in h.values()), session

@@ -187,20 +187,28 @@ async def test_ends_survive_a_restart_of_the_coordinator(host):
     assert got == [sent]
 
 
-async def test_the_denylist_is_the_same_in_every_worker(host):
-    lists = []
+async def test_the_record_of_ends_is_the_same_in_every_worker(host):
+    """As ``app.py`` wires it: each worker's ``SessionEnds.apply`` notes what the fanout delivers."""
+    records = []
     for _ in range(2):
         link = host.link()
-        lists.append(HostDenylist(HostFanout(link, Metrics()), link))
+        record, fanout = HostDenylist(link), HostFanout(link, Metrics())
+        fanout.subscribe(record.note)
+        records.append((record, fanout))
         await host.connected(link)
     signed_in = Session(identity=Identity(sub="alice"), access_token="AT", created_at=time.time() - 5, sid="sid-1")
-    await lists[0].add(sid="sid-1", sub=None, ttl=600)
-    await until(lambda: lists[1]._entries)
-    assert await lists[1].ended(signed_in)
-    assert await lists[0].first_use("jti-1", 60) is True
-    assert await lists[1].first_use("jti-1", 60) is False       # a replayed logout token, in another worker
-    assert await lists[1].first_use("j" * 5000, 60) is True     # any jti (hashed to a name the protocol takes)
-    assert await lists[0].first_use("j" * 5000, 60) is False
+    ended = end(reason=Reason.BACKCHANNEL, session_id=None, sid="sid-1")
+    records[0][0].note(ended)
+    await records[0][1].publish(ended)
+    await until(lambda: records[1][0].covers(signed_in))
+
+
+async def test_a_logout_token_is_used_once_across_the_workers(host):
+    denylists = [HostDenylist(host.link()) for _ in range(2)]
+    assert await denylists[0].first_use("jti-1", 60) is True
+    assert await denylists[1].first_use("jti-1", 60) is False   # a replayed logout token, in another worker
+    assert await denylists[1].first_use("j" * 5000, 60) is True  # any jti (hashed to a name the protocol takes)
+    assert await denylists[0].first_use("j" * 5000, 60) is False
 
 
 async def test_what_has_no_time_left_is_not_sent(host):

@@ -1,9 +1,23 @@
 """The redirect guard and the navigation test: the two decisions every login redirect depends on."""
 
+import json
+from dataclasses import asdict
+
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from multidict import MultiDict
 
-from proxy.login import is_navigation, safe_redirect
+from proxy.crypto import Sealer, pkce_pair, random_token
+from proxy.errors import LoginError
+from proxy.login import (
+    MAX_REDIRECT_LENGTH,
+    LoginState,
+    _plain_text,
+    _refuse_repeated_parameters,
+    html_redirect,
+    is_navigation,
+    safe_redirect,
+)
 from tests.unit.conftest import make_config
 
 ORIGIN = "https://app.example.com"
@@ -16,6 +30,16 @@ SAFE = [
     ("HTTPS://APP.EXAMPLE.COM/x", ORIGIN + "/x"),
     ("https://app.example.com:443/x", ORIGIN + "/x"),
     ("https://app.example.com", ORIGIN + "/"),
+    # the rest of an absolute URL as written: chromium keeps an empty "?" and a fragment, so do we
+    ("https://app.example.com/x?", ORIGIN + "/x?"),
+    ("https://app.example.com/x#part", ORIGIN + "/x#part"),
+    ("https://app.example.com?q=1", ORIGIN + "/?q=1"),
+    # non-ASCII is percent-encoded as UTF-8, as a browser sends it: a look-alike slash is only a path here
+    ("/caf\u00e9?q=\u00fc", ORIGIN + "/caf%C3%A9?q=%C3%BC"),
+    ("https://app.example.com/\u00e9", ORIGIN + "/%C3%A9"),
+    # a look-alike slash is refused by the gate (paths.py: other servers read it as "/"), so no redirect goes there
+    ("/\u2215\u2215evil.example", None),
+    ("/\uff0f\uff0fevil.example", None),
     ("/%2Fnot-a-host-but-a-path-segment-after-one-slash", None),   # decodes to //…: refused
 ]
 
@@ -28,8 +52,14 @@ UNSAFE = [
     "/%5Cevil.example", "/%5cevil.example", "/\tevil.example", "/\n/evil.example", "/x\r\nSet-Cookie: a=b",
     "javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<script>alert(1)</script>", "vbscript:x",
     "ftp://app.example.com/", "http://app.example.com/", "https://app.example.com:444/", "HtTpS:evil.example",
-    "https://аpp.example.com/", "https://xn--pp-8cd.example.com/", "/\u2215\u2215evil.example", " /x", "evil.example",
+    "https://аpp.example.com/", "https://xn--pp-8cd.example.com/", " /x", "evil.example", "/\ud800x",
     "https://app.example.com\\@evil.example", "//app.example.com/", "/.\\/evil.example",
+    # characters RFC 3986 excludes and browsers always percent-encode: only a hand-made target has them
+    '/x"onmouseover="alert(1)', "/<script>alert(1)</script>", "/a>b", '/q?x="1"',
+    # a port spelled so that a browser reads it as the default one, and a trailing-dot host
+    "https://app.example.com:0443/x", "https://app.example.com./x", "https://app.example.com:443@evil.example/",
+    # paths the gate answers with 400 (paths.py): a redirect there would only show an error page
+    "/a/../b", "/a/%2e%2e/b", "/x%zz", "/a%255Cb",
 ]
 
 
@@ -50,6 +80,71 @@ def test_at_least_forty_payloads():
 
 def test_unsafe_default_falls_back_to_root():
     assert safe_redirect(None, make_config(), default="//evil") == ORIGIN + "/"
+
+
+def test_longest_target_is_kept_and_one_more_character_is_not():
+    path = "/deep?q=" + "a" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - len("/deep?q="))
+    assert safe_redirect(path, make_config()) == ORIGIN + path
+    assert len(ORIGIN + path) == MAX_REDIRECT_LENGTH
+    assert safe_redirect(path + "a", make_config(), default="/home") == ORIGIN + "/home"
+    assert safe_redirect(ORIGIN + path + "a", make_config(), default="/home") == ORIGIN + "/home"
+
+
+def test_login_cookie_for_the_longest_target_fits_in_a_browser():
+    """The target rides in the login cookie: a browser drops a cookie over 4096 bytes (name and value,
+    RFC 6265 §6.1), and the sign-in could then never complete. The worst case must fit with room to spare."""
+    config = make_config()
+    target = safe_redirect("/" + "a" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - 1), config)
+    assert len(target) == MAX_REDIRECT_LENGTH
+    state, (verifier, _) = random_token(), pkce_pair()
+    login = LoginState(state=state, verifier=verifier, nonce=random_token(), rd=target, created=1.7e9)
+    name = config.cookie.name + "_login_" + state
+    sealed = Sealer(config.cookie.keys).seal(json.dumps(asdict(login)).encode(), name.encode())
+    assert len(name) + len(sealed) <= 4096 - 512
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("access_denied", "access_denied"),
+    ("The user said no <b>thanks</b> & left.", "The user said no <b>thanks</b> & left."),
+    ("x" * 300, "x" * 200),
+    ("", ""),
+    (None, None),
+    ("line\r\nbreak", None),
+    ("tab\there", None),
+    ("nul\x00", None),
+    ('a "quote"', None),
+    ("back\\slash", None),
+    ("right-to-left \u202e", None),
+    ("look-\u0430like", None),
+    ("caf\u00e9", None),
+])
+def test_error_text_is_kept_only_within_rfc6749_characters(value, expected):
+    assert _plain_text(value, 200) == expected
+
+
+@pytest.mark.parametrize("pairs", [
+    [("state", "s"), ("code", "c"), ("iss", "https://idp"), ("iss", "https://evil")],
+    [("state", "s"), ("state", "t"), ("code", "c")],
+    [("state", "s"), ("code", "c"), ("code", "d")],
+    [("state", "s"), ("error", "access_denied"), ("error", "server_error")],
+    [("state", "s"), ("error", "e"), ("error_description", "a"), ("error_description", "b")],
+])
+def test_repeated_response_parameters_are_refused(pairs):
+    with pytest.raises(LoginError, match="more than once"):
+        _refuse_repeated_parameters(MultiDict(pairs))
+
+
+def test_single_response_parameters_and_unknown_repeats_pass():
+    _refuse_repeated_parameters(MultiDict([("state", "s"), ("code", "c"), ("iss", "https://idp"),
+                                           ("session_state", "x"), ("session_state", "y")]))
+
+
+def test_sign_in_page_sends_no_referer_and_escapes_its_target():
+    """The page at the callback URL (samesite strict) must not hand ``?code=…&state=…`` on as Referer."""
+    response = html_redirect("https://app.example.com/x?a=1&b='2'")
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "url=https://app.example.com/x?a=1&amp;b=&#x27;2&#x27;" in response.text
 
 
 def _req(headers):

@@ -1,10 +1,11 @@
-"""The JSON log format: one object per line, with the structured fields of access lines and auth events."""
+"""The log formats: JSON (one object per line, with the structured fields of access lines and auth events) and
+text; in both, nothing a client sends can forge a line."""
 
 import json
 import logging
 
 from proxy.config import LoggingConfig
-from proxy.logs import JsonFormatter, configure_logging
+from proxy.logs import JsonFormatter, TextFormatter, configure_logging, escape_controls
 
 
 def record(message: str, **fields) -> logging.LogRecord:
@@ -44,3 +45,49 @@ def test_configure_logging_picks_the_format_and_level():
         assert not isinstance(root.handlers[0].formatter, JsonFormatter) and root.level == logging.DEBUG
     finally:
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+# What a client can put in a path, a method, a header or a claim: "%0a", "%0d", "%00" decoded, ANSI escapes,
+# C1 NEL, Unicode line separators, a right-to-left override.
+HOSTILE = "/a\n2026-01-01 00:00:00 INFO authproxy.access: GET /admin 200\r\x00\x1b[31m\x85\u2028\u202e\\x0a"
+ESCAPED = ("/a\\x0a2026-01-01 00:00:00 INFO authproxy.access: GET /admin 200\\x0d\\x00\\x1b[31m\\x85\\u2028"
+           "\\u202e\\\\x0a")
+
+
+def test_escape_controls():
+    assert escape_controls(HOSTILE) == ESCAPED
+    assert escape_controls("/caf\u00e9 ok") == "/caf\u00e9 ok"          # printable non-ASCII stays readable
+
+
+def hostile_record() -> logging.LogRecord:
+    rec = logging.LogRecord("authproxy.access", logging.INFO, __file__, 1, "%s %s %d user=%s", ("GET", HOSTILE, 400,
+                            "mallory\nforged"), None)
+    rec.fields = {"path": HOSTILE, "user": "mallory\nforged", "status": 400}
+    return rec
+
+
+def test_text_lines_cannot_be_forged():
+    line = TextFormatter().format(hostile_record())
+    assert line.count("\n") == 0 and "\r" not in line and "\x00" not in line and "\x1b" not in line
+    assert line.endswith(f"authproxy.access: GET {ESCAPED} 400 user=mallory\\x0aforged")
+
+
+def test_json_fields_are_escaped_too():
+    line = JsonFormatter().format(hostile_record())
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["path"] == ESCAPED and entry["user"] == "mallory\\x0aforged" and entry["status"] == 400
+    assert entry["message"] == f"GET {ESCAPED} 400 user=mallory\\x0aforged"
+
+
+def test_text_tracebacks_are_set_off_and_escaped():
+    try:
+        raise ValueError("boom\n2026-01-01 00:00:00 INFO authproxy.access: forged\rline")
+    except ValueError:
+        import sys
+        rec = record("failed")
+        rec.exc_info = sys.exc_info()
+    text = TextFormatter().format(rec)
+    first, *rest = text.split("\n")
+    assert first.endswith("authproxy.access: failed") and rest
+    assert all(line.startswith("  | ") for line in rest) and "\r" not in text

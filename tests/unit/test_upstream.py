@@ -4,7 +4,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.errors import BadRequest
-from proxy.upstream import Forwarder, Upstream, normalize_path
+from proxy.paths import match_key, normalize_path
+from proxy.upstream import Forwarder, Upstream
 from tests.unit.conftest import make_config
 
 
@@ -24,25 +25,61 @@ def test_longest_prefix_wins_on_segment_boundary():
 
 @pytest.mark.parametrize("raw,expected", [
     ("/", "/"), ("/a/b", "/a/b"), ("/a/b?x=../y", "/a/b"), ("/a/b#frag", "/a/b"),
-    ("/public/../admin", "/admin"), ("/public/%2e%2e/admin", "/admin"), ("/public/%2E%2E/admin", "/admin"),
-    ("/public%2F..%2Fadmin", "/admin"), ("/public/..%2fadmin", "/admin"), ("/public/..%5Cadmin", "/admin"),
-    ("/public\\..\\admin", "/admin"), ("//admin", "/admin"), ("/./admin", "/admin"), ("/../../etc", "/etc"),
-    ("/a/./b/", "/a/b/"), ("/a/b/..", "/a/"), ("/caf%C3%A9", "/caf%C3%A9"), ("/a%20b", "/a%20b"),
-    ("/%7Euser", "/~user"), ("", "/"),
+    ("//admin", "/admin"), ("/a//b/", "/a/b/"), ("/caf%C3%A9", "/caf%C3%A9"), ("/caf\u00e9", "/caf%C3%A9"),
+    ("/a%20b", "/a%20b"), ("/%7Euser", "/~user"), ("", "/"), ("/a%2Fb", "/a/b"), ("/a;b=c/d", "/a;b=c/d"),
+    ("/a%3Bb/d", "/a;b/d"), ("/a%3Fb", "/a%3Fb"), ("/100%25", "/100%25"), ("/a%0Ab", "/a%0Ab"),
+    ("/.well-known/x", "/.well-known/x"), ("/a/..b/c.", "/a/..b/c."),
+    ("http://evil.example/a/b?q", "/a/b"), ("https://evil.example", "/"), ("http://x//a", "/a"),
 ])
 def test_normalize_path(raw, expected):
     assert normalize_path(raw) == expected
 
 
-def test_nul_byte_is_refused():
+@pytest.mark.parametrize("raw", [
+    # dot segments, raw, encoded, with segment parameters (Tomcat reads "..;" as ".."): never resolved
+    "/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2E/admin", "/public%2F..%2Fadmin", "/public/..%2fadmin",
+    "/./admin", "/../../etc", "/a/./b/", "/a/b/..", "/a/b/.", "/public/..;/admin", "/public/.;/admin",
+    "/oauth2/%2e%2e/x", "/static/..%2fadmin", "http://evil/a/../b",
+    # backslashes, raw or encoded
+    "/public\\..\\admin", "/oauth2/..\\admin/secret", "/oauth2/..%5Cadmin/secret", "/oauth2/%2e%2e%5cadmin",
+    "/a\\b",
+    # NUL, invalid or overlong UTF-8, double encoding
+    "/a%00b", "/a%c0%aeb", "/%c0%ae%c0%ae/admin", "/%e0%80%ae", "/%ff", "/%252e%252e/admin", "/a%255Cb",
+    "/100%", "/a%zz", "/%u002e%u002e/admin", "/a%2", "/%25%32%65%25%32%65/admin", "/a%25%34%31",
+    # Unicode that IIS / best-fit code pages turn into path punctuation
+    "/%EF%BC%8E%EF%BC%8E/admin", "/\uff0e\uff0e/admin", "/a%EF%BC%8Fb", "/a\u2215b", "/a%E2%88%95b",
+    "/a\uff3cb", "/a\u2025/b", "/a\uff05%32%65", "/a\uff1bx/b",
+    # a target that is no path (aiohttp refuses "*" itself)
+    "evil.example/a", "mailto:x",
+])
+def test_ambiguous_paths_are_refused(raw):
     with pytest.raises(BadRequest):
-        normalize_path("/a%00b")
+        normalize_path(raw)
 
 
 def test_normalisation_is_idempotent():
-    for raw in ("/public/%2e%2e/admin", "/a%20b/./c", "/x/..%2F..%2Fy"):
+    for raw in ("/a%20b//c", "/x/%2F/y", "/caf%C3%A9/;p=1", "/100%25"):
         once = normalize_path(raw)
         assert normalize_path(once) == once
+
+
+def test_match_key_drops_segment_parameters():
+    assert match_key("/admin;jsessionid=1/x") == "/admin/x"
+    assert match_key("/;x/admin/") == "/admin/"
+    assert match_key("/a;b;c") == "/a"
+    assert match_key("/plain") == "/plain"
+
+
+def test_routing_matches_without_segment_parameters():
+    cfg = make_config(upstreams=[{"path": "/", "url": "http://127.0.0.1:1"},
+                                 {"path": "/admin", "url": "http://127.0.0.1:2", "strip_prefix": True}])
+    f = Forwarder(cfg, [Upstream(u, client=None) for u in cfg.upstreams])
+    for raw in ("/admin;jsessionid=1/x", "/admin%3Bx/x", "/;a/admin/x", "/admin;/x"):
+        path = normalize_path(raw)
+        upstream = f.route(match_key(path))
+        assert upstream.config.url.endswith(":2"), raw
+        assert upstream.request_target(path, "") == "/x"            # the prefix with its parameters removed
+    assert f.route(match_key(normalize_path("/adminx;a/x"))).config.url.endswith(":1")
 
 
 def test_strip_prefix_and_base_path():

@@ -17,7 +17,8 @@ from proxy.errors import ProviderUnavailable
 from proxy.refresh import SessionEnded
 from proxy.session import Identity, Session
 from proxy.upstream import Upstream
-from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, _pump, close_session_sockets,
+from proxy.ending import Reason, SessionEnd
+from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, _pump,
                              is_websocket_upgrade, normalize_origin, origin_allowed, requested_protocols,
                              upstream_ws_url, watch_session)
 from tests.unit.conftest import make_config
@@ -129,7 +130,7 @@ def test_requested_protocols_keep_the_clients_order():
 def test_upstream_url_is_the_http_one_with_a_ws_scheme(upstream, expected):
     """The same URL as Forwarder.forward: normalised path, strip_prefix, raw query untouched."""
     config = make_config(upstreams=[upstream]).upstreams[0]
-    req = request(headers=UPGRADE, path="/app/x/../b/./c?x=%20y")
+    req = request(headers=UPGRADE, path="/app//b/%63?x=%20y")
     assert str(upstream_ws_url(Upstream(config, None), req)) == expected  # type: ignore[arg-type]
 
 
@@ -186,10 +187,11 @@ async def test_registry_ends_one_sessions_sockets_and_forgets_them():
     a1, a2, b, legacy = LiveSocket("a"), LiveSocket("a"), LiveSocket("b"), LiveSocket("")
     for live in (a1, a2, b, legacy):
         registry.add(live)
-    assert registry.end_session("a", SESSION_ENDED, "signed out") == 2
+    assert registry.session_ended(SessionEnd(Reason.SIGN_OUT, time.time(), 60, session_id="a")) == 2
     assert a1.ended.result() == a2.ended.result() == Close(SESSION_ENDED, "signed out")
     assert not b.ended.done()
-    assert registry.end_session("", SESSION_ENDED, "signed out") == 0 and not legacy.ended.done()
+    assert registry.session_ended(SessionEnd(Reason.SIGN_OUT, time.time(), 60, session_id="")) == 0
+    assert not legacy.ended.done()
     for live in (a1, a2, b):
         registry.discard(live)
     assert len(registry) == 1 and registry._by_session == {"": {legacy}}
@@ -203,9 +205,25 @@ async def test_first_end_wins():
     assert live.ended.result() == Close(SESSION_ENDED, "signed out")
 
 
-def test_close_session_sockets_without_a_registry_does_nothing():
-    from aiohttp import web
-    assert close_session_sockets(web.Application(), "a") == 0
+async def test_registry_honours_ends_by_id_sid_and_sub():
+    now = time.time()
+
+    def live(sid: str, sub: str, created: float, id_: str) -> LiveSocket:
+        return LiveSocket(id_, Session(identity=Identity(sub=sub), access_token="AT", created_at=created, sid=sid,
+                                       id=id_))
+    a, b, c, later, legacy = (live("s1", "alice", now - 9, "a"), live("s2", "alice", now - 9, "b"),
+                              live("s3", "bob", now - 9, "c"), live("s4", "alice", now + 9, "d"),
+                              live("s5", "carol", now - 9, ""))
+    registry = SocketRegistry()
+    for one in (a, b, c, later, legacy):
+        registry.add(one)
+    assert registry.session_ended(SessionEnd(Reason.SIGN_OUT, now, 60, session_id="a")) == 1
+    assert a.ended.result() == Close(SESSION_ENDED, "signed out") and not b.ended.done()
+    assert registry.session_ended(SessionEnd(Reason.BACKCHANNEL, now, 60, sid="s3")) == 1
+    assert c.ended.result() == Close(SESSION_ENDED, "signed out at the provider")
+    # A user-wide end reaches the sessions signed in before it, not a later sign-in.
+    assert registry.session_ended(SessionEnd(Reason.BACKCHANNEL, now, 60, sub="alice")) == 2      # a again, b
+    assert b.ended.done() and not later.ended.done() and not legacy.ended.done()
 
 
 # -- when a live socket's session ends ----------------------------------------------------------------

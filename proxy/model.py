@@ -1,0 +1,144 @@
+"""The session value: who the user is (``Identity``) and their tokens (``Session``), nothing about HTTP.
+
+Every module that needs to know who a request is or which tokens it carries imports this one; how a
+session is sealed into cookies (``cookies.py``), stored (``store.py``, ``redis_store.py``), loaded and
+written per request (``session.py``) or ended (``ending.py``) lives in those modules. Keeping the value
+alone here is what lets ``cookies.py`` and ``session.py`` import it without importing each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .config import ClaimsConfig
+from .errors import CookieError, TokenValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the user is, as forwarded upstream (``X-Forwarded-User`` etc.)."""
+
+    sub: str
+    email: str | None = None
+    preferred_username: str | None = None
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any], paths: ClaimsConfig | None = None,
+                    user_path: str = "sub") -> Identity:
+        """The identity in ID-token or userinfo claims, found at the configured claim paths.
+
+        An email with ``email_verified: false`` is not an email: it proves nothing about the user.
+        """
+        paths = paths or _STANDARD_PATHS
+        user = claim_at(claims, user_path)
+        if isinstance(user, int) and not isinstance(user, bool):
+            user = str(user)                     # GitHub's numeric user id
+        if not isinstance(user, str) or not user:
+            raise TokenValidationError("sub", f"the provider did not say who the user is (no {user_path})")
+        if not _header_safe(user):
+            raise TokenValidationError("sub", "the user id contains control characters")
+
+        def text(path: str) -> str | None:
+            value = claim_at(claims, path)
+            return value if isinstance(value, str) and value and _header_safe(value) else None
+
+        email = text(paths.email) if claims.get("email_verified") is not False else None
+        groups = claim_at(claims, paths.groups)
+        if isinstance(groups, str):
+            groups = [groups]
+        kept = tuple(g for g in groups if isinstance(g, str) and g and _header_safe(g) and "," not in g) \
+            if isinstance(groups, list) else ()
+        return cls(sub=user, email=email, preferred_username=text(paths.preferred_username), name=text(paths.name),
+                   groups=kept)
+
+
+# Identity values become upstream headers: CR, LF and other controls would split or corrupt them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _header_safe(value: str) -> bool:
+    return len(value) <= 1024 and not _CONTROL.search(value)
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (``realm_access.roles``); a claim named with dots wins if it exists."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+_STANDARD_PATHS = ClaimsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One signed-in user's tokens and identity. ``repr`` never shows a token."""
+
+    identity: Identity
+    access_token: str = field(repr=False)
+    created_at: float
+    expires_at: float | None = None       # access token expiry (epoch seconds); None = no expiry given
+    issued_at: float | None = None        # when this access token was obtained (for the refresh window)
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    sid: str | None = None                # OIDC session id, for back-channel logout
+    id: str = ""                          # random per sign-in: names this session in logs and registries
+
+    def __repr__(self) -> str:
+        return (f"Session(sub={self.identity.sub!r}, access_token=yes, "
+                f"refresh_token={'yes' if self.refresh_token else 'no'}, "
+                f"id_token={'yes' if self.id_token else 'no'}, expires_at={self.expires_at})")
+
+    def access_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def with_tokens(self, **changes: Any) -> Session:
+        return replace(self, **changes)
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data["identity"]["groups"] = list(self.identity.groups)
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Session:
+        """Parse and type-check a stored session: a payload sealed with our key but of another shape
+        (another version, another purpose) is a ``CookieError``, never a crash on every request."""
+        try:
+            data = json.loads(raw)
+            ident = data.pop("identity")
+            ident["groups"] = tuple(ident.get("groups") or ())
+            session = cls(identity=Identity(**ident), **data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CookieError("session payload is not in the expected shape") from exc
+        if not session._well_typed():
+            raise CookieError("session payload has fields of the wrong type")
+        return session
+
+    def _well_typed(self) -> bool:
+        def text(value: object, optional: bool = True) -> bool:
+            return isinstance(value, str) if not optional else value is None or isinstance(value, str)
+
+        def number(value: object, optional: bool = True) -> bool:
+            if value is None:
+                return optional
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        ident = self.identity
+        return (text(ident.sub, False) and bool(ident.sub) and text(ident.email) and text(ident.preferred_username)
+                and text(ident.name) and all(isinstance(g, str) for g in ident.groups)
+                and text(self.access_token, False) and text(self.id, False) and text(self.refresh_token)
+                and text(self.id_token) and text(self.sid) and number(self.created_at, False)
+                and number(self.expires_at) and number(self.issued_at))
