@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.integration.test_websocket import expect_close, start_ws_app
 from tests.support.browserless import login_via_http, logout_via_http
 from tests.support.echo import EchoServer, header_values, start_echo
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, client_metadata
@@ -77,14 +78,15 @@ async def until(condition, timeout: float = 20.0):
     return value
 
 
-async def two_workers(idp_factory, *, backchannel: bool = False, **idp_options) -> tuple[IdP, EchoServer, ProxyProcess]:
+async def two_workers(idp_factory, *, backchannel: bool = False, upstream_url: str | None = None,
+                      **idp_options) -> tuple[IdP, EchoServer, ProxyProcess]:
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     meta = client_metadata(public + "/oauth2/callback",
                            backchannel_logout_uri=public + "/oauth2/backchannel_logout" if backchannel else None)
     idp = await idp_factory(clients=[meta], **idp_options)
     echo = await start_echo(free_port())
-    data = config_dict(port=port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
+    data = config_dict(port=port, issuer=idp.issuer, upstream_url=upstream_url or echo.url, client_id=CLIENT_ID,
                        client_secret=CLIENT_SECRET, workers=2, logging={"level": "warning"}, metrics_on_listen=True)
     proxy = await start_proxy_process(data)
     await until(lambda: listeners(port) == 2 and len(family(proxy.proc.pid)[0]) == 2)
@@ -207,6 +209,38 @@ async def test_a_logout_in_one_worker_reaches_every_worker_and_outlives_restarts
         await echo.close()
     assert not any(Path(f"/proc/{pid}").exists() for pid in everyone)     # no worker or coordinator left over
     assert not socket.parent.exists()                                        # nor its directory
+
+
+async def test_a_sign_out_served_by_one_worker_closes_the_sessions_websockets_in_both(idp_factory):
+    ws_app = await start_ws_app()
+    idp, echo, proxy = await two_workers(idp_factory, upstream_url=ws_app.url)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            assert (await login_via_http(browser, proxy.url + "/")).status == 200
+            cookie = "; ".join(f"{c.key}={c.value}" for c in browser.cookie_jar if c.key.startswith("_authproxy"))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            sockets, holders = [], {}
+            workers, _ = family(proxy.proc.pid)
+            while set(holders.values()) != workers:                 # one socket at least in each worker
+                assert len(sockets) < 30, holders
+                ws = await client.ws_connect(proxy.url.replace("http://", "ws://") + "/ws",
+                                             headers={"Cookie": cookie})
+                sockets.append(ws)
+                holders[ws] = owner_of(port, ws.get_extra_info("sockname")[1], workers)
+            async with client.get(proxy.url + "/oauth2/sign_out", headers={"Cookie": cookie},
+                                  allow_redirects=False) as resp:
+                assert resp.status in (302, 303)
+            started = time.monotonic()
+            closes = await asyncio.gather(*(expect_close(ws, 5.0) for ws in sockets))
+            assert {code for code, _ in closes} == {4401}
+            assert time.monotonic() - started < 3.0                  # the other worker's too, within seconds
+            for ws in sockets:
+                await ws.close()
+    finally:
+        assert await proxy.stop() == 0
+        await echo.close()
+        await ws_app.runner.cleanup()
 
 
 HOLDER = """
