@@ -27,6 +27,7 @@ from .crypto import Sealer, random_token, tls_context
 from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics
 from .gate import handle_auth, handle_proxy, handle_userinfo
+from .host import HostFanout, HostLink, HostRefreshes
 from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect,
                     trim_login_cookies)
 from .pages import NO_STORE, html_page, json_answer
@@ -76,6 +77,8 @@ class Lasting:
 
     metrics: Metrics = field(default_factory=Metrics)
     denylist: MemoryDenylist | None = None     # made by the first app
+    host: HostLink | None = None               # the host coordinator, for a worker of ``workers: N``
+    fanout: HostFanout | None = None           # session ends to and from the host's other workers
 
 
 LASTING = web.AppKey("authproxy_lasting", Lasting)
@@ -96,7 +99,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
     app[LASTING] = lasting = lasting or Lasting()
     lasting.denylist = lasting.denylist or MemoryDenylist(clock)
-    app[FANOUT] = fanout or LocalFanout()
+    app[FANOUT] = fanout or lasting.fanout or LocalFanout()     # a worker of ``workers: N``: the host's
     app[METRICS] = lasting.metrics
     app[REQUEST_IDS] = RequestIds()
     app.cleanup_ctx.append(_store_ctx)
@@ -159,7 +162,10 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
         ssl_ctx = tls_context(config.provider.ca_file)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
     app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
-    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS], app[STORE])
+    link = app[LASTING].host                 # the Redis store shares refreshes itself (its lock)
+    shared = link is not None and not isinstance(app[STORE], RedisStore)
+    host = HostRefreshes(link, app[SEALER], 2 * config.provider.timeout + 5) if shared and link else None
+    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS], app[STORE], host)
     task = asyncio.create_task(_load_metadata(provider))
     yield
     task.cancel()

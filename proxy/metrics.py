@@ -39,6 +39,8 @@ class Metrics:
                               ["stage", "reason"], registry=r)
         self.refreshes = Counter("authproxy_refreshes", "Token refreshes by outcome", ["outcome"], registry=r)
         self.logouts = Counter("authproxy_logouts", "Sessions ended by sign-out", registry=r)
+        self.host_ends = Counter("authproxy_host_ends_received", "Session ends received from the host's other "
+                                 "workers (workers: N)", registry=r)
         self.denied = Counter("authproxy_denied", "Signed-in requests refused by authorization rules",
                               registry=r)
         self.websockets = Gauge("authproxy_websockets_active", "WebSocket connections open", registry=r)

@@ -15,8 +15,11 @@ refresh. Three things make sure of it within a process:
    failing provider is transient: a still-valid access token keeps being used, an expired one gets
    a 503 until the provider is back.
 
-With several processes sharing sessions (workers, replicas), the Redis store adds a lock around the
-same steps; this module is the in-process half.
+With several processes sharing sessions, a lock spans them around the same steps: the Redis store's
+(replicas, or workers with ``store: redis``), or with the cookie store and ``workers: N`` the host
+coordinator's (``host.HostRefreshes``), whose store also holds each result, sealed, so a worker that
+waited takes the other's new tokens instead of spending the rotated refresh token again. Only a
+session due for refresh ever gets that far: the hot path is this module's ``due`` and nothing else.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from .provider import Provider, TokenSet
 from .session import Identity, Session
 
 if TYPE_CHECKING:
+    from .host import HostRefreshes
     from .store import SessionStore
 
 # How long a refresh result is served to requests that still carry the spent refresh token.
 RECENT_TTL = 30.0
 # Upper bound on remembered results, so a refresh storm across many sessions cannot grow memory.
 RECENT_MAX = 10_000
+# How many results found host-wide are followed (RT1 → RT2 → RT3) before refreshing from the last one.
+HOPS = 3
 
 
 class SessionEnded(Exception):
@@ -66,9 +72,11 @@ class Refresher:
     """Decides when a session's tokens are due and refreshes them once, sharing the result."""
 
     def __init__(self, provider: Provider, refresh_before: float, clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None, store: SessionStore | None = None) -> None:
+                 metrics: Metrics | None = None, store: SessionStore | None = None,
+                 host: HostRefreshes | None = None) -> None:
         self._provider = provider
         self._store: SessionStore = store or _NoStore()
+        self._host = host
         self._metrics = metrics or Metrics()
         self._refresh_before = refresh_before
         self._clock = clock
@@ -122,6 +130,18 @@ class Refresher:
                 self._metrics.refreshes.labels("reused").inc()
                 return latest
             session = latest               # refresh from the newest tokens known, never a spent one
+        for _ in range(HOPS):              # a result found host-wide may itself be due by now: go on from it
+            fresh = await self._single_flight(session, remember_for)
+            if fresh.refresh_token == session.refresh_token or not self.due(fresh, self._clock()):
+                break
+            spent.append(fingerprint(session.refresh_token or ""))
+            session = fresh
+        now = self._clock()
+        for old in spent:                  # path compression: every spent token now points at the newest
+            self._remember(old, fresh, now, max(remember_for, self._ttl_left(old, now)))
+        return fresh
+
+    async def _single_flight(self, session: Session, remember_for: float) -> Session:
         assert session.refresh_token is not None
         key = fingerprint(session.refresh_token)
         task = self._inflight.get(key)
@@ -131,11 +151,7 @@ class Refresher:
             task = asyncio.create_task(self._refresh(key, session, remember_for))
             self._inflight[key] = task
             task.add_done_callback(self._finished(key))
-        fresh = await asyncio.shield(task)
-        now = self._clock()
-        for old in spent:                  # path compression: every spent token now points at the newest
-            self._remember(old, fresh, now, max(remember_for, self._ttl_left(old, now)))
-        return fresh
+        return await asyncio.shield(task)
 
     def _finished(self, key: str) -> Callable[[asyncio.Task[Session]], None]:
         def done(task: asyncio.Task[Session]) -> None:
@@ -149,8 +165,14 @@ class Refresher:
         return entry[0] - now if entry else 0.0
 
     async def _refresh(self, key: str, session: Session, remember_for: float) -> Session:
-        """lock → reload → still due? → refresh → save → unlock (the lock spans processes with Redis)."""
-        async with self._store.refresh_lock(session):
+        """lock → reload → still due? → refresh → save → unlock (the lock spans processes with Redis,
+        or the host's workers with the coordinator, which also hands over the result)."""
+        async with self._store.refresh_lock(session), self._host_lock(key):
+            shared = await self._recall(key, session)
+            if shared is not None:                  # another worker spent this token: take its result
+                self._remember(key, shared, self._clock(), remember_for)
+                self._metrics.refreshes.labels("reused").inc()
+                return shared
             current = await self._store.reload(session)
             if current is None:
                 raise SessionEnded("the session no longer exists in the store")
@@ -167,9 +189,22 @@ class Refresher:
                             expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or current.refresh_token,
                             id_token=tokens.id_token or current.id_token)
             await self._store.update(fresh)
+            if self._host is not None:
+                self._host.share(key, fresh, remember_for)
         self._remember(key, fresh, now, remember_for)
         self._metrics.refreshed("success", identity.sub)
         return fresh
+
+    async def _recall(self, key: str, session: Session) -> Session | None:
+        """Another worker's result for this refresh token, unless it is an older refresh of a token
+        that does not rotate (then it is due again and this refresh is a new one)."""
+        shared = await self._host.recall(key) if self._host is not None else None
+        if shared is None or (shared.refresh_token == session.refresh_token and self.due(shared, self._clock())):
+            return None
+        return shared
+
+    def _host_lock(self, key: str) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._host.lock(key) if self._host is not None else contextlib.nullcontext()
 
     async def _refreshed_identity(self, current: Session, tokens: TokenSet) -> Identity:
         """Who the refreshed tokens say the user is: the new ID token (OIDC Core §12.2: same iss and

@@ -7,7 +7,10 @@
   no connection is refused in between) and the old one drains like on SIGTERM.
 - **workers: N**: a supervisor forks N processes that all listen on the port (``SO_REUSEPORT``:
   the kernel spreads connections), restarts a worker that dies, and passes SIGTERM/SIGHUP on.
-  Each worker has its own in-process refresh single-flight; see the README's scale-out section.
+  Before the workers it starts the host coordinator (``coordinator.py``, its own process on a unix
+  socket in a private 0700 directory) and restarts it too if it dies: through it the workers act as
+  one — one refresh per session whichever worker gets the requests, and the end of a session
+  (``ending.SessionEnd``) reaches every worker. ``workers: 1`` runs no coordinator.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +33,7 @@ from .app import Lasting, create_app
 from .config import Config
 from .connections import LimitedRunner, raise_descriptor_limit
 from .errors import ConfigError
+from .host import HostDenylist, HostFanout, HostLink
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
 
@@ -76,15 +83,21 @@ def _metrics_listener(listen: str) -> Callable[[web.Application], AsyncIterator[
     return ctx
 
 
-async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 0) -> None:
+async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 0,
+                host_socket: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT; reload on SIGHUP (``supervisor``: the pid of the process that
-    forked this worker, which applies a change of ``workers`` itself)."""
+    forked this worker, which applies a change of ``workers`` itself; ``host_socket``: where its
+    host coordinator listens)."""
     loop = asyncio.get_running_loop()
     stop, hup = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     lasting = Lasting()                               # metrics and the memory denylist outlive reloads
+    if host_socket is not None:
+        lasting.host = HostLink(host_socket)
+        lasting.fanout = HostFanout(lasting.host, lasting.metrics)
+        lasting.denylist = HostDenylist(lasting.host)
     runner = await start_runner(config, lasting)
     log.info("ready on %s:%d (pid %d)", config.listen_host, config.listen_port, os.getpid())
     while True:
@@ -95,6 +108,8 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
         if stop.is_set():
             log.info("shutting down: finishing in-flight requests (up to %gs)", config.shutdown_timeout)
             await runner.cleanup()
+            if lasting.host is not None:
+                await lasting.host.close()
             log.info("stopped")
             return
         hup.clear()
@@ -129,12 +144,60 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+class CoordinatorProcess:
+    """The host coordinator as a child of the supervisor: ``python -m proxy.coordinator SOCKET``, a fresh
+    interpreter (spawned, not forked: it inherits none of the supervisor's state), its socket in a
+    directory only this user can enter (``mkdtemp`` makes it 0700)."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="authproxy-host-")
+        self.socket = os.path.join(self.directory, "coordinator.sock")
+        self.pid = 0
+        self.started = 0.0
+
+    def start(self) -> None:
+        # This very ``proxy`` package, whatever the working directory holds (-P: not the cwd first).
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        argv = [sys.executable, "-P", "-m", "proxy.coordinator", self.socket]
+        self.pid = os.posix_spawn(sys.executable, argv, env)
+        self.started = time.monotonic()
+
+    def restart(self, code: int) -> None:
+        log.error("host coordinator %d exited with %d; starting a new one", self.pid, code)
+        if time.monotonic() - self.started < WORKER_MIN_LIFETIME:
+            time.sleep(WORKER_RESTART_PAUSE)
+        self.start()
+
+    def stop(self) -> None:
+        """After the workers: they may need it while they drain."""
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+            for _ in range(50):
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int:
     """Fork ``count`` workers and keep them running; returns the exit status for the supervisor.
 
     On SIGHUP the supervisor reads the configuration too: workers it starts from then on (to replace
     one that died, or because ``workers`` grew) run the new one, and it stops workers beyond a smaller
-    count. Each worker reloads itself on the SIGHUP passed on to it."""
+    count. Each worker reloads itself on the SIGHUP passed on to it. The host coordinator is started
+    before the workers, restarted whenever it dies, and stopped after the last worker."""
+    try:
+        coordinator = CoordinatorProcess()
+    except OSError as exc:
+        log.error("workers: %d needs a private directory for the host coordinator (%s); set TMPDIR to a writable "
+                  "directory, or use workers: 1", count, exc)
+        return 1
     children: dict[int, float] = {}
     retiring: set[int] = set()                        # stopped because ``workers`` shrank: not replaced
     stopping = False
@@ -146,7 +209,7 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             try:
-                run_loop(serve(config, reload, supervisor))
+                run_loop(serve(config, reload, supervisor, coordinator.socket))
                 os._exit(0)
             except BaseException:                      # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker %d failed", os.getpid())
@@ -185,6 +248,7 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    coordinator.start()
     for _ in range(count):
         spawn()
     log.info("supervisor %d started %d workers", os.getpid(), count)
@@ -195,6 +259,10 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
         except ChildProcessError:
             break
         except InterruptedError:
+            continue
+        if pid == coordinator.pid:
+            if not stopping:
+                coordinator.restart(os.waitstatus_to_exitcode(code))
             continue
         started = children.pop(pid, None)
         if started is None or pid in retiring:
@@ -208,6 +276,7 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
         if time.monotonic() - started < WORKER_MIN_LIFETIME:
             time.sleep(WORKER_RESTART_PAUSE)
         spawn()
+    coordinator.stop()
     return status
 
 

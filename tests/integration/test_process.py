@@ -77,11 +77,19 @@ async def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one(r
 
 
 def children(pid: int) -> set[int]:
+    """The supervisor's workers (its other child, the host coordinator, is not one)."""
     found = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         text = (task / "children").read_text().split()
         found.update(int(p) for p in text)
-    return found
+    return {p for p in found if not is_coordinator(p)}
+
+
+def is_coordinator(pid: int) -> bool:
+    try:
+        return b"proxy.coordinator" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
 
 
 async def test_workers_share_the_port_and_a_crashed_one_is_replaced(rich):
@@ -109,6 +117,16 @@ async def test_workers_share_the_port_and_a_crashed_one_is_replaced(rich):
     finally:
         assert await proxy.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+async def test_one_process_starts_no_coordinator(rich):
+    """``workers: 1`` pays nothing for sharing: no child process, no socket."""
+    proxy = await start_proxy_process(public_config(rich.url), ready_path="/ping")
+    try:
+        tasks = Path(f"/proc/{proxy.proc.pid}/task").iterdir()
+        assert all(not (task / "children").read_text().split() for task in tasks)
+    finally:
+        assert await proxy.stop() == 0
 
 
 async def wait_for(condition, timeout: float = 10.0):

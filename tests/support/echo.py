@@ -33,6 +33,7 @@ def _echo_app(seen: list[dict]) -> web.Application:
             "query": dict(request.query),
             "headers": [[k, v] for k, v in request.headers.items()],
             "body_size": size,
+            "peer_port": (request.transport.get_extra_info("peername") or ("", 0))[1] if request.transport else 0,
         }
         seen.append(record)
         if request.path.startswith("/html"):
