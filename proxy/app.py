@@ -151,6 +151,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     ends.hold(app[STREAMS].session_ended)
     app[FANOUT].subscribe(ends.apply)
     yield
+    app[FANOUT].unsubscribe(ends.apply)          # the fan-out outlives a reload; this app's registries do not
     await store.close()
 
 

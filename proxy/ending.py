@@ -132,6 +132,10 @@ class Fanout(Protocol):
         (re)connect for every end still within its ttl, so a restarted worker learns the current ends."""
         ...
 
+    def unsubscribe(self, receive: Callable[[SessionEnd], None]) -> None:
+        """Stop calling ``receive`` (an app replaced by a reload lets go of the fan-out it shared)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -142,6 +146,9 @@ class LocalFanout:
         return None
 
     def subscribe(self, receive: Callable[[SessionEnd], None]) -> None:
+        return None
+
+    def unsubscribe(self, receive: Callable[[SessionEnd], None]) -> None:
         return None
 
     async def close(self) -> None:

@@ -221,6 +221,10 @@ class HostFanout:
     def subscribe(self, receive: Callable[[SessionEnd], None]) -> None:
         self._receivers.append(receive)
 
+    def unsubscribe(self, receive: Callable[[SessionEnd], None]) -> None:
+        if receive in self._receivers:
+            self._receivers.remove(receive)
+
     async def close(self) -> None:
         self._receivers.clear()
 

@@ -86,3 +86,29 @@ def test_a_failed_callback_offers_a_new_sign_in_never_the_callback_url_again():
     page = error_response(request, ProviderError("token", "the provider answered 500")).text
     assert "CODE123" not in page and "STATE456" not in page
     assert "/oauth2/start?rd=" in page and "Sign in again" in page
+
+
+async def test_an_app_replaced_by_a_reload_stops_receiving_ends():
+    """The fan-out outlives a reload (SIGHUP builds a new app around it): the old app's receiver must go with
+    the old app, or every reload adds one that keeps its finished registries alive."""
+    from proxy.ending import LocalFanout
+
+    class Recording(LocalFanout):
+        def __init__(self) -> None:
+            self.receivers: list = []
+
+        def subscribe(self, receive) -> None:
+            self.receivers.append(receive)
+
+        def unsubscribe(self, receive) -> None:
+            self.receivers.remove(receive)
+
+    fanout, lasting = Recording(), Lasting()
+    old = await _started(create_app(make_config(), lasting=lasting, fanout=fanout))
+    new_app = create_app(make_config(), lasting=lasting, fanout=fanout)
+    new = await _started(new_app)
+    assert len(fanout.receivers) == 2
+    await old.cleanup()
+    assert fanout.receivers == [new_app[ENDS].apply]
+    await new.cleanup()
+    assert fanout.receivers == []
