@@ -328,7 +328,11 @@ def _plain_text(value: str | None, limit: int) -> str | None:
 async def trim_login_cookies(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare`` hook: a request that carries more login cookies than the cap (concurrent
     starts in one browser each added one) gets the oldest and the unusable ones cleared on whatever
-    response it receives, so they cannot grow the ``Cookie`` header for ten minutes."""
+    response it receives, so they cannot grow the ``Cookie`` header for ten minutes. Every response
+    passes here: one without a login cookie costs a substring search."""
+    raw = request.headers.get("Cookie")
+    if raw is None or "_login_" not in raw:
+        return
     rest = _login_cookies(request)[1]
     if not rest:
         return
