@@ -215,14 +215,20 @@ def print_table(runs: dict[tuple[str, str, int], Run], targets: list[str], round
         if ours != AUTHPROXY:
             print(f"{ours} (in place of authproxy in the headings)")
         for scenario in SCENARIOS:
-            cells = []
-            for den, figure in ((NGINX, "rps"), (APACHE, "rps"), (APACHE, "cpu")):
-                med, each = median_ratio(runs, scenario, ours, den, rounds, figure)
-                cells.append(f"{med:.2f} [{' '.join(f'{x:.2f}' for x in each)}]")
-                rows.append({"scenario": scenario.label, "ratio": f"{figure}: {ours}/{den}", "median": med,
-                             "rounds": each})
+            cells = ratio_cells(runs, scenario, ours, ((NGINX, "rps"), (APACHE, "rps"), (APACHE, "cpu")), rounds, rows)
             print(f"{scenario.label:<16} {cells[0]:<29} {cells[1]:<30} {cells[2]}")
     return rows
+
+
+def ratio_cells(runs: dict[tuple[str, str, int], Run], scenario: Scenario, num: str,
+                against: tuple[tuple[str, str], ...], rounds: int, rows: list[dict]) -> list[str]:
+    """One table cell per ``(denominator, figure)``: the median ratio and each round's; each also added to ``rows``."""
+    cells = []
+    for den, figure in against:
+        med, each = median_ratio(runs, scenario, num, den, rounds, figure)
+        cells.append(f"{med:.2f} [{' '.join(f'{x:.2f}' for x in each)}]")
+        rows.append({"scenario": scenario.label, "ratio": f"{figure}: {num}/{den}", "median": med, "rounds": each})
+    return cells
 
 
 def print_before_after(runs: dict[tuple[str, str, int], Run], after: str, rounds: int) -> list[dict]:
@@ -231,12 +237,7 @@ def print_before_after(runs: dict[tuple[str, str, int], Run], after: str, rounds
     print(f"\n{after} / {BEFORE}, median of per-round ratios [each round]")
     print(f"{'scenario':<16} {'req/s':<30} {'CPU per request':<30}")
     for scenario in SCENARIOS:
-        cells = []
-        for figure in ("rps", "cpu"):
-            med, each = median_ratio(runs, scenario, after, BEFORE, rounds, figure)
-            cells.append(f"{med:.2f} [{' '.join(f'{x:.2f}' for x in each)}]")
-            rows.append({"scenario": scenario.label, "ratio": f"{figure}: {after}/{BEFORE}", "median": med,
-                         "rounds": each})
+        cells = ratio_cells(runs, scenario, after, ((BEFORE, "rps"), (BEFORE, "cpu")), rounds, rows)
         print(f"{scenario.label:<16} {cells[0]:<30} {cells[1]}")
     return rows
 
