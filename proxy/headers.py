@@ -126,9 +126,7 @@ class HeaderPolicy:
         browser, but a parser that ends a pair at whitespace (aiohttp's, and others an operator may
         run in front) reads a second ``_authproxy`` in it. Any line that mentions one of our names,
         in any case (browsers match ``__Host-`` case-insensitively), is dropped."""
-        name = set_cookie.split("=", 1)[0].strip()
-        return (name in self._own_cookies or name.startswith(self._own_cookie_prefixes)
-                or self._own_cookie_lower in set_cookie.lower())
+        return self._own_cookie_lower in set_cookie.lower()     # our names all start with it
 
     def _dropped(self, name: str) -> bool:
         """Whether a request field is the proxy's or hop-by-hop, remembered per spelling: the same

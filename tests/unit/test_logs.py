@@ -3,6 +3,7 @@ text; in both, nothing a client sends can forge a line."""
 
 import json
 import logging
+import sys
 
 from proxy.config import LoggingConfig
 from proxy.logs import JsonFormatter, TextFormatter, configure_logging, escape_controls
@@ -12,6 +13,16 @@ def record(message: str, **fields) -> logging.LogRecord:
     rec = logging.LogRecord("authproxy.access", logging.INFO, __file__, 1, message, None, None)
     if fields:
         rec.fields = fields
+    return rec
+
+
+def failed_record(error: Exception) -> logging.LogRecord:
+    """A "failed" record carrying ``error`` with its traceback, as ``log.exception`` makes one."""
+    try:
+        raise error
+    except type(error):
+        rec = record("failed")
+        rec.exc_info = sys.exc_info()
     return rec
 
 
@@ -25,12 +36,7 @@ def test_json_line_has_time_level_logger_message_and_fields():
 
 
 def test_exceptions_stay_on_one_json_line():
-    try:
-        raise ValueError("boom\nsecond line")
-    except ValueError:
-        import sys
-        rec = record("failed")
-        rec.exc_info = sys.exc_info()
+    rec = failed_record(ValueError("boom\nsecond line"))
     line = JsonFormatter().format(rec)
     assert "\n" not in line and "ValueError" in json.loads(line)["exception"]
 
@@ -81,12 +87,7 @@ def test_json_fields_are_escaped_too():
 
 
 def test_text_tracebacks_are_set_off_and_escaped():
-    try:
-        raise ValueError("boom\n2026-01-01 00:00:00 INFO authproxy.access: forged\rline")
-    except ValueError:
-        import sys
-        rec = record("failed")
-        rec.exc_info = sys.exc_info()
+    rec = failed_record(ValueError("boom\n2026-01-01 00:00:00 INFO authproxy.access: forged\rline"))
     text = TextFormatter().format(rec)
     first, *rest = text.split("\n")
     assert first.endswith("authproxy.access: failed") and rest
