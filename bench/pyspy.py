@@ -27,7 +27,8 @@ async def record(pid: int, duration: float, output: Path) -> asyncio.subprocess.
     output.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
     return await asyncio.create_subprocess_exec(
-        PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, round(duration))), "--rate", str(RATE),
+        PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--duration", str(max(1, round(duration))),
+        "--rate", str(RATE),
         "--format", fmt, "--output", str(output), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 

@@ -25,10 +25,10 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.app import create_app  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
-from proxy.context import REFRESHER  # noqa: E402
-from proxy.session import CODEC, Identity, Session  # noqa: E402
+from proxy.app import create_app
+from proxy.config import parse_config
+from proxy.context import REFRESHER
+from proxy.session import CODEC, Identity, Session
 
 TTL = 300.0
 
@@ -137,7 +137,7 @@ async def main(args: argparse.Namespace) -> None:
             ratios.append(refreshing / plain)
     print(json.dumps({"requests_per_case": args.requests, "refresh_every": args.every, "rounds": args.rounds}))
     print(f"{'round':>5} {'never refreshes (req/s)':>24} {'refresh every Nth (req/s)':>26} {'ratio':>7}")
-    for i, (p, r, q) in enumerate(zip(plain_rates, refresh_rates, ratios), 1):
+    for i, (p, r, q) in enumerate(zip(plain_rates, refresh_rates, ratios, strict=False), 1):
         print(f"{i:>5} {p:>24.0f} {r:>26.0f} {q:>7.3f}")
     print(f"median ratio (refresh every {args.every} / never): {statistics.median(ratios):.3f}")
     for runner in (proxy_runner, up_runner, idp_runner):

@@ -29,10 +29,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import AUTHPROXY, APACHE, OUT, is_apache_cookie, is_authproxy_cookie, log_summary  # noqa: E402
-from stack import (source_version, APACHE_CLIENT, AUTHPROXY_CLIENT, Stack, clients_for, free_port, login, probe,  # noqa: E402
+from run import AUTHPROXY, APACHE, OUT, is_apache_cookie, is_authproxy_cookie, log_summary
+from stack import (source_version, APACHE_CLIENT, AUTHPROXY_CLIENT, Stack, clients_for, free_port, login, probe,
                    run_bounded, wait_port)
-from wrk import run_wrk  # noqa: E402
+from wrk import run_wrk
 
 HERE = Path(__file__).resolve().parent
 CONNECTIONS = 32
@@ -105,7 +105,8 @@ async def main(args: argparse.Namespace) -> int:
         logs = {"authproxy": log_summary(stack.root / f"authproxy-{authproxy_port}.log"),
                 "mod_auth_openidc": log_summary(stack.root / f"apache-{apache_port}" / "error.log")}
     window = min(60.0, args.ttl / 2)      # authproxy: refresh_before (60 s) capped at half the lifetime
-    print(f"\nauthproxy {source_version(Path(args.authproxy_src))}; access tokens live {args.ttl:g}s, refresh tokens rotate; {args.duration:.0f}s at {CONNECTIONS} "
+    print(f"\nauthproxy {source_version(Path(args.authproxy_src))}; access tokens live {args.ttl:g}s, "
+          f"refresh tokens rotate; {args.duration:.0f}s at {CONNECTIONS} "
           f"connections, one session per run.\nA perfect single flight makes about duration/(ttl − window) "
           f"grants: authproxy {args.duration / (args.ttl - window):.0f} (window {window:g}s), mod_auth_openidc "
           f"{args.duration / max(args.ttl - args.apache_refresh_before, 0.5):.0f} "
@@ -128,7 +129,8 @@ async def main(args: argparse.Namespace) -> int:
         if summary:
             print(f"\n{name}'s log, warnings and errors by count:\n" + "\n".join(summary))
     OUT.mkdir(exist_ok=True)
-    (OUT / "refresh_storm.json").write_text(json.dumps({"args": vars(args), "authproxy": source_version(Path(args.authproxy_src)), "rows": rows}, indent=1))
+    record = {"args": vars(args), "authproxy": source_version(Path(args.authproxy_src)), "rows": rows}
+    (OUT / "refresh_storm.json").write_text(json.dumps(record, indent=1))
     print(f"\nall figures: {OUT / 'refresh_storm.json'}; took {time.monotonic() - started:.0f}s")
     return 0
 

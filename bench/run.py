@@ -25,15 +25,15 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyspy  # noqa: E402
-from stack import (source_version, Proc, Stack, clients_for, cpu_seconds, free_port, group_pids, login,  # noqa: E402
+import pyspy
+from stack import (source_version, Proc, Stack, clients_for, cpu_seconds, free_port, group_pids, login,
                    machine_busy_seconds, peak_rss_kib, probe, run_bounded)
-from wrk import WrkResult, run_wrk  # noqa: E402
+from wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_PROFILE = OUT / "profile-authproxy-tiny-32.txt"
@@ -269,7 +269,8 @@ async def main(args: argparse.Namespace) -> int:
             Target(APACHE, apache_url, await login(apache_url + "/tiny", is_apache_cookie), apache_proc),
         ]
         if args.workers_row is not None:
-            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url, source=Path(args.authproxy_src).resolve(),
+            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url,
+                                              source=Path(args.authproxy_src).resolve(),
                                               cookie=cookie, workers=args.workers_row)
             targets.append(Target(f"{AUTHPROXY}-w{args.workers_row}", url, targets[1].cookie, proc))
         if args.before_src is not None:
@@ -277,7 +278,8 @@ async def main(args: argparse.Namespace) -> int:
             # in one run, against the same baselines, in interleaved order.
             mirrored = targets[-1] if args.workers_row is not None else targets[1]
             workers = {"workers": args.workers_row} if args.workers_row is not None else settings
-            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url, source=Path(args.before_src).resolve(),
+            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url,
+                                              source=Path(args.before_src).resolve(),
                                               cookie=cookie, **workers)
             targets.append(Target(BEFORE, url, targets[1].cookie, proc))
             before_of = mirrored.name
@@ -285,7 +287,8 @@ async def main(args: argparse.Namespace) -> int:
         if args.before_src is not None:
             print(f"{BEFORE}: {source_version(Path(args.before_src))} from {Path(args.before_src).resolve()}, "
                   f"in place of {before_of}")
-        print(f"authproxy {version}, workers: {args.workers}, event loop: {event_loop()}; started in {time.monotonic() - started:.1f}s: nginx {nginx_url}, oidc-provider {idp.issuer}, "
+        print(f"authproxy {version}, workers: {args.workers}, event loop: {event_loop()}; "
+              f"started in {time.monotonic() - started:.1f}s: nginx {nginx_url}, oidc-provider {idp.issuer}, "
               f"authproxy {authproxy_url} (pid {authproxy_proc.pid}), Apache {apache_url}; temp dir {stack.root}")
         expected: dict[tuple[str, str], int] = {}
         for target in targets:
@@ -333,7 +336,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"!!!   {problem}")
         print("!" * 78)
     OUT.mkdir(exist_ok=True)
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:], "authproxy": version,
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv[1:], "authproxy": version,
               "duration_s": args.duration, "rounds": args.rounds, "workers": args.workers,
               "workers_row": args.workers_row, "event_loop": event_loop(),
               "authproxy_peak_rss_kib": rss_kib, "load_average_before": load_before,
@@ -355,7 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 s per run, 1 round")
     parser.add_argument("--profile", nargs="?", const=str(DEFAULT_PROFILE), metavar="FILE",
                         help="also profile authproxy with py-spy during one extra 32-connection tiny run; FILE "
-                             f"ending .svg = flame graph, .json = speedscope, else collapsed stacks (default {DEFAULT_PROFILE})")
+                             "ending .svg = flame graph, .json = speedscope, else collapsed stacks "
+                             f"(default {DEFAULT_PROFILE})")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="hard limit for the whole run in seconds (default: twice the planned time + 2 min)")
     parser.add_argument("--workers", type=int, default=1,
@@ -374,7 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     if args.time_limit is None:
-        planned = args.rounds * len(SCENARIOS) * (3 + bool(args.workers_row) + bool(args.before_src)) * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
+        rows = 3 + bool(args.workers_row) + bool(args.before_src)
+        planned = args.rounds * len(SCENARIOS) * rows * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
         args.time_limit = 2 * planned + 120
     return args
 

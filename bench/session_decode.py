@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.config import CookieConfig  # noqa: E402
-from proxy.crypto import Sealer  # noqa: E402
-from proxy.cookies import DECODED_CACHE_SIZE, CookieCodec  # noqa: E402
-from proxy.session import Identity, Session  # noqa: E402
+from proxy.config import CookieConfig
+from proxy.crypto import Sealer
+from proxy.cookies import DECODED_CACHE_SIZE, CookieCodec
+from proxy.session import Identity, Session
 
 
 # Seconds per timed slice: short, so that adjacent slices of two cases see the same load on the machine.
@@ -91,11 +91,11 @@ def main(args: argparse.Namespace) -> None:
         distinct = [dict(codec.dump(session)) for _ in range(2 * DECODED_CACHE_SIZE + 7)]
         cycle = itertools.cycle(distinct)
         cases: dict[str, Callable[[], object]] = {
-            "json": lambda: json.loads(plaintext),
-            "open": lambda: sealer.open(sealed, aad),
-            "from_bytes": lambda: Session.from_bytes(plaintext),
-            "load": lambda: codec.load(next(cycle)),
-            "load again": lambda: codec.load(cookies),
+            "json": lambda plaintext=plaintext: json.loads(plaintext),
+            "open": lambda sealed=sealed: sealer.open(sealed, aad),
+            "from_bytes": lambda plaintext=plaintext: Session.from_bytes(plaintext),
+            "load": lambda cycle=cycle: codec.load(next(cycle)),
+            "load again": lambda cookies=cookies: codec.load(cookies),
         }
         numbers = {name: calls_for(fn, SLICE) for name, fn in cases.items()}
         times: dict[str, list[float]] = {name: [] for name in cases}
@@ -128,5 +128,6 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=0.5, help="seconds per round for all cases together (default 0.5)")
+    parser.add_argument("--seconds", type=float, default=0.5,
+                        help="seconds per round for all cases together (default 0.5)")
     main(parser.parse_args())

@@ -21,6 +21,7 @@ import socket
 import threading
 
 from proxy.splice import PIPE_SIZE                     # the same pipe as authproxy's, for a fair floor
+import contextlib
 
 
 def pump(source: socket.socket, destination: socket.socket) -> None:
@@ -41,10 +42,8 @@ def pump(source: socket.socket, destination: socket.socket) -> None:
         os.close(pipe_r)
         os.close(pipe_w)
         for sock, how in ((destination, socket.SHUT_WR), (source, socket.SHUT_RD)):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(how)
-            except OSError:
-                pass
 
 
 def connect(upstream: str) -> socket.socket:

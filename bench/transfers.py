@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import OUT, is_authproxy_cookie  # noqa: E402
-from stack import (HAPROXY, Proc, source_version, Stack, clients_for, cpu_seconds, free_port, group_pids,  # noqa: E402
+from run import OUT, is_authproxy_cookie
+from stack import (HAPROXY, Proc, source_version, Stack, clients_for, cpu_seconds, free_port, group_pids,
                    login, peak_rss_kib, run_bounded, wait_port)
 
 HERE = Path(__file__).resolve().parent
@@ -190,7 +190,7 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[f
         direct = results[f"{way} direct"]
         for name in names:
             rates = results[f"{way} {name}"]
-            ratios = [r / d for r, d in zip(rates, direct)]
+            ratios = [r / d for r, d in zip(rates, direct, strict=False)]
             own = parties.get(f"{way} {name}: {name}")
             cpu = statistics.median(own) / gib if own else None
             each = " ".join(f"{r:.2f}" for r in ratios)
@@ -201,7 +201,7 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[f
                          "ratio_to_direct": statistics.median(ratios), "ratios": ratios, "cpu_s_per_gib": cpu})
         for mine, other in PAIRS:
             if mine in names and other in names:
-                versus = [a / o for a, o in zip(results[f"{way} {mine}"], results[f"{way} {other}"])]
+                versus = [a / o for a, o in zip(results[f"{way} {mine}"], results[f"{way} {other}"], strict=False)]
                 print(f"{'':<10} {mine} / {other}: {statistics.median(versus):.2f} "
                       f"[{' '.join(f'{v:.2f}' for v in versus)}]")
     print("\nCPU seconds per transfer (median) of each party, and the wall-clock seconds it took:")

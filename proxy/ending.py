@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("authproxy.ending")
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a session ended (the WebSocket close reason and the log say it)."""
 
     SIGN_OUT = "sign_out"

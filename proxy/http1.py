@@ -75,8 +75,18 @@ class Http1Timeout(Http1Error):
 class Http1Response:
     """The status line and headers of an upstream response, and its body as it arrives."""
 
-    __slots__ = ("status", "reason", "headers", "_conn", "_chunks", "_size", "_received", "_eof", "_error",
-                 "_waiter")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_received",
+        "_size",
+        "_waiter",
+        "headers",
+        "reason",
+        "status",
+    )
 
     def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self.status = status
@@ -354,7 +364,7 @@ class Http1Pool:
             else:
                 coro = self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
             _, conn = await asyncio.wait_for(coro, self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Http1Timeout("no connection within the connect timeout") from None
         except OSError as exc:
             raise Http1Error(f"cannot connect: {exc}") from None

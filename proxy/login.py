@@ -282,7 +282,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         claims = {**info, **claims}
     now = request.app[CLOCK]()
     session = Session(identity=provider.identity_from(claims), access_token=tokens.access_token, created_at=now,
-                      issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token, id_token=tokens.id_token,
+                      issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token,
+                      id_token=tokens.id_token,
                       sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16))
     set_session(request, session)   # replaces whatever session cookie came in: no fixation
     await commit_session(request)

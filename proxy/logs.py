@@ -51,11 +51,11 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def formatMessage(self, record: logging.LogRecord) -> str:      # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei: Any) -> str:                      # noqa: N802 (logging's name)
+    def formatException(self, ei: Any) -> str:
         lines = super().formatException(ei).split("\n")
         return "\n".join(_TRACEBACK_MARGIN + escape_controls(line) for line in lines)
 

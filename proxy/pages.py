@@ -107,7 +107,8 @@ def html_page(status: int, title: str, message: str, request_id: str,
         for i, (label, href) in enumerate(actions or []))
     hint = HINTS.get(status, "") if hint is None else hint
     template = (load_template(templates_dir) if templates_dir else None) or _BUILT_IN
-    body = template.safe_substitute(status=str(status), label=str(status) if status >= 400 else "", title=escape(title), message=escape(message),
+    body = template.safe_substitute(status=str(status), label=str(status) if status >= 400 else "",
+                                    title=escape(title), message=escape(message),
                                     hint=escape(hint), actions=links, request_id=escape(request_id))
     return web.Response(status=status, text=body, content_type="text/html",
                         headers={**NO_STORE, **(headers or {})})

@@ -14,8 +14,8 @@ it holds anything servers disagree about:
   them, so only a crafted request carries one, and resolving it is what moves a request out of the
   prefix a front server matched;
 - double encoding (``%252e``, or ``%25%32%65``: once decoded, still a percent-encoding): an app that
-  decodes again would see a different path than every rule here; and a ``%`` without two hex digits (``%zz``, IIS's ``%u002e``),
-  which RFC 3986 §2.1 does not allow and nginx and HAProxy refuse too;
+  decodes again would see a different path than every rule here; and a ``%`` without two hex digits
+  (``%zz``, IIS's ``%u002e``), which RFC 3986 §2.1 does not allow and nginx and HAProxy refuse too;
 - NUL, and bytes that are not UTF-8 once decoded (overlong forms such as ``%c0%ae`` included);
 - non-ASCII characters that compatibility-normalise (NFKC) or best-fit map to ``.``, ``/``, ``\\``,
   ``%``, ``;``, ``?``, ``#`` or ``:`` (``．``, ``／``, ``∕``…): IIS and Windows' best-fit code pages turn them

@@ -261,11 +261,11 @@ class Provider:
             await self._reread_keys(self._keys_generation, rate_limited=False)
         generation = self._keys_generation          # the keys this lookup saw
         key = self._find_key(kid, alg)
-        if key is None and self._unknown_kids.get(kid, float("-inf")) <= self._clock():
-            if await self._reread_keys(generation, rate_limited=True):
-                key = self._find_key(kid, alg)
-                if key is None:
-                    self._remember_unknown(kid)
+        if (key is None and self._unknown_kids.get(kid, float("-inf")) <= self._clock()
+                and await self._reread_keys(generation, rate_limited=True)):
+            key = self._find_key(kid, alg)
+            if key is None:
+                self._remember_unknown(kid)
         if key is None:
             what = f"kid {kid[:40]!r}" if kid is not None else "no kid, and not exactly one key of its type"
             raise TokenValidationError("kid", f"no signing key of the provider fits ({what})")
@@ -347,7 +347,7 @@ class Provider:
                 status, content_type = resp.status, resp.content_type
             if self._metrics is not None:
                 self._metrics.provider_seconds.labels(step).observe(time.perf_counter() - started)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProviderError(step, f"no answer within {self.config.timeout:g}s", transient=True) from None
         except aiohttp.ClientError as exc:
             raise ProviderError(step, f"could not connect ({type(exc).__name__})", transient=True) from None

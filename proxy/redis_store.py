@@ -124,7 +124,7 @@ class _Health:
             return True
         try:
             await asyncio.wait_for(self._redis.ping(), self._timeout)
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, RedisError, OSError):
             return False
         self._ok_at = now
         return True
@@ -258,7 +258,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for member in members:
             pipe.exists(self._key("s", member))
-        gone = [m for m, alive in zip(members, await pipe.execute()) if not alive]
+        gone = [m for m, alive in zip(members, await pipe.execute(), strict=False) if not alive]
         if gone:
             await self._redis.srem(index, *gone)
 

@@ -38,7 +38,7 @@ class LiveStream:
     """A response streaming to a signed-in user (server-sent events, a long poll, a download): when its
     session ends, the client's connection is cut, which cancels the handler and closes the upstream's."""
 
-    __slots__ = ("session_id", "session", "_transport")
+    __slots__ = ("_transport", "session", "session_id")
 
     def __init__(self, session: Session, transport: asyncio.BaseTransport) -> None:
         self.session_id = session.id
@@ -62,9 +62,10 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
                 close: bool = False, session: Session | None = None) -> web.StreamResponse:
     """Send the upstream's response on, its ``headers`` already filtered (``HeaderPolicy.response_headers``);
     ``lean``: the lean client's response, which allows the shortcuts; ``close``: say ``Connection: close``
-    and close after it; ``session``: the user's, whose end cuts a streamed body short (``STREAMS``). A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the
-    lean client checks it while parsing, aiohttp's client caps its fields but not their total. So is a
-    1xx status as the final answer."""
+    and close after it; ``session``: the user's, whose end cuts a streamed body short (``STREAMS``).
+    A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the lean client checks
+    it while parsing, aiohttp's client caps its fields but not their total. So is a 1xx status as the
+    final answer."""
     if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
         log.warning("upstream sent too big header: %s", problem)
         raise UpstreamError("The application sent a response header too large to pass on.")
@@ -107,7 +108,7 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
             if request.transport is not None:
                 request.transport.abort()            # a body cut short: the connection cannot carry another answer
             return out
-        except (aiohttp.ClientError, asyncio.TimeoutError, Http1Error) as exc:
+        except (TimeoutError, aiohttp.ClientError, Http1Error) as exc:
             # Headers are gone already: all we can do is end the client's response early.
             log.warning("upstream response broke off: %s", type(exc).__name__)
             if request.transport is not None:

@@ -36,6 +36,7 @@ from .errors import ConfigError
 from .host import HostDenylist, HostFanout, HostLink
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
+import contextlib
 
 log = logging.getLogger("authproxy")
 
@@ -211,17 +212,15 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
             try:
                 run_loop(serve(config, reload, supervisor, coordinator.socket))
                 os._exit(0)
-            except BaseException:                      # noqa: BLE001 - a worker must never return into the supervisor
+            except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 os._exit(1)
         children[pid] = time.monotonic()
 
     def signal_workers(sig: int, pids: list[int]) -> None:
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping

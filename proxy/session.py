@@ -41,7 +41,7 @@ class SessionState:
     reach the browser whatever response ends the request, error pages included.
     """
 
-    __slots__ = ("cookies", "_session", "loaded", "changed", "present", "deferred", "saved")
+    __slots__ = ("_session", "changed", "cookies", "deferred", "loaded", "present", "saved")
 
     def __init__(self, present: list[str], cookies: Mapping[str, str]) -> None:
         self.cookies = cookies                    # the session's own cookies, read as browsers mean them

@@ -18,7 +18,6 @@ fields go along either way is ``headers.py``'s business; sending the response on
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -152,7 +151,7 @@ class Forwarder:
             resp = await upstream.client.request(request.method, url, headers=headers, data=body,
                                                  allow_redirects=False, timeout=upstream.timeout)
             request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
         except aiohttp.ClientError as exc:
             log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)

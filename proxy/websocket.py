@@ -416,7 +416,7 @@ async def _watch(session: Session, live: LiveSocket, refresher: Refresher, clock
 class LiveSocket:
     """One relayed connection as the registry sees it: whose session, and the way to end it."""
 
-    __slots__ = ("session_id", "session", "ended")
+    __slots__ = ("ended", "session", "session_id")
 
     def __init__(self, session_id: str, session: Session | None = None) -> None:
         self.session_id = session_id

@@ -156,7 +156,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _parse_yaml(text: str, source: str) -> object:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
@@ -171,12 +171,12 @@ def _substitute(value: object, loc: Loc, environ: Mapping[str, str], found: list
     if isinstance(value, str):
         return _ENV_REF.sub(lambda match: _env_value(match, loc, environ, found), value)
     if isinstance(value, list):
-        return [_substitute(item, loc + (index,), environ, found) for index, item in enumerate(value)]
+        return [_substitute(item, (*loc, index), environ, found) for index, item in enumerate(value)]
     if isinstance(value, dict):
         for key in [key for key in value if not isinstance(key, str)]:
-            found.append((loc + (yaml.safe_dump(key).splitlines()[0],), "this key is not a string (YAML reads "
+            found.append(((*loc, yaml.safe_dump(key).splitlines()[0]), "this key is not a string (YAML reads "
                           'yes/no/on/off as true/false and bare numbers as numbers); quote it, e.g. "on":'))
-        return {key: _substitute(item, loc + (key,), environ, found) for key, item in value.items()
+        return {key: _substitute(item, (*loc, key), environ, found) for key, item in value.items()
                 if isinstance(key, str)}
     return value
 

@@ -11,9 +11,11 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Wi
                       model_validator)
 
 from .. import presets
-from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key, _templates_dir,
-                     _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url, _redis_url, _regex,
-                     _scope, _split_listen, _token_type, _upper_all, _upstream_url, _workers, _COOKIE_NAME, _DOMAIN)
+from .values import (CALLBACK_PATH, DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret,
+                     _absolute_path, _algorithm, _at_least_one, _authorize_params, _cidr, _cookie_key, _decode_key,
+                     _templates_dir, _existing_file, _http_url, _lower, _non_empty, _one_or_many, _origin, _public_url,
+                     _redis_url, _regex, _scope, _split_listen, _token_type, _upper_all, _upstream_url, _workers,
+                     _COOKIE_NAME, _DOMAIN)
 
 class _CrossFieldProblems(ValueError):
     """Problems of rules that span fields, each with a path relative to the model that found them."""

@@ -48,7 +48,8 @@ LOOPBACK = "127.0.0.1"
 async def browser() -> AsyncIterator[Browser]:
     if not CHROMIUM.exists():
         # Outside CI a developer may lack chromium; in CI (.ci/run installs it) its absence is a failure.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        missing = f"{CHROMIUM} is not installed (apt-get install chromium)"
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(missing)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
         try:

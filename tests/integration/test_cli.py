@@ -384,7 +384,8 @@ def test_config_schema_is_json_schema_of_every_top_level_key():
     import sys
 
     from proxy.config import Config
-    result = subprocess.run([sys.executable, "-m", "proxy", "config-schema"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "proxy", "config-schema"], capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) == set(Config.model_fields)

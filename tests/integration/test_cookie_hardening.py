@@ -85,7 +85,8 @@ async def test_an_app_cannot_plant_another_users_session_in_a_cookie_value(app_s
     line = f'pref=dark {NAME}={mallory} "; Path=/'
     status, resp, _ = await get(app_stack.url + "/plant?line=" + quote(line), f"{NAME}={alice}", HTML)
     assert status == 200
-    assert not [h for h in resp.headers.getall("Set-Cookie", ()) if "pref=" in h], "the planted line reached the browser"
+    planted = [h for h in resp.headers.getall("Set-Cookie", ()) if "pref=" in h]
+    assert not planted, "the planted line reached the browser"
     # What the browser would send had it stored the line (and what an older proxy let it store).
     for cookie in (f'{NAME}={alice}; pref=dark {NAME}={mallory} "', f'pref=dark {NAME}={mallory} "; {NAME}={alice}'):
         status, _, body = await get(app_stack.url + "/page", cookie, HTML)
@@ -145,8 +146,9 @@ async def raw_get(port: int, path: str, cookie: bytes, timeout: float = 5.0) -> 
 
 
 @pytest.mark.parametrize("cookie", [
-    f"{LOGIN_PREFIX}x(y=1", f"{LOGIN_PREFIX}/=1", f"{LOGIN_PREFIX}@x=1", "/=1", "@=1", f"{LOGIN_PREFIX}a b=1", f"{LOGIN_PREFIX}\u00e9=1",
-    f"{NAME}_\u00b2=1.x", f"{NAME}_\u0663=1.x", f"{NAME}_99=1.x", f"{LOGIN_PREFIX}x(y=1; {NAME}_\u00b2=1.x; {NAME}=junk",
+    f"{LOGIN_PREFIX}x(y=1", f"{LOGIN_PREFIX}/=1", f"{LOGIN_PREFIX}@x=1", "/=1", "@=1", f"{LOGIN_PREFIX}a b=1",
+    f"{LOGIN_PREFIX}\u00e9=1", f"{NAME}_\u00b2=1.x", f"{NAME}_\u0663=1.x", f"{NAME}_99=1.x",
+    f"{LOGIN_PREFIX}x(y=1; {NAME}_\u00b2=1.x; {NAME}=junk",
 ])
 async def test_cookie_names_that_are_not_tokens_never_break_a_response(app_stack, cookie):
     """Such names used to reach ``http.cookies`` while being evicted or cleared: a 500 at ``/oauth2/start``
@@ -168,7 +170,8 @@ async def test_a_respelled_session_cookie_is_a_signed_out_user(app_stack):
     a new AES-GCM open and a new entry in the decoded-session cache."""
     alice = await signed_in(app_stack, "alice")
     assert (await get(app_stack.url + "/api", f"{NAME}={alice}"))[0] == 200
-    for variant in (alice[:12] + "...." + alice[12:], alice[:12] + "~~~~" + alice[12:], alice[:30] + "~.~." + alice[30:]):
+    variants = (alice[:12] + "...." + alice[12:], alice[:12] + "~~~~" + alice[12:], alice[:30] + "~.~." + alice[30:])
+    for variant in variants:
         status, resp, _ = await get(app_stack.url + "/api", f"{NAME}={variant}")
         assert status == 401 and NAME in cleared(resp)
 

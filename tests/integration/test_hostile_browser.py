@@ -47,6 +47,7 @@ from tests.support.echo import EchoServer, header_values, start_echo
 from tests.support.evil_idp import EvilStack, start_evil_stack
 from tests.support.ports import free_port
 from tests.support.proxyrun import OTHER_SECRET
+import contextlib
 
 pytestmark = pytest.mark.integration
 
@@ -469,10 +470,8 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
         return b"".join(chunks)
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 def _smuggling_requests(host: str, cookie: str) -> dict[str, bytes]:

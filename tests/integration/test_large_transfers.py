@@ -92,7 +92,9 @@ async def test_one_gigabyte_each_way_with_flat_memory(big_stack):
         up_s = time.perf_counter() - started
     assert received["bytes"] == GIB
     peak = proxy.peak_rss_kib()
-    print(f"\n1 GiB download: direct {GIB / direct_s / 1e6:.0f} MB/s, through authproxy {GIB / proxied_s / 1e6:.0f} MB/s"
-          f" ({direct_s / proxied_s:.2f}x of direct, the client in the same process); upload {GIB / up_s / 1e6:.0f} MB/s;"
+    print(f"\n1 GiB download: direct {GIB / direct_s / 1e6:.0f} MB/s,"
+          f" through authproxy {GIB / proxied_s / 1e6:.0f} MB/s"
+          f" ({direct_s / proxied_s:.2f}x of direct, the client in the same process);"
+          f" upload {GIB / up_s / 1e6:.0f} MB/s;"
           f" authproxy peak RSS {down_rss / 1024:.1f} MiB after download, {peak / 1024:.1f} MiB after upload")
     assert peak < RSS_LIMIT_KIB, f"peak RSS {peak} KiB"

@@ -45,7 +45,8 @@ async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> tuple[
 async def _answer(reader: asyncio.StreamReader) -> bytes:
     """One whole response to /ping (its head and its Content-Length body)."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
     return head + await asyncio.wait_for(reader.readexactly(length), 5)
 
 
@@ -272,7 +273,8 @@ async def test_a_client_that_reads_nothing_is_cut_at_the_send_timeout(stack_fact
     stack = await stack_factory(upstreams=[{"path": "/", "url": url}], skip_auth=[{"path": "^/"}],
                                 limits={"send_timeout": "1s"})
     if framing.startswith("chunked"):
-        server.head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % BIG + b"x" * BIG + b"\r\n0\r\n\r\n"
+        server.head = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % BIG
+                       + b"x" * BIG + b"\r\n0\r\n\r\n")
     else:
         server.head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"x" * BIG
     sock = socket.socket()
@@ -487,7 +489,8 @@ async def test_the_proxys_own_endpoints_take_small_bodies_only(stack_factory):
     async with aiohttp.ClientSession() as client:
         async with client.post(url, data=io.BytesIO(b"logout_token=" + b"a" * (100 << 10)), headers=form) as resp:
             assert resp.status == 413 and (await resp.json())["error"] == "invalid_request"
-        async with client.post(url, data=aiohttp.FormData({"logout_token": "a.b.c"}, default_to_multipart=True)) as resp:
+        multipart = aiohttp.FormData({"logout_token": "a.b.c"}, default_to_multipart=True)
+        async with client.post(url, data=multipart) as resp:
             assert resp.status == 400 and "x-www-form-urlencoded" in (await resp.json())["error_description"]
         async with client.post(url, data=b"logout_token=a.b.c", headers=form) as resp:          # read, and checked
             assert resp.status == 400 and "malformed" in (await resp.json())["error_description"]

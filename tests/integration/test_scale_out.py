@@ -33,7 +33,8 @@ async def test_one_refresh_across_three_replicas(idp_factory, redis_server):
     try:
         for port in ports:
             data = config_dict(port=port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
-                               client_secret=CLIENT_SECRET, session={"store": "redis", "redis": {"url": redis_server.url}},
+                               client_secret=CLIENT_SECRET,
+                               session={"store": "redis", "redis": {"url": redis_server.url}},
                                logging={"level": "warning"}, metrics_on_listen=True)
             data["public_url"] = public                          # every replica serves the balancer's URL
             replicas.append(await start_proxy_process(data, direct_url=f"http://127.0.0.1:{port}"))

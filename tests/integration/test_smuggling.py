@@ -175,7 +175,8 @@ async def test_an_h2c_upgrade_is_never_forwarded(attacker, method):
 
 
 async def test_connection_cannot_strip_the_proxys_own_headers(attacker):
-    request = f"GET /a HTTP/1.1\r\n{attacker.head}Connection: close, X-Forwarded-User, Authorization, X-Forwarded-For\r\n\r\n"
+    request = (f"GET /a HTTP/1.1\r\n{attacker.head}"
+               "Connection: close, X-Forwarded-User, Authorization, X-Forwarded-For\r\n\r\n")
     statuses, seen = await attacker.send(request)
     assert statuses == [200]
     assert header_values(seen[0], "X-Forwarded-User") == ["alice"]

@@ -62,4 +62,4 @@ def header_values(record: dict, name: str) -> list[str]:
     return [v for k, v in record["headers"] if k.lower().replace("_", "-") == want]
 
 
-__all__ = ["EchoServer", "start_echo", "header_values"]
+__all__ = ["EchoServer", "header_values", "start_echo"]

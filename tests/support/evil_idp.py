@@ -523,5 +523,18 @@ async def start_evil_stack(*, mode: str = "good", provider: dict[str, Any] | Non
     return EvilStack(idp=idp, echo=echo, proxy=proxy)
 
 
-__all__ = ["ACCEPTABLE_MODES", "BAD_ID_TOKEN_MODES", "BAD_MODES", "EvilIdP", "EvilStack", "Grant", "MODES", "NESTING",
-           "OTHER_BAD_MODES", "SeenRequest", "rsa_key", "start_evil_idp", "start_evil_stack"]
+__all__ = [
+    "ACCEPTABLE_MODES",
+    "BAD_ID_TOKEN_MODES",
+    "BAD_MODES",
+    "MODES",
+    "NESTING",
+    "OTHER_BAD_MODES",
+    "EvilIdP",
+    "EvilStack",
+    "Grant",
+    "SeenRequest",
+    "rsa_key",
+    "start_evil_idp",
+    "start_evil_stack",
+]

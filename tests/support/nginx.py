@@ -107,6 +107,6 @@ async def _launch(root: Path, port: int) -> Nginx:
             return Nginx(url=f"http://127.0.0.1:{port}", root=root, proc=proc)
         except OSError:
             if proc.returncode is not None:
-                raise RuntimeError(f"nginx exited: {(await proc.stderr.read()).decode()}")
+                raise RuntimeError(f"nginx exited: {(await proc.stderr.read()).decode()}") from None
             await asyncio.sleep(0.05)
     raise RuntimeError("nginx did not start")

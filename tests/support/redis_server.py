@@ -47,7 +47,7 @@ class RedisServer:
                 return
             except OSError:
                 if self.proc.returncode is not None:
-                    raise RuntimeError((self.dir / "redis.log").read_text())
+                    raise RuntimeError((self.dir / "redis.log").read_text()) from None
                 await asyncio.sleep(0.025)
         raise RuntimeError("redis-server did not start")
 

@@ -78,7 +78,7 @@ def test_rotation():
 
 def test_session_older_than_expire_is_rejected():
     c = codec(clock=lambda: NOW + 168 * 3600)
-    with pytest.raises(CookieError, match="cookie.expire"):
+    with pytest.raises(CookieError, match=r"cookie\.expire"):
         c.load(dict(codec().dump(session())))
 
 
@@ -95,7 +95,8 @@ def test_no_cookie_is_no_session():
 
 def test_owned_names():
     c = codec()
-    names = c.owned_names({"_authproxy": "", "_authproxy_0": "", "_authproxy_login_abc": "", "app": "", "_authproxy_x": ""})
+    names = c.owned_names({"_authproxy": "", "_authproxy_0": "", "_authproxy_login_abc": "", "app": "",
+                           "_authproxy_x": ""})
     assert sorted(names) == ["_authproxy", "_authproxy_0"]
 
 
@@ -121,7 +122,7 @@ def test_decoded_cache_is_keyed_by_the_exact_value():
 
 def test_a_session_too_big_for_cookies_is_a_clear_error():
     from proxy.errors import SessionTooLarge
-    with pytest.raises(SessionTooLarge, match="session.store: redis"):
+    with pytest.raises(SessionTooLarge, match=r"session\.store: redis"):
         codec().dump(session(id_token="x" * 40_000))
 
 
@@ -291,7 +292,8 @@ def test_host_prefixed_cookies_carry_what_browsers_require():
     assert cfg.name == "__Host-authproxy"
     c = CookieCodec(cfg, Sealer(cfg.keys))
     headers = [c.set_header(cfg.name, "1.x", 60), c.set_header(cfg.name + "_3", "1.x", 60), c.clear_header(cfg.name),
-               _login_cookie(config, cfg.name + "_login_abc", "1.x", 60), _login_cookie(config, cfg.name + "_login_abc", "", 0)]
+               _login_cookie(config, cfg.name + "_login_abc", "1.x", 60),
+               _login_cookie(config, cfg.name + "_login_abc", "", 0)]
     for header in headers:
         attributes = [a.strip().lower() for a in header.split(";")[1:]]
         assert header.startswith("__Host-authproxy") and "secure" in attributes and "path=/" in attributes

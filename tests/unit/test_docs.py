@@ -136,7 +136,7 @@ def key_rows(text: str) -> dict[str, dict[str, str]]:
         key = _code(cells[0])
         assert key is not None, f"configuration.md line {number}: the key is not in backticks"
         assert key not in rows, f"configuration.md documents {key} twice"
-        rows[key] = dict(zip(COLUMNS, cells))
+        rows[key] = dict(zip(COLUMNS, cells, strict=False))
     return rows
 
 

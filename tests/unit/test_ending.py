@@ -44,7 +44,8 @@ def test_round_trip(one):
     b'{"r":"sign_out","at":1,"ttl":1,"id":"a","extra":1}', b'{"at":1,"ttl":1,"id":"a"}', b"\xff\xfe",
     # found in review: these escaped as RecursionError / OverflowError, or were read two ways
     b"[" * 100_000, b'{"r":"sign_out","at":1' + b"0" * 400 + b',"ttl":1,"id":"a"}',
-    b'{"r":"sign_out","at":1,"ttl":1' + b"0" * 400 + b',"id":"a"}', b'{"r":"sign_out","at":1,"ttl":1,"id":"a","id":"b"}',
+    b'{"r":"sign_out","at":1,"ttl":1' + b"0" * 400 + b',"id":"a"}',
+    b'{"r":"sign_out","at":1,"ttl":1,"id":"a","id":"b"}',
 ])
 def test_from_bytes_is_strict(raw):
     with pytest.raises(ValueError):

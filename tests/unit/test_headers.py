@@ -67,7 +67,7 @@ def test_host_is_the_clients_unless_given():
 
 def test_forwarded_headers_believed_only_from_trusted_proxies():
     spoof = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "evil.example")]
-    req = make_mocked_request("GET", "/x", headers=CIMultiDict(spoof + [("Host", "app.example.com")]))
+    req = make_mocked_request("GET", "/x", headers=CIMultiDict([*spoof, ("Host", "app.example.com")]))
     h = policy().request_headers(req, None)
     assert h["X-Forwarded-For"] != "6.6.6.6" and "6.6.6.6" not in h["X-Forwarded-For"]
     assert h["X-Forwarded-Proto"] == "https" and h["X-Forwarded-Host"] == "app.example.com"
@@ -75,7 +75,8 @@ def test_forwarded_headers_believed_only_from_trusted_proxies():
 
 @pytest.mark.parametrize("set_cookie", [
     "__Host-authproxy=1.x; Path=/", "__Host-authproxy_0=1.x", "__Host-authproxy_login_s=1.x", "__host-AUTHPROXY=1.x",
-    'pref=dark __Host-authproxy=1.mallory "; Path=/', "pref=x__Host-authproxy=1.y", "pref=1; Path=/; __Host-authproxy=1.x",
+    'pref=dark __Host-authproxy=1.mallory "; Path=/', "pref=x__Host-authproxy=1.y",
+    "pref=1; Path=/; __Host-authproxy=1.x",
     " __Host-authproxy=1.x",
 ])
 def test_upstream_set_cookie_naming_ours_anywhere_is_dropped(set_cookie, caplog):
@@ -112,7 +113,7 @@ OVERRIDES = [("X-HTTP-Method-Override", "DELETE"), ("x-http-method", "PUT"), ("X
 
 
 def test_method_override_headers_never_go_without_a_session():
-    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict(OVERRIDES + [("X-App", "kept")]))
+    req = make_mocked_request("GET", "/public/x", headers=CIMultiDict([*OVERRIDES, ("X-App", "kept")]))
     anonymous = policy().request_headers(req, None)
     assert [name for name in anonymous if "method" in name.lower()] == []
     assert anonymous["X-App"] == "kept"

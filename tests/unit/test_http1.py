@@ -6,8 +6,8 @@ import inspect
 import aiohttp
 import pytest
 
-from proxy.http1 import (HIGH_WATER, MAX_FIELD_SIZE, MAX_HEADERS, Http1Error, Http1HeadTooLarge, Http1Pool, Http1Timeout,
-                         headers_problem, serialize_head)
+from proxy.http1 import (HIGH_WATER, MAX_FIELD_SIZE, MAX_HEADERS, Http1Error, Http1HeadTooLarge, Http1Pool,
+                         Http1Timeout, headers_problem, serialize_head)
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 

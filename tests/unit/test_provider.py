@@ -398,7 +398,8 @@ async def test_expires_in_must_be_a_finite_number_of_seconds(idp_and_provider, e
 async def test_a_huge_expires_in_is_cut_to_the_longest_lifetime_believed(idp_and_provider):
     idp, provider, _ = idp_and_provider
     for value in ('"3600"', "1e300"):
-        idp.token_answer = (200, "application/json", f'{{"access_token":"a","token_type":"Bearer","expires_in":{value}}}')
+        answer = f'{{"access_token":"a","token_type":"Bearer","expires_in":{value}}}'
+        idp.token_answer = (200, "application/json", answer)
         expected = NOW + (3600 if value == '"3600"' else MAX_EXPIRES_IN)
         assert (await provider.refresh("rt")).expires_at == expected
 
