@@ -199,7 +199,7 @@ class LimitedHandler(RequestHandler):
         """Close this connection at ``when`` if no whole head has come by then (aiohttp's keep-alive timer)."""
         self._next_keepalive_close_time = when
         handle = self._keepalive_handle
-        if handle is None or handle.when() > when:
+        if handle is None or handle.when() > when:  # type: ignore[attr-defined]   # a TimerHandle (call_at)
             if handle is not None:
                 handle.cancel()
             self._keepalive_handle = self._loop.call_at(when, self._process_keepalive)
@@ -223,7 +223,7 @@ class LimitedServer(web.Server):
         self.open = 0
         self._warned = False
 
-    def __call__(self) -> RequestHandler:          # type: ignore[override]
+    def __call__(self) -> RequestHandler:
         if self.open >= self.limits.max_connections and not self._close_an_idle_one():
             if not self._warned:
                 log.warning("limits.max_connections (%d) reached: new connections get 503",

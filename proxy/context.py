@@ -18,6 +18,6 @@ CONFIG = web.AppKey("authproxy_config", Config)
 PROVIDER = web.AppKey("authproxy_provider", Provider)
 SEALER = web.AppKey("authproxy_sealer", Sealer)
 REFRESHER = web.AppKey("authproxy_refresher", Refresher)
-CLOCK = web.AppKey("authproxy_clock", Callable[[], float])
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("authproxy_clock")
 
 REQUEST_ID = web.RequestKey("authproxy_request_id", str)

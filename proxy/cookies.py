@@ -56,7 +56,7 @@ class CookieCodec:
         self._sealer = sealer
         self._aad = config.name.encode("utf-8")
         self.clock = clock
-        self._cache: OrderedDict[bytes, tuple[Session, int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Session, int]] = OrderedDict()
         self.cache_bytes = 0
         self._parse = Session.from_bytes
         self._names = session_cookie_names(config.name)

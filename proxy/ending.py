@@ -162,8 +162,13 @@ Holder = Callable[[SessionEnd], object]
 class Held(Protocol):
     """One connection serving a session: a relayed WebSocket, a streamed response."""
 
-    session_id: str
-    session: Session | None
+    @property
+    def session_id(self) -> str:
+        """The id of the session served."""
+
+    @property
+    def session(self) -> Session | None:
+        """The session as this connection last saw it (a refresh may have replaced it)."""
 
     def let_go(self, end: SessionEnd) -> None:
         """Stop serving the session now (close the socket, cut the stream)."""

@@ -67,15 +67,18 @@ async def authenticate(request: web.Request) -> Session | None:
     try:
         fresh = await request.app[REFRESHER].ensure_fresh(session)
     except SessionEnded:
-        return await _ended(request, session, Reason.REFRESH_REFUSED)
+        await _ended(request, session, Reason.REFRESH_REFUSED)
+        return None
     if fresh is not session:
         set_session(request, fresh)
     elif session.access_expired(request.app[CLOCK]()):
-        return await _ended(request, session, Reason.EXPIRY)      # sign in again
+        await _ended(request, session, Reason.EXPIRY)      # sign in again
+        return None
     return fresh
 
 
 async def _ended(request: web.Request, session: Session, reason: Reason) -> None:
+    """End ``session`` for ``reason``: the request goes on signed out (None)."""
     set_session(request, None)
     ends = request.app[ENDS]
     await ends.end(ends.new(reason, session_id=session.id))

@@ -362,6 +362,7 @@ class Http1Pool:
             if self.unix_path is not None:
                 coro = self.loop.create_unix_connection(lambda: _Connection(self), self.unix_path)
             else:
+                assert self.host is not None and self.port is not None      # a TCP upstream has both
                 coro = self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
             _, conn = await asyncio.wait_for(coro, self.connect_timeout)
         except TimeoutError:

@@ -182,7 +182,7 @@ def _open_login(request: web.Request, name: str) -> LoginState | None:
     return login
 
 
-_LOGIN_COOKIES = web.RequestKey("authproxy_login_cookies", tuple)
+_LOGIN_COOKIES: web.RequestKey[tuple[list[str], list[str]]] = web.RequestKey("authproxy_login_cookies")
 
 
 def _login_cookies(request: web.Request) -> tuple[list[str], list[str]]:
@@ -190,9 +190,8 @@ def _login_cookies(request: web.Request) -> tuple[list[str], list[str]]:
     ``MAX_LOGIN_COOKIES`` live ones, newest first by issue time; ``rest``: every other login cookie —
     older, stale, forged or sent twice — all to be cleared. Names that are not RFC 6265 tokens are
     neither: no ``Set-Cookie`` can name them, and they are not ours."""
-    found = request.get(_LOGIN_COOKIES)
-    if found is not None:                 # start or callback, then trim_login_cookies: opened once
-        return found
+    if _LOGIN_COOKIES in request:          # start or callback, then trim_login_cookies: opened once
+        return request[_LOGIN_COOKIES]
     prefix = _login_prefix(request.app[CONFIG])
     raw = request.headers.get("Cookie")
     names = [] if raw is None or prefix not in raw else \

@@ -322,7 +322,8 @@ class Provider:
         self._keys_fetched_at = now
         self._jwks_retry_at = now + JWKS_RETRY_AFTER
         doc = await self._get_json("jwks", uri)
-        raw_keys = doc.get("keys") if isinstance(doc.get("keys"), list) else []
+        listed = doc.get("keys")
+        raw_keys: list[Any] = listed if isinstance(listed, list) else []
         usable = [k for k in raw_keys if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP")]
         try:
             self._keys = KeySet.import_key_set({"keys": usable})
@@ -333,7 +334,8 @@ class Provider:
     # -- HTTP -------------------------------------------------------------------------------
 
     async def _get_json(self, step: str, url: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        return await self._call(step, "GET", url, headers=headers)
+        answer: dict[str, Any] = await self._call(step, "GET", url, headers=headers)
+        return answer
 
     async def _call(self, step: str, method: str, url: str, *, as_list: bool = False, **kwargs: Any) -> Any:
         """One request to the provider; the parsed JSON answer, or the error that says what failed."""
@@ -375,7 +377,7 @@ def _expires_at(step: str, expires_in: object, now: float) -> float | None:
     if expires_in is None:
         return None
     try:
-        seconds = float(expires_in) if not isinstance(expires_in, bool) else math.nan
+        seconds = float(expires_in) if not isinstance(expires_in, bool) else math.nan  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         seconds = math.nan
     if not math.isfinite(seconds) or seconds < 0:

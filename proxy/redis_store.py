@@ -86,7 +86,7 @@ def connect(config: RedisConfig) -> Any:
     The password (``session.redis.password``) goes to the data nodes in every topology; sentinels are
     addressed by their URLs' host and port (default 26379) and get TLS when their URL is rediss://.
     """
-    timeouts = {"socket_connect_timeout": config.connect_timeout, "socket_timeout": config.timeout}
+    timeouts: dict[str, Any] = {"socket_connect_timeout": config.connect_timeout, "socket_timeout": config.timeout}
     password = config.password.get() if config.password else None
     # rediss://: redis-py verifies the server's certificate and name against the system CAs, plus ca_file.
     ca = {"ssl_ca_certs": config.ca_file} if config.ca_file else {}

@@ -75,7 +75,7 @@ class Refresher:
                  metrics: Metrics | None = None, store: SessionStore | None = None,
                  host: HostRefreshes | None = None) -> None:
         self._provider = provider
-        self._store: SessionStore = store or _NoStore()
+        self._store: SessionStore | _NoStore = store or _NoStore()
         self._host = host
         self._metrics = metrics or Metrics()
         self._refresh_before = refresh_before
@@ -237,7 +237,8 @@ class Refresher:
         """Follow remembered results from this session's refresh token to the newest tokens
         (RT1 → (AT2, RT2) → (AT3, RT3)…), and the spent tokens' keys met on the way. Chains stay short:
         ``refresh`` points every key met straight at its result."""
-        now, current, spent = self._clock(), session, []
+        now, current = self._clock(), session
+        spent: list[str] = []
         while current.refresh_token and len(spent) < RECENT_MAX:
             key = fingerprint(current.refresh_token)
             entry = self._recent.get(key)

@@ -40,7 +40,7 @@ class LiveStream:
 
     __slots__ = ("_transport", "session", "session_id")
 
-    def __init__(self, session: Session, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, session: Session, transport: asyncio.Transport) -> None:
         self.session_id = session.id
         self.session = session
         self._transport = transport
@@ -92,8 +92,9 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
         return out
     if request.method != "HEAD" and status not in (204, 304):
         streams, held = request.app.get(STREAMS), None
-        if streams is not None and session is not None and session.id and request.transport is not None:
-            held = LiveStream(session, request.transport)
+        transport = request.transport
+        if streams is not None and session is not None and session.id and isinstance(transport, asyncio.Transport):
+            held = LiveStream(session, transport)
             streams.add(held)
         try:
             if lean is not None and flush_interval == 0 and await _spliced(request, out, lean, headers):
@@ -115,7 +116,7 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
                 request.transport.close()
             return out
         finally:
-            if held is not None:
+            if streams is not None and held is not None:
                 streams.discard(held)
     await out.write_eof()
     return out
@@ -144,7 +145,7 @@ async def _spliced(request: web.Request, out: web.StreamResponse, lean: Http1Res
     chunks, source, received = taken
     for chunk in chunks:
         await _to_client(out, chunk)
-    if not await splice.flushed(request.transport):
+    if not isinstance(request.transport, asyncio.WriteTransport) or not await splice.flushed(request.transport):
         raise ClientGone
     try:
         await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout,

@@ -52,7 +52,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -68,7 +68,8 @@ from .errors import ProviderError, UpstreamError, UpstreamTimeout
 from .model import Session
 from .pages import html_page, json_answer
 from .refresh import RECENT_TTL, Refresher, SessionEnded
-from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream, normalized_path
+from .paths import normalized_path
+from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream
 
 log = logging.getLogger("authproxy.websocket")
 
@@ -277,7 +278,7 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
         live.end(SESSION_ENDED, "session ended")
     pumps = (asyncio.create_task(_pump(client_ws, upstream_ws, "client")),
              asyncio.create_task(_pump(upstream_ws, client_ws, "upstream")))
-    tasks = list(pumps)
+    tasks: list[asyncio.Task[Any]] = list(pumps)
     if session is not None:
         hard_end = session.created_at + app[CONFIG].cookie.expire
         tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, ends)))

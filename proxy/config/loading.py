@@ -130,7 +130,7 @@ def _document_order(data: object, loc: Loc) -> tuple[int, ...]:
         if part not in keys:
             order.append(len(keys))
             break
-        order.append(keys.index(part))
+        order.append(keys.index(part))  # type: ignore[arg-type]   # a str for a dict, an int for a list
         data = data[part]  # type: ignore[index]
     return tuple(order)
 

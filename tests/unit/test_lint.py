@@ -17,3 +17,9 @@ def test_ruff_finds_nothing():
                              "proxy", "tests", "demo", "bench"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
+
+
+def test_mypy_strict_finds_nothing():
+    result = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "pyproject.toml"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
