@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -209,9 +209,9 @@ class _Refused(asyncio.Protocol):
     """A connection beyond the limit: told so, then closed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(TOO_MANY)
-        transport.close()
+        writer = cast(asyncio.WriteTransport, transport)     # not isinstance: uvloop's transports are no subclasses
+        writer.write(TOO_MANY)
+        writer.close()
 
 
 class LimitedServer(web.Server):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -92,8 +93,8 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
         return out
     if request.method != "HEAD" and status not in (204, 304):
         streams, held = request.app.get(STREAMS), None
-        transport = request.transport
-        if streams is not None and session is not None and session.id and isinstance(transport, asyncio.Transport):
+        transport = request.transport        # never isinstance(): uvloop's transports are no asyncio subclasses
+        if streams is not None and session is not None and session.id and transport is not None:
             held = LiveStream(session, transport)
             streams.add(held)
         try:
@@ -145,7 +146,8 @@ async def _spliced(request: web.Request, out: web.StreamResponse, lean: Http1Res
     chunks, source, received = taken
     for chunk in chunks:
         await _to_client(out, chunk)
-    if not isinstance(request.transport, asyncio.WriteTransport) or not await splice.flushed(request.transport):
+    transport = cast(asyncio.WriteTransport | None, request.transport)    # uvloop's are no subclasses of it
+    if transport is None or not await splice.flushed(transport):
         raise ClientGone
     try:
         await splice.splice(source, client, int(length) - received, read_timeout=lean.read_timeout,

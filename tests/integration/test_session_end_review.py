@@ -19,8 +19,11 @@ from proxy.errors import CookieError
 from tests.integration.test_session_end import cookie_header, get, store_section
 from tests.integration.test_websocket import expect_close, ws_url
 from tests.support.browserless import login_via_http
+from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, client_metadata
 from tests.support.ports import free_port
+from tests.support.proxyrun import config_dict
 from tests.support.rich_upstream import RichUpstream, start_rich_upstream
+from tests.support.subproc import start_proxy_process
 
 pytestmark = pytest.mark.integration
 
@@ -304,6 +307,32 @@ async def test_a_server_sent_event_stream_ends_with_its_session(stack_factory, b
         except aiohttp.ClientPayloadError:
             rest = b""
         assert b"second" not in rest                  # cut, not waiting for the app's next event
+
+
+async def test_a_server_sent_event_stream_ends_with_its_session_in_a_real_process(idp_factory, rich):
+    """The same in ``python -m proxy``, which runs on uvloop: its transports are not subclasses of asyncio's,
+    and an isinstance() check once left every stream unregistered there (and every large download cut)."""
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    idp = await idp_factory(clients=[client_metadata(public + "/oauth2/callback")])
+    proxy = await start_proxy_process(config_dict(port=port, issuer=idp.issuer, upstream_url=rich.url,
+                                                  client_id=CLIENT_ID, client_secret=CLIENT_SECRET))
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            await login_via_http(browser, public + "/")
+            cookie = cookie_header(browser)
+        async with aiohttp.ClientSession() as client, \
+                client.get(public + "/sse", headers={"Cookie": cookie, "Accept": "text/event-stream"}) as resp:
+            assert resp.status == 200
+            assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5) == b"data: first\n\n"
+            assert (await get(public + "/oauth2/sign_out", cookie))[0] == 302
+            try:
+                rest = await asyncio.wait_for(resp.content.read(), 3)
+            except aiohttp.ClientPayloadError:
+                rest = b""
+            assert b"second" not in rest
+    finally:
+        await proxy.stop()
 
 
 async def test_the_redis_denylist_keeps_the_latest_end_when_ends_arrive_out_of_order(redis_server):
