@@ -32,7 +32,7 @@ from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_
                     trim_login_cookies)
 from .pages import NO_STORE, html_page, json_answer
 from .provider import Provider
-from .refresh import Refresher
+from .refresh import GRANT_CAP, Refresher
 from .backchannel import handle_backchannel_logout
 from .redis_store import RedisDenylist, RedisStore
 from .ending import ENDS, FANOUT, Fanout, Holds, LocalFanout, SessionEnds
@@ -165,7 +165,7 @@ async def _provider_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
     link = app[LASTING].host                 # the Redis store shares refreshes itself (its lock)
     shared = link is not None and not isinstance(app[STORE], RedisStore)
-    host = HostRefreshes(link, app[SEALER], 2 * config.provider.timeout + 5) if shared and link else None
+    host = HostRefreshes(link, app[SEALER], GRANT_CAP + config.provider.timeout + 5) if shared and link else None
     app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS], app[STORE], host)
     task = asyncio.create_task(_load_metadata(provider))
     yield

@@ -175,10 +175,14 @@ class Provider:
                                                     "redirect_uri": self.redirect_uri,
                                                     "code_verifier": code_verifier})
 
-    async def refresh(self, refresh_token: str) -> TokenSet:
-        return await self._grant("refresh", {"grant_type": "refresh_token", "refresh_token": refresh_token})
+    async def refresh(self, refresh_token: str, *, timeout: float | None = None) -> TokenSet:
+        """``timeout``: how long to await the answer once connected (default ``provider.timeout``): the
+        refresher awaits a sent grant much longer, since the provider rotates the token even for a
+        caller that has gone (``refresh.GRANT_CAP``). Connecting is still bounded by ``provider.timeout``."""
+        return await self._grant("refresh", {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                                 timeout)
 
-    async def _grant(self, step: str, form: dict[str, str]) -> TokenSet:
+    async def _grant(self, step: str, form: dict[str, str], timeout: float | None = None) -> TokenSet:
         c = self.config
         headers = {}
         if c.token_endpoint_auth_method == "client_secret_post":
@@ -187,7 +191,8 @@ class Provider:
             # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
             pair = f"{quote_plus(c.client_id)}:{quote_plus(c.client_secret.get())}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        body = await self._call(step, "POST", self._meta().token_endpoint, data=form, headers=headers)
+        body = await self._call(step, "POST", self._meta().token_endpoint, data=form, headers=headers,
+                                timeout=timeout)
         return self._token_set(step, body)
 
     def _token_set(self, step: str, body: Mapping[str, Any]) -> TokenSet:
@@ -337,20 +342,23 @@ class Provider:
         answer: dict[str, Any] = await self._call(step, "GET", url, headers=headers)
         return answer
 
-    async def _call(self, step: str, method: str, url: str, *, as_list: bool = False, **kwargs: Any) -> Any:
-        """One request to the provider; the parsed JSON answer, or the error that says what failed."""
+    async def _call(self, step: str, method: str, url: str, *, as_list: bool = False, timeout: float | None = None,
+                    **kwargs: Any) -> Any:
+        """One request to the provider; the parsed JSON answer, or the error that says what failed.
+        ``timeout``: the whole call's bound, if longer than ``provider.timeout`` (which still bounds connecting)."""
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **(kwargs.pop("headers", None) or {})}
         started = time.perf_counter()
+        limit = max(timeout or 0.0, self.config.timeout)
         try:
             async with self._http.request(method, url, headers=headers, allow_redirects=False,
-                                          timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                                          timeout=aiohttp.ClientTimeout(total=limit, connect=self.config.timeout),
                                           **kwargs) as resp:
                 raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 status, content_type = resp.status, resp.content_type
             if self._metrics is not None:
                 self._metrics.provider_seconds.labels(step).observe(time.perf_counter() - started)
         except TimeoutError:
-            raise ProviderError(step, f"no answer within {self.config.timeout:g}s", transient=True) from None
+            raise ProviderError(step, f"no answer within {limit:g}s", transient=True) from None
         except aiohttp.ClientError as exc:
             raise ProviderError(step, f"could not connect ({type(exc).__name__})", transient=True) from None
         if len(raw) > MAX_RESPONSE_BYTES:

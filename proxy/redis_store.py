@@ -53,6 +53,9 @@ HEALTH_CACHE = 1.0
 # Per-session keys remembered for reloading during a refresh (a refresh always follows a load here).
 KEYS_REMEMBERED = 10_000
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# Extend a lock only while it is still ours. KEYS[1] lock; ARGV: token, milliseconds. 1 = extended.
+_EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+           "else return 0 end")
 # What an ended session's key holds instead of the sealed session (sealed values start with "1.").
 TOMBSTONE = "ended"
 # Save: never over a tombstone; a refresh ("update") only over a session that still exists.
@@ -264,19 +267,38 @@ class RedisStore:
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:
-        """Hold the session's refresh lock; waits while another process holds it (up to its expiry)."""
+        """Hold the session's refresh lock; waits while another process holds it (up to its expiry).
+
+        The lock lives ``lock_timeout`` and is extended every third of it while its holder runs: a
+        refresh grant sent to a slow provider is awaited for up to ``refresh.GRANT_CAP``, and must not
+        lose the lock meanwhile (another replica would send the refresh token again, and a provider
+        that rotates refuses the second use), while a crashed holder still blocks nobody for longer
+        than ``lock_timeout``."""
         key, token = self._key("lock", session.id), random_token(12)
+        lease_ms = int(self.config.lock_timeout * 1000)
         deadline = time.monotonic() + self.config.lock_timeout * 1.5
         with _reachable():
-            while not await self._redis.set(key, token, nx=True, px=int(self.config.lock_timeout * 1000)):
+            while not await self._redis.set(key, token, nx=True, px=lease_ms):
                 if time.monotonic() > deadline:
                     raise StoreUnavailable("Another process holds this session's refresh lock for too long.")
                 await asyncio.sleep(LOCK_POLL)
+        keeper = asyncio.create_task(self._keep_lock(key, token, lease_ms))
         try:
             yield
         finally:
+            keeper.cancel()
             with contextlib.suppress(RedisError):
                 await self._redis.eval(_RELEASE, 1, key, token)
+
+    async def _keep_lock(self, key: str, token: str, lease_ms: int) -> None:
+        """Extend our refresh lock every third of its lease until cancelled or no longer ours."""
+        while True:
+            await asyncio.sleep(lease_ms / 3000)
+            try:
+                if not await self._redis.eval(_EXTEND, 1, key, token, lease_ms):
+                    return
+            except RedisError:
+                continue                     # Redis away for a moment: try again at the next third
 
     async def reload(self, session: Session) -> Session | None:
         """The session as Redis has it now (another replica may have refreshed it); None once it ended.

@@ -14,6 +14,13 @@ refresh. Three things make sure of it within a process:
 3. **Classified failures.** ``invalid_grant``/``invalid_client`` end the session; an unreachable or
    failing provider is transient: a still-valid access token keeps being used, an expired one gets
    a 503 until the provider is back.
+4. **A grant once sent is seen through.** A slow provider may still hold our request in its queue
+   when the request that started it gives up; it will then rotate the refresh token for us. So the
+   grant is awaited to its end (up to ``GRANT_CAP``) by its task, not by the request: the request waits
+   ``provider.timeout`` and gets its 503 (or keeps its still-valid token), and the result, when it
+   comes, is kept for the session's later requests (``ABANDONED_TTL``). Sending the spent token again
+   would be refused as reuse, and the user signed out. Only a grant that never reached the provider
+   (no connection) fails early, and may be sent again.
 
 With several processes sharing sessions, a lock spans them around the same steps: the Redis store's
 (replicas, or workers with ``store: redis``), or with the cookie store and ``workers: N`` the host
@@ -48,6 +55,13 @@ RECENT_TTL = 30.0
 RECENT_MAX = 10_000
 # How many results found host-wide are followed (RT1 → RT2 → RT3) before refreshing from the last one.
 HOPS = 3
+# How long a refresh grant, once sent, is awaited before it counts as lost (aiohttp's total timeout);
+# the request that started it waits only ``provider.timeout``. Locks around a refresh outlive it.
+GRANT_CAP = 120.0
+# How long a result that arrived after every request waiting for it gave up is served to the spent
+# refresh token: the cookie store has no other place to keep it, and the user's next request may come
+# minutes later (a tab reloaded after the 503). Tokens are bounded by RECENT_MAX like the rest.
+ABANDONED_TTL = 3600.0
 
 
 class SessionEnded(Exception):
@@ -73,8 +87,9 @@ class Refresher:
 
     def __init__(self, provider: Provider, refresh_before: float, clock: Callable[[], float] = time.time,
                  metrics: Metrics | None = None, store: SessionStore | None = None,
-                 host: HostRefreshes | None = None) -> None:
+                 host: HostRefreshes | None = None, wait: float | None = None) -> None:
         self._provider = provider
+        self._wait = wait if wait is not None else provider.config.timeout   # a request's patience
         self._store: SessionStore | _NoStore = store or _NoStore()
         self._host = host
         self._metrics = metrics or Metrics()
@@ -151,7 +166,12 @@ class Refresher:
             task = asyncio.create_task(self._refresh(key, session, remember_for))
             self._inflight[key] = task
             task.add_done_callback(self._finished(key))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._wait)
+        except TimeoutError:
+            # The task goes on (shielded) and keeps its result for the session's next request.
+            raise ProviderError("refresh", f"no answer within {self._wait:g}s (still awaited)",
+                                transient=True) from None
 
     def _finished(self, key: str) -> Callable[[asyncio.Task[Session]], None]:
         def done(task: asyncio.Task[Session]) -> None:
@@ -182,9 +202,12 @@ class Refresher:
                 return current
             assert current.refresh_token is not None
             self.grants += 1
-            tokens = await self._provider.refresh(current.refresh_token)
+            sent = asyncio.get_running_loop().time()      # monotonic: how long the grant took, not the time of day
+            tokens = await self._provider.refresh(current.refresh_token, timeout=max(GRANT_CAP, self._wait))
             identity = await self._refreshed_identity(current, tokens)
             now = self._clock()
+            if asyncio.get_running_loop().time() - sent >= self._wait:   # its requests gave up: keep it longer
+                remember_for = max(remember_for, ABANDONED_TTL)
             fresh = replace(current, identity=identity, access_token=tokens.access_token, issued_at=now,
                             expires_at=tokens.expires_at, refresh_token=tokens.refresh_token or current.refresh_token,
                             id_token=tokens.id_token or current.id_token)

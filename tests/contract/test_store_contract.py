@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+from typing import Any
 
 import pytest
 
@@ -36,9 +38,10 @@ def cookie_store(secret: str = SECRET) -> CookieStore:
     return CookieStore(CookieCodec(cfg, Sealer(cfg.keys)), MemoryDenylist())
 
 
-def redis_store(url: str, secret: str = SECRET) -> RedisStore:
+def redis_store(url: str, secret: str = SECRET, **redis: Any) -> RedisStore:
     cfg = make_config(cookie={"secret": secret, "expire": "1h"})
-    return RedisStore(RedisConfig(url=url, key_prefix="t:"), cfg.cookie.name, EXPIRE, Sealer(cfg.cookie.keys))
+    return RedisStore(RedisConfig(url=url, key_prefix="t:", **redis), cfg.cookie.name, EXPIRE,
+                      Sealer(cfg.cookie.keys))
 
 
 @pytest.fixture(params=["cookie", "redis"])
@@ -222,3 +225,21 @@ async def test_logout_token_ids_are_single_use(make_store):
     assert await store.first_use("jti-1", 60) is True
     assert await store.first_use("jti-1", 60) is False
     assert await store.first_use("jti-2", 60) is True
+
+
+async def test_redis_refresh_lock_outlives_its_lease_while_its_holder_runs(redis_server):
+    """A refresh grant to a slow provider is awaited far longer than ``lock_timeout``: the lock is extended
+    meanwhile, so another replica never takes it and sends the (rotated) refresh token again."""
+    holder, other = (redis_store(redis_server.url, lock_timeout=0.3) for _ in range(2))
+    session_ = session(id="s-lock")
+    try:
+        async with holder.refresh_lock(session_):
+            await asyncio.sleep(1.0)                               # three leases
+            with pytest.raises(StoreUnavailable):
+                async with other.refresh_lock(session_):
+                    pytest.fail("another replica took a lock whose holder is still running")
+        async with other.refresh_lock(session_):                 # released: free at once
+            pass
+    finally:
+        await holder.close()
+        await other.close()

@@ -196,6 +196,16 @@ class IdP:
     async def resume(self) -> None:
         await self._start()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the provider still accepts connections (the kernel queues them) but answers nothing
+        until ``thaw()``, then answers everything it was sent meanwhile, to callers that may have gone."""
+        assert self._proc is not None and self._proc.returncode is None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     async def restart(self, *, keep_state: bool = True, **changes: Any) -> None:
         """Stop and start again on the same port with `changes` applied to the config (None removes a key).
 

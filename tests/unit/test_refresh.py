@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from proxy.errors import ProviderError, ProviderUnavailable, TokenRejected
 from proxy.provider import TokenSet
-from proxy.refresh import RECENT_TTL, Refresher, SessionEnded
+from proxy.refresh import ABANDONED_TTL, GRANT_CAP, RECENT_TTL, Refresher, SessionEnded
 from proxy.session import Identity, Session
 
 
@@ -24,10 +25,10 @@ class FakeProvider:
     """Counts refresh grants; answers after a short pause so concurrent callers overlap."""
 
     def __init__(self, clock: Clock, *, fail: Exception | None = None, rotate: bool = True,
-                 userinfo: dict | None = None) -> None:
+                 userinfo: dict | None = None, delay: float = 0.01) -> None:
         self.clock, self.fail, self.rotate, self.calls = clock, fail, rotate, []
-        self.info = userinfo
-        self.config = type("ProviderConfig", (), {"use_userinfo": userinfo is not None})()
+        self.info, self.delay, self.timeouts = userinfo, delay, []
+        self.config = type("ProviderConfig", (), {"use_userinfo": userinfo is not None, "timeout": 10.0})()
 
     async def userinfo(self, access_token: str) -> dict:
         return dict(self.info or {})
@@ -35,9 +36,10 @@ class FakeProvider:
     def identity_from(self, claims: dict) -> Identity:
         return Identity.from_claims(claims)
 
-    async def refresh(self, refresh_token: str) -> TokenSet:
+    async def refresh(self, refresh_token: str, *, timeout: float | None = None) -> TokenSet:
         self.calls.append(refresh_token)
-        await asyncio.sleep(0.01)
+        self.timeouts.append(timeout)
+        await asyncio.sleep(self.delay)
         if self.fail:
             raise self.fail
         n = len(self.calls)
@@ -247,3 +249,37 @@ async def test_refresh_naming_another_user_ends_the_session():
     provider = FakeProvider(clock, userinfo={"sub": "mallory"})
     with pytest.raises(SessionEnded):
         await Refresher(provider, 60, clock).ensure_fresh(session(clock, left=10))
+
+
+async def test_a_slow_grant_is_seen_through_and_its_result_kept_for_the_session():
+    """The soak's lost sessions: the provider held our refresh grant longer than the request waited, then
+    rotated the refresh token anyway. The request gets its 503; the grant goes on, and its result serves
+    the session's next request, which must never send the spent token again."""
+    clock = Clock()
+    provider = FakeProvider(clock, delay=0.5)
+    refresher = Refresher(provider, refresh_before=60, clock=clock, wait=0.1)
+    expired = session(clock, left=-1)
+    with pytest.raises(ProviderUnavailable):
+        await refresher.ensure_fresh(expired)
+    assert provider.calls == ["RT0"] and provider.timeouts[0] >= GRANT_CAP     # awaited far beyond the request
+    with pytest.raises(ProviderUnavailable):                  # a request meanwhile joins the grant in flight
+        await refresher.ensure_fresh(expired)
+    assert provider.calls == ["RT0"]
+    await asyncio.sleep(0.6)
+    clock.now += RECENT_TTL + 60                              # the user comes back minutes later
+    fresh = await refresher.ensure_fresh(replace(expired, expires_at=clock() - 1))
+    assert fresh.access_token == "AT1" and fresh.refresh_token == "RT1"
+    assert provider.calls == ["RT0"]                          # RT0 was never sent again
+    clock.now += ABANDONED_TTL
+    assert refresher._latest_known(expired)[0] is expired     # not kept for ever
+
+
+async def test_a_still_valid_token_is_used_while_a_slow_grant_is_pending():
+    clock = Clock()
+    provider = FakeProvider(clock, delay=0.5)
+    refresher = Refresher(provider, refresh_before=60, clock=clock, wait=0.1)
+    due = session(clock, left=10)
+    assert await refresher.ensure_fresh(due) is due           # deferred, not a 503
+    await asyncio.sleep(0.6)
+    assert (await refresher.ensure_fresh(due)).access_token == "AT1"
+    assert provider.calls == ["RT0"]
