@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -127,6 +128,22 @@ class Sealer:
             return cipher.decrypt(nonce, raw[_KEY_ID_LEN + _NONCE_LEN:], associated_data)
         except InvalidTag as exc:
             raise CookieError("failed authentication (tampered, truncated or another purpose)") from exc
+
+
+# The order of P-256's base point: a private key is an integer in [1, n - 1].
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_ASSERTION_INFO = b"authproxy identity assertion ES256 v1"
+
+
+def assertion_signing_key(secret: bytes) -> ec.EllipticCurvePrivateKey:
+    """The P-256 key that signs identity assertions, derived from a cookie secret (HKDF with its own
+    ``info``, so it shares nothing with the sealing key): every worker and replica with the same secrets
+    signs with the same key and publishes the same JWKS, with no key file to distribute, and rotating
+    the cookie secret rotates it. 48 bytes reduced modulo n - 1 keep the bias below 2^-128 (FIPS 186-5
+    A.2.1's "extra random bits" method)."""
+    material = HKDF(algorithm=hashes.SHA256(), length=48, salt=None, info=_ASSERTION_INFO).derive(secret)
+    scalar = int.from_bytes(material, "big") % (_P256_ORDER - 1) + 1
+    return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 def random_token(nbytes: int = 32) -> str:
