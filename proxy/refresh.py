@@ -82,7 +82,6 @@ class Refresher:
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[Session]] = {}
         self._recent: OrderedDict[str, tuple[float, Session]] = OrderedDict()
-        self.grants = 0          # refresh grants actually sent (for tests and metrics)
 
     def due(self, session: Session, now: float) -> bool:
         """Whether to refresh now: within ``refresh_before`` of expiry, but never earlier than half
@@ -181,7 +180,6 @@ class Refresher:
                 self._metrics.refreshes.labels("reused").inc()
                 return current
             assert current.refresh_token is not None
-            self.grants += 1
             tokens = await self._provider.refresh(current.refresh_token)
             identity = await self._refreshed_identity(current, tokens)
             now = self._clock()
