@@ -114,19 +114,26 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
             log.info("stopped")
             return
         hup.clear()
-        try:
-            new_config = reload()
-        except ConfigError as exc:
-            log.error("reload rejected, the running configuration stays in force:\n%s", exc)
-            continue
-        configure_logging(new_config.logging)
-        if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
-            log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
-                        new_config.worker_count)
-        new_runner = await start_runner(new_config, lasting)
-        old, runner, config = runner, new_runner, new_config
-        log.info("configuration reloaded; draining the old listener")
-        await old.cleanup()
+        runner, config = await _reloaded(runner, config, reload, lasting, supervisor)
+
+
+async def _reloaded(runner: web.AppRunner, config: Config, reload: Callable[[], Config], lasting: Lasting,
+                    supervisor: int) -> tuple[web.AppRunner, Config]:
+    """SIGHUP: the new configuration's listener, started before the old one drains (``SO_REUSEPORT``);
+    or, when the file is rejected, the running ones, unchanged."""
+    try:
+        new_config = reload()
+    except ConfigError as exc:
+        log.error("reload rejected, the running configuration stays in force:\n%s", exc)
+        return runner, config
+    configure_logging(new_config.logging)
+    if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
+        log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
+                    new_config.worker_count)
+    new_runner = await start_runner(new_config, lasting)
+    log.info("configuration reloaded; draining the old listener")
+    await runner.cleanup()
+    return new_runner, new_config
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -365,3 +365,48 @@ async def test_metrics_are_served_on_their_own_listener(unused_tcp_port):
             assert "authproxy_" in await resp.text()
     finally:
         await runner.cleanup()
+
+
+class FakeRunner:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.cleaned = False
+
+    async def cleanup(self) -> None:
+        self.cleaned = True
+
+
+async def test_a_reload_starts_the_new_listener_before_the_old_one_drains(monkeypatch, caplog):
+    started: list[FakeRunner] = []
+
+    async def start_runner(config: Config, lasting: Any) -> FakeRunner:
+        assert not old.cleaned                          # the old listener still serves while the new one starts
+        started.append(FakeRunner(config))
+        return started[-1]
+
+    monkeypatch.setattr(server, "start_runner", start_runner)
+    monkeypatch.setattr(server, "configure_logging", lambda settings: None)
+    caplog.set_level(logging.INFO, logger="authproxy")
+    config, new = make_config(), make_config(workers=2)
+    old = FakeRunner(config)
+    runner, running = await server._reloaded(old, config, lambda: new, server.Lasting(), supervisor=os.getpid())
+    assert (runner, running) == (started[0], new)
+    assert old.cleaned
+    # A change of workers in a single process waits for a restart (our parent is not a supervisor).
+    assert "workers: 2 takes effect when authproxy is restarted" in caplog.text
+
+
+async def test_a_rejected_reload_keeps_the_running_listener_and_configuration(monkeypatch, caplog):
+    async def start_runner(config: Config, lasting: Any) -> FakeRunner:
+        raise AssertionError("no listener is started for a rejected file")
+
+    def reload() -> Config:
+        raise ConfigError("<unit>", [Problem("cookie.secret", "is required")])
+
+    monkeypatch.setattr(server, "start_runner", start_runner)
+    config = make_config()
+    old = FakeRunner(config)
+    assert await server._reloaded(old, config, reload, server.Lasting(), supervisor=0) == (old, config)
+    assert not old.cleaned
+    assert "reload rejected, the running configuration stays in force" in caplog.text
+    assert "cookie.secret: is required" in caplog.text
