@@ -36,7 +36,7 @@ from .paths import normalize_path
 from .metrics import METRICS
 from .model import Session
 from .pages import NO_STORE, html_page
-from .provider import Provider
+from .provider import Provider, TokenSet
 from .session import commit_session, defer_cookie, get_session, set_session
 from .store import StoreUnavailable
 
@@ -247,52 +247,81 @@ async def handle_start(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_callback(request: web.Request) -> web.StreamResponse:
-    """The provider's redirect back (RFC 6749 §4.1.2): check, exchange, verify, start the session."""
-    config, provider, q = request.app[CONFIG], request.app[PROVIDER], request.query
-    _refuse_repeated_parameters(q)
-    state = q.get("state")
-    if not state:
-        raise StateMismatch("The sign-in response carried no state; start again from the application.")
-    name = _login_prefix(config) + state
-    login = _open_login(request, name) if name in _login_cookies(request)[0] else None
-    if login is None:
-        raise StateMismatch("This sign-in response does not belong to a sign-in started in this browser "
-                            "(or it was already used, or it is older than 10 minutes); start again.")
-    # The state is single-use: its cookie goes whatever happens next.
-    defer_cookie(request, _login_cookie(config, name, "", 0))
-    if provider.is_oidc:
-        _check_issuer(q.get("iss"), provider, config)
-    if "error" in q:
-        raise AuthorizationDenied(_plain_text(q["error"], 80) or "an error code that is not plain text",
-                                  _plain_text(q.get("error_description"), 200))
-    code = q.get("code")
-    if not code:
-        raise LoginError("The sign-in response carried no authorization code; start again.")
+    """The provider's redirect back (RFC 6749 §4.1.2): check, exchange, verify, start the session.
+
+    Each step refuses before the next begins: a response that is not ours never reaches the token
+    endpoint, and a code is spent only once its response passed every check."""
+    config, provider = request.app[CONFIG], request.app[PROVIDER]
+    login = _spend_login(request)
+    code = _authorization_code(request.query, provider, config)
     tokens = await provider.exchange_code(code, login.verifier)
-    claims: dict[str, Any] = {}
-    if provider.is_oidc:
-        if not tokens.id_token:
-            raise TokenValidationError("id_token", "the token response has no ID token")
-        claims = await provider.verify_id_token(tokens.id_token, nonce=login.nonce)
-    if config.provider.use_userinfo or not provider.is_oidc:
-        info = await provider.userinfo(tokens.access_token)
-        if claims and info.get("sub") != claims["sub"]:
-            raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
-        claims = {**info, **claims}
-    now = request.app[CLOCK]()
-    session = Session(identity=provider.identity_from(claims), access_token=tokens.access_token, created_at=now,
-                      issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token,
-                      id_token=tokens.id_token,
-                      sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16))
-    set_session(request, session)   # replaces whatever session cookie came in: no fixation
-    await commit_session(request)
-    request.app[METRICS].login_completed(session.identity.sub, request[REQUEST_ID])
+    claims = await _verified_claims(provider, config, tokens, login.nonce)
+    await _establish_session(request, provider, tokens, claims)
     target = safe_redirect(login.rd, config)
     if config.cookie.samesite == "strict":
         # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
         # a same-site navigation from this page carries them.
         return html_redirect(target)
     raise web.HTTPFound(target, headers=AT_REDIRECT_URI)
+
+
+def _spend_login(request: web.Request) -> LoginState:
+    """The login this response answers, found by its ``state`` (RFC 6749 §10.12) among this browser's
+    newest login cookies; that cookie is cleared whatever happens next, so a state works once."""
+    _refuse_repeated_parameters(request.query)
+    state = request.query.get("state")
+    if not state:
+        raise StateMismatch("The sign-in response carried no state; start again from the application.")
+    name = _login_prefix(request.app[CONFIG]) + state
+    login = _open_login(request, name) if name in _login_cookies(request)[0] else None
+    if login is None:
+        raise StateMismatch("This sign-in response does not belong to a sign-in started in this browser "
+                            "(or it was already used, or it is older than 10 minutes); start again.")
+    defer_cookie(request, _login_cookie(request.app[CONFIG], name, "", 0))
+    return login
+
+
+def _authorization_code(query: MultiMapping[str], provider: Provider, config: Config) -> str:
+    """The ``code`` of a response from our provider (RFC 9207 ``iss`` first), or the error it carries
+    (RFC 6749 §4.1.2.1), shown only as plain text."""
+    if provider.is_oidc:
+        _check_issuer(query.get("iss"), provider, config)
+    if "error" in query:
+        raise AuthorizationDenied(_plain_text(query["error"], 80) or "an error code that is not plain text",
+                                  _plain_text(query.get("error_description"), 200))
+    code = query.get("code")
+    if not code:
+        raise LoginError("The sign-in response carried no authorization code; start again.")
+    return code
+
+
+async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet, nonce: str | None) -> dict[str, Any]:
+    """Who signed in: the verified ID token's claims (OIDC Core §3.1.3.7) and, when configured or for
+    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2)."""
+    claims: dict[str, Any] = {}
+    if provider.is_oidc:
+        if not tokens.id_token:
+            raise TokenValidationError("id_token", "the token response has no ID token")
+        claims = await provider.verify_id_token(tokens.id_token, nonce=nonce)
+    if config.provider.use_userinfo or not provider.is_oidc:
+        info = await provider.userinfo(tokens.access_token)
+        if claims and info.get("sub") != claims["sub"]:
+            raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
+        claims = {**info, **claims}
+    return claims
+
+
+async def _establish_session(request: web.Request, provider: Provider, tokens: TokenSet,
+                             claims: dict[str, Any]) -> None:
+    """A new session, with a new id, in place of whatever session cookie came in (no fixation), saved now."""
+    now = request.app[CLOCK]()
+    session = Session(identity=provider.identity_from(claims), access_token=tokens.access_token, created_at=now,
+                      issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token,
+                      id_token=tokens.id_token,
+                      sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16))
+    set_session(request, session)
+    await commit_session(request)
+    request.app[METRICS].login_completed(session.identity.sub, request[REQUEST_ID])
 
 
 def _check_issuer(iss: str | None, provider: Provider, config: Config) -> None:

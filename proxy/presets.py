@@ -12,11 +12,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 PRESETS = ("github", "google", "microsoft", "gitlab", "keycloak")
-TYPES = ("oidc", "oauth2", *PRESETS)
-
-# Claim paths used when neither a preset nor the operator names them (OIDC Core §5.1 standard claims).
-STANDARD_CLAIMS = {"user": "sub", "email": "email", "name": "name", "preferred_username": "preferred_username",
-                   "groups": "groups"}
 
 # Tenants whose tokens carry each user's own tenant as issuer, so the issuer cannot be checked.
 _MULTI_TENANT = ("common", "organizations", "consumers")

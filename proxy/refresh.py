@@ -97,7 +97,6 @@ class Refresher:
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[Session]] = {}
         self._recent: OrderedDict[str, tuple[float, Session]] = OrderedDict()
-        self.grants = 0          # refresh grants actually sent (for tests and metrics)
 
     def due(self, session: Session, now: float) -> bool:
         """Whether to refresh now: within ``refresh_before`` of expiry, but never earlier than half
@@ -201,7 +200,6 @@ class Refresher:
                 self._metrics.refreshes.labels("reused").inc()
                 return current
             assert current.refresh_token is not None
-            self.grants += 1
             sent = asyncio.get_running_loop().time()      # monotonic: how long the grant took, not the time of day
             tokens = await self._provider.refresh(current.refresh_token, timeout=max(GRANT_CAP, self._wait))
             identity = await self._refreshed_identity(current, tokens)

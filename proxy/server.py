@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -36,7 +37,6 @@ from .errors import ConfigError
 from .host import HostDenylist, HostFanout, HostLink
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
-import contextlib
 
 log = logging.getLogger("authproxy")
 
@@ -114,19 +114,26 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
             log.info("stopped")
             return
         hup.clear()
-        try:
-            new_config = reload()
-        except ConfigError as exc:
-            log.error("reload rejected, the running configuration stays in force:\n%s", exc)
-            continue
-        configure_logging(new_config.logging)
-        if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
-            log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
-                        new_config.worker_count)
-        new_runner = await start_runner(new_config, lasting)
-        old, runner, config = runner, new_runner, new_config
-        log.info("configuration reloaded; draining the old listener")
-        await old.cleanup()
+        runner, config = await _reloaded(runner, config, reload, lasting, supervisor)
+
+
+async def _reloaded(runner: web.AppRunner, config: Config, reload: Callable[[], Config], lasting: Lasting,
+                    supervisor: int) -> tuple[web.AppRunner, Config]:
+    """SIGHUP: the new configuration's listener, started before the old one drains (``SO_REUSEPORT``);
+    or, when the file is rejected, the running ones, unchanged."""
+    try:
+        new_config = reload()
+    except ConfigError as exc:
+        log.error("reload rejected, the running configuration stays in force:\n%s", exc)
+        return runner, config
+    configure_logging(new_config.logging)
+    if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
+        log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
+                    new_config.worker_count)
+    new_runner = await start_runner(new_config, lasting)
+    log.info("configuration reloaded; draining the old listener")
+    await runner.cleanup()
+    return new_runner, new_config
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -186,6 +193,120 @@ class CoordinatorProcess:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class Supervisor:
+    """The parent of ``workers: N``: forks the workers, passes signals on, replaces a worker that dies,
+    follows a change of ``workers`` on SIGHUP and stops the host coordinator after the last worker.
+
+    Its state — the live workers with their start times, the ones retired by a smaller ``workers``,
+    whether it is stopping — is what the signal handler and the wait loop share. Forking, signalling,
+    the clock and the pause are parameters, so its decisions can be tested in one process."""
+
+    def __init__(self, config: Config, reload: Callable[[], Config], coordinator: CoordinatorProcess, *,
+                 start_worker: Callable[[], int] | None = None,
+                 kill: Callable[[int, int], None] = os.kill,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.reload = reload
+        self.coordinator = coordinator
+        self.children: dict[int, float] = {}          # worker pid -> when it started
+        self.retiring: set[int] = set()               # stopped because ``workers`` shrank: not replaced
+        self.stopping = False
+        self.status = 0
+        self.pid = os.getpid()
+        self._start_worker = start_worker or self._fork_worker
+        self._kill = kill
+        self._clock = clock
+        self._sleep = sleep
+
+    def run(self, count: int) -> int:
+        """Start the coordinator and ``count`` workers, then supervise until every worker has exited."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.forward)
+        self.coordinator.start()
+        for _ in range(count):
+            self.spawn()
+        log.info("supervisor %d started %d workers", os.getpid(), count)
+        return self.supervise()
+
+    def supervise(self, wait: Callable[[], tuple[int, int]] = os.wait) -> int:
+        """Reap children until no worker is left; the exit status for the supervisor."""
+        while self.children:
+            try:
+                pid, code = wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            self.reap(pid, code)
+        self.coordinator.stop()
+        return self.status
+
+    def reap(self, pid: int, wait_status: int) -> None:
+        """One child exited: restart the coordinator or a worker unless stopping, or record the status."""
+        if pid == self.coordinator.pid:
+            if not self.stopping:
+                self.coordinator.restart(os.waitstatus_to_exitcode(wait_status))
+            return
+        started = self.children.pop(pid, None)
+        if started is None or pid in self.retiring:
+            self.retiring.discard(pid)
+            return
+        code = os.waitstatus_to_exitcode(wait_status)
+        if self.stopping:
+            self.status = self.status or (code if code > 0 else 0)
+            return
+        log.error("worker %d exited with %d; starting a new one", pid, code)
+        if self._clock() - started < WORKER_MIN_LIFETIME:
+            self._sleep(WORKER_RESTART_PAUSE)
+        self.spawn()
+
+    def spawn(self) -> None:
+        self.children[self._start_worker()] = self._clock()
+
+    def _fork_worker(self) -> int:
+        pid = os.fork()
+        if pid == 0:                                  # the worker
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            try:
+                run_loop(serve(self.config, self.reload, self.pid, self.coordinator.socket))
+                os._exit(0)
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                os._exit(1)
+        return pid
+
+    def signal_workers(self, sig: int, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                self._kill(pid, sig)
+
+    def forward(self, sig: int, _frame: object) -> None:
+        """The signal handler: SIGTERM/SIGINT stop every worker (as SIGTERM), SIGHUP reloads them all."""
+        self.stopping = self.stopping or sig in (signal.SIGTERM, signal.SIGINT)
+        self.signal_workers(signal.SIGTERM if sig == signal.SIGINT else sig, list(self.children))
+        if sig == signal.SIGHUP and not self.stopping:
+            self.resize()
+
+    def resize(self) -> None:
+        """Read the configuration again and start or retire workers to match its ``workers``."""
+        try:
+            self.config = self.reload()
+        except ConfigError:
+            return                                    # each worker logs the problems and keeps its config
+        configure_logging(self.config.logging)
+        count = self.config.worker_count
+        serving = [pid for pid in self.children if pid not in self.retiring]
+        for _ in range(count - len(serving)):
+            self.spawn()
+        surplus = serving[max(count, 1):]
+        self.retiring.update(surplus)
+        self.signal_workers(signal.SIGTERM, surplus)
+        if surplus or count > len(serving):
+            log.info("supervisor %d now runs %d workers", self.pid, max(count, 1))
+
+
 def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int:
     """Fork ``count`` workers and keep them running; returns the exit status for the supervisor.
 
@@ -199,84 +320,7 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int) -> int
         log.error("workers: %d needs a private directory for the host coordinator (%s); set TMPDIR to a writable "
                   "directory, or use workers: 1", count, exc)
         return 1
-    children: dict[int, float] = {}
-    retiring: set[int] = set()                        # stopped because ``workers`` shrank: not replaced
-    stopping = False
-    supervisor = os.getpid()
-
-    def spawn() -> None:
-        pid = os.fork()
-        if pid == 0:                                  # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            try:
-                run_loop(serve(config, reload, supervisor, coordinator.socket))
-                os._exit(0)
-            except BaseException:
-                log.exception("worker %d failed", os.getpid())
-                os._exit(1)
-        children[pid] = time.monotonic()
-
-    def signal_workers(sig: int, pids: list[int]) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    def forward(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = stopping or sig in (signal.SIGTERM, signal.SIGINT)
-        signal_workers(signal.SIGTERM if sig == signal.SIGINT else sig, list(children))
-        if sig == signal.SIGHUP and not stopping:
-            resize()
-
-    def resize() -> None:
-        nonlocal config
-        try:
-            config = reload()
-        except ConfigError:
-            return                                    # each worker logs the problems and keeps its config
-        configure_logging(config.logging)
-        serving = [pid for pid in children if pid not in retiring]
-        for _ in range(config.worker_count - len(serving)):
-            spawn()
-        surplus = serving[max(config.worker_count, 1):]
-        retiring.update(surplus)
-        signal_workers(signal.SIGTERM, surplus)
-        if surplus or config.worker_count > len(serving):
-            log.info("supervisor %d now runs %d workers", supervisor, max(config.worker_count, 1))
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    coordinator.start()
-    for _ in range(count):
-        spawn()
-    log.info("supervisor %d started %d workers", os.getpid(), count)
-    status = 0
-    while children:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid == coordinator.pid:
-            if not stopping:
-                coordinator.restart(os.waitstatus_to_exitcode(code))
-            continue
-        started = children.pop(pid, None)
-        if started is None or pid in retiring:
-            retiring.discard(pid)
-            continue
-        code = os.waitstatus_to_exitcode(code)
-        if stopping:
-            status = status or (code if code > 0 else 0)
-            continue
-        log.error("worker %d exited with %d; starting a new one", pid, code)
-        if time.monotonic() - started < WORKER_MIN_LIFETIME:
-            time.sleep(WORKER_RESTART_PAUSE)
-        spawn()
-    coordinator.stop()
-    return status
+    return Supervisor(config, reload, coordinator).run(count)
 
 
 def run(config: Config, reload: Callable[[], Config]) -> int:

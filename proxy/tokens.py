@@ -28,7 +28,7 @@ Three steps, kept apart as joserfc keeps them (its ``jws`` decoding, then its cl
      ``LOGOUT_TOKEN_MAX_AGE``; the back-channel-logout event; ``sid`` or ``sub``; a ``jti``; no
      ``nonce``; no access-token ``typ``.
 
-Only ``provider.py`` builds a validator (it owns the JWKS and hands in its key lookup), so callers ask
+Only ``provider`` builds a validator (it owns the JWKS and hands in its key lookup), so callers ask
 the provider, never this module, to check a token.
 """
 

@@ -17,13 +17,17 @@ In every string value, before validation: ``${NAME}`` is replaced from the envir
 ``${NAME:-default}`` falls back to the default when NAME is unset or empty, and ``$${`` is a
 literal ``${``.
 
-The package: ``values`` (secrets, durations and single-field rules), ``models`` (the frozen models and the
-rules across fields), ``loading`` (YAML, substitution, environment overrides, error messages).
+The package: ``values`` (secrets, durations and single-field rules); the frozen models with their rules
+across fields — ``base`` (what every model shares), ``provider``, ``sessions`` (cookie and session store),
+``access`` (upstreams, authorization, skip_auth, cors) and ``models`` (``Config`` itself, limits, logging);
+``loading`` (YAML, substitution, environment overrides, error messages).
 """
 
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
-from .models import (AuthorizationConfig, ClaimsConfig, Config, CookieConfig, CorsConfig, LimitsConfig, LoggingConfig,
-                     ProviderConfig, RedisConfig, SessionConfig, SkipAuthRule, TLSConfig, UpstreamConfig)
+from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, TLSConfig, UpstreamConfig
+from .models import Config, LimitsConfig, LoggingConfig
+from .provider import ClaimsConfig, ProviderConfig
+from .sessions import CookieConfig, RedisConfig, SessionConfig
 from .values import (CALLBACK_PATH, COOKIE_KEY_BYTES, DEFAULT_ID_TOKEN_ALGORITHMS, KNOWN_ID_TOKEN_ALGORITHMS,
                      MAKE_KEY_HINT, RESERVED_AUTHORIZE_PARAMS, TEMPLATE_NAME, Duration, Loc, PositiveDuration, Secret,
                      parse_duration, template_problem)

@@ -14,7 +14,8 @@ from pydantic import (BaseModel, ValidationError)
 from pydantic_core import ErrorDetails
 
 from ..errors import ConfigError, Problem
-from .models import Config, _CrossFieldProblems
+from .base import _CrossFieldProblems
+from .models import Config
 from .values import _ENV_REF, _IDENTIFIER, MAKE_KEY_HINT, Loc, Secret, _kind
 
 ENV_PREFIX = "AUTHPROXY_"

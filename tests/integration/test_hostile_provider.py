@@ -426,7 +426,7 @@ async def test_signing_key_rotation_between_logins_is_accepted(evil_factory):
         assert result.status == 200, result.body_text[:500]
         assert json.loads(result.body_text)["path"] == "/two"
     assert len(stack.idp.requests_to("/jwks")) == 2
-    assert {k.kid for k in stack.proxy.app[PROVIDER]._keys.keys} == {"evil-2"}
+    assert {k.kid for k in stack.proxy.app[PROVIDER].jwks.keys.keys} == {"evil-2"}
 
 
 async def test_token_without_kid_is_accepted_when_the_jwks_has_one_key(evil_factory):

@@ -20,12 +20,12 @@ async def test_new_signing_key_is_picked_up(stack_factory):
     provider = stack.proxy.app[PROVIDER]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         assert (await login_via_http(browser, stack.url + "/one")).status == 200
-    fetched_before = provider._keys_fetched_at
-    assert {k.kid for k in provider._keys.keys} == {"rsa-1"}
+    fetched_before = provider.jwks.fetched_at
+    assert {k.kid for k in provider.jwks.keys.keys} == {"rsa-1"}
 
     await stack.idp.restart(jwks=generate_jwks("EC", kid="ec-2"))
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         result = await login_via_http(browser, stack.url + "/two")
         assert result.status == 200 and json.loads(result.body_text)["path"] == "/two"
-    assert {k.kid for k in provider._keys.keys} == {"ec-2"}
-    assert provider._keys_fetched_at > fetched_before
+    assert {k.kid for k in provider.jwks.keys.keys} == {"ec-2"}
+    assert provider.jwks.fetched_at > fetched_before

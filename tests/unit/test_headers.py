@@ -42,7 +42,7 @@ def test_hop_by_hop_and_connection_listed_are_dropped():
 
 
 def test_proxy_cookies_removed_app_cookies_kept():
-    # A secure, host-only cookie is named "__Host-authproxy" unless configured (config.models).
+    # A secure, host-only cookie is named "__Host-authproxy" unless configured (config.sessions).
     h = headers_for([("Cookie", "__Host-authproxy=s; app=1; __Host-authproxy_0=c; __Host-authproxy_login_abc=l; "
                                 "theme=dark")])
     assert h["Cookie"] == "app=1; theme=dark"

@@ -1,0 +1,124 @@
+"""The ``provider`` section: which identity provider, how to reach it, and what its tokens must be.
+
+Its own module because it is the largest section, with the most rules across fields (presets, the
+OpenID Connect and plain OAuth 2.0 protocols, bearer tokens), all read by ``proxy.provider``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, model_validator
+
+from .. import presets
+from .base import _Model
+from .values import (DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _algorithm, _at_least_one,
+                     _authorize_params, _existing_file, _http_url, _non_empty, _scope, _token_type)
+
+Url = Annotated[str, _http_url("https://idp.example.com")]
+
+
+ClaimPath = Annotated[str, AfterValidator(_non_empty)]
+
+
+class ClaimsConfig(_Model):
+    """Where the identity is found in the ID token or userinfo claims: dotted paths such as
+    ``realm_access.roles``. ``user`` applies to plain OAuth 2.0 only: with OpenID Connect the user is
+    always the ID token's ``sub`` (OIDC Core §2), so the refresh check can compare it."""
+
+    user: ClaimPath = "sub"
+    email: ClaimPath = "email"
+    name: ClaimPath = "name"
+    preferred_username: ClaimPath = "preferred_username"
+    groups: ClaimPath = "groups"
+
+
+class ProviderConfig(_Model):
+    """The identity provider: OpenID Connect with discovery, plain OAuth 2.0 with explicit endpoints,
+    or a preset (``presets.py``) that fills either in."""
+
+    type: Literal["oidc", "oauth2", "github", "google", "microsoft", "gitlab", "keycloak"] = "oidc"
+    tenant: str | None = None
+    base_url: Url | None = None
+    claims: ClaimsConfig = ClaimsConfig()
+    issuer: Url | None = None
+    authorization_endpoint: Url | None = None
+    token_endpoint: Url | None = None
+    userinfo_endpoint: Url | None = None
+    jwks_uri: Url | None = None
+    end_session_endpoint: Url | None = None
+    client_id: Annotated[str, AfterValidator(_non_empty)]
+    client_secret: Secret
+    scopes: list[Annotated[str, AfterValidator(_scope)]] = ["openid", "email", "profile"]
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    id_token_algorithms: Annotated[list[Annotated[str, AfterValidator(_algorithm)]],
+                                   AfterValidator(_at_least_one)] = list(DEFAULT_ID_TOKEN_ALGORITHMS)
+    use_userinfo: bool = False
+    clock_skew: Duration = 60.0
+    timeout: PositiveDuration = 10.0
+    ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
+    extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
+    accept_bearer_tokens: bool = False
+    bearer_audiences: list[str] = []
+    # RFC 9068 §2.1: JWT access tokens are typed "at+jwt"; providers that do not (Azure AD, Keycloak,
+    # Okta) need their typ listed here. An ID or logout token is refused whatever this says.
+    bearer_token_types: Annotated[list[Annotated[str, AfterValidator(_token_type)]],
+                                  AfterValidator(_at_least_one)] = ["at+jwt"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """Fill in a preset's defaults; plain OAuth 2.0 has no ID token, so claims come from userinfo."""
+        if not isinstance(data, dict):
+            return data
+        data = presets.expand(data)
+        if presets.protocol_of(str(data.get("type", "oidc"))) == "oauth2" and "use_userinfo" not in data:
+            data["use_userinfo"] = True
+        return data
+
+    @property
+    def protocol(self) -> Literal["oidc", "oauth2"]:
+        return "oauth2" if presets.protocol_of(self.type) == "oauth2" else "oidc"
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        preset_problems = list(presets.problems(self.type, self.tenant, self.issuer))
+        for key, message in preset_problems:
+            yield (key,), message
+        if self.protocol == "oidc" and not preset_problems:
+            yield from self._oidc_problems()
+        else:
+            for name in ("authorization_endpoint", "token_endpoint"):
+                if getattr(self, name) is None:
+                    yield (name,), f"required for type oauth2 (there is no discovery); add the provider's {name} URL"
+            if not self.use_userinfo:
+                yield ("use_userinfo",), ("type oauth2 has no ID token, so claims always come from userinfo; "
+                                          "remove use_userinfo or set it to true")
+        if self.accept_bearer_tokens and self.protocol == "oauth2":
+            yield ("accept_bearer_tokens",), ("bearer JWTs are verified against an OpenID provider's issuer and keys; "
+                                              "type oauth2 has neither: remove accept_bearer_tokens")
+        untyped = [t for t in self.bearer_token_types if t.lower().removeprefix("application/") != "at+jwt"]
+        if self.accept_bearer_tokens and untyped and not self.bearer_audiences:
+            yield ("bearer_audiences",), (f"with bearer_token_types {untyped}, an ID token of this client (its aud is "
+                                          "client_id, the default here) is told from an access token only by its "
+                                          "nonce; list your API's audience in bearer_audiences (the client id "
+                                          "too only if your access tokens carry it)")
+        if self.use_userinfo and not self.needs_discovery and self.userinfo_endpoint is None:
+            yield ("userinfo_endpoint",), ("claims come from userinfo but there is no issuer to discover it "
+                                           'from; add userinfo_endpoint, e.g. "https://idp.example.com/userinfo"')
+
+    def _oidc_problems(self) -> Iterator[tuple[Loc, str]]:
+        """OIDC Core §3.1.3.7: every ID token's ``iss`` is checked against the issuer, so type oidc always
+        needs one; the endpoints come from discovery unless all of them are given (then it is skipped)."""
+        if self.issuer is None:
+            yield ("issuer",), ('required for type oidc: ID tokens are checked against it; add the provider\'s '
+                                'issuer URL, e.g. issuer: "https://idp.example.com" (with authorization_endpoint, '
+                                "token_endpoint and jwks_uri all given, discovery is skipped)")
+        if "openid" not in self.scopes:
+            yield ("scopes",), ('type oidc needs the "openid" scope; add openid to scopes '
+                                "(or use type: oauth2 for a provider without OpenID Connect)")
+
+    @property
+    def needs_discovery(self) -> bool:
+        explicit = (self.authorization_endpoint, self.token_endpoint, self.jwks_uri)
+        return self.protocol == "oidc" and self.issuer is not None and not all(explicit)

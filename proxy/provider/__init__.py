@@ -1,0 +1,156 @@
+"""Everything said to the identity provider: discovery, JWKS, the authorization URL, grants, userinfo.
+
+This package is the only code that talks to the provider. ``Provider`` is what the rest of authproxy
+uses; it returns plain values (``Metadata``, ``TokenSet``, claim dicts) and raises only
+``ProviderError`` (the provider failed a step), ``TokenRejected`` (it answered an OAuth ``error``) and
+``TokenValidationError`` (its answer failed a check), so callers never see aiohttp or joserfc
+exceptions. Its parts, one concern each:
+
+- ``client.py``    one HTTP request to the provider and its answer parsed: timeout, size limit, the
+                   error mapping — every answer that cannot be parsed is a ``ProviderError``;
+- ``metadata.py``  discovery, with configured endpoints taking precedence;
+- ``keys.py``      the JWKS cache and the choice of a key for a token, with its refetch limits;
+- ``grants.py``    the token endpoint: client authentication and the token response as a ``TokenSet``;
+- ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email.
+
+Every token it signs — ID token, JWT access token (Bearer), back-channel logout token — is checked by
+one validator (``tokens.TokenValidator``): signature with an algorithm allow-list, then the claims
+with our clock and skew, then the rules of that kind of token, each failure with a short code for the
+log. ``Provider`` hands it the provider's keys (``keys.SigningKeys``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from ..config import ProviderConfig
+from ..errors import ProviderError
+from ..metrics import Metrics
+from ..session import Identity
+from ..tokens import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, Expectations, TokenValidator, media_type
+from .client import MAX_RESPONSE_BYTES, USER_AGENT, ProviderClient
+from .grants import MAX_EXPIRES_IN, TokenSet, authenticated, token_set
+from .keys import (
+    JWKS_REFETCH_BURST,
+    JWKS_REFETCH_WINDOW,
+    JWKS_RETRY_AFTER,
+    JWKS_TTL,
+    JWKS_UNKNOWN_KID_TTL,
+    SigningKeys,
+)
+from .metadata import Metadata, discover
+from .userinfo import fetch_userinfo
+
+__all__ = ["BACKCHANNEL_EVENT", "JWKS_REFETCH_BURST", "JWKS_REFETCH_WINDOW", "JWKS_RETRY_AFTER", "JWKS_TTL",
+           "JWKS_UNKNOWN_KID_TTL", "LOGOUT_TOKEN_MAX_AGE", "MAX_EXPIRES_IN", "MAX_RESPONSE_BYTES", "USER_AGENT",
+           "Metadata", "Provider", "TokenSet"]
+
+
+class Provider:
+    """One configured identity provider, with its metadata and signing keys cached."""
+
+    def __init__(self, config: ProviderConfig, redirect_uri: str, http: aiohttp.ClientSession,
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.redirect_uri = redirect_uri
+        self.is_oidc = config.protocol == "oidc"
+        self._clock = clock
+        self._client = ProviderClient(http, config.timeout, metrics)
+        self._metadata: Metadata | None = None
+        self.jwks = SigningKeys(self._client, lambda: self._meta().jwks_uri, clock)
+        self._validator = TokenValidator(_expectations(config), self.jwks.key_for, clock)
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> Metadata | None:
+        return self._metadata
+
+    async def load_metadata(self) -> Metadata:
+        """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
+        self._metadata = await discover(self.config, self._client)
+        return self._metadata
+
+    def _meta(self) -> Metadata:
+        if self._metadata is None:
+            raise ProviderError("discovery", "the provider's metadata has not been loaded yet", transient=True)
+        return self._metadata
+
+    # -- the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC Core §3.1.2.1) -------
+
+    def authorization_url(self, *, state: str, code_challenge: str, nonce: str | None) -> str:
+        params = dict(self.config.extra_authorize_params)
+        params.update(response_type="code", client_id=self.config.client_id, redirect_uri=self.redirect_uri,
+                      scope=" ".join(self.config.scopes), state=state,
+                      code_challenge=code_challenge, code_challenge_method="S256")
+        if nonce is not None:
+            params["nonce"] = nonce
+        endpoint = self._meta().authorization_endpoint
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    def end_session_url(self, *, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
+        """RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0 §2), if the provider has it."""
+        endpoint = self._metadata.end_session_endpoint if self._metadata else None
+        if not endpoint:
+            return None
+        params = {"client_id": self.config.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
+        if id_token_hint:
+            params["id_token_hint"] = id_token_hint
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    # -- grants (RFC 6749 §4.1.3 and §6) ------------------------------------------------------
+
+    async def exchange_code(self, code: str, code_verifier: str) -> TokenSet:
+        return await self._grant("token exchange", {"grant_type": "authorization_code", "code": code,
+                                                    "redirect_uri": self.redirect_uri,
+                                                    "code_verifier": code_verifier})
+
+    async def refresh(self, refresh_token: str, *, timeout: float | None = None) -> TokenSet:
+        """``timeout``: how long to await the answer once connected (default ``provider.timeout``): the
+        refresher awaits a sent grant much longer, since the provider rotates the token even for a
+        caller that has gone (``refresh.GRANT_CAP``). Connecting is still bounded by ``provider.timeout``."""
+        return await self._grant("refresh", {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                                 timeout)
+
+    async def _grant(self, step: str, form: dict[str, str], timeout: float | None = None) -> TokenSet:
+        form, headers = authenticated(self.config, form)
+        body = await self._client.call(step, "POST", self._meta().token_endpoint, data=form, headers=headers,
+                                       timeout=timeout)
+        return token_set(step, body, self._clock())
+
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        """Claims from the userinfo endpoint (OIDC Core §5.3), or a plain OAuth 2.0 provider's user API."""
+        endpoint = self._meta().userinfo_endpoint
+        if not endpoint:
+            raise ProviderError("userinfo", "the provider has no userinfo_endpoint")
+        return await fetch_userinfo(self._client, endpoint, self.config.type, access_token)
+
+    def identity_from(self, claims: Mapping[str, Any]) -> Identity:
+        user_path = "sub" if self.is_oidc else self.config.claims.user
+        return Identity.from_claims(claims, self.config.claims, user_path=user_path)
+
+    # -- token verification: one validator for every kind (proxy/tokens.py) --------------------
+
+    async def verify_id_token(self, id_token: str, *, nonce: str | None,
+                              expected_sub: str | None = None) -> dict[str, Any]:
+        """OIDC Core §3.1.3.7; ``nonce=None`` is for refreshed tokens (§12.2), which must keep ``sub``."""
+        return await self._validator.id_token(id_token, nonce=nonce, expected_sub=expected_sub)
+
+    async def verify_access_token(self, token: str) -> dict[str, Any]:
+        """A JWT access token sent as ``Authorization: Bearer`` (RFC 9068 §4)."""
+        return await self._validator.access_token(token)
+
+    async def verify_logout_token(self, token: str) -> dict[str, Any]:
+        """A back-channel logout token (Back-Channel Logout 1.0 §2.6)."""
+        return await self._validator.logout_token(token)
+
+
+def _expectations(config: ProviderConfig) -> Expectations:
+    return Expectations(issuer=config.issuer, client_id=config.client_id, algorithms=tuple(config.id_token_algorithms),
+                        leeway=config.clock_skew, access_audiences=tuple(config.bearer_audiences or [config.client_id]),
+                        access_types=frozenset(media_type(t) for t in config.bearer_token_types))

@@ -1,0 +1,55 @@
+"""The provider's endpoints: OpenID Connect Discovery 1.0, with explicit configuration taking precedence.
+
+Read once at start-up (and retried in the background by ``app.py`` until it succeeds); every other step
+takes its URLs from the ``Metadata`` it produces. A discovery document that names another issuer is
+refused (Discovery §4.3): its endpoints would belong to someone else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ProviderConfig
+from ..errors import ProviderError
+from .client import ProviderClient
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """The provider's endpoints (OpenID Connect Discovery 1.0 §3, or explicit configuration)."""
+
+    issuer: str | None
+    authorization_endpoint: str
+    token_endpoint: str
+    userinfo_endpoint: str | None = None
+    jwks_uri: str | None = None
+    end_session_endpoint: str | None = None
+    # RFC 9207 §3: the provider promises an ``iss`` on every authorization response.
+    authorization_response_iss_parameter_supported: bool = False
+
+
+async def discover(config: ProviderConfig, client: ProviderClient) -> Metadata:
+    """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
+    c = config
+    found: Mapping[str, Any] = {}
+    if c.needs_discovery and c.issuer:
+        url = c.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        found = await client.get_json("discovery", url)
+        if found.get("issuer") != c.issuer:
+            raise ProviderError("discovery", f"the document names issuer {str(found.get('issuer'))[:200]!r}, "
+                                f"not the configured {c.issuer!r} (OpenID Connect Discovery §4.3)")
+
+    def pick(name: str) -> str | None:
+        value = getattr(c, name) or found.get(name)
+        return value if isinstance(value, str) and value else None
+
+    auth, token = pick("authorization_endpoint"), pick("token_endpoint")
+    if not auth or not token:
+        raise ProviderError("discovery", "no authorization_endpoint or token_endpoint is known")
+    return Metadata(issuer=c.issuer, authorization_endpoint=auth, token_endpoint=token,
+                    userinfo_endpoint=pick("userinfo_endpoint"), jwks_uri=pick("jwks_uri"),
+                    end_session_endpoint=pick("end_session_endpoint"),
+                    authorization_response_iss_parameter_supported=found.get(
+                        "authorization_response_iss_parameter_supported") is True)
