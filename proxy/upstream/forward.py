@@ -1,4 +1,4 @@
-"""Forwarding to the app behind the proxy — the only module that talks to upstreams.
+"""Forwarding a request to the app behind the proxy: routing, and the choice of client.
 
 Routing first, on the request's match key (``paths.py``: the normalised path without segment
 parameters): the longest ``upstreams[].path`` prefix that matches wins, and the normalised path, with
@@ -13,7 +13,7 @@ its parameters, is forwarded. Then one of two clients carries the request:
 
 Request bodies stream up in chunks as they arrive, so memory stays flat for any size. Which header
 fields go along either way is ``headers.py``'s business; sending the response on to the client is
-``relay.py``'s.
+``relay.py``'s; WebSocket upgrades go through ``websocket.py`` instead.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Config, UpstreamConfig
-from .crypto import tls_context
-from .errors import BadRequest, UpstreamError, UpstreamTimeout
-from .headers import HeaderPolicy
-from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
+from ..config import Config, UpstreamConfig
+from ..crypto import tls_context
+from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..headers import HeaderPolicy
+from ..metrics import METRICS
+from ..paths import normalized_path, strip_segments
+from ..session import Session
 from . import splice
-from .metrics import METRICS
-from .paths import normalized_path, strip_segments
+from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
 from .relay import relay
-from .session import Session
 
 log = logging.getLogger("authproxy.upstream")
 

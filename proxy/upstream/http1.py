@@ -1,7 +1,7 @@
 """A lean, pooled HTTP/1.1 client for the proxy's most common upstream exchange.
 
-``upstream.Forwarder`` sends a request here when it has no body and nothing unusual: a plain ``http``
-or ``unix:`` upstream, no upgrade, no ``Expect``, not ``HEAD`` (see ``upstream.is_lean``). Everything
+``forward.Forwarder`` sends a request here when it has no body and nothing unusual: a plain ``http``
+or ``unix:`` upstream, no upgrade, no ``Expect``, not ``HEAD`` (see ``forward.is_lean``). Everything
 else — TLS, bodies, upgrades — goes through aiohttp's ``ClientSession``. On a tiny proxied GET,
 aiohttp's client (``ClientRequest``, its auto headers, timers and connector bookkeeping) was 29 % of
 the proxy's CPU time; this client is a protocol object, one head written in one ``write``, and the

@@ -6,7 +6,7 @@ import inspect
 import aiohttp
 import pytest
 
-from proxy.http1 import (HIGH_WATER, MAX_FIELD_SIZE, MAX_HEADERS, Http1Error, Http1HeadTooLarge, Http1Pool,
+from proxy.upstream.http1 import (HIGH_WATER, MAX_FIELD_SIZE, MAX_HEADERS, Http1Error, Http1HeadTooLarge, Http1Pool,
                          Http1Timeout, headers_problem, serialize_head)
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -1,0 +1,28 @@
+"""The upstream boundary: every byte to and from the app behind the proxy passes through this subpackage.
+
+Nothing outside it opens a connection to an upstream, writes a request to one or reads its answer; the
+rest of the proxy decides *whether* a request may go (``gate``) and *which* header fields it carries
+(``headers``, the policy, which the gate also consults), and hands the request over here.
+
+A request flows through the modules in this order:
+
+- ``forward``   routing (the longest ``upstreams[].path`` prefix) and the choice of client: the lean
+                HTTP/1.1 client for a plain-HTTP or unix-socket upstream when the request allows it,
+                else the upstream's pooled ``aiohttp.ClientSession`` (TLS, bodies, anything unusual);
+- ``http1``     the lean client: its pool, the connection protocol that parses answers with llhttp,
+                the streamed response body, the caps on a response head;
+- ``splice``    moving a large body of known length from socket to socket inside the kernel, both
+                ways (a client's upload, the app's download);
+- ``relay``     the app's response on to the client: whole, streamed, batched or spliced, and cut
+                short when the user's session ends (``STREAMS``).
+
+The names other modules import are re-exported here: ``Forwarder`` and its app key ``FORWARDER``,
+``Upstream`` and ``make_client`` (built by ``app``), ``UPSTREAM_LABEL`` (the request key naming the
+upstream a request went to, for metrics and logs), and ``STREAMS``/``LiveStream`` (the responses
+streaming to a signed-in user, which a session's end cuts short).
+"""
+
+from .forward import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
+from .relay import STREAMS, LiveStream
+
+__all__ = ["FORWARDER", "STREAMS", "UPSTREAM_LABEL", "Forwarder", "LiveStream", "Upstream", "make_client"]
