@@ -14,12 +14,17 @@ A request flows through the modules in this order:
 - ``splice``    moving a large body of known length from socket to socket inside the kernel, both
                 ways (a client's upload, the app's download);
 - ``relay``     the app's response on to the client: whole, streamed, batched or spliced, and cut
-                short when the user's session ends (``STREAMS``).
+                short when the user's session ends (``STREAMS``);
+- ``websocket`` the app's side of a WebSocket: the upstream handshake (``connect``) and the frames
+                relayed both ways (``pumps``). ``proxy/websocket.py`` keeps the client's side: the
+                upgrade's checks and refusals, and the socket's life with its session.
 
 The names other modules import are re-exported here: ``Forwarder`` and its app key ``FORWARDER``,
 ``Upstream`` and ``make_client`` (built by ``app``), ``UPSTREAM_LABEL`` (the request key naming the
 upstream a request went to, for metrics and logs), and ``STREAMS``/``LiveStream`` (the responses
-streaming to a signed-in user, which a session's end cuts short).
+streaming to a signed-in user, which a session's end cuts short). ``proxy/websocket.py`` imports the
+WebSocket names from ``upstream.websocket`` itself: ``connect``, ``pumps``, ``Close``, ``CLOSE_TIMEOUT``
+and ``requested_protocols``.
 """
 
 from .forward import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
