@@ -4,7 +4,7 @@ Routing first, on the request's match key (``paths.py``: the normalised path wit
 parameters): the longest ``upstreams[].path`` prefix that matches wins, and the normalised path, with
 its parameters, is forwarded. Then one of two clients carries the request:
 
-- the lean HTTP/1.1 client (``http1.py``) for a plain-HTTP or unix-socket upstream, when the request has
+- the lean HTTP/1.1 client (``http1*.py``) for a plain-HTTP or unix-socket upstream, when the request has
   no body and nothing unusual (``is_lean``) or a body large enough to move inside the kernel
   (``splice_upload_length``);
 - else the upstream's pooled ``aiohttp.ClientSession``, with no cookie jar (the browser's cookies are
@@ -36,7 +36,8 @@ from ..metrics import METRICS
 from ..paths import normalized_path, strip_segments
 from ..session import Session
 from . import splice
-from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
+from .http1 import Http1Error, Http1Response, Http1Timeout
+from .http1_pool import Http1Pool, serialize_head
 from .relay import relay
 
 log = logging.getLogger("authproxy.upstream")
@@ -167,7 +168,7 @@ class Forwarder:
 
     async def _forward_lean(self, request: web.Request, upstream: Upstream, pool: Http1Pool,
                             session: Session | None, body_length: int | None = None) -> web.StreamResponse:
-        """``forward`` through the lean client (``http1.py``): the same exchange without aiohttp's
+        """``forward`` through the lean client (``http1*.py``): the same exchange without aiohttp's
         ``ClientRequest``/``ClientResponse`` machinery, which was 29 % of a tiny proxied GET. With
         ``body_length``, the request's large body goes from socket to socket in the kernel."""
         target = upstream.base_path + upstream.request_target(normalized_path(request),
