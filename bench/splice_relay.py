@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 
-from proxy.splice import PIPE_SIZE                     # the same pipe as authproxy's, for a fair floor
+from proxy.upstream.splice import PIPE_SIZE                     # the same pipe as authproxy's, for a fair floor
 import contextlib
 
 

@@ -38,9 +38,8 @@ from .redis_store import RedisDenylist, RedisStore
 from .ending import ENDS, FANOUT, Fanout, Holds, LocalFanout, SessionEnds
 from .session import CODEC, SESSION_STATE, STORE, write_session_cookie
 from .store import CookieStore, MemoryDenylist, SessionStore
-from .relay import STREAMS, LiveStream
 from .websocket import SOCKETS, setup_websockets
-from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
+from .upstream import FORWARDER, STREAMS, UPSTREAM_LABEL, Forwarder, LiveStream, Upstream, make_client
 
 log = logging.getLogger("authproxy")
 access_log = logging.getLogger("authproxy.access")

@@ -19,7 +19,7 @@ exhaust a worker's descriptors (Slowloris). Following nginx:
   good: aiohttp's client times reads of the answer, not the sending of the body.
 - ``limits.send_timeout`` (nginx ``send_timeout``, 60 s): a client that takes no byte of our answer for
   this long is cut off, whether the bytes wait in the transport (watched from ``pause_writing``, so
-  only connections that back up pay for it) or are spliced in the kernel (``splice.py``).
+  only connections that back up pay for it) or are spliced in the kernel (``upstream/splice.py``).
 - ``limits.max_header_size``: the bytes of one request head (request line and fields). aiohttp caps
   a field (16 KiB here, for large cookies) and their number (128), not their sum: one head could be
   2 MiB, held in memory and forwarded. Beyond the cap the client gets ``431`` and the connection is

@@ -10,7 +10,7 @@ the request id, the Bearer token and the identity headers. On the way back, hop-
 ``Set-Cookie`` that names one of the proxy's cookies is dropped: an app must not set or clear our session.
 
 ``HeaderPolicy`` holds what these rules need from the config, built once with the ``Forwarder``; both
-the HTTP forwarding (``upstream.py``) and the WebSocket handshake (``websocket.py``) use it.
+the HTTP forwarding (``upstream/forward.py``) and the WebSocket handshake (``upstream/websocket.py``) use it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .config import Config
 from .context import REQUEST_ID
 from .session import Session
 
-# The forwarding logger, as in upstream.py and relay.py: an operator filters all forwarding messages by one name.
+# The forwarding logger, as in upstream/forward.py and relay.py: an operator filters all forwarding by one name.
 log = logging.getLogger("authproxy.upstream")
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones still seen in the wild; they describe

@@ -1,4 +1,4 @@
-"""WebSocket upgrades (RFC 6455): authenticated like any request, then frames relayed both ways.
+"""WebSocket upgrades (RFC 6455), the client's side: authenticated like any request, then held by the session.
 
 The gate has already authenticated the handshake (no session: a 302 or a 401, never an upgrade) and
 chosen the upstream. Before anything reaches the app, the handshake must pass two more checks: the
@@ -15,24 +15,11 @@ carry the user's cookie: it is allowed — unless it carries ``Sec-Fetch-*`` hea
 browsers send. ``Origin: null`` (sandboxed frames, ``file:``) is refused. The rule is the same on
 ``skip_auth`` paths.
 
-The upstream handshake comes first, with the HTTP header policy (``Forwarder.request_headers``:
-Bearer token and identity headers set, spoofed ones stripped) minus the handshake fields aiohttp
-sets itself; only once the app has accepted is the client's upgrade answered, with the subprotocol
-the app chose. A refusal or an unreachable app is a 502 the client sees, never a socket that opens
-and dies at once.
-
-Frames are relayed as they come, each way in its own task: text and binary unchanged (text is not
-even decoded), ping and pong passed through — autoping is off on both ends, so the app answers a
-client's ping and the pong proves the whole path alive; the proxy sends no pings of its own — and a
-close frame's code and reason go to the other side, if it is one an endpoint may send
-(``relayable_code``). A message is held in memory once, at most ``limits.websocket_max_message``
-bytes after decompression; a bigger one ends the socket (1009).
-
-Compression (permessage-deflate, RFC 7692) is offered to the app only when the client offered it,
-and accepted from the client only when the app accepted it. Accepting it from the client alone made
-the proxy the inflating end: 160 KiB on the client's wire reached the app as 160 MiB. Each hop still
-agrees its own parameters. A session may have ``limits.websockets_per_session`` sockets open at once
-(per worker); a handshake beyond that gets a 429 before the app hears of it.
+The app's side — the upstream handshake, which comes first (only once the app has accepted is the
+client's upgrade answered, with the subprotocol the app chose), compression, and the frames relayed
+both ways — is ``upstream/websocket.py``'s, like every other byte to and from the app. A session may
+have ``limits.websockets_per_session`` sockets open at once (per worker); a handshake beyond that gets
+a 429 before the app hears of it.
 
 A live socket ends with ``SESSION_ENDED`` (4401) when its session does. Every end goes through
 ``ending.SessionEnds``, which tells this module's ``SocketRegistry`` (``session_ended``): on sign-out,
@@ -52,24 +39,23 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 from multidict import MultiMapping
-from yarl import URL
 
 from . import login
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
-from .errors import ProviderError, UpstreamError, UpstreamTimeout
+from .errors import ProviderError
 from .model import Session
 from .pages import html_page, json_answer
 from .refresh import RECENT_TTL, Refresher, SessionEnded
-from .paths import normalized_path
-from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream
+from .upstream import Upstream
+from .upstream.websocket import CLOSE_TIMEOUT, Close, connect, pumps, requested_protocols
 
 log = logging.getLogger("authproxy.websocket")
 
@@ -80,25 +66,9 @@ SESSION_ENDED = 4401
 CLOSE_REASONS = {Reason.SIGN_OUT: "signed out", Reason.BACKCHANNEL: "signed out at the provider",
                  Reason.EXPIRY: "session expired", Reason.REFRESH_REFUSED: "session expired",
                  Reason.COOKIE_LIMIT: "session ended"}
-# Seconds to wait for the peer's close frame after sending ours (RFC 6455 §7.1.1), per side.
-CLOSE_TIMEOUT = 5.0
-# The window bits offered to the app when the client offered compression (RFC 7692 §7.1.2: 15 is zlib's default).
-DEFLATE_WINDOW_BITS = 15
 # Seconds slept past an expiry before checking it, so a wake-up is not a hair early.
 EXPIRY_SLACK = 0.05
-# Handshake fields aiohttp's client sets itself (RFC 6455 §4.1); the client's would clash with them.
-# Sec-WebSocket-Protocol goes as ``protocols=``; extensions are negotiated per hop.
-HANDSHAKE_FIELDS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
-                    "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Connection", "Upgrade")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_WS_SCHEMES = {"http": "ws", "https": "wss"}
-
-
-class Close(NamedTuple):
-    """A close frame to send: code and reason (at most 123 bytes, RFC 6455 §5.5)."""
-
-    code: int
-    reason: str
 
 
 # -- recognising and checking the handshake -------------------------------------------------------
@@ -142,19 +112,6 @@ def origin_allowed(headers: MultiMapping[str], config: Config) -> bool:
         return not any(name in headers for name in ("Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Fetch-Dest"))
     origin = normalize_origin(values[0]) if len(values) == 1 else None
     return origin is not None and origin in allowed_origins(config)
-
-
-def requested_protocols(request: web.Request) -> tuple[str, ...]:
-    """The client's ``Sec-WebSocket-Protocol`` list, in its order of preference (RFC 6455 §4.1)."""
-    return tuple(p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",")
-                 if p.strip())
-
-
-def upstream_ws_url(upstream: Upstream, request: web.Request) -> URL:
-    """The upstream URL as ``Forwarder.forward`` builds it (normalised path, ``strip_prefix``, raw
-    query), with ws/wss for http/https; a unix socket's ``http://localhost`` becomes ``ws://localhost``."""
-    url = upstream.target(normalized_path(request), request.rel_url.raw_query_string)
-    return url.with_scheme(_WS_SCHEMES.get(url.scheme, url.scheme))
 
 
 def _refuse(request: web.Request, status: int, error: str, title: str, message: str) -> web.Response:
@@ -204,7 +161,7 @@ async def forward_websocket(request: web.Request, upstream: Upstream,
                        "This session has too many WebSocket connections open; close some and try again.")
     place = _hold_place(registry, session)
     try:
-        upstream_ws = await _connect_upstream(request, upstream, session)
+        upstream_ws = await connect(request, upstream, session)
         client_ws = web.WebSocketResponse(protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
                                           timeout=CLOSE_TIMEOUT, autoclose=False, autoping=False,
                                           max_msg_size=limits.websocket_max_message, decode_text=False,
@@ -232,36 +189,6 @@ def _hold_place(registry: SocketRegistry | None, session: Session | None) -> Liv
     return place
 
 
-def offers_deflate(request: web.Request) -> bool:
-    """Whether the client's handshake offers permessage-deflate (RFC 7692 §5)."""
-    return any(offer.split(";", 1)[0].strip().lower() == "permessage-deflate"
-               for value in request.headers.getall("Sec-WebSocket-Extensions", ()) for offer in value.split(","))
-
-
-async def _connect_upstream(request: web.Request, upstream: Upstream,
-                            session: Session | None) -> aiohttp.ClientWebSocketResponse[bool]:
-    headers = request.app[FORWARDER].request_headers(request, session, upstream)
-    for name in HANDSHAKE_FIELDS:
-        headers.popall(name, None)
-    where = upstream.config.path
-    request[UPSTREAM_LABEL] = where
-    try:
-        async with asyncio.timeout(upstream.config.connect_timeout + upstream.config.timeout):
-            return await upstream.client.ws_connect(
-                upstream_ws_url(upstream, request), headers=headers, protocols=requested_protocols(request),
-                autoclose=False, autoping=False, max_msg_size=request.app[CONFIG].limits.websocket_max_message,
-                decode_text=False, compress=DEFLATE_WINDOW_BITS if offers_deflate(request) else 0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
-    except aiohttp.WSServerHandshakeError as exc:
-        log.warning("upstream %s refused the websocket: %s %s", upstream.config.url, exc.status, exc.message)
-        raise UpstreamError(f"The application at {where} refused the WebSocket connection.") from None
-    except TimeoutError:
-        raise UpstreamTimeout(f"The application at {where} did not answer the WebSocket handshake in time.") from None
-    except aiohttp.ClientError as exc:
-        log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)
-        raise UpstreamError(f"The application at {where} could not be reached.") from None
-
-
 async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
                  upstream_ws: aiohttp.ClientWebSocketResponse[bool], session: Session | None) -> None:
     """Relay both ways until a side closes or vanishes or the session ends; then close both, leaving no task."""
@@ -276,17 +203,16 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
         # It ended after the gate checked it, while the upstream answered the handshake: before the
         # socket was registered, so that end could not reach it. (Which end it was is not kept.)
         live.end(SESSION_ENDED, "session ended")
-    pumps = (asyncio.create_task(_pump(client_ws, upstream_ws, "client")),
-             asyncio.create_task(_pump(upstream_ws, client_ws, "upstream")))
-    tasks: list[asyncio.Task[Any]] = list(pumps)
+    relaying = pumps(client_ws, upstream_ws)
+    tasks: list[asyncio.Task[Any]] = list(relaying)
     if session is not None:
         hard_end = session.created_at + app[CONFIG].cookie.expire
         tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, ends)))
     log.info("websocket open: sub=%s path=%s rid=%s", sub, request.path, rid)
     close = Close(WSCloseCode.GOING_AWAY, "proxy shutting down")      # if this handler is cancelled
     try:
-        await asyncio.wait((*pumps, live.ended), return_when=asyncio.FIRST_COMPLETED)
-        close = _outcome(pumps, live)
+        await asyncio.wait((*relaying, live.ended), return_when=asyncio.FIRST_COMPLETED)
+        close = _outcome(relaying, live)
     finally:
         for task in tasks:
             task.cancel()
@@ -310,47 +236,6 @@ def _outcome(pumps: tuple[asyncio.Task[Close], ...], live: LiveSocket) -> Close:
                 return task.result()
             log.error("websocket relay failed: %s", type(exc).__name__, exc_info=exc)
     return Close(WSCloseCode.INTERNAL_ERROR, "internal error")
-
-
-async def _pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool],
-                sink: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool], side: str) -> Close:
-    """Relay ``source``'s messages to ``sink`` until ``source`` closes; the close frame both sides then get."""
-    while True:
-        msg = await source.receive()
-        try:
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                await sink.send_frame(msg.data, msg.type)
-            elif msg.type is WSMsgType.PING:
-                await sink.ping(msg.data)
-            elif msg.type is WSMsgType.PONG:
-                await sink.pong(msg.data)
-            elif msg.type is WSMsgType.CLOSE:
-                return Close(relayable_code(msg.data, side), msg.extra or "")
-            else:                                   # CLOSED, ERROR: gone without a close handshake
-                return _vanished(side)
-        except (ConnectionError, aiohttp.ClientError):
-            return _vanished("upstream" if side == "client" else "client")
-
-
-def relayable_code(code: int, side: str) -> int:
-    """The close code to send on for one ``side`` received: only codes an endpoint may send.
-
-    RFC 6455 §7.4.1–7.4.2: 1005, 1006 and 1015 must never be sent in a close frame, 1004 and
-    1016–2999 are reserved, and nothing outside 1000–4999 is a code. aiohttp's reader lets 1006 and
-    any code from 3000 up through. No code at all (read as 0) is a normal closure; any other code we
-    may not send is told as that side vanishing (1001 from the client, 1014 from the upstream).
-    """
-    if code == 0:
-        return WSCloseCode.OK
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return _vanished(side).code
-
-
-def _vanished(side: str) -> Close:
-    if side == "client":
-        return Close(WSCloseCode.GOING_AWAY, "client went away")
-    return Close(WSCloseCode.BAD_GATEWAY, "upstream went away")      # 1014: a gateway's bad upstream
 
 
 # -- the session behind a live socket ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Large bodies moved in the kernel (proxy/splice.py), through a real proxy against a real upstream.
+"""Large bodies moved in the kernel (proxy/upstream/splice.py), through a real proxy against a real upstream.
 
 Every body here is a position-dependent pattern, so a lost, repeated or reordered byte changes its hash.
 The proxy runs in this process, so the tests can see that ``splice.splice`` really carried the body
@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import splice
+from proxy.upstream import splice
 from tests.support.browserless import login_via_http
 from tests.support.ports import free_port
 

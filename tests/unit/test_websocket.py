@@ -8,19 +8,16 @@ import time
 from dataclasses import replace
 
 import pytest
-from aiohttp import WSCloseCode, WSMsgType
-from aiohttp.http_websocket import WSMessage
+from aiohttp import WSCloseCode
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from proxy.errors import ProviderUnavailable
 from proxy.refresh import SessionEnded
 from proxy.session import Identity, Session
-from proxy.upstream import Upstream
 from proxy.ending import Reason, SessionEnd
-from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, _pump,
-                             is_websocket_upgrade, normalize_origin, origin_allowed, requested_protocols,
-                             upstream_ws_url, watch_session)
+from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, is_websocket_upgrade,
+                             normalize_origin, origin_allowed, watch_session)
 from tests.unit.conftest import make_config
 
 UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
@@ -109,87 +106,6 @@ def test_no_origin_means_no_browser_and_is_allowed_unless_it_looks_like_a_browse
 
 def test_two_origins_are_refused():
     assert not allowed([("Origin", "https://app.example.com"), ("Origin", "https://evil.example")])
-
-
-# -- handshake details -------------------------------------------------------------------------------
-
-
-def test_requested_protocols_keep_the_clients_order():
-    req = request(headers=[*UPGRADE, ("Sec-WebSocket-Protocol", "chat.v2, chat.v1"),
-                           ("Sec-WebSocket-Protocol", "mqtt")])
-    assert requested_protocols(req) == ("chat.v2", "chat.v1", "mqtt")
-    assert requested_protocols(request(headers=UPGRADE)) == ()
-
-
-@pytest.mark.parametrize("upstream, expected", [
-    ({"path": "/", "url": "http://127.0.0.1:8080"}, "ws://127.0.0.1:8080/app/b/c?x=%20y"),
-    ({"path": "/", "url": "https://app.internal/base"}, "wss://app.internal/base/app/b/c?x=%20y"),
-    ({"path": "/app", "url": "http://127.0.0.1:8080", "strip_prefix": True}, "ws://127.0.0.1:8080/b/c?x=%20y"),
-    ({"path": "/", "url": "unix:/run/app.sock"}, "ws://localhost/app/b/c?x=%20y"),
-])
-def test_upstream_url_is_the_http_one_with_a_ws_scheme(upstream, expected):
-    """The same URL as Forwarder.forward: normalised path, strip_prefix, raw query untouched."""
-    config = make_config(upstreams=[upstream]).upstreams[0]
-    req = request(headers=UPGRADE, path="/app//b/%63?x=%20y")
-    assert str(upstream_ws_url(Upstream(config, None), req)) == expected  # type: ignore[arg-type]
-
-
-# -- relaying -----------------------------------------------------------------------------------------
-
-
-class FakeSocket:
-    """Plays a list of messages as ``receive()``; records what is sent."""
-
-    def __init__(self, messages=(), fail_send: bool = False) -> None:
-        self.messages = list(messages)
-        self.sent: list[tuple[str, object]] = []
-        self.fail_send = fail_send
-
-    async def receive(self):
-        return self.messages.pop(0)
-
-    async def send_frame(self, data, opcode):
-        if self.fail_send:
-            raise ConnectionResetError("gone")
-        self.sent.append((opcode.name, data))
-
-    async def ping(self, data):
-        self.sent.append(("PING", data))
-
-    async def pong(self, data):
-        self.sent.append(("PONG", data))
-
-
-async def test_pump_relays_every_kind_and_returns_the_close_frame():
-    source = FakeSocket([WSMessage(WSMsgType.TEXT, b"t", None), WSMessage(WSMsgType.BINARY, b"\x00", None),
-                         WSMessage(WSMsgType.PING, b"p", None), WSMessage(WSMsgType.PONG, b"q", None),
-                         WSMessage(WSMsgType.CLOSE, 4000, "bye")])
-    sink = FakeSocket()
-    assert await _pump(source, sink, "upstream") == Close(4000, "bye")
-    assert sink.sent == [("TEXT", b"t"), ("BINARY", b"\x00"), ("PING", b"p"), ("PONG", b"q")]
-
-
-async def test_pump_maps_a_close_without_status_and_vanishing_sides():
-    assert await _pump(FakeSocket([WSMessage(WSMsgType.CLOSE, 0, "")]), FakeSocket(), "client") == Close(1000, "")
-    gone = WSMessage(WSMsgType.CLOSED, None, None)
-    assert (await _pump(FakeSocket([gone]), FakeSocket(), "upstream")).code == WSCloseCode.BAD_GATEWAY
-    assert (await _pump(FakeSocket([gone]), FakeSocket(), "client")).code == WSCloseCode.GOING_AWAY
-    # A send that fails means the *other* side is gone.
-    text = WSMessage(WSMsgType.TEXT, b"t", None)
-    assert (await _pump(FakeSocket([text]), FakeSocket(fail_send=True), "client")).code == WSCloseCode.BAD_GATEWAY
-
-
-@pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535, 999, 1])
-@pytest.mark.parametrize("side, instead", [("client", WSCloseCode.GOING_AWAY), ("upstream", WSCloseCode.BAD_GATEWAY)])
-async def test_a_close_code_that_may_not_be_sent_is_never_relayed(code, side, instead):
-    """RFC 6455 §7.4.1: 1005, 1006 and 1015 are never sent; 1004 and 1016-2999 are reserved; 1000-4999 only."""
-    source = FakeSocket([WSMessage(WSMsgType.CLOSE, code, "why")])
-    assert await _pump(source, FakeSocket(), side) == Close(instead, "why")
-
-
-@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
-async def test_every_code_an_endpoint_may_send_is_relayed(code):
-    assert await _pump(FakeSocket([WSMessage(WSMsgType.CLOSE, code, "")]), FakeSocket(), "client") == Close(code, "")
 
 
 # -- the registry --------------------------------------------------------------------------------------

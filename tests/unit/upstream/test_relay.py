@@ -2,7 +2,7 @@
 
 import asyncio
 
-from proxy.relay import _copy_batched
+from proxy.upstream.relay import _copy_batched
 
 
 async def test_flush_interval_batches_small_pieces_without_losing_any():

@@ -1,10 +1,10 @@
-"""Forwarding to the app behind the proxy — the only module that talks to upstreams.
+"""Forwarding a request to the app behind the proxy: routing, and the choice of client.
 
 Routing first, on the request's match key (``paths.py``: the normalised path without segment
 parameters): the longest ``upstreams[].path`` prefix that matches wins, and the normalised path, with
 its parameters, is forwarded. Then one of two clients carries the request:
 
-- the lean HTTP/1.1 client (``http1.py``) for a plain-HTTP or unix-socket upstream, when the request has
+- the lean HTTP/1.1 client (``http1*.py``) for a plain-HTTP or unix-socket upstream, when the request has
   no body and nothing unusual (``is_lean``) or a body large enough to move inside the kernel
   (``splice_upload_length``);
 - else the upstream's pooled ``aiohttp.ClientSession``, with no cookie jar (the browser's cookies are
@@ -13,7 +13,7 @@ its parameters, is forwarded. Then one of two clients carries the request:
 
 Request bodies stream up in chunks as they arrive, so memory stays flat for any size. Which header
 fields go along either way is ``headers.py``'s business; sending the response on to the client is
-``relay.py``'s.
+``relay.py``'s; WebSocket upgrades go through ``websocket.py`` instead.
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Config, UpstreamConfig
-from .crypto import tls_context
-from .errors import BadRequest, UpstreamError, UpstreamTimeout
-from .headers import HeaderPolicy
-from .http1 import Http1Error, Http1Pool, Http1Response, Http1Timeout, serialize_head
+from ..config import Config, UpstreamConfig
+from ..crypto import tls_context
+from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..headers import HeaderPolicy
+from ..metrics import METRICS
+from ..paths import normalized_path, strip_segments
+from ..session import Session
 from . import splice
-from .metrics import METRICS
-from .paths import normalized_path, strip_segments
+from .http1 import Http1Error, Http1Response, Http1Timeout
+from .http1_pool import Http1Pool, serialize_head
 from .relay import relay
-from .session import Session
 
 log = logging.getLogger("authproxy.upstream")
 
@@ -167,7 +168,7 @@ class Forwarder:
 
     async def _forward_lean(self, request: web.Request, upstream: Upstream, pool: Http1Pool,
                             session: Session | None, body_length: int | None = None) -> web.StreamResponse:
-        """``forward`` through the lean client (``http1.py``): the same exchange without aiohttp's
+        """``forward`` through the lean client (``http1*.py``): the same exchange without aiohttp's
         ``ClientRequest``/``ClientResponse`` machinery, which was 29 % of a tiny proxied GET. With
         ``body_length``, the request's large body goes from socket to socket in the kernel."""
         target = upstream.base_path + upstream.request_target(normalized_path(request),

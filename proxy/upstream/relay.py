@@ -1,6 +1,6 @@
 """Sending the upstream's response on to the client: whole, streamed, batched or spliced.
 
-``upstream.py`` gets the response from the app; this module only passes it on, and tells the two
+``forward.py`` gets the response from the app; this module only passes it on, and tells the two
 ways that can go wrong apart. A client that hangs up (``ClientGone``) is routine and ends the
 response quietly. An upstream that breaks off after the headers went out can only be answered by
 cutting the client's connection short, so the client sees a truncated body rather than a complete one.
@@ -21,14 +21,14 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..context import CONFIG
+from ..ending import Holds, SessionEnd
+from ..errors import UpstreamError
+from ..model import Session
 from . import splice
-from .context import CONFIG
-from .ending import Holds, SessionEnd
-from .errors import UpstreamError
 from .http1 import Http1Error, Http1Response, headers_problem
-from .model import Session
 
-# The forwarding logger, as in upstream.py and headers.py: an operator filters all forwarding messages by one name.
+# The forwarding logger, as in forward.py and headers.py: an operator filters all forwarding messages by one name.
 log = logging.getLogger("authproxy.upstream")
 
 # Most bytes batched into one write when ``flush_interval`` is set.

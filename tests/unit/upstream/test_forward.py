@@ -5,7 +5,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from proxy.errors import BadRequest
 from proxy.paths import match_key, normalize_path
-from proxy.upstream import Forwarder, Upstream
+from proxy.upstream.forward import Forwarder, Upstream
 from tests.unit.conftest import make_config
 
 

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from proxy import splice
+from proxy.upstream import splice
 
 pytestmark = pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux-only; CI runs on Linux")
 
