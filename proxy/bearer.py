@@ -29,7 +29,7 @@ from .errors import BearerRejected, TokenValidationError
 from .provider import Provider
 from .session import Session
 
-__all__ = ["BearerRejected", "bearer_token", "invalid_token_header", "verify_bearer"]
+__all__ = ["bearer_token", "invalid_token_header", "verify_bearer"]
 
 # RFC 6750 §2.1: "Bearer" 1*SP b64token. Longer tokens than this are refused before any parsing.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
+from .errors import StoreUnavailable
 from .model import Session
-from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .store import MemoryDenylist, SessionStore

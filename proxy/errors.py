@@ -7,7 +7,11 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     AuthProxyError                    base; ``status`` and ``title`` say how it is shown
     ├── ConfigError                   start-up only: every problem with its YAML path (exit 2)
     ├── CookieError                   a cookie that does not open: treated as "no session", never shown
+    │   └── SessionWasEnded           a save of a session that has ended: refused, not written back
+    ├── SessionEnded                  a refresh the provider refused: the session ends, never shown
+    ├── StoreUnavailable              the session store cannot be reached (503)
     ├── BadRequest                    a request the proxy refuses to interpret (400)
+    │   └── BadQueryRules             an ``/oauth2/auth`` query parameter that is not a rule
     ├── SessionTooLarge               the session does not fit in browser cookies (413)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
@@ -17,8 +21,9 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
     ├── TokenValidationError          a token or userinfo of the provider failed a check (502; ``code`` says which)
     ├── BearerRejected                a client's ``Authorization: Bearer`` token is refused (401 ``invalid_token``)
-    └── UpstreamError                 the app behind us is unreachable (502)
-        └── UpstreamTimeout           the app behind us is too slow (504)
+    ├── UpstreamError                 the app behind us is unreachable (502)
+    │   └── UpstreamTimeout           the app behind us is too slow (504)
+    └── FrameError                    a worker ↔ host coordinator frame that breaks the protocol; never HTTP
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ class BadRequest(AuthProxyError):
     title = "Bad request"
 
 
+class BadQueryRules(BadRequest):
+    """An ``/oauth2/auth`` query parameter that is not a rule (``authz.query_rules``): fail closed."""
+
+
 class SessionTooLarge(AuthProxyError):
     """The sealed session needs more cookies than a browser sends back; Redis holds any size."""
 
@@ -87,6 +96,28 @@ class SessionTooLarge(AuthProxyError):
         super().__init__(f"The session ({size} bytes) needs {chunks} cookies, more than a browser sends back. "
                          "The operator can keep sessions in Redis (session.store: redis) or ask the provider for "
                          "smaller tokens.")
+
+
+class SessionWasEnded(CookieError):
+    """A save of a session that has ended: refused, so a request in flight cannot bring it back."""
+
+
+class SessionEnded(AuthProxyError):
+    """The provider said the grant is gone (or its answer failed a check): sign in again.
+
+    Raised by the refresh logic; the gate and the WebSocket watcher end the session for it, so it is
+    never shown as such.
+    """
+
+    status = 401
+    title = "Signed out"
+
+
+class StoreUnavailable(AuthProxyError):
+    """The session store cannot be reached; requests that need it get a 503 until it is back."""
+
+    status = 503
+    title = "Sessions are unavailable"
 
 
 class LoginError(AuthProxyError):
@@ -148,11 +179,6 @@ class TokenRejected(ProviderError):
         detail = f"it answered {code}" + (f" ({description[:200]})" if description else "")
         super().__init__(step, detail)
 
-    @property
-    def ends_session(self) -> bool:
-        """``invalid_grant``/``invalid_client`` mean the grant is gone: retrying cannot help."""
-        return self.code in ("invalid_grant", "invalid_client", "unauthorized_client")
-
 
 class TokenValidationError(AuthProxyError):
     """A token the provider signed (ID, access or logout token; see ``tokens.py``) or its userinfo
@@ -188,3 +214,8 @@ class UpstreamError(AuthProxyError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     title = "The application did not answer in time"
+
+
+class FrameError(AuthProxyError):
+    """A frame between a worker and the host coordinator that is too large, not JSON, or not a request
+    the protocol knows (``coordinator.py``). Stays between processes: never an HTTP answer."""

@@ -30,16 +30,16 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .authz import (BadQueryRules, authorize, authorize_all, cors_headers, is_api_path, is_preflight, query_rules,
+from .authz import (authorize, authorize_all, cors_headers, is_api_path, is_preflight, query_rules,
                     rules_for, skips_auth)
-from .bearer import BearerRejected, bearer_token, invalid_token_header, verify_bearer
+from .errors import BadQueryRules, BearerRejected, SessionEnded
+from .bearer import bearer_token, invalid_token_header, verify_bearer
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
 from .ending import ENDS, Reason
 from .headers import identity_headers
 from .login import is_navigation, login_url, start_login
 from .metrics import METRICS
 from .pages import NO_STORE, html_page, json_answer
-from .refresh import SessionEnded
 from .session import Session, get_session, set_session
 from .paths import is_own_path, request_key
 from .upstream import FORWARDER

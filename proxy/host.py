@@ -24,10 +24,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .coordinator import FrameError, Message, encode, read_frame
+from .coordinator import Message, encode, read_frame
 from .crypto import Sealer, fingerprint
 from .ending import SessionEnd
-from .errors import CookieError
+from .errors import CookieError, FrameError
 from .metrics import Metrics
 from .model import Session
 from .store import MemoryDenylist

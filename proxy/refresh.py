@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .crypto import fingerprint
-from .errors import ProviderError, ProviderUnavailable, TokenValidationError
+from .errors import ProviderError, ProviderUnavailable, SessionEnded, TokenValidationError
 from .metrics import Metrics
 from .provider import Provider, TokenSet
 from .session import Identity, Session
@@ -48,10 +48,6 @@ RECENT_TTL = 30.0
 RECENT_MAX = 10_000
 # How many results found host-wide are followed (RT1 → RT2 → RT3) before refreshing from the last one.
 HOPS = 3
-
-
-class SessionEnded(Exception):
-    """The provider said the grant is gone (or its answer failed a check): sign in again."""
 
 
 class _NoStore:

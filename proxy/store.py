@@ -27,22 +27,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from .cookies import CookieCodec
-from .errors import AuthProxyError, CookieError
+from .errors import SessionWasEnded
 from .model import Session
 
 if TYPE_CHECKING:
     from .ending import SessionEnd
-
-
-class StoreUnavailable(AuthProxyError):
-    """The session store cannot be reached; requests that need it get a 503 until it is back."""
-
-    status = 503
-    title = "Sessions are unavailable"
-
-
-class SessionWasEnded(CookieError):
-    """A save of a session that has ended: refused, so a request in flight cannot bring it back."""
 
 
 class SessionStore(Protocol):

@@ -64,10 +64,10 @@ from . import login
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
-from .errors import ProviderError, UpstreamError, UpstreamTimeout
+from .errors import ProviderError, SessionEnded, UpstreamError, UpstreamTimeout
 from .model import Session
 from .pages import html_page, json_answer
-from .refresh import RECENT_TTL, Refresher, SessionEnded
+from .refresh import RECENT_TTL, Refresher
 from .paths import normalized_path
 from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from proxy.errors import ProviderError, ProviderUnavailable, TokenRejected
+from proxy.errors import ProviderError, ProviderUnavailable, SessionEnded, TokenRejected
 from proxy.provider import TokenSet
-from proxy.refresh import RECENT_TTL, Refresher, SessionEnded
+from proxy.refresh import RECENT_TTL, Refresher
 from proxy.session import Identity, Session
 
 

@@ -13,8 +13,7 @@ from aiohttp.http_websocket import WSMessage
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from proxy.errors import ProviderUnavailable
-from proxy.refresh import SessionEnded
+from proxy.errors import ProviderUnavailable, SessionEnded
 from proxy.session import Identity, Session
 from proxy.upstream import Upstream
 from proxy.ending import Reason, SessionEnd
