@@ -1,6 +1,6 @@
 """Wiring: long-lived resources, the middleware order and the routes. No logic of its own.
 
-Order of a request: ``error_boundary`` (request id, one access-log line, domain errors → pages) →
+Order of a request: ``boundary.error_boundary`` (request id, one access-log line, domain errors → HTTP) →
 router → an ``/oauth2/*`` handler or ``handle_proxy`` → the session cookie is written by
 ``write_session_cookie`` as the response headers go out.
 """
@@ -8,65 +8,41 @@ router → an ``/oauth2/*`` handler or ``handle_proxy`` → the session cookie i
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
-from .config import CALLBACK_PATH, Config
-from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID, SEALER
+from .backchannel import handle_backchannel_logout
+from .boundary import error_boundary, stamp_response
+from .config import Config
+from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, SEALER
 from .cookies import CookieCodec, private_when_setting_own
-from .crypto import Sealer, random_token, tls_context
-from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
-from .metrics import METRICS, Metrics, handle_metrics
+from .crypto import Sealer, tls_context
+from .ending import ENDS, FANOUT, Fanout, Holds, LocalFanout, SessionEnds
+from .errors import ProviderError
 from .gate import handle_auth, handle_proxy, handle_userinfo
 from .host import HostFanout, HostLink, HostRefreshes
-from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect,
-                    trim_login_cookies)
-from .pages import NO_STORE, html_page, json_answer
+from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, trim_login_cookies
+from .metrics import METRICS, Metrics, handle_metrics
+from .pages import NO_STORE
 from .provider import Provider
-from .refresh import Refresher
-from .backchannel import handle_backchannel_logout
 from .redis_store import RedisDenylist, RedisStore
-from .ending import ENDS, FANOUT, Fanout, Holds, LocalFanout, SessionEnds
-from .session import CODEC, SESSION_STATE, STORE, write_session_cookie
-from .store import CookieStore, MemoryDenylist, SessionStore
+from .refresh import Refresher
 from .relay import STREAMS, LiveStream
+from .session import CODEC, STORE, write_session_cookie
+from .store import CookieStore, MemoryDenylist, SessionStore
+from .upstream import FORWARDER, Forwarder, Upstream, make_client
 from .websocket import SOCKETS, setup_websockets
-from .upstream import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client
 
 log = logging.getLogger("authproxy")
-access_log = logging.getLogger("authproxy.access")
 
 # Delay between attempts to load the provider's metadata while it is unreachable at start-up.
 DISCOVERY_RETRY = (0.5, 1.0, 2.0, 5.0, 10.0)
-# A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class RequestIds:
-    """Request ids: a random prefix per app (so per worker process, as each builds its own app) and a
-    counter. Unique without asking the OS for randomness on every request: ``secrets.token_urlsafe``
-    was 2 % of a tiny proxied GET. An id only names a request in logs; it guards nothing."""
-
-    def __init__(self) -> None:
-        self._prefix = random_token(6) + "-"
-        self._next = itertools.count(1).__next__
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{self._next():x}"
-
-
-REQUEST_IDS = web.AppKey("authproxy_request_ids", RequestIds)
 
 
 @dataclass
@@ -92,23 +68,24 @@ MAX_FIELD_SIZE = 64 * 1024
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time,
                lasting: Lasting | None = None, fanout: Fanout | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_boundary], handler_args={"max_field_size": MAX_FIELD_SIZE})
+    lasting = lasting or Lasting()
+    app = web.Application(middlewares=[error_boundary(config, lasting.metrics)],
+                          handler_args={"max_field_size": MAX_FIELD_SIZE})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)
-    app[LASTING] = lasting = lasting or Lasting()
+    app[LASTING] = lasting
     lasting.denylist = lasting.denylist or MemoryDenylist(clock)
     app[FANOUT] = fanout or lasting.fanout or LocalFanout()     # a worker of ``workers: N``: the host's
     app[METRICS] = lasting.metrics
-    app[REQUEST_IDS] = RequestIds()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_provider_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_response_prepare.append(write_session_cookie)
     app.on_response_prepare.append(trim_login_cookies)
     app.on_response_prepare.append(private_when_setting_own(config.cookie.name))   # after all that set ours
-    app.on_response_prepare.append(_stamp_response)
+    app.on_response_prepare.append(stamp_response)
     r = app.router
     r.add_get("/ping", handle_ping)
     r.add_get("/ready", handle_ready)
@@ -194,73 +171,6 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     app[FORWARDER] = Forwarder(app[CONFIG], upstreams)
     yield
     await asyncio.gather(*(u.client.close() for u in upstreams), *(u.lean.close() for u in upstreams if u.lean))
-
-
-# -- the error boundary and access log ----------------------------------------------------------
-
-
-@web.middleware
-async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give each request an id, log one line for it, and turn domain errors into pages."""
-    incoming = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else request.app[REQUEST_IDS]()
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except AuthProxyError as exc:
-        status = exc.status
-        if request.path == CALLBACK_PATH:
-            request.app[METRICS].login_failed(getattr(exc, "code", type(exc).__name__), request[REQUEST_ID])
-        log.warning("%s %s failed: %s (%s) rid=%s", request.method, request.path, type(exc).__name__, exc,
-                    request[REQUEST_ID])
-        return error_response(request, exc)
-    except Exception:
-        log.exception("unexpected error on %s %s rid=%s", request.method, request.path, request[REQUEST_ID])
-        return error_response(request, AuthProxyError("An unexpected error happened in the proxy."))
-    finally:
-        elapsed = time.perf_counter() - started
-        upstream = request.get(UPSTREAM_LABEL, "proxy")
-        request.app[METRICS].answered(upstream, status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            state = request.get(SESSION_STATE)
-            session = state.peek() if state is not None else None
-            user = session.identity.sub if session is not None else "-"
-            access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status, elapsed * 1000,
-                            user, request[REQUEST_ID],
-                            extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
-                                              "client": request.remote, "user": user, "method": request.method,
-                                              "path": request.path, "status": status, "upstream": upstream,
-                                              "duration_ms": round(elapsed * 1000, 2)}})
-
-
-def error_response(request: web.Request, exc: AuthProxyError) -> web.Response:
-    rid = request[REQUEST_ID]
-    if not is_navigation(request):
-        return json_answer(exc.status, {"error": type(exc).__name__, "message": str(exc), "request_id": rid})
-    # The retry link is checked like any redirect: a path such as //evil.example must not become one. A failed
-    # callback is never retried as it was: its state is spent (a 403 at best) and its code must not sit in a link.
-    at_callback = isinstance(exc, LoginError) or request.path == CALLBACK_PATH
-    retry_to = "/" if at_callback else safe_redirect(request.raw_path, request.app[CONFIG])
-    if at_callback or isinstance(exc, StateMismatch):
-        actions = [("Sign in again", "/oauth2/start?rd=" + quote(retry_to, safe=""))]
-    else:
-        actions = [("Try again", retry_to)]
-    return html_page(exc.status, exc.title, str(exc), rid, actions, templates_dir=request.app[CONFIG].templates_dir)
-
-
-async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries the request id; the proxy's own answers are never cached."""
-    rid = request.get(REQUEST_ID)
-    if rid and "X-Request-Id" not in response.headers:
-        response.headers["X-Request-Id"] = rid
-    if request.path.startswith("/oauth2/"):
-        response.headers.update(NO_STORE)
 
 
 # -- handlers ---------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The exception tree of authproxy, and what each branch becomes at the HTTP boundary.
 
-Internal code raises these domain errors; only the error middleware in ``app.py`` turns them into
-responses (an HTML page for a browser, JSON for an API client) and a log line with the request id.
-Nothing below ever carries a token, a code or a cookie value in its message::
+Internal code raises these domain errors; only the error middleware in ``boundary.py`` turns them
+into responses (an HTML page for a browser, JSON for an API client, a redirect to sign in, a bare
+status for the forward-auth endpoint, OAuth-style JSON for the back-channel one) and a log line with
+the request id. A ``Refusal`` is an answer given on purpose (who may not, what does not exist), so
+the boundary does not log it as a failure. Nothing below ever carries a token, a code or a cookie
+value in its message::
 
     AuthProxyError                    base; ``status`` and ``title`` say how it is shown
     ├── ConfigError                   start-up only: every problem with its YAML path (exit 2)
@@ -21,6 +24,12 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
     ├── TokenValidationError          a token or userinfo of the provider failed a check (502; ``code`` says which)
     ├── BearerRejected                a client's ``Authorization: Bearer`` token is refused (401 ``invalid_token``)
+    ├── Refusal                       an answer on purpose, not a failure (status of its own)
+    │   ├── NotFound                  a path nobody serves: under ``/oauth2/``, or no upstream (404)
+    │   ├── Unauthenticated           nobody signed in: a browser goes to sign in, anything else gets 401
+    │   ├── Forbidden                 signed in, but the rules do not let this user in (403)
+    │   ├── WebSocketRefused          a handshake that must not reach the app (400, 403, 429)
+    │   └── LogoutTokenRejected       a back-channel logout request refused (400, 413; OAuth ``invalid_request``)
     ├── UpstreamError                 the app behind us is unreachable (502)
     │   └── UpstreamTimeout           the app behind us is too slow (504)
     └── FrameError                    a worker ↔ host coordinator frame that breaks the protocol; never HTTP
@@ -29,6 +38,10 @@ Nothing below ever carries a token, a code or a cookie value in its message::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Identity
 
 
 class AuthProxyError(Exception):
@@ -204,6 +217,65 @@ class BearerRejected(AuthProxyError):
     def __init__(self, code: str, detail: str) -> None:
         self.code = code
         super().__init__(f"The bearer token was refused ({code}): {detail}.")
+
+
+class Refusal(AuthProxyError):
+    """An answer the proxy gives on purpose — not here, not you, not like this — rather than a failure:
+    the boundary renders it without a failure log line (what the raiser wants logged, it logs)."""
+
+
+class NotFound(Refusal):
+    """A path the proxy serves nothing at: nothing is forwarded. Always a page (it names no resource
+    an API client could act on)."""
+
+    status = 404
+    title = "Not found"
+
+
+class Unauthenticated(Refusal):
+    """Nobody is signed in. ``path`` is the route path (``gate.route_path``) when the gate knows it:
+    it decides whether the client is an API client (``api_paths``) that gets a 401 rather than a redirect."""
+
+    status = 401
+    title = "Sign in to continue"
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        super().__init__("Sign in to continue.")
+
+
+class Forbidden(Refusal):
+    """A signed-in user the authorization rules do not let in; ``identity`` says who, so the answer can
+    tell them which account they are using (never its tokens)."""
+
+    status = 403
+    title = "You do not have access"
+
+    def __init__(self, identity: Identity, path: str | None = None) -> None:
+        self.identity = identity
+        self.path = path
+        super().__init__("Signed in without access here.")
+
+
+class WebSocketRefused(Refusal):
+    """A WebSocket handshake that must not reach the app: not enabled, a foreign ``Origin``, not a valid
+    handshake, too many sockets. ``code`` is the JSON ``error``; ``title`` the page's heading."""
+
+    def __init__(self, status: int, code: str, title: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.title = title
+        super().__init__(message)
+
+
+class LogoutTokenRejected(Refusal):
+    """A back-channel logout request refused (Back-Channel Logout 1.0 §2.8): 400, or 413 for a body too
+    large; ``description`` is the OAuth ``error_description`` the provider reads."""
+
+    def __init__(self, description: str, status: int = 400) -> None:
+        self.status = status
+        self.description = description
+        super().__init__(description)
 
 
 class UpstreamError(AuthProxyError):
