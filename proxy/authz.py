@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -36,7 +37,9 @@ from multidict import MultiMapping
 
 from .config import AuthorizationConfig, Config, UpstreamConfig
 from .errors import BadQueryRules
-from .session import Identity
+
+if TYPE_CHECKING:
+    from .session import Identity
 
 # The query parameters /oauth2/auth understands; any other is refused, so a misspelt rule
 # (``allowed_group=admins``) cannot silently let everyone in.

@@ -22,12 +22,15 @@ stripped by the forwarder as always.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .errors import BearerRejected, TokenValidationError
-from .provider import Provider
 from .session import Session
+
+if TYPE_CHECKING:
+    from .provider import Provider
 
 __all__ = ["bearer_token", "invalid_token_header", "verify_bearer"]
 

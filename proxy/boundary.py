@@ -32,6 +32,7 @@ import itertools
 import logging
 import re
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -45,13 +46,15 @@ from .crypto import random_token
 from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
                      NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
 from .login import is_navigation, login_url, safe_redirect, start_login
-from .metrics import Metrics
-from .model import Identity
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
 from .upstream import UPSTREAM_LABEL
 from .websocket import is_websocket_upgrade
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .model import Identity
 
 log = logging.getLogger("authproxy")
 access_log = logging.getLogger("authproxy.access")

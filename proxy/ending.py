@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from aiohttp import web
 
 from .errors import StoreUnavailable
-from .model import Session
 
 if TYPE_CHECKING:
+    from .model import Session
     from .store import MemoryDenylist, SessionStore
 
 log = logging.getLogger("authproxy.ending")

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 from .crypto import fingerprint
 from .errors import ProviderError, ProviderUnavailable, SessionEnded, TokenValidationError
 from .metrics import Metrics
-from .provider import Provider, TokenSet
-from .session import Identity, Session
 
 if TYPE_CHECKING:
     from .host import HostRefreshes
+    from .provider import Provider, TokenSet
+    from .session import Identity, Session
     from .store import SessionStore
 
 # How long a refresh result is served to requests that still carry the spent refresh token.

@@ -26,12 +26,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from .cookies import CookieCodec
 from .errors import SessionWasEnded
-from .model import Session
 
 if TYPE_CHECKING:
+    from .cookies import CookieCodec
     from .ending import SessionEnd
+    from .model import Session
 
 
 class SessionStore(Protocol):
