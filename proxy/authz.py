@@ -29,13 +29,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from .config import AuthorizationConfig, Config, UpstreamConfig
-from .session import Identity
+from .errors import BadQueryRules
+
+if TYPE_CHECKING:
+    from .session import Identity
 
 # The query parameters /oauth2/auth understands; any other is refused, so a misspelt rule
 # (``allowed_group=admins``) cannot silently let everyone in.
@@ -98,10 +102,6 @@ def _well_formed(email: str | None) -> str | None:
 def rules_for(config: Config, upstream: UpstreamConfig) -> AuthorizationConfig:
     """The upstream's own rules if it has them (they replace the global ones), else the global rules."""
     return upstream.authorization if upstream.authorization is not None else config.authorization
-
-
-class BadQueryRules(ValueError):
-    """An ``/oauth2/auth`` query parameter that is not a rule."""
 
 
 def query_rules(params: MultiMapping[str]) -> AuthorizationConfig:

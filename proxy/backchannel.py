@@ -15,9 +15,8 @@ from aiohttp import web
 
 from .context import PROVIDER
 from .ending import ENDS, Reason
-from .errors import TokenValidationError
+from .errors import LogoutTokenRejected, TokenValidationError
 from .metrics import METRICS
-from .pages import json_answer
 from .provider import LOGOUT_TOKEN_MAX_AGE
 from .session import STORE
 
@@ -30,23 +29,25 @@ FORM = "application/x-www-form-urlencoded"
 
 
 async def handle_backchannel_logout(request: web.Request) -> web.Response:
+    """End the sessions a verified logout token names; a request refused is ``LogoutTokenRejected``,
+    which the boundary answers as §2.8 asks: 400 (413 for a body too large) with an OAuth-style body."""
     if request.content_type != FORM:
-        return _refused(f"the request is not {FORM} (Back-Channel Logout 1.0 §2.5)")
+        raise LogoutTokenRejected(f"the request is not {FORM} (Back-Channel Logout 1.0 §2.5)")
     if (request.content_length or 0) > MAX_BODY:          # a chunked body: aiohttp's 1 MiB cap still holds
-        return _refused(f"the request body is larger than {MAX_BODY} bytes", status=413)
+        raise LogoutTokenRejected(f"the request body is larger than {MAX_BODY} bytes", status=413)
     form = await request.post()
     token = form.get("logout_token")
     if not isinstance(token, str) or not token:
-        return _refused("the request has no logout_token")
+        raise LogoutTokenRejected("the request has no logout_token")
     try:
         claims = await request.app[PROVIDER].verify_logout_token(token)
     except TokenValidationError as exc:
         log.warning("back-channel logout refused: %s", exc)
-        return _refused(f"the logout token failed a check ({exc.code})")
+        raise LogoutTokenRejected(f"the logout token failed a check ({exc.code})") from exc
     store = request.app[STORE]
     if not await store.first_use(claims["jti"], 2 * LOGOUT_TOKEN_MAX_AGE):
         log.warning("back-channel logout refused: jti already used")
-        return _refused("the logout token was already used")
+        raise LogoutTokenRejected("the logout token was already used")
     sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
     sub = None if sid else claims.get("sub")
     ends = request.app[ENDS]
@@ -54,8 +55,3 @@ async def handle_backchannel_logout(request: web.Request) -> web.Response:
     request.app[METRICS].event("backchannel_logout", f"back-channel logout: {'sid' if sid else 'sub'} ended"
                                f" ({ended} stored sessions)", sid_given=bool(sid), ended=ended)
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
-
-
-def _refused(description: str, status: int = 400) -> web.Response:
-    """Back-Channel Logout 1.0 §2.8: 400 (413 for a body too large) with an OAuth-style error body."""
-    return json_answer(status, {"error": "invalid_request", "error_description": description})

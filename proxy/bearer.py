@@ -22,14 +22,17 @@ stripped by the forwarder as always.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .errors import BearerRejected, TokenValidationError
-from .provider import Provider
 from .session import Session
 
-__all__ = ["BearerRejected", "bearer_token", "invalid_token_header", "verify_bearer"]
+if TYPE_CHECKING:
+    from .provider import Provider
+
+__all__ = ["bearer_token", "invalid_token_header", "verify_bearer"]
 
 # RFC 6750 §2.1: "Bearer" 1*SP b64token. Longer tokens than this are refused before any parsing.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")

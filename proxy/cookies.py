@@ -25,12 +25,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from http.cookies import Morsel
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from .config import CookieConfig
-from .crypto import Sealer
 from .errors import CookieError, SessionTooLarge
 from .model import Session
+
+if TYPE_CHECKING:
+    from .config import CookieConfig
+    from .crypto import Sealer
 
 # Browsers drop a cookie whose name and value together exceed this (RFC 6265bis §5.6, step 4).
 MAX_COOKIE_BYTES = 4096

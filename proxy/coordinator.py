@@ -45,6 +45,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .errors import FrameError
+
 log = logging.getLogger("authproxy.coordinator")
 
 MAX_FRAME = 256 * 1024          # a sealed session with large tokens fits many times over
@@ -58,10 +60,6 @@ MAX_TTL = 31 * 86400.0          # no value or message outlives a month
 PARENT_CHECK = 1.0              # how often to look whether the supervisor is gone (then exit)
 
 Message = dict[str, Any]
-
-
-class FrameError(Exception):
-    """A frame that is too large, not JSON, or not a request this protocol knows."""
 
 
 def encode(message: Message) -> bytes:

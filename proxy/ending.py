@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
-from .model import Session
-from .store import StoreUnavailable
+from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
+    from .model import Session
     from .store import MemoryDenylist, SessionStore
 
 log = logging.getLogger("authproxy.ending")

@@ -1,13 +1,20 @@
 """The exception tree of authproxy, and what each branch becomes at the HTTP boundary.
 
-Internal code raises these domain errors; only the error middleware in ``app.py`` turns them into
-responses (an HTML page for a browser, JSON for an API client) and a log line with the request id.
-Nothing below ever carries a token, a code or a cookie value in its message::
+Internal code raises these domain errors; only the error middleware in ``boundary.py`` turns them
+into responses (an HTML page for a browser, JSON for an API client, a redirect to sign in, a bare
+status for the forward-auth endpoint, OAuth-style JSON for the back-channel one) and a log line with
+the request id. A ``Refusal`` is an answer given on purpose (who may not, what does not exist), so
+the boundary does not log it as a failure. Nothing below ever carries a token, a code or a cookie
+value in its message::
 
     AuthProxyError                    base; ``status`` and ``title`` say how it is shown
     ├── ConfigError                   start-up only: every problem with its YAML path (exit 2)
     ├── CookieError                   a cookie that does not open: treated as "no session", never shown
+    │   └── SessionWasEnded           a save of a session that has ended: refused, not written back
+    ├── SessionEnded                  a refresh the provider refused: the session ends, never shown
+    ├── StoreUnavailable              the session store cannot be reached (503)
     ├── BadRequest                    a request the proxy refuses to interpret (400)
+    │   └── BadQueryRules             an ``/oauth2/auth`` query parameter that is not a rule
     ├── SessionTooLarge               the session does not fit in browser cookies (413)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
@@ -17,13 +24,24 @@ Nothing below ever carries a token, a code or a cookie value in its message::
     │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
     ├── TokenValidationError          a token or userinfo of the provider failed a check (502; ``code`` says which)
     ├── BearerRejected                a client's ``Authorization: Bearer`` token is refused (401 ``invalid_token``)
-    └── UpstreamError                 the app behind us is unreachable (502)
-        └── UpstreamTimeout           the app behind us is too slow (504)
+    ├── Refusal                       an answer on purpose, not a failure (status of its own)
+    │   ├── NotFound                  a path nobody serves: under ``/oauth2/``, or no upstream (404)
+    │   ├── Unauthenticated           nobody signed in: a browser goes to sign in, anything else gets 401
+    │   ├── Forbidden                 signed in, but the rules do not let this user in (403)
+    │   ├── WebSocketRefused          a handshake that must not reach the app (400, 403, 429)
+    │   └── LogoutTokenRejected       a back-channel logout request refused (400, 413; OAuth ``invalid_request``)
+    ├── UpstreamError                 the app behind us is unreachable (502)
+    │   └── UpstreamTimeout           the app behind us is too slow (504)
+    └── FrameError                    a worker ↔ host coordinator frame that breaks the protocol; never HTTP
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Identity
 
 
 class AuthProxyError(Exception):
@@ -77,6 +95,10 @@ class BadRequest(AuthProxyError):
     title = "Bad request"
 
 
+class BadQueryRules(BadRequest):
+    """An ``/oauth2/auth`` query parameter that is not a rule (``authz.query_rules``): fail closed."""
+
+
 class SessionTooLarge(AuthProxyError):
     """The sealed session needs more cookies than a browser sends back; Redis holds any size."""
 
@@ -87,6 +109,28 @@ class SessionTooLarge(AuthProxyError):
         super().__init__(f"The session ({size} bytes) needs {chunks} cookies, more than a browser sends back. "
                          "The operator can keep sessions in Redis (session.store: redis) or ask the provider for "
                          "smaller tokens.")
+
+
+class SessionWasEnded(CookieError):
+    """A save of a session that has ended: refused, so a request in flight cannot bring it back."""
+
+
+class SessionEnded(AuthProxyError):
+    """The provider said the grant is gone (or its answer failed a check): sign in again.
+
+    Raised by the refresh logic; the gate and the WebSocket watcher end the session for it, so it is
+    never shown as such.
+    """
+
+    status = 401
+    title = "Signed out"
+
+
+class StoreUnavailable(AuthProxyError):
+    """The session store cannot be reached; requests that need it get a 503 until it is back."""
+
+    status = 503
+    title = "Sessions are unavailable"
 
 
 class LoginError(AuthProxyError):
@@ -148,11 +192,6 @@ class TokenRejected(ProviderError):
         detail = f"it answered {code}" + (f" ({description[:200]})" if description else "")
         super().__init__(step, detail)
 
-    @property
-    def ends_session(self) -> bool:
-        """``invalid_grant``/``invalid_client`` mean the grant is gone: retrying cannot help."""
-        return self.code in ("invalid_grant", "invalid_client", "unauthorized_client")
-
 
 class TokenValidationError(AuthProxyError):
     """A token the provider signed (ID, access or logout token; see ``tokens.py``) or its userinfo
@@ -180,6 +219,65 @@ class BearerRejected(AuthProxyError):
         super().__init__(f"The bearer token was refused ({code}): {detail}.")
 
 
+class Refusal(AuthProxyError):
+    """An answer the proxy gives on purpose — not here, not you, not like this — rather than a failure:
+    the boundary renders it without a failure log line (what the raiser wants logged, it logs)."""
+
+
+class NotFound(Refusal):
+    """A path the proxy serves nothing at: nothing is forwarded. Always a page (it names no resource
+    an API client could act on)."""
+
+    status = 404
+    title = "Not found"
+
+
+class Unauthenticated(Refusal):
+    """Nobody is signed in. ``path`` is the route path (``gate.route_path``) when the gate knows it:
+    it decides whether the client is an API client (``api_paths``) that gets a 401 rather than a redirect."""
+
+    status = 401
+    title = "Sign in to continue"
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        super().__init__("Sign in to continue.")
+
+
+class Forbidden(Refusal):
+    """A signed-in user the authorization rules do not let in; ``identity`` says who, so the answer can
+    tell them which account they are using (never its tokens)."""
+
+    status = 403
+    title = "You do not have access"
+
+    def __init__(self, identity: Identity, path: str | None = None) -> None:
+        self.identity = identity
+        self.path = path
+        super().__init__("Signed in without access here.")
+
+
+class WebSocketRefused(Refusal):
+    """A WebSocket handshake that must not reach the app: not enabled, a foreign ``Origin``, not a valid
+    handshake, too many sockets. ``code`` is the JSON ``error``; ``title`` the page's heading."""
+
+    def __init__(self, status: int, code: str, title: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.title = title
+        super().__init__(message)
+
+
+class LogoutTokenRejected(Refusal):
+    """A back-channel logout request refused (Back-Channel Logout 1.0 §2.8): 400, or 413 for a body too
+    large; ``description`` is the OAuth ``error_description`` the provider reads."""
+
+    def __init__(self, description: str, status: int = 400) -> None:
+        self.status = status
+        self.description = description
+        super().__init__(description)
+
+
 class UpstreamError(AuthProxyError):
     status = 502
     title = "The application is unavailable"
@@ -188,3 +286,8 @@ class UpstreamError(AuthProxyError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     title = "The application did not answer in time"
+
+
+class FrameError(AuthProxyError):
+    """A frame between a worker and the host coordinator that is too large, not JSON, or not a request
+    the protocol knows (``coordinator.py``). Stays between processes: never an HTTP answer."""

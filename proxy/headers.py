@@ -18,14 +18,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Config
 from .context import REQUEST_ID
-from .session import Session
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .session import Session
 
 # The forwarding logger, as in upstream/forward.py and relay.py: an operator filters all forwarding by one name.
 log = logging.getLogger("authproxy.upstream")

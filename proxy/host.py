@@ -23,14 +23,17 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
-from .coordinator import FrameError, Message, encode, read_frame
+from .coordinator import Message, encode, read_frame
 from .crypto import Sealer, fingerprint
 from .ending import SessionEnd
-from .errors import CookieError
-from .metrics import Metrics
+from .errors import CookieError, FrameError
 from .model import Session
 from .store import MemoryDenylist
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("authproxy.host")
 

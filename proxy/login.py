@@ -31,14 +31,14 @@ from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
 from .ending import ENDS, Reason
-from .errors import AuthorizationDenied, BadRequest, CookieError, LoginError, StateMismatch, TokenValidationError
+from .errors import (AuthorizationDenied, BadRequest, CookieError, LoginError, StateMismatch, StoreUnavailable,
+                     TokenValidationError)
 from .paths import normalize_path
 from .metrics import METRICS
 from .model import Session
 from .pages import NO_STORE, html_page
 from .provider import Provider, TokenSet
 from .session import commit_session, defer_cookie, get_session, set_session
-from .store import StoreUnavailable
 
 log = logging.getLogger("authproxy.login")
 

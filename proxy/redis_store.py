@@ -39,9 +39,8 @@ from redis.exceptions import RedisError
 
 from .config import RedisConfig
 from .crypto import Sealer, b64url_decode, b64url_encode, random_token
-from .errors import CookieError
+from .errors import CookieError, SessionWasEnded, StoreUnavailable
 from .model import Session
-from .store import SessionWasEnded, StoreUnavailable
 
 if TYPE_CHECKING:
     from .ending import SessionEnd

@@ -40,13 +40,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .crypto import fingerprint
-from .errors import ProviderError, ProviderUnavailable, TokenValidationError
+from .errors import ProviderError, ProviderUnavailable, SessionEnded, TokenValidationError
 from .metrics import Metrics
-from .provider import Provider, TokenSet
-from .session import Identity, Session
 
 if TYPE_CHECKING:
     from .host import HostRefreshes
+    from .provider import Provider, TokenSet
+    from .session import Identity, Session
     from .store import SessionStore
 
 # How long a refresh result is served to requests that still carry the spent refresh token.
@@ -62,10 +62,6 @@ GRANT_CAP = 120.0
 # refresh token: the cookie store has no other place to keep it, and the user's next request may come
 # minutes later (a tab reloaded after the 503). Tokens are bounded by RECENT_MAX like the rest.
 ABANDONED_TTL = 3600.0
-
-
-class SessionEnded(Exception):
-    """The provider said the grant is gone (or its answer failed a check): sign in again."""
 
 
 class _NoStore:

@@ -26,9 +26,9 @@ from aiohttp import web
 
 from .cookies import CookieCodec, own_cookies
 from .ending import ENDS, Reason
-from .errors import AuthProxyError, CookieError, SessionTooLarge
+from .errors import AuthProxyError, CookieError, SessionTooLarge, SessionWasEnded
 from .model import Identity, Session, claim_at
-from .store import SessionStore, SessionWasEnded
+from .store import SessionStore
 
 log = logging.getLogger("authproxy.session")
 

@@ -26,23 +26,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from .cookies import CookieCodec
-from .errors import AuthProxyError, CookieError
-from .model import Session
+from .errors import SessionWasEnded
 
 if TYPE_CHECKING:
+    from .cookies import CookieCodec
     from .ending import SessionEnd
-
-
-class StoreUnavailable(AuthProxyError):
-    """The session store cannot be reached; requests that need it get a 503 until it is back."""
-
-    status = 503
-    title = "Sessions are unavailable"
-
-
-class SessionWasEnded(CookieError):
-    """A save of a session that has ended: refused, so a request in flight cannot bring it back."""
+    from .model import Session
 
 
 class SessionStore(Protocol):

@@ -46,14 +46,12 @@ import aiohttp
 from aiohttp import WSCloseCode, web
 from multidict import MultiMapping
 
-from . import login
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
-from .errors import ProviderError
+from .errors import ProviderError, SessionEnded, WebSocketRefused
 from .model import Session
-from .pages import html_page, json_answer
-from .refresh import RECENT_TTL, Refresher, SessionEnded
+from .refresh import RECENT_TTL, Refresher
 from .upstream import Upstream
 from .upstream.websocket import CLOSE_TIMEOUT, Close, connect, pumps, requested_protocols
 
@@ -114,27 +112,20 @@ def origin_allowed(headers: MultiMapping[str], config: Config) -> bool:
     return origin is not None and origin in allowed_origins(config)
 
 
-def _refuse(request: web.Request, status: int, error: str, title: str, message: str) -> web.Response:
-    rid = request[REQUEST_ID]
-    if login.is_navigation(request):
-        return html_page(status, title, message, rid, templates_dir=request.app[CONFIG].templates_dir)
-    return json_answer(status, {"error": error, "message": message, "request_id": rid})
-
-
-def _refusal(request: web.Request, upstream: Upstream) -> web.Response | None:
-    """The answer for a handshake that must not reach the app, or None if it may."""
+def _refusal(request: web.Request, upstream: Upstream) -> WebSocketRefused | None:
+    """Why a handshake must not reach the app (the boundary answers it: a page or JSON), or None if it may."""
     if not upstream.config.websockets:
-        return _refuse(request, 403, "websockets_disabled", "Not allowed",
-                       "WebSocket connections are not enabled for this application.")
+        return WebSocketRefused(403, "websockets_disabled", "Not allowed",
+                                "WebSocket connections are not enabled for this application.")
     if not origin_allowed(request.headers, request.app[CONFIG]):
         log.warning("websocket refused: origin %.100r not allowed, rid=%s", request.headers.get("Origin"),
                     request[REQUEST_ID])
-        return _refuse(request, 403, "origin_not_allowed", "Not allowed",
-                       "This page's origin may not open WebSocket connections to this application.")
+        return WebSocketRefused(403, "origin_not_allowed", "Not allowed",
+                                "This page's origin may not open WebSocket connections to this application.")
     # Validates key and version only (RFC 6455 §4.2.1); offering the client's own subprotocols keeps
     # aiohttp from warning that none overlap: the app chooses among them later.
     if not web.WebSocketResponse(protocols=requested_protocols(request)).can_prepare(request).ok:
-        return _refuse(request, 400, "bad_handshake", "Bad request", "This is not a valid WebSocket handshake.")
+        return WebSocketRefused(400, "bad_handshake", "Bad request", "This is not a valid WebSocket handshake.")
     return None
 
 
@@ -150,15 +141,15 @@ async def forward_websocket(request: web.Request, upstream: Upstream,
     """
     refusal = _refusal(request, upstream)
     if refusal is not None:
-        return refusal
+        raise refusal
     limits = request.app[CONFIG].limits
     registry = request.app.get(SOCKETS)
     if registry is not None and session is not None and session.id \
             and registry.count(session.id) >= limits.websockets_per_session:
         log.warning("websocket refused: sub=%s has %d open already, rid=%s", session.identity.sub,
                     limits.websockets_per_session, request[REQUEST_ID])
-        return _refuse(request, 429, "too_many_websockets", "Too many connections",
-                       "This session has too many WebSocket connections open; close some and try again.")
+        raise WebSocketRefused(429, "too_many_websockets", "Too many connections",
+                               "This session has too many WebSocket connections open; close some and try again.")
     place = _hold_place(registry, session)
     try:
         upstream_ws = await connect(request, upstream, session)

@@ -16,7 +16,8 @@ from proxy.ending import Reason, SessionEnd
 from proxy.errors import CookieError
 from proxy.redis_store import RedisStore
 from proxy.session import Identity, Session
-from proxy.store import CookieStore, MemoryDenylist, SessionWasEnded, StoreUnavailable
+from proxy.errors import SessionWasEnded, StoreUnavailable
+from proxy.store import CookieStore, MemoryDenylist
 from tests.unit.conftest import make_config
 
 SECRET = base64.urlsafe_b64encode(b"c" * 32).decode()

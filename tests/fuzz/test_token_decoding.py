@@ -28,7 +28,8 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
-from proxy.bearer import BearerRejected, bearer_token
+from proxy.bearer import bearer_token
+from proxy.errors import BearerRejected
 from proxy.errors import TokenValidationError
 from proxy.tokens import Expectations, TokenValidator
 

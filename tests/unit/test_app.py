@@ -72,22 +72,6 @@ def test_failed_sign_in_reasons_cannot_grow_the_metrics_without_bound():
     metrics.login_failed("provider_error_0", "rid")                     # a known reason keeps its own series
 
 
-def test_a_failed_callback_offers_a_new_sign_in_never_the_callback_url_again():
-    """A callback that fails after its state is spent (the provider's token endpoint down, say) must not offer
-    "Try again" to the same URL: that is a 403 at best, and it puts the code into a link."""
-    from proxy.app import error_response
-    from proxy.context import REQUEST_ID
-    from proxy.errors import ProviderError
-
-    app = create_app(make_config())
-    request = make_mocked_request("GET", "/oauth2/callback?code=CODE123&state=STATE456", app=app,
-                                  headers={"Accept": "text/html", "Sec-Fetch-Mode": "navigate"})
-    request[REQUEST_ID] = "rid-1"
-    page = error_response(request, ProviderError("token", "the provider answered 500")).text
-    assert "CODE123" not in page and "STATE456" not in page
-    assert "/oauth2/start?rd=" in page and "Sign in again" in page
-
-
 async def test_an_app_replaced_by_a_reload_stops_receiving_ends():
     """The fan-out outlives a reload (SIGHUP builds a new app around it): the old app's receiver must go with
     the old app, or every reload adds one that keeps its finished registries alive."""

@@ -7,10 +7,10 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import MultiDict
 
-from proxy.authz import (BadQueryRules, authorize, authorize_all, cors_headers, is_api_path, is_preflight,
+from proxy.authz import (authorize, authorize_all, cors_headers, is_api_path, is_preflight,
                          query_rules, rules_for, skips_auth)
 from proxy.config import AuthorizationConfig
-from proxy.errors import BadRequest, ConfigError
+from proxy.errors import BadQueryRules, BadRequest, ConfigError
 from proxy.gate import route_path
 from proxy.session import Identity
 from tests.unit.conftest import make_config

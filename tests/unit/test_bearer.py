@@ -19,7 +19,8 @@ from aiohttp.test_utils import make_mocked_request
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
-from proxy.bearer import BearerRejected, bearer_token, verify_bearer
+from proxy.bearer import bearer_token, verify_bearer
+from proxy.errors import BearerRejected
 from proxy.provider import Metadata, Provider
 from tests.unit.conftest import make_config
 

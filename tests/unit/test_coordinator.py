@@ -16,6 +16,7 @@ import pytest
 
 from proxy import coordinator as coord
 from proxy.coordinator import Coordinator, encode, read_frame
+from proxy.errors import FrameError
 
 
 class Clock:
@@ -221,5 +222,5 @@ def test_frames_are_length_prefixed_json():
     frame = encode({"op": "get", "key": "k"})
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
     assert json.loads(frame[4:]) == {"op": "get", "key": "k"}
-    with pytest.raises(coord.FrameError):
+    with pytest.raises(FrameError):
         encode({"value": "x" * coord.MAX_FRAME})

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from proxy.ending import Fanout, LocalFanout, Reason, SessionEnd, SessionEnds
-from proxy.errors import CookieError
+from proxy.errors import CookieError, StoreUnavailable
 from proxy.model import Identity
-from proxy.store import MemoryDenylist, StoreUnavailable
+from proxy.store import MemoryDenylist
 from tests.unit.conftest import NOW, make_session
 
 PROXY = Path(__file__).resolve().parents[2] / "proxy"
@@ -162,7 +162,7 @@ async def test_local_fanout_tells_nobody():
 
 
 def test_session_was_ended_is_a_cookie_error():
-    from proxy.store import SessionWasEnded
+    from proxy.errors import SessionWasEnded
     assert issubclass(SessionWasEnded, CookieError)
 
 

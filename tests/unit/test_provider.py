@@ -405,9 +405,9 @@ async def test_a_huge_expires_in_is_cut_to_the_longest_lifetime_believed(idp_and
 
 
 async def test_the_metadata_loader_survives_any_error(caplog):
-    """The background discovery loop (app._load_metadata) used to catch ProviderError only: anything else —
+    """The background discovery loop (resources.load_metadata) used to catch ProviderError only: anything else —
     a RecursionError then, a bug tomorrow — ended it silently and /ready stayed 503 until a restart."""
-    from proxy.app import _load_metadata
+    from proxy.resources import load_metadata
 
     class Flaky:
         config = make_config().provider
@@ -422,7 +422,7 @@ async def test_the_metadata_loader_survives_any_error(caplog):
 
     flaky = Flaky()
     caplog.set_level("INFO", logger="authproxy")
-    await asyncio.wait_for(_load_metadata(flaky), timeout=30)
+    await asyncio.wait_for(load_metadata(flaky), timeout=30)
     assert flaky.calls == 3
     messages = [r.getMessage() for r in caplog.records]
     assert any("not loaded (attempt 1): unexpected error" in m for m in messages)

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.errors import ProviderError, ProviderUnavailable, TokenRejected
+from proxy.errors import ProviderError, ProviderUnavailable, SessionEnded, TokenRejected
 from proxy.provider import TokenSet
-from proxy.refresh import ABANDONED_TTL, GRANT_CAP, RECENT_TTL, Refresher, SessionEnded
+from proxy.refresh import ABANDONED_TTL, GRANT_CAP, RECENT_TTL, Refresher
 from proxy.session import Identity, Session
 
 

@@ -11,7 +11,8 @@ from proxy.cookies import CookieCodec
 from proxy.crypto import Sealer
 from proxy.ending import ENDS, LocalFanout, Reason, SessionEnds
 from proxy.session import CODEC, STORE, get_session, session_state, set_session, write_session_cookie
-from proxy.store import CookieStore, MemoryDenylist, StoreUnavailable
+from proxy.errors import StoreUnavailable
+from proxy.store import CookieStore, MemoryDenylist
 from tests.unit.conftest import make_config, make_session
 
 

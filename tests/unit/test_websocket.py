@@ -12,8 +12,7 @@ from aiohttp import WSCloseCode
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from proxy.errors import ProviderUnavailable
-from proxy.refresh import SessionEnded
+from proxy.errors import ProviderUnavailable, SessionEnded
 from proxy.session import Identity, Session
 from proxy.ending import Reason, SessionEnd
 from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, is_websocket_upgrade,

@@ -1,0 +1,276 @@
+"""The one place where errors become HTTP: request ids, the access log, and domain errors → responses.
+
+``error_boundary`` is the outermost middleware. It gives each request an id (the client's
+``X-Request-Id`` when it looks like one), writes one access-log line and counts the answer in the
+metrics, and turns every domain error raised below it (``errors.py``) into a response. Handlers and
+the gate raise; nothing else builds an error response, so what a client sees for an error is decided
+here, in one table:
+
+- ``NotFound``: a page (404), whoever asks.
+- ``Unauthenticated``: a browser navigation is redirected to sign in (``login.start_login``); an API
+  client (fetch, XHR, ``api_paths``, a WebSocket upgrade) gets a 401 with the ``login_url`` and CORS
+  headers for an allowed origin, so a front end on another origin can read it.
+- ``Forbidden``: 403 naming the account the user is signed in as, with a sign-out link (a page) or
+  ``sign_out_url`` (JSON) — never a redirect, which would only bring them back here.
+- ``BearerRejected``: 401 ``invalid_token`` (RFC 6750 §3.1); the check that failed goes to the log only.
+- ``WebSocketRefused``: its status, as a page or JSON.
+- ``LogoutTokenRejected``: OAuth-style JSON (``invalid_request``, Back-Channel Logout 1.0 §2.8).
+- The forward-auth endpoint (``/oauth2/auth``, for nginx ``auth_request`` and Traefik forwardAuth)
+  answers a refusal with a bare status and its ``WWW-Authenticate``: its caller reads nothing else.
+  ``/oauth2/userinfo`` answers an anonymous caller with a short JSON 401.
+- Any other domain error is a failure: logged as a warning with the request id, shown as a page for a
+  browser navigation (with a retry link checked like any redirect) or JSON for anything else. An
+  exception that is not a domain error is a bug: logged with its traceback, shown as a 500.
+
+Every answer carries ``X-Request-Id``; the proxy's own ``/oauth2/`` answers are never cached
+(``stamp_response``, on ``on_response_prepare``, so raised redirects and streamed responses get it too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .authz import cors_headers, is_api_path
+from .bearer import invalid_token_header
+from .config import CALLBACK_PATH, Config
+from .context import REQUEST_ID
+from .crypto import random_token
+from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
+                     NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
+from .login import is_navigation, login_url, safe_redirect, start_login
+from .pages import NO_STORE, html_page, json_answer
+from .paths import request_key
+from .session import SESSION_STATE
+from .upstream import UPSTREAM_LABEL
+from .websocket import is_websocket_upgrade
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .model import Identity
+
+log = logging.getLogger("authproxy")
+access_log = logging.getLogger("authproxy.access")
+
+# A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Endpoints whose callers read something other than the proxy's usual page or JSON.
+FORWARD_AUTH_PATH = "/oauth2/auth"          # nginx auth_request / Traefik forwardAuth: status and headers only
+USERINFO_PATH = "/oauth2/userinfo"
+SIGN_OUT_PATH = "/oauth2/sign_out"
+
+
+class RequestIds:
+    """Request ids: a random prefix per app (so per worker process, as each builds its own app) and a
+    counter. Unique without asking the OS for randomness on every request: ``secrets.token_urlsafe``
+    was 2 % of a tiny proxied GET. An id only names a request in logs; it guards nothing."""
+
+    def __init__(self) -> None:
+        self._prefix = random_token(6) + "-"
+        self._next = itertools.count(1).__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():x}"
+
+
+def error_boundary(config: Config, metrics: Metrics) -> Middleware:
+    """The middleware: an id for each request, one access-log line, and domain errors → responses."""
+    ids = RequestIds()
+
+    @web.middleware
+    async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-Id", "")
+        request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else ids()
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await _handled(request, handler, config, metrics)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            _log_access(request, status, time.perf_counter() - started, metrics)
+
+    return boundary
+
+
+async def _handled(request: web.Request, handler: Handler, config: Config, metrics: Metrics) -> web.StreamResponse:
+    """The handler's response, or the answer for the error it raised. HTTP exceptions (redirects) pass.
+
+    An error while answering (the provider needed to start a login is down) is a failure like one of
+    the handler's own."""
+    try:
+        try:
+            return await handler(request)
+        except AuthProxyError as exc:
+            return await answer(request, exc, config, metrics)
+    except web.HTTPException:
+        raise
+    except AuthProxyError as exc:
+        return failure(request, exc, config, metrics)
+    except Exception:
+        log.exception("unexpected error on %s %s rid=%s", request.method, request.path, request[REQUEST_ID])
+        return error_response(request, AuthProxyError("An unexpected error happened in the proxy."), config)
+
+
+def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metrics) -> None:
+    upstream = request.get(UPSTREAM_LABEL, "proxy")
+    metrics.answered(upstream, status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        state = request.get(SESSION_STATE)
+        session = state.peek() if state is not None else None
+        user = session.identity.sub if session is not None else "-"
+        access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status, elapsed * 1000,
+                        user, request[REQUEST_ID],
+                        extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
+                                          "client": request.remote, "user": user, "method": request.method,
+                                          "path": request.path, "status": status, "upstream": upstream,
+                                          "duration_ms": round(elapsed * 1000, 2)}})
+
+
+# -- the table: domain error → response ---------------------------------------------------------
+
+
+async def answer(request: web.Request, exc: AuthProxyError, config: Config, metrics: Metrics) -> web.StreamResponse:
+    """The response for ``exc``. Raises the redirect to sign in for an anonymous browser navigation."""
+    bare = _endpoint(request) == FORWARD_AUTH_PATH
+    rid = request[REQUEST_ID]
+    if isinstance(exc, BadQueryRules) and bare:
+        log.error("%s: %s rid=%s", FORWARD_AUTH_PATH, exc, rid)
+        return web.Response(status=400, text=f"{FORWARD_AUTH_PATH}: {exc}\n", headers=NO_STORE)
+    if isinstance(exc, BearerRejected):
+        log.info("bearer token refused: %s rid=%s", exc.code, rid)
+        if bare:
+            return web.Response(status=401, headers={**NO_STORE, "WWW-Authenticate": invalid_token_header()})
+        return json_answer(401, {"error": "invalid_token", "message": "The access token is not valid here.",
+                                 "request_id": rid},
+                           headers={"WWW-Authenticate": invalid_token_header(), **cors_headers(config, request)})
+    if isinstance(exc, Unauthenticated):
+        if bare:
+            return web.Response(status=401, headers={**NO_STORE, "WWW-Authenticate": "Bearer"})
+        if _endpoint(request) == USERINFO_PATH:
+            return json_answer(401, {"error": "unauthenticated"}, headers={"WWW-Authenticate": "Bearer"})
+        return await unauthenticated(request, exc, config)
+    if isinstance(exc, Forbidden):
+        if bare:
+            return web.Response(status=403, headers=NO_STORE)
+        return forbidden(request, exc, config)
+    if isinstance(exc, NotFound):
+        return html_page(404, exc.title, str(exc), rid, actions=[("Go to the start page", "/")],
+                         templates_dir=config.templates_dir)
+    if isinstance(exc, WebSocketRefused):
+        if is_navigation(request):
+            return html_page(exc.status, exc.title, str(exc), rid, templates_dir=config.templates_dir)
+        return json_answer(exc.status, {"error": exc.code, "message": str(exc), "request_id": rid})
+    if isinstance(exc, LogoutTokenRejected):
+        return json_answer(exc.status, {"error": "invalid_request", "error_description": exc.description})
+    return failure(request, exc, config, metrics)
+
+
+def failure(request: web.Request, exc: AuthProxyError, config: Config, metrics: Metrics) -> web.Response:
+    """A domain error that is a failure, not a refusal: a warning with the request id, and a page or JSON.
+    A failed callback counts as a failed sign-in, by its OAuth code when it has one."""
+    rid = request[REQUEST_ID]
+    if request.path == CALLBACK_PATH:
+        metrics.login_failed(getattr(exc, "code", type(exc).__name__), rid)
+    log.warning("%s %s failed: %s (%s) rid=%s", request.method, request.path, type(exc).__name__, exc, rid)
+    return error_response(request, exc, config)
+
+
+def error_response(request: web.Request, exc: AuthProxyError, config: Config) -> web.Response:
+    rid = request[REQUEST_ID]
+    if not is_navigation(request):
+        return json_answer(exc.status, {"error": type(exc).__name__, "message": str(exc), "request_id": rid})
+    # The retry link is checked like any redirect: a path such as //evil.example must not become one. A failed
+    # callback is never retried as it was: its state is spent (a 403 at best) and its code must not sit in a link.
+    at_callback = isinstance(exc, LoginError) or request.path == CALLBACK_PATH
+    retry_to = "/" if at_callback else safe_redirect(request.raw_path, config)
+    if at_callback or isinstance(exc, StateMismatch):
+        actions = [("Sign in again", "/oauth2/start?rd=" + quote(retry_to, safe=""))]
+    else:
+        actions = [("Try again", retry_to)]
+    return html_page(exc.status, exc.title, str(exc), rid, actions, templates_dir=config.templates_dir)
+
+
+def _endpoint(request: web.Request) -> str | None:
+    """The path of the route that took the request (``/{tail}`` for the catch-all), not the request's."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+def wants_json(request: web.Request, config: Config, path: str) -> bool:
+    """API clients, WebSocket upgrades and everything under ``api_paths`` get JSON; browser
+    navigations get pages. (A WebSocket client's ``Accept: */*`` is no page load.)"""
+    return is_api_path(config, path) or is_websocket_upgrade(request) or not is_navigation(request)
+
+
+async def unauthenticated(request: web.Request, exc: Unauthenticated, config: Config) -> web.Response:
+    """A browser navigation goes to the provider (raised); anything else gets a 401 it can act on.
+
+    The 401's ``login_url`` comes back to the page that made the request when that page is ours
+    (its ``Referer``): a front end that sends its user there after a failed ``fetch`` wants the
+    page back after signing in, not the API's JSON.
+    """
+    if not wants_json(request, config, request_key(request) if exc.path is None else exc.path):
+        raise await start_login(request, request.raw_path)
+    rd = return_to(request, config)
+    return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
+                             "login_url": login_url(request, rd), "request_id": request[REQUEST_ID]},
+                       headers={"WWW-Authenticate": 'Bearer realm="authproxy"', **cors_headers(config, request)})
+
+
+def return_to(request: web.Request, config: Config) -> str:
+    """Our page that sent this request (``Referer`` on ``public_url``'s origin), else the request itself.
+
+    Only a target; ``/oauth2/start`` still passes it through ``safe_redirect``.
+    """
+    referer = request.headers.get("Referer", "")
+    if referer and not is_navigation(request):
+        try:
+            parts = urlsplit(referer)
+        except ValueError:
+            return request.raw_path
+        if f"{parts.scheme}://{parts.netloc}".lower() == config.public_origin:
+            return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return request.raw_path
+
+
+def forbidden(request: web.Request, exc: Forbidden, config: Config) -> web.Response:
+    """403 for a signed-in user the rules do not let in: who they are, and how to become someone else."""
+    rid, ident = request[REQUEST_ID], exc.identity
+    who = signed_in_as(ident)
+    headers = cors_headers(config, request)
+    if wants_json(request, config, request_key(request) if exc.path is None else exc.path):
+        return json_answer(403, {"error": "forbidden", "message": f"Signed in as {who}, without access here.",
+                                 "user": ident.sub, "email": ident.email, "sign_out_url": SIGN_OUT_PATH,
+                                 "request_id": rid}, headers=headers)
+    return html_page(403, "You do not have access",
+                     f"You are signed in as {who}, but this account may not use this application.", rid,
+                     actions=[("Sign out", SIGN_OUT_PATH)],
+                     hint="Sign out to use another account, or ask the application's administrator for access "
+                          "and quote the request id below.",
+                     headers=headers, templates_dir=config.templates_dir)
+
+
+def signed_in_as(ident: Identity) -> str:
+    """How to name the user to themselves: "Bob Smith (bob@example.com)", or whatever is known."""
+    name = ident.name or ident.preferred_username or ident.sub
+    return f"{name} ({ident.email})" if ident.email and ident.email != name else name
+
+
+async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries the request id; the proxy's own answers are never cached."""
+    rid = request.get(REQUEST_ID)
+    if rid and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = rid
+    if request.path.startswith("/oauth2/"):
+        response.headers.update(NO_STORE)

@@ -1,0 +1,121 @@
+"""The app's long-lived resources, each a ``cleanup_ctx`` generator: made at start-up, closed at shutdown.
+
+- ``store_ctx``: the session store (the cookie store with its denylist in Redis or memory, or Redis)
+  and the one way sessions end (``ending.SessionEnds``), told of ends by the fan-out;
+- ``provider_ctx``: the HTTP client to the identity provider, the ``Provider`` and ``Refresher`` built
+  on it, and the provider's metadata loaded in the background until it succeeds (``/ready`` waits for it);
+- ``upstreams_ctx``: the clients to the apps behind us and the ``Forwarder`` that routes to them.
+
+``Lasting`` is what outlives one app: a reload (SIGHUP) builds a new app around the same one. The
+order matters and is ``app.create_app``'s: the provider's refresher needs the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, SEALER
+from .crypto import tls_context
+from .ending import ENDS, FANOUT, SessionEnds
+from .errors import ProviderError
+from .host import HostFanout, HostLink, HostRefreshes
+from .metrics import METRICS, Metrics
+from .provider import Provider
+from .redis_store import RedisDenylist, RedisStore
+from .refresh import GRANT_CAP, Refresher
+from .session import CODEC, STORE
+from .store import CookieStore, MemoryDenylist, SessionStore
+from .upstream import FORWARDER, STREAMS, Forwarder, Upstream, make_client
+from .websocket import SOCKETS
+
+log = logging.getLogger("authproxy")
+
+# Delay between attempts to load the provider's metadata while it is unreachable at start-up.
+DISCOVERY_RETRY = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass
+class Lasting:
+    """What a process keeps across configurations: a reload (SIGHUP) builds a new app around it, so the
+    metrics' counters keep counting and ended sessions (kept in memory when there is no Redis) stay
+    ended."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    denylist: MemoryDenylist | None = None     # made by the first app
+    host: HostLink | None = None               # the host coordinator, for a worker of ``workers: N``
+    fanout: HostFanout | None = None           # session ends to and from the host's other workers
+
+
+LASTING = web.AppKey("authproxy_lasting", Lasting)
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The session store — the cookie (with a denylist in Redis or memory), or Redis — and the one
+    way sessions end (``SessionEnds``), told of ends by the fan-out and telling the socket registry."""
+    config, clock = app[CONFIG], app[CLOCK]
+    redis = config.session.redis
+    local = app[LASTING].denylist
+    assert local is not None
+    store: SessionStore
+    if config.session.store == "redis" and redis is not None:
+        store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock)
+    else:
+        denylist = RedisDenylist(redis, app[SEALER].blind, clock) if redis is not None else local
+        store = CookieStore(app[CODEC], denylist)
+    app[STORE] = store
+    app[ENDS] = ends = SessionEnds(store, local, app[FANOUT], ttl=config.cookie.expire, clock=clock)
+    ends.hold(app[SOCKETS].session_ended)
+    ends.hold(app[STREAMS].session_ended)
+    app[FANOUT].subscribe(ends.apply)
+    yield
+    app[FANOUT].unsubscribe(ends.apply)          # the fan-out outlives a reload; this app's registries do not
+    await store.close()
+
+
+async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The provider's HTTP client, and its metadata loaded in the background until it succeeds."""
+    config = app[CONFIG]
+    ssl_ctx: ssl.SSLContext | bool = True
+    if config.provider.ca_file:
+        ssl_ctx = tls_context(config.provider.ca_file)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
+    app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
+    link = app[LASTING].host                 # the Redis store shares refreshes itself (its lock)
+    shared = link is not None and not isinstance(app[STORE], RedisStore)
+    host = HostRefreshes(link, app[SEALER], GRANT_CAP + config.provider.timeout + 5) if shared and link else None
+    app[REFRESHER] = Refresher(provider, config.cookie.refresh_before, app[CLOCK], app[METRICS], app[STORE], host)
+    task = asyncio.create_task(load_metadata(provider))
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await http.close()
+
+
+async def load_metadata(provider: Provider) -> None:
+    """Discovery until it succeeds, with a growing pause. Nothing but cancellation ends this task: a
+    loader that died on an answer it did not expect would leave ``/ready`` at 503 until a restart."""
+    for attempt in range(10**9):
+        try:
+            await provider.load_metadata()
+            log.info("provider metadata loaded from %s", provider.config.issuer or "explicit endpoints")
+            return
+        except ProviderError as exc:
+            log.warning("provider metadata not loaded (attempt %d): %s", attempt + 1, exc)
+        except Exception:   # a bug of ours or of a library: say so loudly, and keep trying
+            log.exception("provider metadata not loaded (attempt %d): unexpected error", attempt + 1)
+        await asyncio.sleep(DISCOVERY_RETRY[min(attempt, len(DISCOVERY_RETRY) - 1)])
+
+
+async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A client per upstream (aiohttp's, and the lean HTTP/1.1 pool where it applies), closed with the app."""
+    upstreams = [Upstream(u, make_client(u)) for u in app[CONFIG].upstreams]
+    app[FORWARDER] = Forwarder(app[CONFIG], upstreams)
+    yield
+    await asyncio.gather(*(u.client.close() for u in upstreams), *(u.lean.close() for u in upstreams if u.lean))
