@@ -65,7 +65,7 @@ def make_config(public_url: str = PUBLIC_URLS[0]) -> Config:
         "provider": {"issuer": "https://idp.example.com", "client_id": "cid", "client_secret": "csecret"},
         "cookie": {"secret": base64.urlsafe_b64encode(SECRET).decode(), "name": COOKIE},
         "upstreams": [{"path": prefix, "url": "http://127.0.0.1:9"} for prefix in (*PREFIXES, "/")],
-    }, source="<fuzz>")
+    }, source="<fuzz>", environ={})      # built at import, before conftest's fixture clears AUTHPROXY_*
 
 
 CONFIGS = {url: make_config(url) for url in PUBLIC_URLS}

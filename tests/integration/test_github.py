@@ -37,6 +37,7 @@ SCOPES = ["read:user", "user:email"]
 USER_PATH = "/api/v3/user"
 EMAILS_PATH = "/api/v3/user/emails"
 TOKEN_PATH = "/login/oauth/access_token"
+EXPIRES_IN = 60            # the expiring-token case: seconds of life of a user-to-server token (GitHub: 8 h)
 AUTHORIZE_PATH = "/login/oauth/authorize"
 
 
@@ -62,7 +63,8 @@ GitHubStackFactory = Callable[..., Awaitable[GitHubStack]]
 async def github_stack_factory() -> AsyncIterator[GitHubStackFactory]:
     """``await github_stack_factory(**start_github_options)``: fake GitHub, echo upstream, proxy (type github)."""
     async with contextlib.AsyncExitStack() as cleanup:
-        async def factory(*, scopes: list[str] = SCOPES, **github_options: Any) -> GitHubStack:
+        async def factory(*, scopes: list[str] = SCOPES, proxy_clock: Callable[[], float] | None = None,
+                          **github_options: Any) -> GitHubStack:
             port = free_port()
             public = f"http://127.0.0.1:{port}"
             github = await start_github(free_port(), callback_url=public + "/oauth2/callback", **github_options)
@@ -74,7 +76,7 @@ async def github_stack_factory() -> AsyncIterator[GitHubStackFactory]:
             # Replaced whole: config_dict's provider is an OIDC one (issuer, openid scope, prompt=consent).
             data["provider"] = {"type": "github", "base_url": github.url, "client_id": CLIENT_ID,
                                 "client_secret": CLIENT_SECRET, "scopes": scopes, "extra_authorize_params": {}}
-            proxy = await start_proxy(data)
+            proxy = await start_proxy(data, **({"clock": proxy_clock} if proxy_clock else {}))
             cleanup.push_async_callback(proxy.close)
             return GitHubStack(github=github, echo=echo, proxy=proxy)
 
@@ -172,18 +174,21 @@ async def test_non_expiring_token_is_never_refreshed(github_stack, browser_sessi
 
 async def test_expiring_token_is_refreshed_once_when_due_and_rotation_is_followed(github_stack_factory,
                                                                                   browser_session):
-    stack = await github_stack_factory(expiring=True, expires_in=2)
+    # One clock for the fake GitHub and the proxy, moved forward by the test: "not yet due" then has
+    # EXPIRES_IN / 2 seconds of margin, however slow the machine, and nothing sleeps.
+    clock = _Clock()
+    stack = await github_stack_factory(expiring=True, expires_in=EXPIRES_IN, clock=clock, proxy_clock=clock)
     github = stack.github
     first = json.loads((await login_via_http(browser_session, stack.url + "/")).body_text)
     login_grant = github.grants[0]
     assert bearer(first) == login_grant.access_token and login_grant.access_token.startswith("ghu_")
     assert login_grant.refresh_token is not None and login_grant.refresh_token.startswith("ghr_")
 
-    # Not yet due (the window is half the 2 s lifetime): no refresh.
+    # Not yet due (the window is half the lifetime): no refresh.
     assert bearer(await get_json(browser_session, stack.url + "/early")) == login_grant.access_token
     assert github.count_grants("refresh_token", ok=None) == 0
 
-    await asyncio.sleep(1.3)
+    clock.offset += EXPIRES_IN / 2 + 1
     second = await get_json(browser_session, stack.url + "/due")
     assert github.count_grants("refresh_token", ok=None) == 1
     refresh = github.grants[1]
@@ -193,7 +198,7 @@ async def test_expiring_token_is_refreshed_once_when_due_and_rotation_is_followe
     assert not github.refresh_token_is_active(login_grant.refresh_token)  # and the spent refresh token
 
     # The session now holds the rotated refresh token: the next refresh presents it, and it works.
-    await asyncio.sleep(1.3)
+    clock.offset += EXPIRES_IN / 2 + 1
     third = await get_json(browser_session, stack.url + "/due-again")
     assert github.count_grants("refresh_token", ok=None) == 2
     again = github.grants[2]

@@ -12,12 +12,16 @@ from proxy.session import CODEC
 from tests.support.browserless import login_via_http
 from tests.support.echo import header_values
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET
+from tests.support.timing import OffsetClock
 
 pytestmark = pytest.mark.integration
 
 API = {"Accept": "application/json"}
 HTML = {"Accept": "text/html"}
 TTL = 4          # access token lifetime at the provider; the refresh window is half of it
+# For tests that need a token that is due but not yet expired, or not yet due again: a lifetime long enough
+# that those windows are tens of seconds wide, and the proxy's clock moved instead of the test sleeping.
+LONG_TTL = 60
 
 
 def bearer(record: dict) -> str:
@@ -78,11 +82,15 @@ async def test_concurrent_requests_after_expiry_cause_one_refresh(short_stack, b
     assert stack.idp.count_grants("refresh_token", ok=False) == 0
 
 
-async def test_replayed_pre_refresh_cookie_is_served_from_cache(short_stack, browser_session):
-    stack = short_stack
+async def test_replayed_pre_refresh_cookie_is_served_from_cache(stack_factory, browser_session):
+    # The replay must come before the refreshed token is due in turn: LONG_TTL / 2 of the proxy's time,
+    # not TTL / 2 of a loaded machine's.
+    clock = OffsetClock()
+    stack = await stack_factory(idp_options={"access_token_ttl": LONG_TTL, "rotate_refresh_token": True},
+                                clock=clock)
     await login_via_http(browser_session, stack.url + "/")
     old_cookie = cookie_header(browser_session)
-    await asyncio.sleep(TTL / 2 + 0.3)
+    clock.advance(LONG_TTL / 2 + 1)                           # due
     async with browser_session.get(stack.url + "/x", headers=API) as resp:
         assert resp.status == 200
         refreshed = bearer(await resp.json())
@@ -119,15 +127,17 @@ async def test_api_client_gets_401_after_failed_refresh(short_stack, browser_ses
         assert "login_url" in await resp.json()
 
 
-async def test_provider_down_valid_token_passes_expired_token_503_then_recovers(short_stack, browser_session):
-    stack = short_stack
+async def test_provider_down_valid_token_passes_expired_token_503_then_recovers(stack_factory, browser_session):
+    clock = OffsetClock()
+    stack = await stack_factory(idp_options={"access_token_ttl": LONG_TTL, "rotate_refresh_token": True},
+                                clock=clock)
     await login_via_http(browser_session, stack.url + "/")
     await stack.idp.pause()
     try:
-        await asyncio.sleep(TTL / 2 + 0.3)                   # due, but still valid
+        clock.advance(LONG_TTL / 2 + 1)                      # due, but still valid for LONG_TTL / 2 - 1 s
         async with browser_session.get(stack.url + "/still", headers=API) as resp:
             assert resp.status == 200
-        await asyncio.sleep(TTL / 2 + 0.3)                   # now expired
+        clock.advance(LONG_TTL / 2)                          # now expired
         async with browser_session.get(stack.url + "/gone", headers=HTML) as resp:
             assert resp.status == 503
             assert "unavailable" in (await resp.text()).lower()
@@ -139,14 +149,15 @@ async def test_provider_down_valid_token_passes_expired_token_503_then_recovers(
 
 
 async def test_session_without_refresh_token_ends_at_expiry(stack_factory, browser_session):
-    stack = await stack_factory(idp_options={"access_token_ttl": 2},
+    clock = OffsetClock()
+    stack = await stack_factory(idp_options={"access_token_ttl": LONG_TTL},
                                 provider={"scopes": ["openid", "email", "profile"],
                                           "extra_authorize_params": {}},
-                                client={"grant_types": ["authorization_code"]})
+                                client={"grant_types": ["authorization_code"]}, clock=clock)
     await login_via_http(browser_session, stack.url + "/")
     assert session_of(stack, browser_session).refresh_token is None
-    async with browser_session.get(stack.url + "/ok", headers=API) as resp:
+    async with browser_session.get(stack.url + "/ok", headers=API) as resp:   # valid for LONG_TTL s
         assert resp.status == 200
-    await asyncio.sleep(2.3)
+    clock.advance(LONG_TTL + 1)
     async with browser_session.get(stack.url + "/later", headers=API) as resp:
         assert resp.status == 401

@@ -25,7 +25,6 @@ pytestmark = pytest.mark.integration
 
 API = {"Accept": "application/json"}
 TTL = 4          # access-token lifetime at the provider; the proxy refreshes after half of it
-SLOW = 3.0       # seconds the upstream takes on /slow
 
 
 def cookie_header(client: aiohttp.ClientSession) -> str:
@@ -71,10 +70,11 @@ async def test_a_request_in_flight_does_not_undo_the_end(stack_factory, redis_se
                                 session=store_section(store, redis_server.url))
     await login_via_http(browser_session, stack.url + "/")
     old = cookie_header(browser_session)
-    await asyncio.sleep(TTL / 2 + 0.3)                        # due: the slow request refreshes first
-    slow = asyncio.create_task(get(f"{stack.url}/slow?s={SLOW}", old))
-    await wait_until(lambda: stack.idp.count_grants("refresh_token") == 1, timeout=SLOW)
-    await asyncio.sleep(0.3)                                  # refreshed, now waiting on the upstream
+    await asyncio.sleep(TTL / 2 + 0.3)                        # due (at least this long: safe under load)
+    slow = asyncio.create_task(get(f"{stack.url}/held", old))
+    # The upstream holds the request until released: it stays in flight however long the end takes.
+    await asyncio.wait_for(rich.events.setdefault("held-arrived", asyncio.Event()).wait(), 15)
+    assert stack.idp.count_grants("refresh_token") == 1       # refreshed before it was forwarded
     assert not slow.done()
     if how == "sign_out":
         status, _, _ = await get(stack.url + "/oauth2/sign_out", old)
@@ -82,6 +82,8 @@ async def test_a_request_in_flight_does_not_undo_the_end(stack_factory, redis_se
     else:
         await logout_via_http(browser_session, f"{stack.idp.issuer}/session/end?client_id={CLIENT_ID}")
         assert (await stack.idp.wait_for_event("backchannel", timeout=10))["ok"] is True
+    assert not slow.done()
+    rich.events.setdefault("held-release", asyncio.Event()).set()
     status, resp, body = await slow
     assert status == 200 and body == "late"                   # it began before the end: it is answered ...
     assert session_cookies_set(resp) == []                    # ... but does not sign the browser in again

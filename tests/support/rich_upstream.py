@@ -84,6 +84,14 @@ def _app(up: RichUpstream) -> web.Application:
         await asyncio.sleep(float(request.query.get("s", "5")))
         return web.Response(text="late")
 
+    async def held(request):
+        """Answers only when the test sets ``events["held-release"]``; ``events["held-arrived"]`` says the
+        request got here. A request kept in flight for as long as the test needs, on any machine."""
+        record(request)
+        up.events.setdefault("held-arrived", asyncio.Event()).set()
+        await up.events.setdefault("held-release", asyncio.Event()).wait()
+        return web.Response(text="late")
+
     async def download(request):
         n = int(request.query["n"])
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -128,6 +136,7 @@ def _app(up: RichUpstream) -> web.Application:
     r.add_get("/status/{code}", status)
     r.add_get("/blob", head_or_get)
     r.add_get("/slow", slow)
+    r.add_get("/held", held)
     r.add_get("/download", download)
     r.add_get("/endless", endless)
     r.add_get("/broken", broken)

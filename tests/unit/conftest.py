@@ -4,7 +4,14 @@ import pytest
 
 from proxy.config import Config, parse_config
 from proxy.session import Identity, Session
+from tests.support.environment import clear_authproxy_environment
 from tests.support.proxyrun import COOKIE_SECRET
+
+
+@pytest.fixture(autouse=True)
+def _no_authproxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's exported ``AUTHPROXY_*`` variables must not change what a unit test sees."""
+    clear_authproxy_environment(monkeypatch)
 
 
 def make_config(**sections) -> Config:
@@ -16,7 +23,8 @@ def make_config(**sections) -> Config:
     }
     for key, value in sections.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
-    return parse_config(data, source="<unit>")
+    # environ={}: built at import time too (module constants in tests/fuzz), where no fixture runs yet.
+    return parse_config(data, source="<unit>", environ={})
 
 
 @pytest.fixture

@@ -1,0 +1,13 @@
+"""Fixtures for every fuzz test."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.environment import clear_authproxy_environment
+
+
+@pytest.fixture(autouse=True)
+def _no_authproxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's exported ``AUTHPROXY_*`` variables must not change what a fuzz test sees."""
+    clear_authproxy_environment(monkeypatch)
