@@ -59,9 +59,19 @@ class Decision:
 ALLOWED = Decision(True, "allowed")
 
 
-def authorize(identity: Identity, rules: AuthorizationConfig) -> Decision:
-    """Whether ``identity`` satisfies every non-empty list of ``rules``."""
-    email = _well_formed(identity.email)
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What the request asks for, as policy expressions see it (``policy.py``)."""
+
+    method: str
+    path: str
+    host: str
+
+
+def authorize(identity: Identity, rules: AuthorizationConfig, asked: Asked | None = None) -> Decision:
+    """Whether ``identity`` satisfies every non-empty list of ``rules``; ``asked``: the request, for the
+    expressions in ``rules.rules`` (without it they see empty strings, and a rule on them denies)."""
+    email = checked_email(identity.email)
     if rules.email_domains:
         if email is None:
             return Decision(False, "email_domains: no verified, well-formed email")
@@ -77,19 +87,35 @@ def authorize(identity: Identity, rules: AuthorizationConfig) -> Decision:
         return Decision(False, "allowed_groups: in none of the allowed groups")
     if rules.allowed_users and identity.sub not in rules.allowed_users:
         return Decision(False, "allowed_users: user not listed")
+    if rules.rules:
+        return _by_expressions(identity, email, rules, asked or Asked("", "", ""))
     return ALLOWED
 
 
-def authorize_all(identity: Identity, rule_sets: Iterable[AuthorizationConfig]) -> Decision:
+def _by_expressions(identity: Identity, email: str | None, rules: AuthorizationConfig, asked: Asked) -> Decision:
+    """ALLOWED if one of the rules' expressions is true (compiled when the configuration loaded)."""
+    from .policy import compile_rule, facts    # only configurations with rules load the CEL library
+
+    seen = facts(identity, email, asked.method, asked.path, asked.host)
+    reasons = []
+    for i, rule in enumerate(rules.rules):
+        allowed, reason = compile_rule(rule).allows(seen)
+        if allowed:
+            return ALLOWED
+        reasons.append(f"rules[{i}]: {reason}")
+    return Decision(False, "; ".join(reasons))
+
+
+def authorize_all(identity: Identity, rule_sets: Iterable[AuthorizationConfig], asked: Asked | None = None) -> Decision:
     """The first denial among ``rule_sets``, or ALLOWED if every one allows."""
     for rules in rule_sets:
-        decision = authorize(identity, rules)
+        decision = authorize(identity, rules, asked)
         if not decision.allowed:
             return decision
     return ALLOWED
 
 
-def _well_formed(email: str | None) -> str | None:
+def checked_email(email: str | None) -> str | None:
     """The lowercased email if it has exactly one "@" with a non-empty part on each side, else None."""
     if not email:
         return None
@@ -113,10 +139,10 @@ def query_rules(params: MultiMapping[str]) -> AuthorizationConfig:
     unknown = sorted({name for name in params if name not in QUERY_RULES})
     if unknown:
         raise BadQueryRules(f"unknown parameter {unknown[0][:40]!r}; allowed: {', '.join(QUERY_RULES)}")
-    values: dict[str, list[str]] = {}
-    for name in QUERY_RULES:
-        values[name] = [item.strip() for value in params.getall(name, []) for item in value.split(",") if item.strip()]
-    return AuthorizationConfig(**values)
+    def listed(name: str) -> list[str]:
+        return [item.strip() for value in params.getall(name, []) for item in value.split(",") if item.strip()]
+    return AuthorizationConfig(email_domains=listed("email_domains"), allowed_emails=listed("allowed_emails"),
+                               allowed_groups=listed("allowed_groups"), allowed_users=listed("allowed_users"))
 
 
 # -- requests that pass without an identity ------------------------------------------------------

@@ -109,7 +109,7 @@ class HeaderPolicy:
         # client's Host (an app building links from it would let a client choose where they point).
         self._public_host = public.raw_authority
 
-    def _is_trusted(self, peer: str) -> bool:
+    def is_trusted(self, peer: str) -> bool:
         """Whether the connecting peer is a configured trusted proxy (parsed once per address)."""
         trusted = self._trust_cache.get(peer)
         if trusted is None:
@@ -171,7 +171,7 @@ class HeaderPolicy:
             headers.append(("Content-Length", length))
         headers.append(("Host", request.host if host is None else host))
         peer = request.remote or ""
-        if self._trusted and self._is_trusted(peer):
+        if self._trusted and self.is_trusted(peer):
             # A trusted balancer's view of the client is kept, and the balancer appended to it.
             chain = incoming.get("X-Forwarded-For")
             headers.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))

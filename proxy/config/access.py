@@ -8,7 +8,7 @@ Together because each decides, per request, whether and where it goes: the gate 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -17,18 +17,51 @@ from .values import (Duration, Loc, PositiveDuration, _absolute_path, _existing_
                      _upper_all, _upstream_url)
 
 
+def _expression(source: str) -> str:
+    """A CEL expression that compiles and names only known variables (``policy.check``)."""
+    from ..policy import check             # the policy module, and its library, only where rules are used
+
+    problem = check(source)
+    if problem is not None:
+        raise ValueError(problem)
+    return source
+
+
+class PolicyCase(_Model):
+    """A test of an ``authorization`` section: the provider's claims and a request in, allow or deny out."""
+
+    claims: dict[str, Any]
+    method: str = "GET"
+    path: str = "/"
+    host: str = ""
+    allow: bool
+
+
 class AuthorizationConfig(_Model):
     """Who may pass once signed in. Every list that is not empty must be satisfied by one of its
-    entries; all lists empty means any signed-in user."""
+    entries (for ``rules``: one expression true); all lists empty means any signed-in user. ``tests``
+    are run when the configuration loads: a section that does not decide as they say stops start-up."""
 
     email_domains: list[Annotated[str, BeforeValidator(_lower)]] = []
     allowed_emails: list[Annotated[str, BeforeValidator(_lower)]] = []
     allowed_groups: list[str] = []
     allowed_users: list[str] = []
+    rules: list[Annotated[str, AfterValidator(_expression)]] = []
+    tests: list[PolicyCase] = []
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        from ..policy import run_case
+
+        for i, case in enumerate(self.tests):
+            allowed, reason = run_case(self, case.claims, case.method.upper(), case.path, case.host)
+            if allowed != case.allow:
+                yield ("tests", i), (f"expected {'allow' if case.allow else 'deny'}, the section "
+                                     f"{'allows' if allowed else 'denies'} ({reason}); fix the rules or the test")
 
     @property
     def restricts(self) -> bool:
-        return bool(self.email_domains or self.allowed_emails or self.allowed_groups or self.allowed_users)
+        return bool(self.email_domains or self.allowed_emails or self.allowed_groups or self.allowed_users
+                    or self.rules)
 
 
 class TLSConfig(_Model):

@@ -69,7 +69,16 @@ EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file",
 COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable"]
 # Keys whose example is valid only together with another key's value.
 COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
-              "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]}}
+              "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
+              # a test case needs its claims and its expected outcome (all lists empty: allowed)
+              **{f"{section}.tests[].{key}": {f"{section}.tests[].claims": {"sub": "alice"},
+                                              f"{section}.tests[].allow": True}
+                 for section in ("authorization", "upstreams[].authorization")
+                 for key in ("method", "path", "host")},
+              **{f"{section}.tests[].claims": {f"{section}.tests[].allow": True}
+                 for section in ("authorization", "upstreams[].authorization")},
+              **{f"{section}.tests[].allow": {f"{section}.tests[].claims": {"sub": "alice"}}
+                 for section in ("authorization", "upstreams[].authorization")}}
 
 
 # -- the models -----------------------------------------------------------------------------------------------
@@ -241,9 +250,12 @@ def test_the_defaults_checked_are_most_of_them():
 def test_documented_default_is_the_real_one(path):
     """Setting a key to its documented default changes nothing."""
     steps = _steps(path)
-    data = copy.deepcopy(BASE)
+    base = copy.deepcopy(BASE)
+    for other, companion in COMPANIONS.get(path, {}).items():
+        _set(base, _steps(other), companion)
+    data = copy.deepcopy(base)
     _set(data, steps, _value(ROWS[path]["default"]))
-    assert _get(_parse(data), steps) == _get(_parse(copy.deepcopy(BASE)), steps)
+    assert _get(_parse(data), steps) == _get(_parse(base), steps)
 
 
 EXAMPLES = [path for path in sorted(ROWS) if _code(ROWS[path]["example"]) is not None]
