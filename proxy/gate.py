@@ -43,6 +43,7 @@ from .paths import is_own_path, match_key, normalize_path, request_key
 from .upstream import FORWARDER
 from .websocket import forward_websocket, is_websocket_upgrade
 
+
 def route_path(request: web.Request) -> str:
     """The path routing and every access rule see: the normalised path (decoded once, ambiguous paths
     refused with BadRequest, encoded again, no query) without segment parameters (``paths.request_key``)."""

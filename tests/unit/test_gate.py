@@ -1,0 +1,170 @@
+"""The gate, through the real app: who may pass, and the answer each refusal gets from the boundary.
+
+Every answer below was the gate's own before the boundary took over building them; these pin their
+status, headers and bodies.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from proxy.bearer import invalid_token_header
+from proxy.session import Identity
+from tests.support.unit_app import CLOSED, cookie_for, metadata_loaded, unit_app, unit_config
+from tests.unit.conftest import make_session
+
+API = {"Accept": "application/json"}
+PAGE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+SPA = "https://spa.example.com"
+
+
+@pytest.fixture
+async def client(aiohttp_client):
+    async def make(**sections):
+        app = unit_app(unit_config(**sections))
+        client = await aiohttp_client(app)
+        await metadata_loaded(app)
+        return app, client
+    return make
+
+
+async def test_a_path_of_the_proxy_that_no_handler_serves_is_a_404_page_never_forwarded(client):
+    _, c = await client()
+    response = await c.get("/oauth2/nothing-here", headers=API)        # a page even for an API client
+    assert response.status == 404
+    assert response.content_type == "text/html"
+    assert "This path belongs to the sign-in proxy and does not exist." in await response.text()
+    assert response.headers["Cache-Control"] == "no-store" and response.headers["X-Request-Id"]
+
+
+async def test_an_anonymous_api_client_gets_a_401_with_the_login_url(client):
+    _, c = await client()
+    response = await c.get("/data?x=1", headers=API)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="authproxy"'
+    assert response.headers["Cache-Control"] == "no-store"
+    body = await response.json()
+    assert body["error"] == "unauthenticated" and body["message"] == "Sign in to continue."
+    assert body["login_url"] == "https://app.example.com/oauth2/start?rd=%2Fdata%3Fx%3D1"
+    assert body["request_id"] == response.headers["X-Request-Id"]
+
+
+async def test_the_401_sends_the_user_back_to_our_page_that_made_the_request(client):
+    _, c = await client()
+    response = await c.get("/api/items", headers={**API, "Referer": "https://app.example.com/inbox?tab=2"})
+    assert (await response.json())["login_url"] == "https://app.example.com/oauth2/start?rd=%2Finbox%3Ftab%3D2"
+    response = await c.get("/api/items", headers={**API, "Referer": "https://evil.example/inbox"})
+    assert (await response.json())["login_url"] == "https://app.example.com/oauth2/start?rd=%2Fapi%2Fitems"
+
+
+async def test_the_401_and_403_carry_cors_headers_for_an_allowed_origin_only(client):
+    app, c = await client(cors={"allowed_origins": [SPA]}, authorization={"allowed_groups": ["admins"]})
+    anonymous = await c.get("/data", headers={**API, "Origin": SPA})
+    assert anonymous.headers["Access-Control-Allow-Origin"] == SPA
+    assert anonymous.headers["Access-Control-Allow-Credentials"] == "true"
+    refused = await c.get("/data", headers={**API, "Origin": SPA, **cookie_for(app, make_session())})
+    assert refused.status == 403 and refused.headers["Access-Control-Allow-Origin"] == SPA
+    foreign = await c.get("/data", headers={**API, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in foreign.headers and foreign.headers["Vary"] == "Origin"
+
+
+async def test_an_anonymous_navigation_is_sent_to_the_provider_with_a_login_cookie(client):
+    _, c = await client()
+    response = await c.get("/page", headers=PAGE, allow_redirects=False)
+    assert response.status == 302
+    target = urlsplit(response.headers["Location"])
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{CLOSED}/authorize"
+    query = parse_qs(target.query)
+    assert query["code_challenge_method"] == ["S256"] and query["redirect_uri"] == [
+        "https://app.example.com/oauth2/callback"]
+    assert any(c.startswith("__Host-authproxy_login_") for c in response.headers.getall("Set-Cookie"))
+    assert response.headers["Cache-Control"] == "private, no-store"        # it sets our cookie
+
+
+async def test_a_navigation_under_api_paths_gets_the_401_not_a_redirect(client):
+    _, c = await client(api_paths=["/api"])
+    response = await c.get("/api/x", headers=PAGE, allow_redirects=False)
+    assert response.status == 401 and (await response.json())["error"] == "unauthenticated"
+
+
+async def test_a_signed_in_user_the_rules_refuse_gets_a_403_naming_the_account(client):
+    app, c = await client(authorization={"allowed_groups": ["admins"]})
+    cookie = cookie_for(app, make_session())
+    response = await c.get("/data", headers={**API, **cookie})
+    assert response.status == 403
+    assert await response.json() == {"error": "forbidden", "message": "Signed in as alice (a@x.test), without access "
+                                     "here.", "user": "alice", "email": "a@x.test",
+                                     "sign_out_url": "/oauth2/sign_out", "request_id": response.headers["X-Request-Id"]}
+    page = await c.get("/data", headers={**PAGE, **cookie}, allow_redirects=False)
+    assert page.status == 403 and page.content_type == "text/html"
+    text = await page.text()
+    assert "You are signed in as alice (a@x.test), but this account may not use this application." in text
+    assert 'href="/oauth2/sign_out"' in text and "Sign out to use another account" in text
+
+
+async def test_a_user_who_may_pass_is_forwarded_and_an_unreachable_app_is_a_502(client):
+    app, c = await client()
+    response = await c.get("/data", headers={**API, **cookie_for(app, make_session())})
+    assert response.status == 502
+    assert (await response.json())["error"] == "UpstreamError"
+
+
+async def test_a_malformed_bearer_token_is_a_401_invalid_token_never_a_fallback_to_the_cookie(client):
+    app, c = await client(provider={"accept_bearer_tokens": True})
+    headers = {**API, **cookie_for(app, make_session()), "Authorization": "Bearer not one token"}
+    response = await c.get("/data", headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == invalid_token_header()
+    body = await response.json()
+    assert body == {"error": "invalid_token", "message": "The access token is not valid here.",
+                    "request_id": response.headers["X-Request-Id"]}
+    userinfo = await c.get("/oauth2/userinfo", headers=headers)
+    assert userinfo.status == 401 and (await userinfo.json())["error"] == "invalid_token"
+
+
+# -- /oauth2/auth: bare statuses for nginx auth_request and Traefik forwardAuth ----------------------
+
+
+async def test_forward_auth_lets_a_permitted_user_through_with_the_identity_headers(client):
+    app, c = await client()
+    response = await c.get("/oauth2/auth", headers=cookie_for(app, make_session()))
+    assert response.status == 202
+    assert response.headers["X-Forwarded-User"] == "alice"
+    assert response.headers["X-Forwarded-Groups"] == "g1,g2"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_forward_auth_refusals_are_bare_statuses(client):
+    app, c = await client(provider={"accept_bearer_tokens": True})
+    anonymous = await c.get("/oauth2/auth", headers=API)
+    assert (anonymous.status, anonymous.headers["WWW-Authenticate"], await anonymous.read()) == (401, "Bearer", b"")
+    refused = await c.get("/oauth2/auth?allowed_groups=admins", headers=cookie_for(app, make_session()))
+    assert (refused.status, await refused.read()) == (403, b"")
+    assert refused.headers["Cache-Control"] == "no-store"
+    bad_token = await c.get("/oauth2/auth", headers={"Authorization": "Bearer a b"})
+    assert bad_token.status == 401 and bad_token.headers["WWW-Authenticate"] == invalid_token_header()
+    assert await bad_token.read() == b""
+
+
+async def test_forward_auth_refuses_a_query_parameter_that_is_not_a_rule(client):
+    _, c = await client()
+    response = await c.get("/oauth2/auth?allowed_group=admins")
+    assert response.status == 400
+    assert (await response.text()).startswith("/oauth2/auth: unknown parameter 'allowed_group'; allowed: ")
+    assert response.content_type == "text/plain" and response.headers["Cache-Control"] == "no-store"
+
+
+# -- /oauth2/userinfo ------------------------------------------------------------------------------
+
+
+async def test_userinfo_is_the_signed_in_user_or_a_short_401(client):
+    app, c = await client()
+    anonymous = await c.get("/oauth2/userinfo")
+    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"] == "Bearer"
+    assert await anonymous.json() == {"error": "unauthenticated"}
+    session = make_session(identity=Identity(sub="bob", email="b@x.test", name="Bob", groups=("g",)))
+    signed_in = await c.get("/oauth2/userinfo", headers=cookie_for(app, session))
+    assert await signed_in.json() == {"user": "bob", "email": "b@x.test", "preferred_username": None, "name": "Bob",
+                                      "groups": ["g"]}
