@@ -67,15 +67,7 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
     A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the lean client checks
     it while parsing, aiohttp's client caps its fields but not their total. So is a 1xx status as the
     final answer."""
-    if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
-        log.warning("upstream sent too big header: %s", problem)
-        raise UpstreamError("The application sent a response header too large to pass on.")
-    if status < 200:
-        # A 101 to a request that asked for no upgrade (aiohttp's client returns it as the answer; the lean
-        # client refuses it): relayed, it would turn a server in front of us into a raw tunnel whose later
-        # requests none of its rules see (WebSocket/h2c smuggling). Upgrades go through websocket.py only.
-        log.warning("upstream answered %d, an interim status, as its final answer", status)
-        raise UpstreamError("The application's answer could not be passed on.")
+    _check_head(status, reason, headers, lean)
     if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
         complete = lean.complete_body()
         if complete is not None:
@@ -91,36 +83,65 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
     except ConnectionResetError:
         log.debug("client closed the connection before the response")
         return out
-    if request.method != "HEAD" and status not in (204, 304):
-        streams, held = request.app.get(STREAMS), None
-        transport = request.transport        # never isinstance(): uvloop's transports are no asyncio subclasses
-        if streams is not None and session is not None and session.id and transport is not None:
-            held = LiveStream(session, transport)
-            streams.add(held)
-        try:
-            if lean is not None and flush_interval == 0 and await _spliced(request, out, lean, headers):
-                pass
-            elif flush_interval > 0:
-                await _copy_batched(body, out, flush_interval)
-            else:
-                async for chunk in body.iter_any():
-                    await _to_client(out, chunk)
-        except ClientGone:
-            log.debug("client closed the connection, or took nothing for limits.send_timeout, during the response")
-            if request.transport is not None:
-                request.transport.abort()            # a body cut short: the connection cannot carry another answer
-            return out
-        except (TimeoutError, aiohttp.ClientError, Http1Error) as exc:
-            # Headers are gone already: all we can do is end the client's response early.
-            log.warning("upstream response broke off: %s", type(exc).__name__)
-            if request.transport is not None:
-                request.transport.close()
-            return out
-        finally:
-            if streams is not None and held is not None:
-                streams.discard(held)
+    if request.method != "HEAD" and status not in (204, 304) \
+            and not await _send_body(request, out, body, lean, headers, flush_interval, session):
+        return out
     await out.write_eof()
     return out
+
+
+def _check_head(status: int, reason: str | None, headers: CIMultiDict[str], lean: Http1Response | None) -> None:
+    """Raise UpstreamError (502) for a head that must not be relayed: too big, or a 1xx as the final answer."""
+    if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
+        log.warning("upstream sent too big header: %s", problem)
+        raise UpstreamError("The application sent a response header too large to pass on.")
+    if status < 200:
+        # A 101 to a request that asked for no upgrade (aiohttp's client returns it as the answer; the lean
+        # client refuses it): relayed, it would turn a server in front of us into a raw tunnel whose later
+        # requests none of its rules see (WebSocket/h2c smuggling). Upgrades go through websocket.py only.
+        log.warning("upstream answered %d, an interim status, as its final answer", status)
+        raise UpstreamError("The application's answer could not be passed on.")
+
+
+async def _send_body(request: web.Request, out: web.StreamResponse, body: aiohttp.StreamReader | Http1Response,
+                     lean: Http1Response | None, headers: CIMultiDict[str], flush_interval: float,
+                     session: Session | None) -> bool:
+    """Send the body on, held among ``session``'s streams meanwhile (``STREAMS``); False when it was cut
+    short, the client's connection then aborted or closed, so the response must not be ended normally."""
+    streams, held = request.app.get(STREAMS), None
+    transport = request.transport        # never isinstance(): uvloop's transports are no asyncio subclasses
+    if streams is not None and session is not None and session.id and transport is not None:
+        held = LiveStream(session, transport)
+        streams.add(held)
+    try:
+        await _copy_body(request, out, body, lean, headers, flush_interval)
+    except ClientGone:
+        log.debug("client closed the connection, or took nothing for limits.send_timeout, during the response")
+        if request.transport is not None:
+            request.transport.abort()            # a body cut short: the connection cannot carry another answer
+        return False
+    except (TimeoutError, aiohttp.ClientError, Http1Error) as exc:
+        # Headers are gone already: all we can do is end the client's response early.
+        log.warning("upstream response broke off: %s", type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return False
+    finally:
+        if streams is not None and held is not None:
+            streams.discard(held)
+    return True
+
+
+async def _copy_body(request: web.Request, out: web.StreamResponse, body: aiohttp.StreamReader | Http1Response,
+                     lean: Http1Response | None, headers: CIMultiDict[str], flush_interval: float) -> None:
+    """The body from the upstream to the client: spliced where it can be, else batched or piece by piece."""
+    if lean is not None and flush_interval == 0 and await _spliced(request, out, lean, headers):
+        return
+    if flush_interval > 0:
+        await _copy_batched(body, out, flush_interval)
+    else:
+        async for chunk in body.iter_any():
+            await _to_client(out, chunk)
 
 
 def whole_response(status: int, reason: str | None, headers: CIMultiDict[str], body: bytes) -> web.Response:

@@ -1,0 +1,38 @@
+"""The upstream boundary holds: only ``proxy/upstream/`` opens connections to the app or sends it a request."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PROXY = Path(__file__).resolve().parents[3] / "proxy"
+UPSTREAM = PROXY / "upstream"
+# Calls that reach the app: aiohttp's client (HTTP and WebSocket), the lean client's pool, raw connections.
+TALKING = frozenset({"ws_connect", "request_spliced", "create_connection", "create_unix_connection", "open_connection"})
+
+
+def _talks(path: Path) -> set[str]:
+    """What in ``path`` reaches an upstream: the calls above, ``<upstream>.client.request``, importing httptools."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in TALKING:
+            found.add(node.attr)
+        elif isinstance(node, ast.Attribute) and node.attr == "request" and isinstance(node.value, ast.Attribute) \
+                and node.value.attr in ("client", "lean"):
+            found.add(f"{node.value.attr}.request")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            if "httptools" in names:
+                found.add("httptools")
+    return found
+
+
+def test_only_the_upstream_package_talks_to_the_app():
+    outside = {str(p.relative_to(PROXY)): _talks(p) for p in PROXY.rglob("*.py") if UPSTREAM not in p.parents}
+    assert {name: found for name, found in outside.items() if found} == {}
+
+
+def test_the_check_sees_the_upstream_packages_own_calls():
+    """The detector is not blind: inside the package it finds every way the proxy reaches the app."""
+    inside = set().union(*(_talks(p) for p in UPSTREAM.glob("*.py")))
+    assert {"ws_connect", "request_spliced", "client.request", "httptools", "create_connection"} <= inside
