@@ -28,9 +28,10 @@ from .errors import AuthProxyError, LoginError, ProviderError, StateMismatch
 from .metrics import METRICS, Metrics, handle_metrics
 from .gate import handle_auth, handle_proxy, handle_userinfo
 from .host import HostFanout, HostLink, HostRefreshes
-from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation, safe_redirect,
+from .login import (handle_callback, handle_sign_out, handle_signed_out, handle_start, is_navigation,
                     trim_login_cookies)
 from .pages import NO_STORE, html_page, json_answer
+from .redirects import safe_redirect
 from .provider import Provider
 from .refresh import Refresher
 from .backchannel import handle_backchannel_logout
