@@ -45,7 +45,8 @@ from .context import REQUEST_ID
 from .crypto import random_token
 from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
                      NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
-from .login import is_navigation, login_url, safe_redirect, start_login
+from .login import is_navigation, login_url, start_login
+from .redirects import safe_redirect
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE

@@ -3,7 +3,7 @@
 Each worker is its own process with its own memory, so without help two workers refresh the same
 session twice (a provider that rotates refresh tokens then revokes the grant, RFC 9700 §4.14.2) and an
 end of session handled by one worker never reaches the others. This process is the help: the supervisor
-starts it before forking the workers (``server.run_workers``), restarts it if it dies, and the workers
+starts it before forking the workers (``supervisor.run_workers``), restarts it if it dies, and the workers
 talk to it over a unix socket in a private directory (0700, made by the supervisor) with ``host.HostLink``.
 
 Why a process of its own, and not the alternatives:

@@ -9,8 +9,8 @@ since concurrent starts each see the same old set, the cap is also enforced when
 callback accepts only one of the newest, and any response to a request carrying more clears the
 rest (``trim_login_cookies``), so a burst of logins never piles cookies up into a 400 or 431.
 
-Every redirect target that came from a request (``rd``, the stored page) passes ``safe_redirect``,
-which only ever yields a URL on ``public_url``'s origin.
+Every redirect target that came from a request (``rd``, the stored page) passes ``safe_redirect``
+(``redirects.py``), which only ever yields a URL on ``public_url``'s origin.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from html import escape
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -31,13 +31,13 @@ from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
 from .ending import ENDS, Reason
-from .errors import (AuthorizationDenied, BadRequest, CookieError, LoginError, StateMismatch, StoreUnavailable,
+from .errors import (AuthorizationDenied, CookieError, LoginError, StateMismatch, StoreUnavailable,
                      TokenValidationError)
-from .paths import normalize_path
 from .metrics import METRICS
 from .model import Session
 from .pages import NO_STORE, html_page
 from .provider import Provider, TokenSet
+from .redirects import safe_redirect
 from .session import commit_session, defer_cookie, get_session, set_session
 
 log = logging.getLogger("authproxy.login")
@@ -47,15 +47,6 @@ LOGIN_TTL = 600
 # Login cookies kept at once (one per tab signing in); the oldest beyond this are evicted.
 MAX_LOGIN_COOKIES = 3
 
-# Longest redirect target kept, as the absolute URL it becomes. The target rides in the login cookie,
-# and browsers drop a cookie whose name and value exceed 4096 bytes (RFC 6265 §6.1; chromium does so
-# silently), which would turn a long deep link into a sign-in that can never complete. 2048 leaves
-# that cookie about 1 KB of room; a longer target falls back to the default.
-MAX_REDIRECT_LENGTH = 2048
-# Characters never allowed in a redirect target: controls (CR/LF injection), backslash (browsers
-# read "\" as "/"), spaces, and '"', "<", ">", which RFC 3986 excludes and browsers always send
-# percent-encoded (so only a hand-made target has them raw; '"' would also double in the cookie).
-_UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
 # The characters RFC 6749 §4.1.2.1 allows in an error response's ``error`` and ``error_description``.
 _OAUTH_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 # Parameters of the authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207), each allowed once.
@@ -64,70 +55,6 @@ CALLBACK_PARAMETERS = ("state", "code", "iss", "error", "error_description", "er
 # moves on by itself (``html_redirect``) would hand that URL to the app as Referer (RFC 9700 §4.2.4),
 # and a redirect's Referrer-Policy governs the request it leads to.
 AT_REDIRECT_URI = {**NO_STORE, "Referrer-Policy": "no-referrer"}
-# Every ASCII character: ``quote`` keeps these as they are and percent-encodes the rest.
-_ASCII = "".join(map(chr, range(128)))
-# After percent-decoding, a space is harmless, but controls and backslashes are not.
-_UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-def safe_redirect(target: str | None, config: Config, default: str = "/") -> str:
-    """An absolute URL on ``public_url``'s origin for ``target``, or for ``default`` if it is unsafe.
-
-    Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
-    origin is exactly ``public_url``'s without userinfo; non-ASCII characters are percent-encoded
-    first, as a browser would. Everything else — scheme-relative (``//host``), backslashes, encoded
-    slashes that decode to ``//``, other schemes, controls, ``"<>``, a result longer than
-    ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
-    """
-    origin = config.public_origin
-    for candidate in (target, default):
-        path = _same_origin_path(candidate, origin)
-        if path is not None and len(origin) + len(path) <= MAX_REDIRECT_LENGTH:
-            return origin + path
-    return origin + "/"
-
-
-def _same_origin_path(target: str | None, origin: str) -> str | None:
-    target = _encode_non_ascii(target) if target else None
-    if not target or len(target) > MAX_REDIRECT_LENGTH or _UNSAFE_REDIRECT.search(target):
-        return None
-    if not target.startswith("/"):
-        parts = urlsplit(target)
-        if parts.scheme.lower() not in ("http", "https") or parts.username or parts.password or "@" in parts.netloc:
-            return None
-        if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
-                _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
-            return None
-        # The rest as written, so a browser reads it as we do (an empty "?" or a fragment included).
-        rest = target[len(parts.scheme) + len("://") + len(parts.netloc):]
-        target = rest if rest.startswith("/") else "/" + rest
-    if target.startswith("//"):
-        return None
-    decoded = target
-    for _ in range(3):          # repeated decoding must not reveal "//" or "/\" either
-        decoded = unquote(decoded)
-        if decoded.startswith("//") or decoded.startswith("/\\") or _UNSAFE_DECODED.search(decoded.split("?")[0]):
-            return None
-    try:
-        normalize_path(target)          # never send a browser to a path the gate refuses (a 400 page)
-    except BadRequest:
-        return None
-    return target
-
-
-def _encode_non_ascii(target: str) -> str | None:
-    """``target`` with every non-ASCII character percent-encoded as UTF-8, as a browser sends a URL
-    (WHATWG URL §4.4: path and query are UTF-8 percent-encoded), so "/café" is kept as "/caf%C3%A9"
-    and a look-alike ("/／／evil") becomes a path of our own. None if it cannot be encoded."""
-    try:
-        return quote(target, safe=_ASCII)
-    except UnicodeEncodeError:          # a lone surrogate
-        return None
-
-
-def _default_port_origin(scheme: str, netloc: str) -> str:
-    default = {"http": ":80", "https": ":443"}[scheme]
-    return f"{scheme}://{netloc[:-len(default)]}" if netloc.endswith(default) else ""
 
 
 def is_navigation(request: web.Request) -> bool:

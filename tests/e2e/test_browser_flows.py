@@ -19,13 +19,13 @@ from aiohttp import web
 from playwright.async_api import BrowserContext, Page, Request
 from playwright.async_api import Error as PlaywrightError
 
-from proxy.login import MAX_REDIRECT_LENGTH, safe_redirect
+from proxy.redirects import MAX_REDIRECT_LENGTH, safe_redirect
 from tests.e2e.test_browser_login import _on_login_form, echo_page, sign_in
 from tests.integration.test_hostile_browser import REDIRECT_PAYLOADS, expand, origin_of
 from tests.support.echo import header_values
 from tests.support.ports import free_port
 from tests.unit.conftest import make_config
-from tests.unit.test_login import SAFE, UNSAFE
+from tests.unit.test_redirects import SAFE, UNSAFE
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 - the cookie codec (``crypto.Sealer.open``, ``cookies.CookieCodec.load``): nothing but what we sealed ever
   comes out, and anything else is a ``CookieError`` — never another exception, which would be a 500;
-- the redirect guard (``login.safe_redirect``): whatever the target, a browser following the result stays on
+- the redirect guard (``redirects.safe_redirect``): whatever the target, a browser following the result stays on
   ``public_url``'s origin — checked with a browser-like reading of the URL, not with the guard's own parser;
 - path normalisation (``paths.normalize_path``): the result starts with "/", has no dot segments, is a
   fixed point, agrees with an independent resolver (``posixpath.normpath``), and a path that routes under a
@@ -31,7 +31,7 @@ from proxy.config import Config, parse_config
 from proxy.cookies import CookieCodec
 from proxy.crypto import Sealer
 from proxy.errors import BadRequest, CookieError
-from proxy.login import safe_redirect
+from proxy.redirects import safe_redirect
 from proxy.session import Identity, Session
 from proxy.paths import normalize_path
 from proxy.upstream import Upstream

@@ -30,12 +30,12 @@ TREE = {name: cls for name, cls in vars(errors).items()
 # Exception classes that live outside errors.py, each for a reason; anything else belongs in the tree.
 ELSEWHERE = {
     # the lean HTTP/1.1 client, the relay and splice: control flow of the upstream half, caught there and
-    # turned into UpstreamError before anything reaches the boundary (that half is being moved as a whole)
-    "http1.py": {"Http1Error", "Http1HeadTooLarge", "Http1Timeout"},
-    "relay.py": {"ClientGone"},
-    "splice.py": {"SourceBroke", "DestinationGone"},
+    # turned into UpstreamError before anything reaches the boundary (inside the upstream subpackage)
+    "upstream/http1.py": {"Http1Error", "Http1HeadTooLarge", "Http1Timeout"},
+    "upstream/relay.py": {"ClientGone"},
+    "upstream/splice.py": {"SourceBroke", "DestinationGone"},
     # config plumbing: pydantic's and PyYAML's own error types, turned into ConfigError problems
-    "config/models.py": {"_CrossFieldProblems"},
+    "config/base.py": {"_CrossFieldProblems"},
     "config/loading.py": {"_DuplicateKey"},
 }
 
