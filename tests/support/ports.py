@@ -21,16 +21,41 @@ def is_free(port: int) -> bool:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago, never one given out before in this process.
 
-    The OS picks it (bind to port 0); the socket is closed before returning, so another process could take
-    it in between. That race is accepted: tests start their server right away.
+    Picked at random below the kernel's ephemeral range (``ip_local_port_range``): a port the OS offers for
+    ``bind(("127.0.0.1", 0))`` comes from that range, and so does the source port of every outgoing
+    connection — of which the integration tests open thousands. Between our closing the probe socket and the
+    server's bind, one of those connections (or another xdist worker or test run asking the OS the same way)
+    could take the port: "address already in use", seen twice in a run of the integration suite under CPU
+    load. Below that range only another random pick can collide. The socket is still closed before
+    returning, so the race is not gone, only made rare.
     """
-    while True:
+    high = _ephemeral_low() - 1
+    if high > _LOWEST + 1000:
+        for _ in range(1000):
+            port = random.randint(_LOWEST, high)
+            if port not in _GIVEN and is_free(port):
+                _GIVEN.add(port)
+                return port
+    while True:                        # a system whose ephemeral range leaves no room below it
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         if port not in _GIVEN:
             _GIVEN.add(port)
             return port
+
+
+# Lowest port handed out: above the well-known and most registered services' ports.
+_LOWEST = 10000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux default 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port_with_partner(offset: int) -> int:
