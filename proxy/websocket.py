@@ -68,6 +68,7 @@ from .errors import ProviderError, UpstreamError, UpstreamTimeout
 from .model import Session
 from .pages import html_page, json_answer
 from .refresh import RECENT_TTL, Refresher, SessionEnded
+from .store import StoreUnavailable
 from .paths import normalized_path
 from .upstream import FORWARDER, UPSTREAM_LABEL, Upstream
 
@@ -393,7 +394,9 @@ async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], f
         return Reason.EXPIRY
     try:
         fresh = await refresher.ensure_fresh(session, remember_for=max(hard_end - clock(), RECENT_TTL))
-    except (SessionEnded, ProviderError) as exc:     # grant gone, or provider down with the token expired
+    # Grant gone; or the provider (or the Redis store holding the refresh lock) down with the token expired:
+    # like the provider's absence, a store's is no internal error (1011 and a traceback) and ends no session.
+    except (SessionEnded, ProviderError, StoreUnavailable) as exc:
         log.info("websocket session ended: sub=%s (%s)", session.identity.sub, type(exc).__name__)
         return Reason.REFRESH_REFUSED if isinstance(exc, SessionEnded) else None
     # An answer that is itself expired would have us refresh again at once, in a loop.

@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from proxy.errors import ProviderUnavailable
 from proxy.refresh import SessionEnded
 from proxy.session import Identity, Session
+from proxy.store import StoreUnavailable
 from proxy.upstream import Upstream
 from proxy.ending import Reason, SessionEnd
 from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, _pump,
@@ -276,6 +277,17 @@ async def test_a_refresh_that_fails_at_expiry_ends_the_socket(failure):
     close, elapsed = await watch(session(0.2), refresher)
     assert close == Close(SESSION_ENDED, "session expired")
     assert 0.2 <= elapsed < 1.0 and refresher.calls == 1
+
+
+async def test_a_store_outage_at_expiry_ends_only_the_socket_not_the_session():
+    """The soak (issue 19): Redis down while a WebSocket's token expired closed it with 1011 "internal error"
+    and a traceback; it is the provider's absence again: this socket ends, the session does not."""
+    live = LiveSocket("s1")
+    refresher = FakeRefresher(StoreUnavailable("Redis could not be reached (ConnectionError)."))
+    async with asyncio.timeout(2.0):
+        reason = await watch_session(session(0.1), live, refresher, time.time, time.time() + 60)  # type: ignore[arg-type]
+    assert reason is None                                   # None: no end of the session is recorded
+    assert live.ended.result() == Close(SESSION_ENDED, "session expired") and refresher.calls == 1
 
 
 async def test_without_a_refresh_token_the_socket_ends_at_expiry():
