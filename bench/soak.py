@@ -77,7 +77,7 @@ class Injector:
             self.faults.append(fault)
             print(f"  {fault.start:6.1f}s  {name}", file=sys.stderr, flush=True)
             await getattr(self, name)(fault)
-            fault.end = self.load.now()
+            fault.end = fault.end or self.load.now()
 
     async def hostile(self, fault: Fault) -> None:
         await hostile_burst(self.load, 120, self.rng)
@@ -89,10 +89,15 @@ class Injector:
         await asyncio.sleep(1.0)
 
     async def sighup_broken(self, fault: Fault) -> None:
+        """A broken file (rejected: nothing may change), then the good one again (a reload: see sighup)."""
         self.soak.reload("listen: [this is not\nprovider: 3\n")
         await asyncio.sleep(1.0)
+        fault.end = self.load.now()
+        restore = Fault("sighup_restore", RELOAD, fault.end)
+        self.faults.append(restore)
         self.soak.reload(self.soak.config)
         await asyncio.sleep(1.0)
+        restore.end = self.load.now()
 
     async def provider_slow(self, fault: Fault) -> None:
         fault.kind = PROVIDER
@@ -167,7 +172,7 @@ async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
                       "refresh_refused": soak.idp.count_grants("refresh_token", ok=False),
                       "code_ok": soak.idp.count_grants("authorization_code"),
                       "code_refused": soak.idp.count_grants("authorization_code", ok=False)}
-            report = analyse(load, injector.faults, grants)
+            report = analyse(load, injector.faults, grants, records=args.records)
             report.update(store=store, users=args.users, duration_s=round(load.now(), 1), ttl_s=args.ttl,
                           resources={"start": before, "end": after})
             if report["goals"]["refresh_grants_refused"]:
@@ -175,6 +180,8 @@ async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
                                                   and e.get("ok") is False][:20]
             if soak.proxy is not None:
                 report["authproxy_log_tail"] = soak.proxy.log_tail(40)
+                if args.json:                          # the whole log, for the evidence behind a finding
+                    Path(f"{args.json}.authproxy-{store}.log").write_bytes(soak.proxy.log.read_bytes())
             return report
         finally:
             await soak.close()
@@ -220,7 +227,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-down", type=float, default=20.0, help="seconds Redis stays down")
     parser.add_argument("--store", action="append", choices=["cookie", "redis"])
     parser.add_argument("--seed", type=int, default=19)
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--json", help="write the figures here (and authproxy's log beside it)")
+    parser.add_argument("--records", action="store_true", help="put every request's record in the JSON too")
     return parser.parse_args(argv)
 
 

@@ -123,6 +123,8 @@ class User:
             result = await login_via_http(self.client, self.load.url + "/api/after-login", username=self.name)
             if result.status == 200 and '"token": true' in result.body_text:
                 return "ok", ""
+            if result.status != 200:                  # e.g. the app's 502 when it is down, the store's 503
+                return f"status:{result.status}", result.url
             return "login_failed", f"{result.status} at {result.url}"
         record = await self._timed("login", "tcp", go())       # it ends on the app's page
         self.signed_in = record.outcome == "ok"
