@@ -9,7 +9,8 @@ after another with quiet time between them:
 
   hostile burst · SIGHUP with a changed config · provider slow (frozen 5 s at a time, twice) · the TCP
   upstream restarted · kill -9 of a worker · provider down longer than a token's life · Redis restarted ·
-  Redis down (``--redis-down`` s) · SIGHUP with a broken config, then a good one
+  Redis down (``--redis-down`` s) · SIGHUP with a broken config, then a good one · users holding a
+  WebSocket sign out together
 
 (the Redis faults with the Redis store only). It prints the figures and writes them to ``--json``: requests
 by outcome and by phase (steady, during and after each fault) with p50/p99 latency; the zero goals —
@@ -48,13 +49,16 @@ TAIL = 8.0
 LOGIN_CONCURRENCY = 10
 # The provider's "slow" answers: frozen this long, this many times, with a breath between.
 SLOW_FOR, SLOW_TIMES, SLOW_GAP = 5.0, 2, 1.0
+# How many users holding a WebSocket sign out together near the end (the socket must close with the session).
+SIGN_OUTS = 5
 
 
 class Injector:
     """Runs the faults in order, each recorded as a ``Fault`` with its real start and end."""
 
-    def __init__(self, soak: SoakStack, load: Load, args: argparse.Namespace, rng: random.Random) -> None:
-        self.soak, self.load, self.args, self.rng = soak, load, args, rng
+    def __init__(self, soak: SoakStack, load: Load, args: argparse.Namespace, rng: random.Random,
+                 users: list[User]) -> None:
+        self.soak, self.load, self.args, self.rng, self.users = soak, load, args, rng, users
         self.faults: list[Fault] = []
 
     def plan(self) -> list[tuple[str, float]]:
@@ -63,7 +67,7 @@ class Injector:
                  ("upstream_restart", 3.0), ("kill_worker", 3.0), ("provider_down", self.args.ttl + 3.0)]
         if self.soak.store == "redis":
             steps += [("redis_restart", 1.0), ("redis_down", self.args.redis_down)]
-        return [*steps, ("sighup_broken", 2.0)]
+        return [*steps, ("sighup_broken", 2.0), ("sign_outs", 2.0)]
 
     async def run(self, start_at: float, end_at: float) -> None:
         """Spread the faults between ``start_at`` and ``end_at`` (load seconds), at least 2 s apart."""
@@ -98,6 +102,13 @@ class Injector:
         self.soak.reload(self.soak.config)
         await asyncio.sleep(1.0)
         restore.end = self.load.now()
+
+    async def sign_outs(self, fault: Fault) -> None:
+        """Users with a WebSocket open sign out: each socket must be closed by the proxy (not a fault: no
+        failure is explained by it), whatever the random mix of actions did so far."""
+        holding = [u for u in self.users if u.signed_in and u.ws_task is not None and not u.ws_task.done()]
+        fault.notes["users"] = len(holding[:SIGN_OUTS])
+        await asyncio.gather(*(user.sign_out_now() for user in holding[:SIGN_OUTS]))
 
     async def provider_slow(self, fault: Fault) -> None:
         fault.kind = PROVIDER
@@ -158,7 +169,7 @@ async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 await sign_in_all(users)
                 before = soak.resources()
                 planned_end = load.now() + args.duration
-                injector = Injector(soak, load, args, rng)
+                injector = Injector(soak, load, args, rng, users)
                 running = [asyncio.create_task(user.run()) for user in users]
                 await injector.run(start_at=load.now() + min(10.0, args.duration / 10), end_at=planned_end)
                 load.end = max(planned_end, load.now() + TAIL)      # faults that ran long push the end out

@@ -94,6 +94,7 @@ class User:
         self.signed_in = False
         self.ws_task: asyncio.Task[None] | None = None
         self.signed_out_at: float | None = None
+        self.lock = asyncio.Lock()          # one thing at a time: the user's own loop, or the soak's sign-out
 
     async def close(self) -> None:
         if self.ws_task is not None:
@@ -246,13 +247,19 @@ class User:
             else:
                 self.load.ws_closed_early.append(record)
 
+    async def sign_out_now(self) -> None:
+        """Sign out between two of this user's own actions (the soak's ``sign_outs``)."""
+        async with self.lock:
+            if self.signed_in:
+                await self.relogin()
+
     async def run(self) -> None:
         while self.load.now() < self.load.end:
-            if not self.signed_in and not await self.login():
-                await asyncio.sleep(1.0)
-                continue
-            await self.act()
-            await asyncio.sleep(self.rng.uniform(*THINK))
+            async with self.lock:
+                signed_in = self.signed_in or await self.login()
+                if signed_in:
+                    await self.act()
+            await asyncio.sleep(self.rng.uniform(*THINK) if signed_in else 1.0)
 
 
 async def hostile_burst(load: Load, count: int, rng: random.Random) -> None:
