@@ -437,12 +437,22 @@ class LiveSocket:
 
 
 class SocketRegistry(Holds[LiveSocket]):
-    """Live sockets by session id, so that a session's end ends its sockets at once."""
+    """Live sockets by session id, so that a session's end ends its sockets at once.
+
+    After ``end_all`` (the app shutting down, or a reload draining the old app) a socket registered late —
+    its handshake was under way — is ended at once too: missed, it hung, neither relayed nor closed."""
 
     def __init__(self) -> None:
         super().__init__("websocket")
+        self._all_ended: Close | None = None
+
+    def add(self, held: LiveSocket) -> None:
+        super().add(held)
+        if self._all_ended is not None:
+            held.end(self._all_ended.code, self._all_ended.reason)
 
     def end_all(self, code: int, reason: str) -> int:
+        self._all_ended = Close(code, reason)
         sockets = list(self)
         for live in sockets:
             live.end(code, reason)

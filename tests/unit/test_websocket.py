@@ -212,6 +212,19 @@ async def test_registry_ends_one_sessions_sockets_and_forgets_them():
     assert registry.end_all(WSCloseCode.GOING_AWAY, "bye") == 1 and legacy.ended.result().code == 1001
 
 
+async def test_a_socket_registered_after_the_registry_ended_all_is_ended_at_once():
+    """The soak (issue 19): a WebSocket whose handshake was under way when a SIGHUP reload ended every socket
+    of the old app registered a moment later, was never ended, and hung (no relay, no close) for as long as
+    the client waited. Once a registry has ended all, whatever it is given ends the same way."""
+    registry = SocketRegistry()
+    before = LiveSocket("a")
+    registry.add(before)
+    assert registry.end_all(WSCloseCode.GOING_AWAY, "proxy shutting down") == 1
+    late = LiveSocket("b")
+    registry.add(late)
+    assert late.ended.result() == before.ended.result() == Close(WSCloseCode.GOING_AWAY, "proxy shutting down")
+
+
 async def test_first_end_wins():
     live = LiveSocket("a")
     live.end(SESSION_ENDED, "signed out")
