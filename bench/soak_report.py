@@ -68,17 +68,8 @@ def explains(fault: Fault, record: Record) -> bool:
     if fault.kind == WORKER:
         return cut or (signing and record.outcome.startswith("error:"))
     if fault.kind == RELOAD:
-        return record.kind == "ws" and record.outcome == "closed" and (
-            record.detail.startswith("CLOSE 1001") or hung_by_reload(fault, record))
+        return record.kind == "ws" and record.outcome == "closed" and record.detail.startswith("CLOSE 1001")
     return False
-
-
-def hung_by_reload(fault: Fault, record: Record) -> bool:
-    """A WebSocket opened while a reload drained the old listener that then relayed nothing and was never
-    closed (the user's wait for its echo timed out): a defect of authproxy's reload, written up in
-    issue 19's soak notes; counted apart (``websockets.hung_by_reload``) until it is fixed."""
-    return (record.kind == "ws" and record.detail == "TimeoutError"
-            and fault.start - 1.0 <= record.start <= fault.end + 1.0)
 
 
 def is_failure(record: Record) -> bool:
@@ -125,7 +116,6 @@ def analyse(load: Load, faults: list[Fault], grants: dict[str, int], records: bo
     unexpected_5xx = [r for r in unexplained if r.outcome.startswith("status:5")]
     ws_wrong = [r for r in load.ws_closed_early if not any(explains(f, r) for f in faults)]
     ws_reload = [r for r in load.ws_closed_early if any(f.kind == RELOAD and explains(f, r) for f in faults)]
-    ws_hung = [r for r in ws_reload if any(f.kind == RELOAD and hung_by_reload(f, r) for f in faults)]
     ws_expired = [r for r in load.ws_closed_early if r.detail.startswith("CLOSE 4401") and r not in ws_wrong]
     phases: dict[str, dict[str, Any]] = {}
     grouped: dict[str, list[Record]] = defaultdict(list)
@@ -151,8 +141,7 @@ def analyse(load: Load, faults: list[Fault], grants: dict[str, int], records: bo
         "phases": phases,
         "websockets": {"opened": sum(1 for r in load.records if r.kind == "ws"),
                        "closed_by_proxy_after_sign_out": len(load.ws_after_end),
-                       "closed_by_reload_1001": len(ws_reload) - len(ws_hung),
-                       "hung_by_reload": len(ws_hung),
+                       "closed_by_reload_1001": len(ws_reload),
                        "closed_4401_at_expiry_during_outage": len(ws_expired),
                        "closed_by_other_faults": len(load.ws_closed_early) - len(ws_wrong) - len(ws_reload)
                        - len(ws_expired),
