@@ -202,7 +202,9 @@ def summary(report: dict[str, Any]) -> str:
     lines = [f"store={report['store']} users={report['users']} duration={report['duration_s']}s "
              f"ttl={report['ttl_s']}s requests={report['requests']}",
              "  goals: " + ", ".join(f"{k}={v}" for k, v in report["goals"].items()),
-             "  grants: " + ", ".join(f"{k}={v}" for k, v in report["grants"].items()),
+             "  grants: " + ", ".join(f"{k}={v}" for k, v in report["grants"].items())
+             + f"; sessions lost to a killed worker's grant: {report['sessions_lost_to_a_killed_worker']}",
+             "  websockets: " + ", ".join(f"{k}={v}" for k, v in report["websockets"].items()),
              f"  unexplained failures (any kind): {report['unexplained_failure_count']}"]
     for fault in report["faults"]:
         lines.append(f"  {fault['name']:17} {fault['start']:6.1f}-{fault['end']:6.1f}s "

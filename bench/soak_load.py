@@ -67,6 +67,9 @@ class Load:
     ws_closed_early: list[Record] = field(default_factory=list)    # closed by the other side, session alive
     ws_after_end: list[float] = field(default_factory=list)        # seconds from sign-out to the proxy's close
     ws_left_open: int = 0
+    # Left open after a sign-out that the proxy itself answered with a 5xx (Redis down: it could not end
+    # the session on the server, and says so): the session did not end, so neither must the socket.
+    ws_open_after_failed_sign_out: int = 0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -139,13 +142,16 @@ class User:
             result = await logout_via_http(self.client, self.load.url + "/oauth2/sign_out")
             return ("ok", "") if result.status == 200 else (f"status:{result.status}", result.url)
         self.signed_out_at = self.load.now()
-        await self._timed("logout", "", go())
+        logout = await self._timed("logout", "", go())
         self.signed_in = False
         if self.ws_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self.ws_task), WS_CLOSE_LIMIT)
             except TimeoutError:
-                self.load.ws_left_open += 1
+                if logout.outcome.startswith("status:5"):
+                    self.load.ws_open_after_failed_sign_out += 1
+                else:
+                    self.load.ws_left_open += 1
                 self.ws_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self.ws_task
