@@ -49,7 +49,7 @@ from multidict import MultiMapping
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
-from .errors import ProviderError, SessionEnded, WebSocketRefused
+from .errors import ProviderError, SessionEnded, StoreUnavailable, WebSocketRefused
 from .model import Session
 from .refresh import RECENT_TTL, Refresher
 from .upstream import Upstream
@@ -269,7 +269,9 @@ async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], f
         return Reason.EXPIRY
     try:
         fresh = await refresher.ensure_fresh(session, remember_for=max(hard_end - clock(), RECENT_TTL))
-    except (SessionEnded, ProviderError) as exc:     # grant gone, or provider down with the token expired
+    # Grant gone; or the provider (or the Redis store holding the refresh lock) down with the token expired:
+    # like the provider's absence, a store's is no internal error (1011 and a traceback) and ends no session.
+    except (SessionEnded, ProviderError, StoreUnavailable) as exc:
         log.info("websocket session ended: sub=%s (%s)", session.identity.sub, type(exc).__name__)
         return Reason.REFRESH_REFUSED if isinstance(exc, SessionEnded) else None
     # An answer that is itself expired would have us refresh again at once, in a loop.
@@ -310,12 +312,22 @@ class LiveSocket:
 
 
 class SocketRegistry(Holds[LiveSocket]):
-    """Live sockets by session id, so that a session's end ends its sockets at once."""
+    """Live sockets by session id, so that a session's end ends its sockets at once.
+
+    After ``end_all`` (the app shutting down, or a reload draining the old app) a socket registered late —
+    its handshake was under way — is ended at once too: missed, it hung, neither relayed nor closed."""
 
     def __init__(self) -> None:
         super().__init__("websocket")
+        self._all_ended: Close | None = None
+
+    def add(self, held: LiveSocket) -> None:
+        super().add(held)
+        if self._all_ended is not None:
+            held.end(self._all_ended.code, self._all_ended.reason)
 
     def end_all(self, code: int, reason: str) -> int:
+        self._all_ended = Close(code, reason)
         sockets = list(self)
         for live in sockets:
             live.end(code, reason)

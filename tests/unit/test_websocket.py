@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from proxy.errors import ProviderUnavailable, SessionEnded
+from proxy.errors import ProviderUnavailable, SessionEnded, StoreUnavailable
 from proxy.session import Identity, Session
 from proxy.ending import Reason, SessionEnd
 from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, is_websocket_upgrade,
@@ -126,6 +126,19 @@ async def test_registry_ends_one_sessions_sockets_and_forgets_them():
     assert registry.end_all(WSCloseCode.GOING_AWAY, "bye") == 1 and legacy.ended.result().code == 1001
 
 
+async def test_a_socket_registered_after_the_registry_ended_all_is_ended_at_once():
+    """The soak (issue 19): a WebSocket whose handshake was under way when a SIGHUP reload ended every socket
+    of the old app registered a moment later, was never ended, and hung (no relay, no close) for as long as
+    the client waited. Once a registry has ended all, whatever it is given ends the same way."""
+    registry = SocketRegistry()
+    before = LiveSocket("a")
+    registry.add(before)
+    assert registry.end_all(WSCloseCode.GOING_AWAY, "proxy shutting down") == 1
+    late = LiveSocket("b")
+    registry.add(late)
+    assert late.ended.result() == before.ended.result() == Close(WSCloseCode.GOING_AWAY, "proxy shutting down")
+
+
 async def test_first_end_wins():
     live = LiveSocket("a")
     live.end(SESSION_ENDED, "signed out")
@@ -191,6 +204,17 @@ async def test_a_refresh_that_fails_at_expiry_ends_the_socket(failure):
     close, elapsed = await watch(session(0.2), refresher)
     assert close == Close(SESSION_ENDED, "session expired")
     assert 0.2 <= elapsed < 1.0 and refresher.calls == 1
+
+
+async def test_a_store_outage_at_expiry_ends_only_the_socket_not_the_session():
+    """The soak (issue 19): Redis down while a WebSocket's token expired closed it with 1011 "internal error"
+    and a traceback; it is the provider's absence again: this socket ends, the session does not."""
+    live = LiveSocket("s1")
+    refresher = FakeRefresher(StoreUnavailable("Redis could not be reached (ConnectionError)."))
+    async with asyncio.timeout(2.0):
+        reason = await watch_session(session(0.1), live, refresher, time.time, time.time() + 60)  # type: ignore[arg-type]
+    assert reason is None                                   # None: no end of the session is recorded
+    assert live.ended.result() == Close(SESSION_ENDED, "session expired") and refresher.calls == 1
 
 
 async def test_without_a_refresh_token_the_socket_ends_at_expiry():
