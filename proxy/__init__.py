@@ -6,35 +6,45 @@ the tokens into an encrypted, authenticated cookie. Every later request is opene
 refreshed when due, and forwarded to the upstream app with ``Authorization: Bearer`` and identity
 headers, streaming both ways.
 
-The modules each own one boundary:
+The modules each own one boundary, listed in the order a request meets them:
 
-- ``config``    reads YAML and the environment, validates everything once, freezes it;
-- ``crypto``    the only user of ``cryptography``: sealing values, random values, PKCE;
-- ``model``     the Session value: who the user is and their tokens, nothing about HTTP;
-- ``session``   loading the session lazily, writing its cookie as headers go out;
-- ``ending``    the one way a session ends: recorded in the store, applied here, fanned out;
-- ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;
-- ``provider``  the only code that talks to the identity provider (discovery, JWKS, grants);
-- ``login``     the ``/oauth2/*`` sign-in and sign-out endpoints and the safe-redirect guard;
-- ``gate``      what every other request passes: skip rules, authentication, refresh, authorization;
-- ``refresh``   refreshing tokens once per session and expiry;
-- ``authz``     who may pass (emails, domains, groups, users) and CORS for the proxy's answers;
-- ``bearer``    API clients' own bearer JWTs, verified against the provider's keys;
-- ``store``, ``redis_store``  where sessions live: the cookie (default) or Redis;
-- ``websocket`` authenticated WebSocket upgrades and the frames after them;
-- ``metrics``, ``logs``  Prometheus metrics, auth events and the log format;
-- ``server``    the process: signals, reloads, workers;
+- ``__main__``, ``server``, ``supervisor``  the command line; one process (signals, reloads, uvloop);
+  ``workers: N`` (forking, replacing, resizing) and the host coordinator process;
+- ``connections``  per-connection limits on aiohttp's server (timeouts, max connections);
+- ``app``       wiring only: middleware order, routes; ``resources`` the long-lived clients and stores
+  (``cleanup_ctx``); ``context`` the typed app keys; ``health`` ``/ping`` and ``/ready``;
+- ``boundary``  the one place errors become HTTP: request id, access log, metrics, and every domain
+  error (``errors``, the one exception tree) turned into a page, JSON, a redirect or a bare status;
 - ``paths``     the one decoding of a request path: what is forwarded, what rules match, what is a 400;
-- ``upstream``  the only code that talks to the app behind us: routing, the two clients;
+- ``gate``      what every non-``/oauth2/`` request passes: skip rules, authentication, refresh, authorization;
+- ``authz``, ``policy``  who may pass: allow-lists, CEL expressions with their tests; CORS for our answers;
+- ``session``   the session on a request's path: loaded when asked, its cookie written as headers go out;
+- ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;
+- ``store``, ``redis_store``  where sessions live: the cookie (default) or Redis (ciphertext only);
+- ``model``     the Session value: who the user is and their tokens, nothing about HTTP;
+- ``crypto``    the only user of ``cryptography``: sealing, random values, PKCE, derived signing keys;
+- ``refresh``   refreshing tokens once per session and expiry, a sent grant seen through;
+  ``host``, ``coordinator``  what the workers of one host share (locks, results, ends);
+- ``ending``    the one way a session ends: recorded in the store, applied here, fanned out;
+  ``backchannel``  OpenID back-channel logout tokens in;
+- ``login``, ``redirects``  the ``/oauth2/*`` sign-in and sign-out endpoints; the safe-redirect guard;
+- ``provider/`` the only code that talks to the identity provider: ``client`` (the one HTTP call),
+  ``metadata`` (discovery), ``keys`` (JWKS), ``grants``, ``userinfo``; ``presets`` per-provider defaults;
+- ``tokens``    the one JWT validator (ID, access, logout tokens); ``bearer`` API clients' own bearer JWTs;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
-- ``relay``     the upstream's response on to the client: whole, streamed, batched or spliced;
-- ``pages``     the proxy's own HTML/JSON answers;
-- ``app``       wires it together: resources, middleware order, routes.
+- ``assertion`` signed identity assertions for the app (ES256, published as a JWKS);
+- ``websocket`` the client's side of an authenticated WebSocket: checks, the session's holds and watch;
+- ``upstream/`` the only code that talks to the app: ``forward`` (routing, forwarding), ``http1*``
+  (the lean HTTP/1.1 client), ``relay`` (the answer back: whole, streamed, batched or spliced),
+  ``splice`` (in-kernel copies), ``websocket`` (the app's side of a WebSocket);
+- ``config/``   reads YAML and the environment, validates everything once, freezes it;
+- ``metrics``, ``logs``, ``pages``  Prometheus metrics; auth events and the log format; our own HTML/JSON.
 
-A request flows: error middleware → router → ``/oauth2/*`` handler or the catch-all, which loads the
-session only if the request needs one (no session: 302 to login for a browser, 401 for an API client;
-else forward upstream) → session cookie written just before the response headers go out, unless the
-session ended meanwhile.
+A request flows: connection limits → ``boundary`` (request id; errors to HTTP; access log) → router →
+an ``/oauth2/*`` handler, or ``gate.handle_proxy``: path decoded once → skip rules → the session, loaded
+only now (no session: 302 to sign in for a browser, 401 for an API client) → refreshed if due →
+authorized → ``upstream.forward`` (or the WebSocket relay) → the answer relayed back → the session
+cookie written just before the response headers go out, unless the session ended meanwhile.
 """
 
 __version__ = "0.1.0"
