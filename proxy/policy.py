@@ -74,12 +74,11 @@ class CompiledRule:
     __slots__ = ("_program", "source")
 
     def __init__(self, source: str) -> None:
-        problem = check(source)
-        if problem is not None:
+        program, problem = _compiled(source)
+        if program is None:
             raise ValueError(problem)
-        assert cel is not None
         self.source = source
-        self._program = cel.compile(source)
+        self._program = program
 
     def allows(self, facts: Facts) -> tuple[bool, str]:
         """(allowed, reason): the reason says why not, for the operator's log."""
@@ -106,16 +105,21 @@ def compile_rule(source: str) -> CompiledRule:
 def check(source: str) -> str | None:
     """What is wrong with ``source`` as a rule, or None: the library missing, a syntax error, a name
     that is not a variable (a misspelt ``group`` would otherwise deny everyone at run time)."""
+    return _compiled(source)[1]
+
+
+def _compiled(source: str) -> tuple[Any, str | None]:
+    """(the compiled program, None), or (None, what is wrong with it)."""
     if cel is None:
-        return f"policy expressions need the CEL library; {INSTALL_HINT}"
+        return None, f"policy expressions need the CEL library; {INSTALL_HINT}"
     try:
         program = cel.compile(source)
     except (ValueError, RuntimeError) as exc:
-        return f"not a valid CEL expression: {_first_line(exc)}"
+        return None, f"not a valid CEL expression: {_first_line(exc)}"
     unknown = sorted(set(program.variables()) - VARIABLES)
     if unknown:
-        return f"unknown name {unknown[0]!r}; the variables are {', '.join(sorted(VARIABLES))}"
-    return None
+        return None, f"unknown name {unknown[0]!r}; the variables are {', '.join(sorted(VARIABLES))}"
+    return program, None
 
 
 def facts(identity: Identity, email: str | None, method: str, path: str, host: str) -> Facts:
