@@ -17,7 +17,8 @@ longer fits in cookies. Whatever the reason, the end is a ``SessionEnd`` and goe
 
 No other module closes sockets or clears sessions its own way. A store that cannot be reached does not
 stop the local effects or the fan-out: ``end`` does those first and raises ``StoreUnavailable`` last,
-so the caller can say the server side could not be reached.
+so the caller can say the server side could not be reached — and keeps trying to record it in the
+background until the store takes it or the end no longer matters (``_record_later``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
     from .store import MemoryDenylist, SessionStore
 
 log = logging.getLogger("authproxy.ending")
+
+# An end the store could not take is retried, first after RETRY_FIRST seconds, backing off to RETRY_MAX
+# (short: when Redis is back, a replica must not load the session before its tombstone lands).
+RETRY_FIRST = 0.25
+RETRY_MAX = 2.0
+UNRECORDED_MAX = 10_000
 
 
 class Reason(enum.StrEnum):
@@ -231,6 +238,7 @@ class SessionEnds:
         self._clock = clock
         self._holders: list[Holder] = []
         self._pending: set[asyncio.Task[None]] = set()
+        self._unrecorded: dict[tuple[str | None, ...], asyncio.Task[None]] = {}
 
     def hold(self, holder: Holder) -> None:
         """Call ``holder`` with every end applied in this process, ours or another's."""
@@ -258,7 +266,57 @@ class SessionEnds:
             await self._fanout.publish(end)
         except Exception:                          # the end still holds here and in the store
             log.exception("a session end (%s) could not be published to the other processes", end.reason.value)
-        return await self.store.record_end(end)
+        try:
+            return await self.store.record_end(end)
+        except StoreUnavailable:
+            self._record_later(end)
+            raise
+
+    def _record_later(self, end: SessionEnd) -> None:
+        """Keep trying to record ``end`` until the store takes it or no cookie it covers can live.
+
+        Until then the end holds only on this host (applied and fanned out); a replica elsewhere, or
+        this host after the store comes back, would load the session from the store again. The same
+        end asked again (a sign-out repeated with a copy of the cookie) is retried once, not twice.
+        """
+        key = (end.session_id, end.sid, end.sub)
+        if key in self._unrecorded or len(self._unrecorded) >= UNRECORDED_MAX:
+            return
+        task = asyncio.create_task(self._keep_recording(end))
+        self._unrecorded[key] = task
+        task.add_done_callback(lambda _: self._unrecorded.pop(key, None))
+
+    async def _keep_recording(self, end: SessionEnd) -> None:
+        delay = RETRY_FIRST
+        while self._clock() < end.at + end.ttl:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.record_end(end)
+            except StoreUnavailable:
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            except Exception:
+                log.exception("a session end (%s) could not be recorded; not retried", end.reason.value)
+                return
+            log.info("session end recorded once the store was back: %s", end.reason.value)
+            return
+        log.warning("a session end (%s) was never recorded: the store stayed down until it no longer mattered",
+                    end.reason.value)
+
+    @property
+    def unrecorded(self) -> int:
+        """Ends applied here that the store has not taken yet (retried in the background)."""
+        return len(self._unrecorded)
+
+    async def close(self) -> None:
+        """Stop retrying (the app is going away); an end still unrecorded is logged."""
+        tasks = list(self._unrecorded.values())
+        if tasks:
+            log.warning("%d session end(s) not yet recorded in the store are given up at shutdown",
+                        len(self._unrecorded))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def end_soon(self, end: SessionEnd) -> None:
         """``end`` in a task of its own, for a caller about to be cancelled (a WebSocket's watcher ends

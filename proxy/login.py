@@ -38,7 +38,7 @@ from .model import Session
 from .pages import NO_STORE, html_page
 from .provider import Provider, TokenSet
 from .redirects import safe_redirect
-from .session import commit_session, defer_cookie, get_session, set_session
+from .session import commit_session, cookie_session_id, defer_cookie, get_session, set_session
 
 log = logging.getLogger("authproxy.login")
 
@@ -307,30 +307,47 @@ def html_redirect(target: str) -> web.Response:
 
 async def handle_sign_out(request: web.Request) -> web.StreamResponse:
     """End the session here (``SessionEnds``: everywhere it is held), then at the provider when it
-    supports RP-initiated logout. The browser's cookies are cleared whatever happens; when the session
-    store cannot be reached, the page says the session could not be ended on the server."""
+    supports RP-initiated logout. The browser's cookies are cleared whatever happens.
+
+    When the session store cannot be reached the session is ended all the same: its id is in the
+    cookie, so the end is applied on this host (its sockets close, every copy of the cookie is refused
+    here) and recorded in the store as soon as the store is back (``SessionEnds`` keeps retrying).
+    Only a cookie that names no session leaves nothing to end; the page then says what is true."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
+    ends = request.app[ENDS]
+    session: Session | None = None
     try:
         session = await get_session(request)
-        set_session(request, None)
-        if session is not None:
-            request.app[METRICS].logged_out(session.identity.sub)
-            ends = request.app[ENDS]
-            await ends.end(ends.new(Reason.SIGN_OUT, session_id=session.id))
+        session_id = session.id if session is not None else None
     except StoreUnavailable as exc:
-        set_session(request, None)
+        session_id = cookie_session_id(request)
         log.error("sign-out: the session store could not be reached: %s rid=%s", exc, request[REQUEST_ID])
-        return html_page(503, "Signed out in this browser only",
-                         "Your session cookie is cleared, but the server side could not be reached to end the "
-                         "session there: it ends by itself when it expires. This browser no longer holds it, "
-                         "so signing out again cannot end it sooner.",
-                         request[REQUEST_ID], actions=[("Go to the start page", "/")],
-                         templates_dir=config.templates_dir)
+        if session_id is None:
+            set_session(request, None)
+            return _signed_out_here_only(request)
+    set_session(request, None)
+    if session is not None:
+        request.app[METRICS].logged_out(session.identity.sub)
+    if session_id:
+        try:
+            await ends.end(ends.new(Reason.SIGN_OUT, session_id=session_id))
+        except StoreUnavailable as exc:
+            log.error("sign-out: the session ended on this host and is recorded in the store once it is back: "
+                      "%s rid=%s", exc, request[REQUEST_ID])
     signed_out = config.public_url + "/oauth2/signed_out"
     end_session = provider.end_session_url(id_token_hint=session.id_token if session else None,
                                            post_logout_redirect_uri=signed_out)
     raise web.HTTPFound(end_session or safe_redirect(request.query.get("rd"), config, default=signed_out),
                         headers=NO_STORE)
+
+
+def _signed_out_here_only(request: web.Request) -> web.StreamResponse:
+    return html_page(503, "Signed out in this browser only",
+                     "Your session cookie is cleared, but the server side could not be reached to end the "
+                     "session there: it ends by itself when it expires. This browser no longer holds it, "
+                     "so signing out again cannot end it sooner.",
+                     request[REQUEST_ID], actions=[("Go to the start page", "/")],
+                     templates_dir=request.app[CONFIG].templates_dir)
 
 
 async def handle_signed_out(request: web.Request) -> web.StreamResponse:

@@ -180,6 +180,10 @@ class RedisStore:
     def owned_names(self, cookies: Mapping[str, str]) -> list[str]:
         return [self.name] if self.name in cookies else []
 
+    def session_id(self, cookies: Mapping[str, str]) -> str | None:
+        ticket = self._safe_ticket(cookies)
+        return ticket[0] if ticket is not None else None
+
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         ticket = self._open_ticket(cookies)
         if ticket is None:

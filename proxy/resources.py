@@ -76,6 +76,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[FANOUT].subscribe(ends.apply)
     yield
     app[FANOUT].unsubscribe(ends.apply)          # the fan-out outlives a reload; this app's registries do not
+    await ends.close()
     await store.close()
 
 

@@ -96,6 +96,12 @@ async def get_session(request: web.Request) -> Session | None:
     return await session_state(request).load(request.app[STORE])
 
 
+def cookie_session_id(request: web.Request) -> str | None:
+    """The id of the session the request's cookies name, without loading it (no I/O): what a sign-out
+    can still end when the store is down."""
+    return request.app[STORE].session_id(session_state(request).cookies)
+
+
 def set_session(request: web.Request, session: Session | None) -> None:
     """Replace (or with None, drop) the request's session; the cookie follows on the response.
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import SessionWasEnded
+from .errors import CookieError, SessionWasEnded
 
 if TYPE_CHECKING:
     from .cookies import CookieCodec
@@ -38,6 +38,10 @@ class SessionStore(Protocol):
     def owned_names(self, cookies: Mapping[str, str]) -> list[str]: ...
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None: ...
+
+    def session_id(self, cookies: Mapping[str, str]) -> str | None:
+        """The id of the session these cookies name, read without I/O; None if they name none (or are
+        bad). For ending a session the store cannot load: a sign-out while the backend is down."""
 
     async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]: ...
 
@@ -147,6 +151,13 @@ class CookieStore:
 
     def owned_names(self, cookies: Mapping[str, str]) -> list[str]:
         return self.codec.owned_names(cookies)
+
+    def session_id(self, cookies: Mapping[str, str]) -> str | None:
+        try:
+            session = self.codec.load(cookies)
+        except CookieError:
+            return None
+        return session.id if session is not None else None
 
     async def load(self, cookies: Mapping[str, str]) -> Session | None:
         session = self.codec.load(cookies)

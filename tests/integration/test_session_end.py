@@ -167,8 +167,8 @@ async def test_redis_down_blocks_only_what_needs_the_session(stack_factory, brow
                     "Cookie": cookie, "Origin": "https://spa.example", "Access-Control-Request-Method": "PUT"}) as resp:
                 assert resp.status == 200                       # an allowed preflight reaches the app
         assert (await get(stack.url + "/private", cookie))[0] == 503
-        status, resp, body = await get(stack.url + "/oauth2/sign_out", cookie, {"Accept": "text/html"})
-        assert status == 503 and "could not be reached" in body
+        status, resp, _ = await get(stack.url + "/oauth2/sign_out", cookie, {"Accept": "text/html"})
+        assert status == 302                 # ended on this host; recorded once Redis is back (test_session_end_review)
         assert session_cookies_cleared(resp) and session_cookies_set(resp) == []
     finally:
         await redis.stop()

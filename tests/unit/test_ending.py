@@ -251,3 +251,69 @@ def test_memory_denylist_ends_by_sid_and_sub_only_what_existed_then():
     assert local.covers(make_session(id="a", sid="op-sid", created_at=NOW))
     assert not local.covers(make_session(id="b", sid="op-sid", created_at=NOW + 1))     # signed in again
     assert local.covers(make_session(id="c", identity=Identity(sub="bob"), created_at=NOW - 1))
+
+
+class FlakyStore(RecordingStore):
+    """Down for the first ``down`` calls, then up."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+        self.calls = 0
+
+    async def record_end(self, one: SessionEnd) -> int:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise StoreUnavailable("Redis could not be reached (ConnectionError).")
+        return await super().record_end(one)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    import proxy.ending as module
+    monkeypatch.setattr(module, "RETRY_FIRST", 0.001)
+    monkeypatch.setattr(module, "RETRY_MAX", 0.004)
+
+
+async def test_an_end_the_store_could_not_take_is_recorded_once_it_is_back(quick_retries):
+    """Soak defect 4 (issue 19): the end used to be dropped when the store was down, so a copy of the
+    cookie worked again once Redis was back."""
+    from tests.support.timing import eventually
+    store = FlakyStore(down=4)
+    session_ends, held = ends(store, RecordingFanout())
+    one = session_ends.new(Reason.SIGN_OUT, session_id="s1")
+    with pytest.raises(StoreUnavailable):
+        await session_ends.end(one)
+    assert held == [one] and session_ends.unrecorded == 1
+    with pytest.raises(StoreUnavailable):          # the same end asked again (a copy of the cookie): one retry
+        await session_ends.end(one)
+    assert session_ends.unrecorded == 1
+    await eventually(lambda: session_ends.unrecorded == 0, timeout=5, interval=0.005)
+    assert store.recorded == [one]
+
+
+async def test_retrying_stops_when_the_end_no_longer_matters(quick_retries):
+    import asyncio
+    now = [NOW]
+    store = RecordingStore(fail=True)
+    session_ends = SessionEnds(store, MemoryDenylist(clock=lambda: now[0]), RecordingFanout(), ttl=10,  # type: ignore[arg-type]
+                               clock=lambda: now[0])
+    with pytest.raises(StoreUnavailable):
+        await session_ends.end(session_ends.new(Reason.SIGN_OUT, session_id="s1"))
+    await asyncio.sleep(0.02)
+    assert session_ends.unrecorded == 1            # still trying
+    now[0] += 11                                   # no cookie it covers can live any more
+    for _ in range(200):
+        if not session_ends.unrecorded:
+            break
+        await asyncio.sleep(0.005)
+    assert session_ends.unrecorded == 0 and store.recorded == []
+
+
+async def test_close_stops_the_retries(quick_retries):
+    store = RecordingStore(fail=True)
+    session_ends, _ = ends(store, RecordingFanout())
+    with pytest.raises(StoreUnavailable):
+        await session_ends.end(session_ends.new(Reason.SIGN_OUT, session_id="s1"))
+    await session_ends.close()
+    assert session_ends.unrecorded == 0
