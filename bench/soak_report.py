@@ -6,11 +6,11 @@ died). A failed request is explained when its own time span overlaps the window 
 that failure, by this table and nothing else:
 
 - the provider down or slow: 502/503/504, sign-ins and sign-outs that fail (they go through it), and
-  WebSockets closed with 4401 when their access token expired meanwhile (it cannot be renewed; the
-  session stays, as proxy/websocket.py's watcher does by design and its unit tests pin);
+  WebSockets closed with 1013 ("try again later") when their access token expired meanwhile (it cannot be
+  renewed; the session stays, as proxy/websocket.py's watcher does by design and its unit tests pin);
 - the TCP upstream restarted: 502/503/504, cut connections and short bodies or streams on that upstream only;
 - Redis killed or down: 503 (the Redis store says so for every Redis failure), failed sign-ins and sign-outs,
-  WebSockets closed with 4401 at their token's expiry (the refresh needs Redis's lock);
+  WebSockets closed with 1013 at their token's expiry (the refresh needs Redis's lock);
 - a worker killed: cut connections, short bodies and streams, WebSockets closed (whatever that worker held);
 - SIGHUP with a good configuration: WebSockets closed with 1001 (going away), as docs/deployment.md says a
   reload does (the old listener drains like on SIGTERM); they are counted apart, not as closed wrongly;
@@ -59,9 +59,9 @@ def explains(fault: Fault, record: Record) -> bool:
     gateway = outcome in ("status:502", "status:503", "status:504")
     cut = outcome.startswith(CUT)
     signing = record.kind in ("login", "logout") and outcome != "ok"
-    # A WebSocket whose access token expired while it could not be renewed ends with 4401 (the session
+    # A WebSocket whose access token expired while it could not be renewed ends with 1013 (the session
     # stays: the next request refreshes); proxy/websocket.py's watch_session, pinned by its unit tests.
-    expired_socket = record.kind == "ws" and outcome == "closed" and record.detail.startswith("CLOSE 4401")
+    expired_socket = record.kind == "ws" and outcome == "closed" and record.detail.startswith("CLOSE 1013")
     if fault.kind == PROVIDER:
         return gateway or signing or expired_socket
     if fault.kind == UPSTREAM:
@@ -130,7 +130,7 @@ def analyse(load: Load, faults: list[Fault], grants: dict[str, int], records: bo
     unexpected_5xx = [r for r in unexplained if r.outcome.startswith("status:5")]
     ws_wrong = [r for r in load.ws_closed_early if not any(explains(f, r) for f in faults)]
     ws_reload = [r for r in load.ws_closed_early if any(f.kind == RELOAD and explains(f, r) for f in faults)]
-    ws_expired = [r for r in load.ws_closed_early if r.detail.startswith("CLOSE 4401") and r not in ws_wrong]
+    ws_expired = [r for r in load.ws_closed_early if r.detail.startswith("CLOSE 1013") and r not in ws_wrong]
     phases: dict[str, dict[str, Any]] = {}
     grouped: dict[str, list[Record]] = defaultdict(list)
     for record in load.records:
@@ -158,7 +158,7 @@ def analyse(load: Load, faults: list[Fault], grants: dict[str, int], records: bo
                        "closed_by_proxy_after_sign_out": len(load.ws_after_end),
                        "closed_by_reload_1001": len(ws_reload),
                        "open_after_a_sign_out_answered_5xx": load.ws_open_after_failed_sign_out,
-                       "closed_4401_at_expiry_during_outage": len(ws_expired),
+                       "closed_1013_at_expiry_during_outage": len(ws_expired),
                        "closed_by_other_faults": len(load.ws_closed_early) - len(ws_wrong) - len(ws_reload)
                        - len(ws_expired),
                        "close_after_sign_out_max_s": round(max(load.ws_after_end, default=0.0), 2)},

@@ -21,7 +21,9 @@ both ways — is ``upstream/websocket.py``'s, like every other byte to and from 
 have ``limits.websockets_per_session`` sockets open at once (per worker); a handshake beyond that gets
 a 429 before the app hears of it.
 
-A live socket ends with ``SESSION_ENDED`` (4401) when its session does. Every end goes through
+A live socket ends with ``SESSION_ENDED`` (4401) when its session does, and with 1013 ("try again
+later") when its access token expired and could not be renewed because the provider or the store was
+unreachable: the session lives, and the client may reconnect. Every end goes through
 ``ending.SessionEnds``, which tells this module's ``SocketRegistry`` (``session_ended``): on sign-out,
 back-channel logout, a refused refresh — in this worker, or in another one through the fan-out — the
 registry ends the session's sockets, which also stops their watchers. Each socket's watcher
@@ -64,6 +66,10 @@ SESSION_ENDED = 4401
 CLOSE_REASONS = {Reason.SIGN_OUT: "signed out", Reason.BACKCHANNEL: "signed out at the provider",
                  Reason.EXPIRY: "session expired", Reason.REFRESH_REFUSED: "session expired",
                  Reason.COOKIE_LIMIT: "session ended"}
+# The close reason (with 1013, "try again later") when the access token expired and could not be renewed
+# because the provider or the session store is unreachable: the session lives, and a client that
+# reconnects gets a new socket as soon as they are back (4401 would tell it to sign in, which is untrue).
+NOT_RENEWED = "session not renewed: try again later"
 # Seconds slept past an expiry before checking it, so a wake-up is not a hair early.
 EXPIRY_SLACK = 0.05
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -234,8 +240,9 @@ def _outcome(pumps: tuple[asyncio.Task[Close], ...], live: LiveSocket) -> Close:
 
 async def watch_session(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
                         hard_end: float) -> Reason | None:
-    """End ``live`` with ``SESSION_ENDED`` when the session ends; return only then, with why it ended
-    (None: only this socket ends — the provider could not be reached to refresh).
+    """End ``live`` with ``SESSION_ENDED`` when the session ends; return only then, with why it ended.
+    None: only this socket ends, with 1013 (``NOT_RENEWED``) — the provider or the store could not be
+    reached to refresh, and the session itself lives on.
 
     Wakes at each access-token expiry and refreshes through the Refresher (once per expiry, shared
     with the session's HTTP requests); a session that cannot be refreshed ends. At ``hard_end``
@@ -248,6 +255,9 @@ async def watch_session(session: Session, live: LiveSocket, refresher: Refresher
             return Reason.EXPIRY
         if session.access_expired(now):
             renewed = await _renewed(session, refresher, clock, hard_end)
+            if renewed is None:                 # the session lives; this socket cannot carry on for now
+                live.end(WSCloseCode.TRY_AGAIN_LATER, NOT_RENEWED)
+                return None
             if not isinstance(renewed, Session):
                 live.end(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY])
                 return renewed

@@ -198,11 +198,15 @@ async def watch(s: Session, refresher: FakeRefresher, hard_end_in: float = 60.0,
     return live.ended.result(), time.monotonic() - started
 
 
-@pytest.mark.parametrize("failure", [SessionEnded("invalid_grant"), ProviderUnavailable("refresh", "down")])
-async def test_a_refresh_that_fails_at_expiry_ends_the_socket(failure):
+@pytest.mark.parametrize(("failure", "expected"), [
+    (SessionEnded("invalid_grant"), Close(SESSION_ENDED, "session expired")),
+    # Soak defect 6 (issue 19): the provider down at expiry closed with 4401 ("sign in again") though the
+    # session lives; 1013 ("try again later") tells the client the truth.
+    (ProviderUnavailable("refresh", "down"), Close(1013, "session not renewed: try again later"))])
+async def test_a_refresh_that_fails_at_expiry_ends_the_socket(failure, expected):
     refresher = FakeRefresher(failure)
     close, elapsed = await watch(session(0.2), refresher)
-    assert close == Close(SESSION_ENDED, "session expired")
+    assert close == expected
     assert 0.2 <= elapsed < 1.0 and refresher.calls == 1
 
 
@@ -214,7 +218,7 @@ async def test_a_store_outage_at_expiry_ends_only_the_socket_not_the_session():
     async with asyncio.timeout(2.0):
         reason = await watch_session(session(0.1), live, refresher, time.time, time.time() + 60)  # type: ignore[arg-type]
     assert reason is None                                   # None: no end of the session is recorded
-    assert live.ended.result() == Close(SESSION_ENDED, "session expired") and refresher.calls == 1
+    assert live.ended.result() == Close(1013, "session not renewed: try again later") and refresher.calls == 1
 
 
 async def test_without_a_refresh_token_the_socket_ends_at_expiry():
