@@ -159,6 +159,7 @@ async def sign_in_all(users: list[User]) -> None:
 
 async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
+    samples: list[dict[str, Any]] = []
     async with Stack() as stack:
         soak = SoakStack(stack=stack, store=store, ttl=args.ttl)
         try:
@@ -171,9 +172,11 @@ async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 planned_end = load.now() + args.duration
                 injector = Injector(soak, load, args, rng, users)
                 running = [asyncio.create_task(user.run()) for user in users]
+                sampler = asyncio.create_task(sample(soak, load, args.sample, samples))
                 await injector.run(start_at=load.now() + min(10.0, args.duration / 10), end_at=planned_end)
                 load.end = max(planned_end, load.now() + TAIL)      # faults that ran long push the end out
                 await asyncio.gather(*running)
+                sampler.cancel()
                 await asyncio.sleep(1.0)
                 after = soak.resources()
             finally:
@@ -185,7 +188,8 @@ async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
                       "code_refused": soak.idp.count_grants("authorization_code", ok=False)}
             report = analyse(load, injector.faults, grants, records=args.records)
             report.update(store=store, users=args.users, duration_s=round(load.now(), 1), ttl_s=args.ttl,
-                          resources={"start": before, "end": after})
+                          resources={"start": before, "end": after, "samples": samples,
+                                     "growth": growth(samples)})
             if report["goals"]["refresh_grants_refused"]:
                 report["refused_grant_events"] = [e for e in soak.idp.events() if e.get("event") == "grant"
                                                   and e.get("ok") is False][:20]
@@ -196,6 +200,35 @@ async def soak_one(store: str, args: argparse.Namespace) -> dict[str, Any]:
             return report
         finally:
             await soak.close()
+
+
+async def sample(soak: SoakStack, load: Load, every: float, into: list[dict[str, Any]]) -> None:
+    """RSS and fds of each process every ``every`` seconds: growth over a run is told from a plateau
+    only by its shape, not by two end points."""
+    while True:
+        into.append({"t": round(load.now(), 1), "processes": soak.resources()})
+        await asyncio.sleep(every)
+
+
+def growth(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per process role: the highest RSS (MiB) in each third of the run. A leak keeps climbing from the
+    second third to the last; a plateau (caches and pools filled, allocator arenas) does not. A role
+    whose process was replaced (a worker killed) is counted from its newest process only."""
+    out: dict[str, dict[str, float]] = {}
+    roles = {role for s in samples for role in s["processes"]}
+    for role in sorted(roles):
+        points = [(s["t"], s["processes"][role]) for s in samples if role in s["processes"]]
+        newest = points[-1][1]["pid"]
+        points = [(t, p["rss_kib"] / 1024) for t, p in points if p["pid"] == newest]
+        if len(points) < 6:
+            continue
+        third = len(points) // 3
+        parts = [points[:third], points[third:2 * third], points[2 * third:]]
+        first, middle, last = (max(v for _, v in part) for part in parts)
+        out[role] = {"first_third_max_mib": round(first, 1), "middle_third_max_mib": round(middle, 1),
+                     "last_third_max_mib": round(last, 1), "samples": len(points),
+                     "last_over_middle": round(last / middle, 3)}
+    return out
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -214,6 +247,9 @@ def summary(report: dict[str, Any]) -> str:
     for when in ("start", "end"):
         lines.append(f"  {when:5} " + " ".join(f"{role}:{r['rss_kib'] // 1024}MiB/{r['fds']}fd"
                                                 for role, r in report["resources"][when].items()))
+    for role, g in report["resources"]["growth"].items():
+        lines.append(f"  rss {role}: max per third {g['first_third_max_mib']} / {g['middle_third_max_mib']} / "
+                     f"{g['last_third_max_mib']} MiB (last/middle {g['last_over_middle']}, {g['samples']} samples)")
     return "\n".join(lines)
 
 
@@ -241,6 +277,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", action="append", choices=["cookie", "redis"])
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--json", help="write the figures here (and authproxy's log beside it)")
+    parser.add_argument("--sample", type=float, default=15.0, help="seconds between RSS/fd samples")
     parser.add_argument("--records", action="store_true", help="put every request's record in the JSON too")
     return parser.parse_args(argv)
 
