@@ -62,6 +62,10 @@ def is_navigation(request: web.Request) -> bool:
 
     Anything else (fetch, XHR, images, API clients) gets a 401 with the login URL: a fetch that
     followed a redirect to the provider would only end in a CORS error.
+
+    Browsers send ``Sec-Fetch-*`` only to trustworthy origins (https, localhost): from a plain-http
+    host a ``fetch()`` comes with none and ``Accept: */*``. Every browser's navigation names
+    ``text/html`` in ``Accept``, so ``*/*`` alone counts only with ``Sec-Fetch-Mode: navigate``.
     """
     h = request.headers
     mode, dest = h.get("Sec-Fetch-Mode"), h.get("Sec-Fetch-Dest")
@@ -72,7 +76,7 @@ def is_navigation(request: web.Request) -> bool:
     if h.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return False
     accept = h.get("Accept", "").lower()
-    return any(kind in accept for kind in ("text/html", "application/xhtml+xml", "*/*"))
+    return "text/html" in accept or "application/xhtml+xml" in accept or (mode == "navigate" and "*/*" in accept)
 
 
 def login_url(request: web.Request, rd: str) -> str:

@@ -86,7 +86,10 @@ def _req(headers):
 
 @pytest.mark.parametrize("headers,expected", [
     ({"Accept": "text/html,application/xhtml+xml"}, True),
-    ({"Accept": "*/*"}, True),
+    # From a plain-http origin a fetch() sends no Sec-Fetch-* and Accept */* (tests/e2e/test_fetch_without_sec_fetch.py)
+    ({"Accept": "*/*"}, False),
+    ({"Accept": "*/*", "Sec-Fetch-Mode": "navigate"}, True),
+    ({"Accept": "text/html;q=0.9,*/*;q=0.8"}, True),
     ({"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}, True),
     ({"Accept": "text/html", "Sec-Fetch-Mode": "cors"}, False),
     ({"Accept": "*/*", "Sec-Fetch-Dest": "image"}, False),
