@@ -38,7 +38,8 @@ The modules each own one boundary, listed in the order a request meets them:
   (the lean HTTP/1.1 client), ``relay`` (the answer back: whole, streamed, batched or spliced),
   ``splice`` (in-kernel copies), ``websocket`` (the app's side of a WebSocket);
 - ``config/``   reads YAML and the environment, validates everything once, freezes it;
-- ``metrics``, ``logs``, ``pages``  Prometheus metrics; auth events and the log format; our own HTML/JSON.
+- ``metrics``, ``logs``, ``pages``  Prometheus metrics; auth events and the log format; our own HTML/JSON;
+- ``tracing``   OpenTelemetry spans (off unless configured): request, upstream call, grants; ``traceparent``.
 
 A request flows: connection limits → ``boundary`` (request id; errors to HTTP; access log) → router →
 an ``/oauth2/*`` handler, or ``gate.handle_proxy``: path decoded once → skip rules → the session, loaded

@@ -4,7 +4,8 @@ The pieces live where their logic is: resources as ``cleanup_ctx`` generators in
 errors → HTTP and the access log in ``boundary.py``, ``/ping`` and ``/ready`` in ``health.py``, the
 gate in ``gate.py``, sign-in and sign-out in ``login.py``.
 
-Order of a request: ``boundary.error_boundary`` (request id, one access-log line, domain errors → HTTP) →
+Order of a request: (``tracing.middleware``, with tracing on) → ``boundary.error_boundary`` (request id,
+one access-log line, domain errors → HTTP) →
 router → an ``/oauth2/*`` handler or ``handle_proxy`` → the session cookie is written by
 ``write_session_cookie`` as the response headers go out.
 """
@@ -33,6 +34,7 @@ from .resources import LASTING, Lasting, provider_ctx, store_ctx, upstreams_ctx
 from .session import CODEC, write_session_cookie
 from .store import MemoryDenylist
 from .websocket import setup_websockets
+from . import tracing
 
 __all__ = ["Lasting", "create_app"]     # Lasting (resources.py) is the type a caller passes to create_app
 
@@ -48,8 +50,10 @@ MAX_FIELD_SIZE = 64 * 1024
 def create_app(config: Config, *, clock: Callable[[], float] = time.time,
                lasting: Lasting | None = None, fanout: Fanout | None = None) -> web.Application:
     lasting = lasting or Lasting()
-    app = web.Application(middlewares=[error_boundary(config, lasting.metrics)],
-                          handler_args={"max_field_size": MAX_FIELD_SIZE})
+    middlewares = [error_boundary(config, lasting.metrics)]
+    if config.tracing.enabled:                 # off: not even a middleware on the path
+        middlewares.insert(0, tracing.middleware(config))
+    app = web.Application(middlewares=middlewares, handler_args={"max_field_size": MAX_FIELD_SIZE})
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
@@ -58,6 +62,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     lasting.denylist = lasting.denylist or MemoryDenylist(clock)
     app[FANOUT] = fanout or lasting.fanout or LocalFanout()     # a worker of ``workers: N``: the host's
     app[METRICS] = lasting.metrics
+    if config.tracing.enabled:
+        app.cleanup_ctx.append(tracing.tracing_ctx)       # first in, last out: flushed after the rest
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(provider_ctx)
     app.cleanup_ctx.append(upstreams_ctx)

@@ -50,6 +50,7 @@ from .redirects import safe_redirect
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
+from .tracing import TRACE_ID
 from .upstream import UPSTREAM_LABEL
 from .websocket import is_websocket_upgrade
 
@@ -130,12 +131,15 @@ def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metr
         state = request.get(SESSION_STATE)
         session = state.peek() if state is not None else None
         user = session.identity.sub if session is not None else "-"
-        access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status, elapsed * 1000,
-                        user, request[REQUEST_ID],
-                        extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
-                                          "client": request.remote, "user": user, "method": request.method,
-                                          "path": request.path, "status": status, "upstream": upstream,
-                                          "duration_ms": round(elapsed * 1000, 2)}})
+        fields = {"event": "request", "request_id": request[REQUEST_ID], "client": request.remote, "user": user,
+                  "method": request.method, "path": request.path, "status": status, "upstream": upstream,
+                  "duration_ms": round(elapsed * 1000, 2)}
+        trace = request.get(TRACE_ID)               # tracing on: find the slow request's trace
+        if trace is not None:
+            fields["trace_id"] = trace
+        access_log.info("%s %s %d %.1fms user=%s rid=%s%s", request.method, request.path, status, elapsed * 1000,
+                        user, request[REQUEST_ID], f" trace={trace}" if trace is not None else "",
+                        extra={"fields": fields})
 
 
 # -- the table: domain error → response ---------------------------------------------------------

@@ -19,7 +19,7 @@ literal ``${``.
 
 The package: ``values`` (secrets, durations and single-field rules); the frozen models with their rules
 across fields — ``base`` (what every model shares), ``provider``, ``sessions`` (cookie and session store),
-``access`` (upstreams, authorization, skip_auth, cors) and ``models`` (``Config`` itself, limits, logging);
+``access`` (upstreams, authorization, skip_auth, cors), ``tracing`` and ``models`` (``Config`` itself, limits, logging);
 ``loading`` (YAML, substitution, environment overrides, error messages).
 """
 
@@ -28,6 +28,7 @@ from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, TLSConfig, Up
 from .models import Config, LimitsConfig, LoggingConfig
 from .provider import ClaimsConfig, ProviderConfig
 from .sessions import CookieConfig, RedisConfig, SessionConfig
+from .tracing import TracingConfig
 from .values import (CALLBACK_PATH, COOKIE_KEY_BYTES, DEFAULT_ID_TOKEN_ALGORITHMS, KNOWN_ID_TOKEN_ALGORITHMS,
                      MAKE_KEY_HINT, RESERVED_AUTHORIZE_PARAMS, TEMPLATE_NAME, Duration, Loc, PositiveDuration, Secret,
                      parse_duration, template_problem)
@@ -57,6 +58,7 @@ __all__ = [
                      "SessionConfig",
                      "SkipAuthRule",
                      "TLSConfig",
+                     "TracingConfig",
                      "UpstreamConfig",
                      "env_overrides",
                      "load_config",

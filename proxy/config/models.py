@@ -18,6 +18,7 @@ from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, UpstreamConfi
 from .base import _CrossFieldProblems, _Model
 from .provider import ProviderConfig
 from .sessions import CookieConfig, SessionConfig
+from .tracing import TracingConfig
 from .values import (CALLBACK_PATH, Duration, Loc, PositiveDuration, _absolute_path, _cidr, _lower, _origin,
                      _public_url, _split_listen, _templates_dir, _workers)
 
@@ -68,6 +69,7 @@ class Config(_Model):
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
     templates_dir: Annotated[str, AfterValidator(_templates_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     limits: LimitsConfig = LimitsConfig()
     shutdown_timeout: Duration = 30.0
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1

@@ -32,6 +32,7 @@ from ..config import ProviderConfig
 from ..errors import ProviderError
 from ..metrics import Metrics
 from ..session import Identity
+from ..tracing import span
 from ..tokens import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, Expectations, TokenValidator, media_type
 from .client import MAX_RESPONSE_BYTES, USER_AGENT, ProviderClient
 from .grants import MAX_EXPIRES_IN, TokenSet, authenticated, token_set
@@ -119,9 +120,16 @@ class Provider:
 
     async def _grant(self, step: str, form: dict[str, str], timeout: float | None = None) -> TokenSet:
         form, headers = authenticated(self.config, form)
-        body = await self._client.call(step, "POST", self._meta().token_endpoint, data=form, headers=headers,
-                                       timeout=timeout)
-        return token_set(step, body, self._clock())
+        with span(f"provider {step}", client=True, **{"authproxy.grant": form["grant_type"]}) as current:
+            try:
+                body = await self._client.call(step, "POST", self._meta().token_endpoint, data=form,
+                                               headers=headers, timeout=timeout)
+                tokens = token_set(step, body, self._clock())
+            except ProviderError as exc:
+                current.set_attribute("authproxy.outcome", "unavailable" if exc.transient else "refused")
+                raise
+            current.set_attribute("authproxy.outcome", "ok")
+            return tokens
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         """Claims from the userinfo endpoint (OIDC Core §5.3), or a plain OAuth 2.0 provider's user API."""

@@ -35,6 +35,7 @@ from ..headers import HeaderPolicy
 from ..metrics import METRICS
 from ..paths import normalized_path, strip_segments
 from ..session import Session
+from ..tracing import inject, inject_items, span
 from . import splice
 from .http1 import Http1Error, Http1Response, Http1Timeout
 from .http1_pool import Http1Pool, serialize_head
@@ -149,8 +150,11 @@ class Forwarder:
         body = request.content if request.body_exists else None
         started = time.perf_counter()
         try:
-            resp = await upstream.client.request(request.method, url, headers=headers, data=body,
-                                                 allow_redirects=False, timeout=upstream.timeout)
+            with span("upstream", client=True, **{"server.address": upstream.config.url}) as current:
+                inject(headers)
+                resp = await upstream.client.request(request.method, url, headers=headers, data=body,
+                                                     allow_redirects=False, timeout=upstream.timeout)
+                current.set_attribute("http.response.status_code", resp.status)
             request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
         except TimeoutError:
             raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
@@ -173,21 +177,23 @@ class Forwarder:
         ``body_length``, the request's large body goes from socket to socket in the kernel."""
         target = upstream.base_path + upstream.request_target(normalized_path(request),
                                                               request.rel_url.raw_query_string)
-        items = self.headers.request_items(request, session, upstream.host_header)
-        if request.method not in _BODILESS_METHODS and "Content-Length" not in request.headers:
-            items.append(("Content-Length", "0"))      # as aiohttp's client does: some servers want it (411)
-        head = serialize_head(request.method, target, items)
-        started = time.perf_counter()
-        try:
-            if body_length is None:
-                resp = await pool.request(head, idempotent=request.method in IDEMPOTENT)
-            else:
-                resp = await _send_spliced(request, pool, head, body_length)
-        except Http1Timeout:
-            raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
-        except Http1Error as exc:
-            log.warning("upstream %s failed: %s", upstream.config.url, exc)
-            raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
+        with span("upstream", client=True, **{"server.address": upstream.config.url}) as current:
+            items = inject_items(self.headers.request_items(request, session, upstream.host_header))
+            if request.method not in _BODILESS_METHODS and "Content-Length" not in request.headers:
+                items.append(("Content-Length", "0"))      # as aiohttp's client does: some servers want it (411)
+            head = serialize_head(request.method, target, items)
+            started = time.perf_counter()
+            try:
+                if body_length is None:
+                    resp = await pool.request(head, idempotent=request.method in IDEMPOTENT)
+                else:
+                    resp = await _send_spliced(request, pool, head, body_length)
+            except Http1Timeout:
+                raise UpstreamTimeout(f"The application at {upstream.config.path} did not answer in time.") from None
+            except Http1Error as exc:
+                log.warning("upstream %s failed: %s", upstream.config.url, exc)
+                raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
+            current.set_attribute("http.response.status_code", resp.status)
         request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
         try:
             return await relay(request, resp.status, resp.reason, self.headers.response_headers(resp.headers), resp,
