@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, SEALER
@@ -28,6 +26,7 @@ from .errors import ProviderError
 from .host import HostFanout, HostLink, HostRefreshes
 from .metrics import METRICS, Metrics
 from .provider import Provider
+from .provider.client import provider_http
 from .redis_store import RedisDenylist, RedisStore
 from .refresh import GRANT_CAP, Refresher
 from .session import CODEC, STORE
@@ -83,10 +82,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
     """The provider's HTTP client, and its metadata loaded in the background until it succeeds."""
     config = app[CONFIG]
-    ssl_ctx: ssl.SSLContext | bool = True
-    if config.provider.ca_file:
-        ssl_ctx = tls_context(config.provider.ca_file)
-    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx), cookie_jar=aiohttp.DummyCookieJar())
+    http = provider_http(tls_context(config.provider.ca_file) if config.provider.ca_file else None)
     app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
     link = app[LASTING].host                 # the Redis store shares refreshes itself (its lock)
     shared = link is not None and not isinstance(app[STORE], RedisStore)

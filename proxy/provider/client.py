@@ -11,6 +11,7 @@ see aiohttp exceptions.
 from __future__ import annotations
 
 import json
+import ssl as ssl_module
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,19 @@ from ..metrics import Metrics
 # Largest provider response we read (discovery, JWKS, tokens, userinfo).
 MAX_RESPONSE_BYTES = 1 << 20
 USER_AGENT = f"authproxy/{__version__}"
+# Seconds an idle connection to the provider is kept for reuse: under the 5 s keep-alive timeout of
+# Node.js and Apache. Kept longer (aiohttp's default is 15 s), a request can go out on a connection the
+# server is closing at that moment — its idle timer fires late on a busy machine — and a token exchange
+# fails with a reset (tests/integration/test_provider_keepalive.py). A grant is never sent twice, so
+# the only safe cure is not to send it on such a connection.
+KEEPALIVE = 4.0
+
+
+def provider_http(ssl: ssl_module.SSLContext | None) -> aiohttp.ClientSession:
+    """The HTTP client every call to the provider goes through (one per app)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else True,
+                                                                keepalive_timeout=KEEPALIVE),
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 class ProviderClient:
