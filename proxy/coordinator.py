@@ -249,7 +249,13 @@ async def serve(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)                                       # left by a coordinator that died
     coordinator = Coordinator()
-    server = await asyncio.start_unix_server(coordinator.serve_client, path=path)
+    # Created 0600, not chmod-ed after: between bind and chmod another local user could connect (the
+    # test that checks the mode saw the window on a loaded machine). The coordinator is a process of its own.
+    previous = os.umask(0o077)
+    try:
+        server = await asyncio.start_unix_server(coordinator.serve_client, path=path)
+    finally:
+        os.umask(previous)
     os.chmod(path, 0o600)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
