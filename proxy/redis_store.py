@@ -281,12 +281,14 @@ class RedisStore:
                 await self._redis.eval(_TOUCH, 1, self._key("s", session.id), self._ttl_ms(session, now), TOMBSTONE)
         return None
 
-    def _ttl_ms(self, session: Session, now: float) -> int:
-        """A new key's life: to the session's absolute end, or with an idle timeout its idle window if shorter."""
-        life = session.created_at + self._max_life - now
+    def _ttl_ms(self, session: Session, used: float) -> int:
+        """The key's life from now: to the session's absolute end, or with an idle timeout to the end of
+        the idle window of a use at ``used`` if sooner."""
+        now = self._clock()
+        end = session.created_at + self._max_life
         if self._idle is not None:
-            life = min(life, idle_window(self._idle))
-        return max(1000, int(life * 1000))
+            end = min(end, used + idle_window(self._idle))
+        return max(1000, int((end - now) * 1000))
 
     async def _put(self, session_id: str, key: bytes, session: Session, *, new: bool) -> None:
         ttl = self._ttl_ms(session, self._clock())
