@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 from proxy.session import CODEC
 from tests.support.browserless import login_via_http
 from tests.support.echo import header_values
+from tests.integration.test_websocket import WsApp, start_ws_app, ws_url
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +146,34 @@ async def test_a_sign_in_near_the_header_budget_is_logged_once_without_tokens(st
     assert "cookie.minimal: true" in lines[0] and "session.store: redis" in lines[0]
     for token in tokens:
         assert token and token[:24] not in lines[0]
+
+
+@pytest.fixture
+async def ws_upstream() -> AsyncIterator[WsApp]:
+    """test_websocket.py's WebSocket app: echoes every frame."""
+    app = await start_ws_app()
+    yield app
+    await app.runner.cleanup()
+
+
+async def test_a_websocket_handshake_is_a_use_its_frames_are_not_and_idle_does_not_close_it(
+        stack_factory, ws_upstream, browser_session):
+    """The choice documented for cookie.idle_timeout: the handshake is a request and records a use (the
+    cookie store's new cookie rides on the 101); frames on the open socket do not, so an HTTP request after
+    the window is signed out; and the socket itself is not closed by the idle timeout."""
+    stack = await stack_factory(cookie=IDLE, upstreams=[{"path": "/", "url": ws_upstream.url, "websockets": True}])
+    await login_via_http(browser_session, stack.url + "/")
+    before = jar_cookies(browser_session)
+    await asyncio.sleep(0.7)                                    # a use is due
+    async with browser_session.ws_connect(ws_url(stack)) as ws:
+        after_handshake = jar_cookies(browser_session)
+        assert after_handshake != before                        # the use was recorded on the 101
+        assert stack.proxy.app[CODEC].load(after_handshake).last_seen is not None
+        for _ in range(8):                                      # 3.2 s of traffic, past the 2.5 s window
+            await ws.send_str("still here")
+            assert (await ws.receive(timeout=5)).data == "still here"
+            await asyncio.sleep(0.4)
+        api = await get(stack.url + "/api", after_handshake)
+        assert api.status == 401                                # frames are no use
+        await ws.send_str("and open")
+        assert (await ws.receive(timeout=5)).data == "and open"  # the socket is not closed by idleness
