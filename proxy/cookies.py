@@ -135,14 +135,15 @@ class CookieCodec:
             return
         self._budget_quiet_until = now + BUDGET_WARN_EVERY
         count, self._over_budget = self._over_budget, 0
+        minimal = "is on already" if self.config.minimal else \
+            f"true (leaves out the ID token, {len(session.id_token or '')} bytes here)"
         log.warning("session cookies near the header budget: %d bytes of Set-Cookie in %d cookie(s), "
                     "cookie.header_budget is %d (warning from %d); %d sign-in(s) like this since the last "
                     "warning. Front servers refuse large headers (nginx: 8 KB per line by default). To shrink "
-                    "them: cookie.minimal: true (leaves out the ID token, %d bytes here), session.store: redis "
-                    "(the cookie becomes a ticket of about 200 bytes), or fewer scopes and claims (access "
-                    "token %d bytes, refresh token %d bytes, %d groups)", size, len(cookies), budget,
-                    int(budget * BUDGET_WARN_AT), count, len(session.id_token or ""), len(session.access_token),
-                    len(session.refresh_token or ""), len(session.identity.groups))
+                    "them: cookie.minimal %s, session.store: redis (the cookie becomes a ticket of about 200 "
+                    "bytes), or fewer scopes and claims (access token %d bytes, refresh token %d bytes, "
+                    "%d groups)", size, len(cookies), budget, int(budget * BUDGET_WARN_AT), count, minimal,
+                    len(session.access_token), len(session.refresh_token or ""), len(session.identity.groups))
 
     def _decoded(self, sealed: str) -> Session:
         """Open and parse ``sealed``, once per distinct value: a browser sends the same cookie on

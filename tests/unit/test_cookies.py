@@ -375,7 +375,7 @@ def test_header_budget_warns_once_an_hour_with_sizes_and_fixes_never_tokens(capl
     assert f"{size} bytes of Set-Cookie in {len(pairs)} cookie(s)" in lines[0]
     assert "cookie.header_budget is 4096 (warning from 3072)" in lines[0]
     assert "1 sign-in(s)" in lines[0] and "2 sign-in(s)" in lines[1]
-    for fix in ("cookie.minimal: true", "session.store: redis", "fewer scopes"):
+    for fix in ("cookie.minimal true", "session.store: redis", "fewer scopes"):
         assert fix in lines[0]
     for secret in ("ID" + "i" * 20, "AT" + "a" * 20, "RT-secret", pairs[0][1][:40]):
         assert secret not in lines[0] and secret not in lines[1]
@@ -387,3 +387,12 @@ def test_header_budget_is_quiet_below_three_quarters(caplog):
     caplog.set_level("WARNING", logger="authproxy.session")
     c.check_budget(session(), pairs)
     assert not [r for r in caplog.records if "header budget" in r.getMessage()]
+
+
+def test_header_budget_warning_with_minimal_on_does_not_offer_it_again(caplog):
+    c = idle_codec(lambda: NOW, idle=None, header_budget=1024, minimal=True)
+    big = session(access_token="AT" + "a" * 1500)
+    caplog.set_level("WARNING", logger="authproxy.session")
+    c.check_budget(big, c.dump(big))
+    [line] = [r.getMessage() for r in caplog.records if "header budget" in r.getMessage()]
+    assert "cookie.minimal is on already" in line and "leaves out the ID token" not in line
