@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -52,6 +53,8 @@ from .model import Session, idle_window
 
 if TYPE_CHECKING:
     from .ending import SessionEnd
+
+log = logging.getLogger("authproxy.session")
 
 # How often a waiter looks whether another replica's refresh lock is gone.
 LOCK_POLL = 0.05
@@ -277,8 +280,10 @@ class RedisStore:
         """Record a use: slide the key's TTL to the idle window (capped by the absolute end). The session
         and the ticket stay as they are (None: no cookie to write)."""
         if self._idle is not None and session.id:
-            with _reachable():
+            try:
                 await self._redis.eval(_TOUCH, 1, self._key("s", session.id), self._ttl_ms(session, now), TOMBSTONE)
+            except RedisError as exc:      # the session was just read: serve it; the next request records the use
+                log.warning("session use not recorded in Redis (%s); the next request tries again", type(exc).__name__)
         return None
 
     def _ttl_ms(self, session: Session, used: float) -> int:
