@@ -15,6 +15,7 @@ from .base import _Model
 from .values import (_COOKIE_NAME, _DOMAIN, Duration, Loc, PositiveDuration, Secret, _absolute_path, _at_least_one,
                      _cookie_key, _decode_key, _existing_file, _lower, _one_or_many, _redis_url)
 
+
 def _budget(value: int) -> int:
     if not 1024 <= value <= 1 << 20:
         raise ValueError(f"must be a number of bytes between 1024 and 1048576; got {value}, e.g. write 8192")
@@ -46,7 +47,7 @@ class CookieConfig(_Model):
     # Off by default: existing sessions keep their meaning on upgrade, and the right value is the app's.
     idle_timeout: PositiveDuration | None = None
     minimal: bool = False
-    # Warn at sign-in when the session's Set-Cookie headers reach this many bytes (``cookies.HeaderBudget``).
+    # Warn at sign-in when the session's Set-Cookie headers come near this many bytes (``CookieCodec.check_budget``).
     header_budget: Annotated[int, AfterValidator(_budget)] = 8192
 
     @property
