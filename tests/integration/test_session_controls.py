@@ -177,3 +177,24 @@ async def test_a_websocket_handshake_is_a_use_its_frames_are_not_and_idle_does_n
         assert api.status == 401                                # frames are no use
         await ws.send_str("and open")
         assert (await ws.receive(timeout=5)).data == "and open"  # the socket is not closed by idleness
+
+
+async def test_with_redis_an_idle_session_s_socket_ends_at_its_next_refresh(stack_factory, ws_upstream, redis_server,
+                                                                            browser_session):
+    """Documented: with the Redis store the idle session's key is gone, so the socket's background refresh at
+    the access token's expiry finds no session and closes the socket with 4401 (frames kept no session)."""
+    stack = await stack_factory(cookie=IDLE, session=redis_section(redis_server.url),
+                                idp_options={"access_token_ttl": 4},
+                                upstreams=[{"path": "/", "url": ws_upstream.url, "websockets": True}])
+    await login_via_http(browser_session, stack.url + "/")
+    async with browser_session.ws_connect(ws_url(stack)) as ws:
+        async with asyncio.timeout(15):
+            while True:
+                await ws.send_str("still here")
+                msg = await ws.receive()
+                if msg.type is aiohttp.WSMsgType.CLOSE:
+                    break
+                assert msg.data == "still here"
+                await asyncio.sleep(0.3)
+        assert (msg.data, msg.extra) == (4401, "session expired")
+    assert stack.idp.count_grants("refresh_token") == 0        # the ended session spent no refresh grant
