@@ -140,7 +140,7 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
     written: set[str] = set()
     session = state.peek()
     if session is not None and state.touch_only and REFRESHER in request.app:
-        session = request.app[REFRESHER].newest(session)
+        session = await request.app[REFRESHER].newest(session)
     if session is not None:
         max_age = session.created_at + codec.config.expire - codec.clock()
         for name, value in await _stored(request, state, session):
