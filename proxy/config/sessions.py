@@ -48,7 +48,9 @@ class CookieConfig(_Model):
     idle_timeout: PositiveDuration | None = None
     minimal: bool = False
     # Warn at sign-in when the session's Set-Cookie headers come near this many bytes (``CookieCodec.check_budget``).
-    header_budget: Annotated[int, AfterValidator(_budget)] = 8192
+    header_budget: Annotated[int, AfterValidator(_budget),
+                             WithJsonSchema({"type": "integer", "minimum": 1024, "maximum": 1048576,
+                                             "description": "bytes of Set-Cookie; sign-in warns from 3/4"})] = 8192
 
     @property
     def keys(self) -> tuple[bytes, ...]:

@@ -114,3 +114,21 @@ async def test_a_shared_refresh_result_never_carries_an_older_last_seen(client):
     written = session_cookie(app, response)
     assert written is not None and written.refresh_token == "RT-2"
     assert written.last_seen == NOW - 5                        # this request's own time, not the result's older one
+
+
+def test_config_schema_describes_the_new_keys():
+    import jsonschema
+    import yaml
+
+    from proxy.config import Config
+    from tests.unit.test_config import EXAMPLE
+
+    schema = Config.model_json_schema()
+    cookie = schema["$defs"]["CookieConfig"]["properties"]
+    assert {"idle_timeout", "minimal", "header_budget"} <= set(cookie)
+    base = yaml.safe_load(EXAMPLE.read_text())
+    for good in ({"idle_timeout": "30m"}, {"idle_timeout": None}, {"minimal": True}, {"header_budget": 16384}):
+        jsonschema.validate({**base, "cookie": {**base["cookie"], **good}}, schema)
+    for wrong in ({"idle_timeout": "soon"}, {"minimal": "yes please"}, {"header_budget": 100}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**base, "cookie": {**base["cookie"], **wrong}}, schema)
