@@ -84,11 +84,14 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-# A use (idle timeout): slide a live session's TTL forward to ARGV[1] ms; never shorter, never a tombstone's.
+# A use (idle timeout): slide a live session's TTL forward to ARGV[1] ms; never shorter, never a tombstone's
+# — except a TTL longer than the idle window (ARGV[3] ms), which no use set (a key stored before the idle
+# timeout was configured): that one comes down to ARGV[1].
 _TOUCH = """
 local current = redis.call('GET', KEYS[1])
 if current == false or current == ARGV[2] then return 0 end
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) or left > tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 """
 # Seconds of slack when telling a TTL capped by the session's absolute end from one a use set.
@@ -226,7 +229,9 @@ class RedisStore:
     async def _get_with_use(self, session_id: str, key: bytes) -> Session | None:
         """The session, and when its use was last recorded, told by its key's TTL: a use set it to the
         idle window, so the time since is what the window lost. A TTL at the session's absolute end
-        (which caps every slide) means no use could extend it any more: recorded as now."""
+        (which caps every slide) means no use could extend it any more: recorded as now. A TTL longer
+        than the window was set before the idle timeout was: counted from sign-in, as the cookie store
+        counts a cookie without a recorded use; None when that is longer ago than the window."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(self._key("s", session_id))
         pipe.pttl(self._key("s", session_id))
@@ -235,10 +240,15 @@ class RedisStore:
         session = self._opened(session_id, key, sealed)
         if session is None or self._idle is None:
             return session
-        now, left = self._clock(), max(0.0, left_ms / 1000)
-        if left >= session.created_at + self._max_life - now - _TTL_SLACK:
-            return replace(session, last_seen=now)
-        return replace(session, last_seen=now - (idle_window(self._idle) - left))
+        now, left, window = self._clock(), max(0.0, left_ms / 1000), idle_window(self._idle)
+        if left > window + _TTL_SLACK:          # stored before the idle timeout was set: no use recorded,
+            seen = session.created_at           # so, as a cookie without one, last used at sign-in
+        elif left >= session.created_at + self._max_life - now - _TTL_SLACK:
+            seen = now
+        else:
+            seen = now - (window - left)
+        session = replace(session, last_seen=seen)
+        return None if session.idle_expired(self._idle, now) else session
 
     async def _get(self, session_id: str, key: bytes) -> Session | None:
         with _reachable():
@@ -281,7 +291,8 @@ class RedisStore:
         and the ticket stay as they are (None: no cookie to write)."""
         if self._idle is not None and session.id:
             try:
-                await self._redis.eval(_TOUCH, 1, self._key("s", session.id), self._ttl_ms(session, now), TOMBSTONE)
+                await self._redis.eval(_TOUCH, 1, self._key("s", session.id), self._ttl_ms(session, now), TOMBSTONE,
+                                       int(idle_window(self._idle) * 1000) + 1000)
             except RedisError as exc:      # the session was just read: serve it; the next request records the use
                 log.warning("session use not recorded in Redis (%s); the next request tries again", type(exc).__name__)
         return None

@@ -383,3 +383,25 @@ async def test_a_use_that_cannot_reach_redis_is_logged_and_the_request_goes_on(c
     finally:
         await store.close()
     assert any("session use not recorded in Redis" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_session_stored_before_the_idle_timeout_counts_from_sign_in_as_a_cookie_does(make, redis_server,
+                                                                                             raw) -> None:
+    """Turning cookie.idle_timeout on: a key stored without it lives to the session's absolute end, which no use
+    set. It counts as last used at sign-in (the cookie store's reading of a cookie without last_seen): ended
+    when that is longer ago than the window, else its first use brings the TTL down to the window."""
+    before = make()                                              # no idle timeout
+    old, recent = session(now=time.time() - 100), session(now=time.time() - 20)
+    old_cookies, recent_cookies = dict(await before.save(old, {})), dict(await before.save(recent, {}))
+    after = RedisStore(RedisConfig(url=redis_server.url, key_prefix=PREFIX), NAME, LIFE, SEALER, idle_timeout=60)
+    try:
+        with pytest.raises(SessionWasEnded):
+            await after.load(old_cookies)                        # 100 s since sign-in > the 75 s window
+        loaded = await after.load(recent_cookies)
+        assert loaded.last_seen == recent.created_at and loaded.seen_due(60, time.time())
+        assert await raw.pttl(f"{PREFIX}s:{recent.id}") > 3_000_000
+        await after.seen(loaded, time.time())
+        assert 74_000 < await raw.pttl(f"{PREFIX}s:{recent.id}") <= 75_000
+        assert (await after.load(recent_cookies)).last_seen == pytest.approx(time.time(), abs=1.5)
+    finally:
+        await after.close()
