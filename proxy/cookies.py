@@ -11,7 +11,9 @@ parser can see a cookie the browser did not send. Names the proxy owns that arri
 ambiguous — a cookie tossed from a sibling subdomain, or planted under another path — and count as
 a bad cookie, never as either value. ``CookieCodec`` remembers the sessions it opened by their
 sealed bytes (canonically decoded, so one session has one key), within a memory budget.
-``cookie_header`` builds the ``Set-Cookie`` values, for the session and the login;
+With ``cookie.minimal`` the ID token is left out of what is sealed (see ``CookieCodec.dump``); at sign-in
+``CookieCodec.check_budget`` warns when the session's ``Set-Cookie`` headers come near
+``cookie.header_budget``. ``cookie_header`` builds the ``Set-Cookie`` values, for the session and the login;
 ``private_when_setting_own`` keeps shared caches from storing a response that sets one of them.
 
 The Session value is ``model.py``'s; the request path that uses this codec is ``session.py``'s.
@@ -20,10 +22,12 @@ The Session value is ``model.py``'s; the request path that uses this codec is ``
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import replace
 from http.cookies import Morsel
 from typing import TYPE_CHECKING
 
@@ -35,6 +39,8 @@ from .model import Session
 if TYPE_CHECKING:
     from .config import CookieConfig
     from .crypto import Sealer
+
+log = logging.getLogger("authproxy.session")
 
 # Browsers drop a cookie whose name and value together exceed this (RFC 6265bis §5.6, step 4).
 MAX_COOKIE_BYTES = 4096
@@ -49,6 +55,12 @@ DECODED_CACHE_BYTES = 16 * 1024 * 1024
 # Python objects behind one cached session beyond its bytes (Session, Identity, the dict entry). With
 # it the estimate runs ≈ 1 KB above what tracemalloc measured for sessions of 0.4 to 40 KB.
 _CACHE_ENTRY_OVERHEAD = 1536
+# A sign-in warns once its session's Set-Cookie headers reach this fraction of ``cookie.header_budget``:
+# the app's own cookies and the request's other headers share the front server's limit.
+BUDGET_WARN_AT = 0.75
+# At most one such warning per process this often (with how many sign-ins came near since the last one):
+# one big group claim would otherwise log a line per sign-in.
+BUDGET_WARN_EVERY = 3600.0
 
 
 class CookieCodec:
@@ -64,12 +76,19 @@ class CookieCodec:
         self.cache_bytes = 0
         self._parse = Session.from_bytes
         self._names = session_cookie_names(config.name)
+        self._over_budget = 0                     # sign-ins near the budget since the last warning
+        self._budget_quiet_until = float("-inf")
 
     def owned_names(self, cookies: Mapping[str, str]) -> list[str]:
         """The session cookie names present in a request: the plain name and any chunks."""
         return [n for n in cookies if n in self._names]
 
     def dump(self, session: Session) -> list[tuple[str, str]]:
+        """The cookies that hold ``session``. With ``cookie.minimal`` the ID token is not sealed: refresh,
+        the identity headers and authorization do not need it (the identity is kept, and re-derived from
+        the ID token a refresh returns); only RP-initiated logout loses its ``id_token_hint``."""
+        if self.config.minimal and session.id_token is not None:
+            session = replace(session, id_token=None)
         sealed = self._sealer.seal(session.to_bytes(), self._aad)
         if len(sealed) <= CHUNK_SIZE:
             return [(self.name, sealed)]
@@ -99,7 +118,32 @@ class CookieCodec:
             raise CookieError("session is older than cookie.expire")
         if session.access_expired(now) and not session.refresh_token:
             raise CookieError("access token expired and there is no refresh token")
+        if session.idle_expired(self.config.idle_timeout, now):
+            raise CookieError("session unused for longer than cookie.idle_timeout")
         return session
+
+    def check_budget(self, session: Session, cookies: list[tuple[str, str]]) -> None:
+        """At sign-in: warn (at most once per ``BUDGET_WARN_EVERY``) when the ``Set-Cookie`` headers that
+        carry ``cookies`` come near ``cookie.header_budget``, naming the sizes and the fixes — never a token."""
+        size = sum(len(self.set_header(name, value, self.config.expire)) for name, value in cookies)
+        budget = self.config.header_budget
+        if size < budget * BUDGET_WARN_AT:
+            return
+        self._over_budget += 1
+        now = self.clock()
+        if now < self._budget_quiet_until:
+            return
+        self._budget_quiet_until = now + BUDGET_WARN_EVERY
+        count, self._over_budget = self._over_budget, 0
+        minimal = "is on already" if self.config.minimal else \
+            f"true (leaves out the ID token, {len(session.id_token or '')} bytes here)"
+        log.warning("session cookies near the header budget: %d bytes of Set-Cookie in %d cookie(s), "
+                    "cookie.header_budget is %d (warning from %d); %d sign-in(s) like this since the last "
+                    "warning. Front servers refuse large headers (nginx: 8 KB per line by default). To shrink "
+                    "them: cookie.minimal %s, session.store: redis (the cookie becomes a ticket of about 200 "
+                    "bytes), or fewer scopes and claims (access token %d bytes, refresh token %d bytes, "
+                    "%d groups)", size, len(cookies), budget, int(budget * BUDGET_WARN_AT), count, minimal,
+                    len(session.access_token), len(session.refresh_token or ""), len(session.identity.groups))
 
     def _decoded(self, sealed: str) -> Session:
         """Open and parse ``sealed``, once per distinct value: a browser sends the same cookie on

@@ -28,6 +28,8 @@ CORS headers for allowed origins, so a front end on another origin can read them
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from .authz import Asked, authorize, authorize_all, is_preflight, query_rules, rules_for, skips_auth
@@ -38,7 +40,7 @@ from .errors import Forbidden, NotFound, SessionEnded, Unauthenticated
 from .headers import identity_headers
 from .metrics import METRICS
 from .pages import NO_STORE, json_answer
-from .session import Session, get_session, set_session
+from .session import STORE, Session, get_session, set_session
 from .paths import is_own_path, match_key, normalize_path, request_key
 from .upstream import FORWARDER
 from .websocket import forward_websocket, is_websocket_upgrade
@@ -68,7 +70,27 @@ async def authenticate(request: web.Request) -> Session | None:
     elif session.access_expired(request.app[CLOCK]()):
         await _ended(request, session, Reason.EXPIRY)      # sign in again
         return None
-    return fresh
+    return await _seen(request, session, fresh)
+
+
+async def _seen(request: web.Request, loaded: Session, fresh: Session) -> Session:
+    """With ``cookie.idle_timeout``: record this use when the recorded one is ``touch_interval`` old
+    (the store's ``seen``: a new cookie, or the Redis key's TTL slid), and never let a refresh result
+    shared from another request carry an older last-seen time than this request's own cookie."""
+    idle = request.app[CONFIG].cookie.idle_timeout
+    if idle is None:
+        return fresh
+    now = request.app[CLOCK]()
+    if fresh.last_active() < loaded.last_active():
+        fresh = replace(fresh, last_seen=loaded.last_active())
+        set_session(request, fresh)
+    if not fresh.seen_due(idle, now):
+        return fresh
+    touched = await request.app[STORE].seen(fresh, now)
+    if touched is None:                      # the store kept it (Redis): no cookie to write
+        return fresh
+    set_session(request, touched, touch_only=fresh is loaded)
+    return touched
 
 
 async def _ended(request: web.Request, session: Session, reason: Reason) -> None:

@@ -18,6 +18,26 @@ from typing import Any
 from .config import ClaimsConfig
 from .errors import CookieError, TokenValidationError
 
+# The idle timeout (``cookie.idle_timeout``) is kept without a write per request: a session's last-seen
+# time is rewritten only once it is this fraction of the timeout old, and never less often than every
+# TOUCH_MAX seconds — so an idle session ends between ``idle_timeout`` and ``idle_timeout`` plus that
+# interval after its last request (``Session.idle_expired``), and an active one costs a cookie (or a
+# Redis PEXPIRE) every few minutes at most.
+TOUCH_FRACTION = 0.25
+TOUCH_MAX = 300.0
+
+
+def touch_interval(idle_timeout: float) -> float:
+    """How stale the recorded last-seen time may grow before a request rewrites it."""
+    return min(idle_timeout * TOUCH_FRACTION, TOUCH_MAX)
+
+
+def idle_window(idle_timeout: float) -> float:
+    """How long after its recorded last-seen time a session ends: the timeout plus the touch interval,
+    because the recorded time may lag the last request by up to that interval. So a user idle for less
+    than ``idle_timeout`` is never signed out."""
+    return idle_timeout + touch_interval(idle_timeout)
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -95,6 +115,7 @@ class Session:
     id_token: str | None = field(default=None, repr=False)
     sid: str | None = None                # OIDC session id, for back-channel logout
     id: str = ""                          # random per sign-in: names this session in logs and registries
+    last_seen: float | None = None        # last recorded use, at touch_interval granularity (idle timeout only)
 
     def __repr__(self) -> str:
         return (f"Session(sub={self.identity.sub!r}, access_token=yes, "
@@ -103,6 +124,18 @@ class Session:
 
     def access_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
+
+    def last_active(self) -> float:
+        """When the session was last recorded in use: ``last_seen``, or its sign-in."""
+        return self.last_seen if self.last_seen is not None else self.created_at
+
+    def idle_expired(self, idle_timeout: float | None, now: float) -> bool:
+        """Whether the session went unused past ``idle_timeout`` (see ``idle_window``); None: never."""
+        return idle_timeout is not None and self.last_active() + idle_window(idle_timeout) <= now
+
+    def seen_due(self, idle_timeout: float | None, now: float) -> bool:
+        """Whether a request now should rewrite ``last_seen`` (it is ``touch_interval`` old)."""
+        return idle_timeout is not None and now - self.last_active() >= touch_interval(idle_timeout)
 
     def with_tokens(self, **changes: Any) -> Session:
         return replace(self, **changes)
@@ -141,4 +174,4 @@ class Session:
                 and text(ident.name) and all(isinstance(g, str) for g in ident.groups)
                 and text(self.access_token, False) and text(self.id, False) and text(self.refresh_token)
                 and text(self.id_token) and text(self.sid) and number(self.created_at, False)
-                and number(self.expires_at) and number(self.issued_at))
+                and number(self.expires_at) and number(self.issued_at) and number(self.last_seen))

@@ -18,6 +18,13 @@ in flight when the user signs out cannot re-create the session with its plain sa
 finds sessions through ``sid`` and ``sub`` index sets, named by an HMAC under a key derived from the
 cookie secret (``Sealer.blind``), so neither a dump nor a guess of user names reveals who is signed in;
 each session remembers the sets it is in, and an end takes it out of them.
+
+With ``cookie.idle_timeout`` the session key lives no longer than the idle window
+(``model.idle_window``) past its last recorded use: ``seen`` slides its TTL forward (never back, never
+past the session's absolute end, never on a tombstone) at most every ``model.touch_interval``, and a
+load reads the TTL with the value (one round trip) to know when the use was last recorded. An idle
+session's key simply expires. Nothing else moves the TTL: a refresh keeps the key's TTL as it is, so a
+WebSocket refreshing in the background does not keep an idle session alive.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -40,10 +49,12 @@ from redis.exceptions import RedisError
 from .config import RedisConfig
 from .crypto import Sealer, b64url_decode, b64url_encode, random_token
 from .errors import CookieError, SessionWasEnded, StoreUnavailable
-from .model import Session
+from .model import Session, idle_window
 
 if TYPE_CHECKING:
     from .ending import SessionEnd
+
+log = logging.getLogger("authproxy.session")
 
 # How often a waiter looks whether another replica's refresh lock is gone.
 LOCK_POLL = 0.05
@@ -57,14 +68,34 @@ _EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pex
            "else return 0 end")
 # What an ended session's key holds instead of the sealed session (sealed values start with "1.").
 TOMBSTONE = "ended"
-# Save: never over a tombstone; a refresh ("update") only over a session that still exists.
-# KEYS[1] session key; ARGV: sealed session, ttl seconds, "new"/"update", tombstone. 1 = saved.
+# Save: never over a tombstone; a refresh ("update") only over a session that still exists, keeping its
+# TTL (the idle window a request last slid, or the absolute end).
+# KEYS[1] session key; ARGV: sealed session, ttl milliseconds for a new one, "new"/"update", tombstone. 1 = saved.
 _SAVE = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[4] or (current == false and ARGV[3] == 'update') then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] == 'update' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', left)
+    return 1
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+# A use (idle timeout): slide a live session's TTL forward to ARGV[1] ms; never shorter, never a tombstone's
+# — except a TTL longer than the idle window (ARGV[3] ms), which no use set (a key stored before the idle
+# timeout was configured): that one comes down to ARGV[1].
+_TOUCH = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[2] then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) or left > tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+# Seconds of slack when telling a TTL capped by the session's absolute end from one a use set.
+_TTL_SLACK = 1.5
 # End: the tombstone replaces the session whatever it was; 1 if a live session was there.
 _END = """
 local current = redis.call('GET', KEYS[1])
@@ -134,8 +165,10 @@ class _Health:
 
 class RedisStore:
     def __init__(self, config: RedisConfig, cookie_name: str, max_life: float, sealer: Sealer,
-                 clock: Callable[[], float] = time.time, client: Any = None) -> None:
+                 clock: Callable[[], float] = time.time, client: Any = None,
+                 idle_timeout: float | None = None) -> None:
         self.config = config
+        self._idle = idle_timeout
         self.name = cookie_name
         self._aad = cookie_name.encode()
         self._max_life = max_life
@@ -188,15 +221,45 @@ class RedisStore:
         ticket = self._open_ticket(cookies)
         if ticket is None:
             return None
-        session = await self._get(*ticket)
+        if self._idle is None:
+            session = await self._get(*ticket)
+        else:
+            session = await self._get_with_use(*ticket)
         if session is None:
-            raise SessionWasEnded("the session no longer exists in Redis (expired, signed out or revoked)")
+            raise SessionWasEnded("the session no longer exists in Redis (expired, idle, signed out or revoked)")
         self._remember(*ticket)
         return session
+
+    async def _get_with_use(self, session_id: str, key: bytes) -> Session | None:
+        """The session, and when its use was last recorded, told by its key's TTL: a use set it to the
+        idle window, so the time since is what the window lost. A TTL at the session's absolute end
+        (which caps every slide) means no use could extend it any more: recorded as now. A TTL longer
+        than the window was set before the idle timeout was: counted from sign-in, as the cookie store
+        counts a cookie without a recorded use; None when that is longer ago than the window."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._key("s", session_id))
+        pipe.pttl(self._key("s", session_id))
+        with _reachable():
+            sealed, left_ms = await pipe.execute()
+        session = self._opened(session_id, key, sealed)
+        if session is None or self._idle is None:
+            return session
+        now, left, window = self._clock(), max(0.0, left_ms / 1000), idle_window(self._idle)
+        if left > window + _TTL_SLACK:          # stored before the idle timeout was set: no use recorded,
+            seen = session.created_at           # so, as a cookie without one, last used at sign-in
+        elif left >= session.created_at + self._max_life - now - _TTL_SLACK:
+            seen = now
+        else:
+            seen = now - (window - left)
+        session = replace(session, last_seen=seen)
+        return None if session.idle_expired(self._idle, now) else session
 
     async def _get(self, session_id: str, key: bytes) -> Session | None:
         with _reachable():
             sealed = await self._redis.get(self._key("s", session_id))
+        return self._opened(session_id, key, sealed)
+
+    def _opened(self, session_id: str, key: bytes, sealed: bytes | str | None) -> Session | None:
         if sealed is None:
             return None
         sealed = sealed.decode() if isinstance(sealed, bytes) else sealed
@@ -227,9 +290,30 @@ class RedisStore:
         except CookieError:
             return None
 
+    async def seen(self, session: Session, now: float) -> Session | None:
+        """Record a use: slide the key's TTL to the idle window (capped by the absolute end). The session
+        and the ticket stay as they are (None: no cookie to write)."""
+        if self._idle is not None and session.id:
+            try:
+                await self._redis.eval(_TOUCH, 1, self._key("s", session.id), self._ttl_ms(session, now), TOMBSTONE,
+                                       int(idle_window(self._idle) * 1000) + 1000)
+            except RedisError as exc:      # the session was just read: serve it; the next request records the use
+                log.warning("session use not recorded in Redis (%s); the next request tries again", type(exc).__name__)
+        return None
+
+    def _ttl_ms(self, session: Session, used: float) -> int:
+        """The key's life from now: to the session's absolute end, or with an idle timeout to the end of
+        the idle window of a use at ``used`` if sooner."""
+        now = self._clock()
+        end = session.created_at + self._max_life
+        if self._idle is not None:
+            end = min(end, used + idle_window(self._idle))
+        return max(1000, int((end - now) * 1000))
+
     async def _put(self, session_id: str, key: bytes, session: Session, *, new: bool) -> None:
-        ttl = max(1, int(session.created_at + self._max_life - self._clock()))
-        sealed = Sealer([key]).seal(session.to_bytes(), session_id.encode())
+        ttl = self._ttl_ms(session, self._clock())
+        # last_seen is the key's TTL here, never the sealed value: a save must not look like a use.
+        sealed = Sealer([key]).seal(replace(session, last_seen=None).to_bytes(), session_id.encode())
         with _reachable():
             saved = await self._redis.eval(_SAVE, 1, self._key("s", session_id), sealed, ttl,
                                            "new" if new else "update", TOMBSTONE)

@@ -250,6 +250,17 @@ class Refresher:
             raise TokenValidationError("sub", "the refreshed tokens name another user")
         return identity
 
+    async def newest(self, session: Session) -> Session:
+        """``session`` with the newest tokens a refresh of it gave — in this process (within ``RECENT_TTL``)
+        or, with ``workers: N``, in another worker of the host — keeping the later of the two last-seen
+        times; ``session`` itself when none is known. Spends nothing."""
+        latest = self._latest_known(session)[0]
+        if latest is session and self._host is not None and session.refresh_token:
+            latest = await self._recall(fingerprint(session.refresh_token), session) or session
+        if latest is session:
+            return session
+        return replace(latest, last_seen=max(latest.last_active(), session.last_active()))
+
     def _latest_known(self, session: Session) -> tuple[Session, list[str]]:
         """Follow remembered results from this session's refresh token to the newest tokens
         (RT1 → (AT2, RT2) → (AT3, RT3)…), and the spent tokens' keys met on the way. Chains stay short:

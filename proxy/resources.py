@@ -64,7 +64,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     assert local is not None
     store: SessionStore
     if config.session.store == "redis" and redis is not None:
-        store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock)
+        store = RedisStore(redis, config.cookie.name, config.cookie.expire, app[SEALER], clock,
+                           idle_timeout=config.cookie.idle_timeout)
     else:
         denylist = RedisDenylist(redis, app[SEALER].blind, clock) if redis is not None else local
         store = CookieStore(app[CODEC], denylist)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from .context import REFRESHER
 from .cookies import CookieCodec, own_cookies
 from .ending import ENDS, Reason
 from .errors import AuthProxyError, CookieError, SessionTooLarge, SessionWasEnded
@@ -41,7 +42,7 @@ class SessionState:
     reach the browser whatever response ends the request, error pages included.
     """
 
-    __slots__ = ("_session", "changed", "cookies", "deferred", "loaded", "present", "saved")
+    __slots__ = ("_session", "changed", "cookies", "deferred", "loaded", "present", "saved", "touch_only")
 
     def __init__(self, present: list[str], cookies: Mapping[str, str]) -> None:
         self.cookies = cookies                    # the session's own cookies, read as browsers mean them
@@ -51,6 +52,7 @@ class SessionState:
         self.present = present
         self.deferred: list[str] = []
         self.saved: list[tuple[str, str]] | None = None
+        self.touch_only = False                   # changed only to record a use (idle timeout)
 
     async def load(self, store: SessionStore) -> Session | None:
         """The session in the request's cookies, read from the store on the first call only.
@@ -71,10 +73,11 @@ class SessionState:
         """The session if it was loaded, for the access log (never loads it)."""
         return self._session
 
-    def set(self, session: Session | None) -> None:
+    def set(self, session: Session | None, *, touch_only: bool = False) -> None:
         self._session = session
         self.loaded = self.changed = True
         self.saved = None
+        self.touch_only = touch_only
 
 
 SESSION_STATE = web.RequestKey("authproxy_session_state", SessionState)
@@ -102,20 +105,27 @@ def cookie_session_id(request: web.Request) -> str | None:
     return request.app[STORE].session_id(session_state(request).cookies)
 
 
-def set_session(request: web.Request, session: Session | None) -> None:
+def set_session(request: web.Request, session: Session | None, *, touch_only: bool = False) -> None:
     """Replace (or with None, drop) the request's session; the cookie follows on the response.
 
+    ``touch_only``: the session changed only in its last-seen time (``cookie.idle_timeout``); as the
+    cookie goes out it takes the newest tokens the Refresher knows for it, so a use recorded while
+    another request of the session refreshed cannot put the spent refresh token back in the browser.
     Dropping it only clears this browser's cookie: ending a session is ``ending.SessionEnds.end``'s.
     """
-    session_state(request).set(session)
+    session_state(request).set(session, touch_only=touch_only)
 
 
 async def commit_session(request: web.Request) -> None:
-    """Store a new session now (not as headers go out), so a store failure is still a clean error page."""
+    """Store a new session now (not as headers go out), so a store failure is still a clean error page.
+
+    This is the sign-in's save, so it is also where the new cookies are held against
+    ``cookie.header_budget`` (``CookieCodec.check_budget``: a warning in the log, nothing more)."""
     state = session_state(request)
     session = state.peek()
     if session is not None and state.changed:
         state.saved = await request.app[STORE].save(session, state.cookies)
+        request.app[CODEC].check_budget(session, state.saved)
 
 
 def defer_cookie(request: web.Request, set_cookie: str) -> None:
@@ -135,6 +145,8 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
     codec = request.app[CODEC]
     written: set[str] = set()
     session = state.peek()
+    if session is not None and state.touch_only and REFRESHER in request.app:
+        session = await request.app[REFRESHER].newest(session)
     if session is not None:
         max_age = session.created_at + codec.config.expire - codec.clock()
         for name, value in await _stored(request, state, session):

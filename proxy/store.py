@@ -9,7 +9,14 @@ Two stores pass one contract suite (``tests/contract/``):
   across replicas come with it.
 
 Either way a store answers ``load`` with a Session, None (no session) or ``CookieError`` (a bad
-one: the caller signs the user out), and raises ``StoreUnavailable`` when its backend is down.
+one, or one unused past ``cookie.idle_timeout``: the caller signs the user out), and raises
+``StoreUnavailable`` when its backend is down.
+
+With ``cookie.idle_timeout`` a request records the session's use through ``seen``, at most every
+``model.touch_interval``: the cookie store rewrites ``last_seen`` inside the sealed cookie (so a
+client can neither forge nor keep an older copy alive longer than its own time says); the Redis store
+slides the session key's TTL instead and never rewrites the session for it, so a use can never put
+back tokens another replica has just refreshed.
 
 An end (``ending.SessionEnd``) is final in every store (``record_end``): no later ``save`` brings the
 session back — ``save`` raises ``SessionWasEnded`` instead. The Redis store overwrites the session with
@@ -24,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import CookieError, SessionWasEnded
@@ -44,6 +52,8 @@ class SessionStore(Protocol):
         bad). For ending a session the store cannot load: a sign-out while the backend is down."""
 
     async def save(self, session: Session, cookies: Mapping[str, str]) -> list[tuple[str, str]]: ...
+
+    async def seen(self, session: Session, now: float) -> Session | None: ...
 
     def refresh_lock(self, session: Session) -> contextlib.AbstractAsyncContextManager[None]: ...
 
@@ -169,6 +179,10 @@ class CookieStore:
         if await self.denylist.ended(session):
             raise SessionWasEnded("the session was ended while this request was in flight")
         return self.codec.dump(session)
+
+    async def seen(self, session: Session, now: float) -> Session | None:
+        """The session to write back with its new last-seen time: the cookie is where it is kept."""
+        return replace(session, last_seen=now)
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, session: Session) -> AsyncIterator[None]:

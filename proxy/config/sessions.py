@@ -15,6 +15,13 @@ from .base import _Model
 from .values import (_COOKIE_NAME, _DOMAIN, Duration, Loc, PositiveDuration, Secret, _absolute_path, _at_least_one,
                      _cookie_key, _decode_key, _existing_file, _lower, _one_or_many, _redis_url)
 
+
+def _budget(value: int) -> int:
+    if not 1024 <= value <= 1 << 20:
+        raise ValueError(f"must be a number of bytes between 1024 and 1048576; got {value}, e.g. write 8192")
+    return value
+
+
 CookieKey = Annotated[Secret, AfterValidator(_cookie_key)]
 
 
@@ -37,6 +44,13 @@ class CookieConfig(_Model):
     path: Annotated[str, AfterValidator(_absolute_path)] = "/"
     expire: PositiveDuration = 168 * 3600.0
     refresh_before: Duration = 60.0
+    # Off by default: existing sessions keep their meaning on upgrade, and the right value is the app's.
+    idle_timeout: PositiveDuration | None = None
+    minimal: bool = False
+    # Warn at sign-in when the session's Set-Cookie headers come near this many bytes (``CookieCodec.check_budget``).
+    header_budget: Annotated[int, AfterValidator(_budget),
+                             WithJsonSchema({"type": "integer", "minimum": 1024, "maximum": 1048576,
+                                             "description": "bytes of Set-Cookie; sign-in warns from 3/4"})] = 8192
 
     @property
     def keys(self) -> tuple[bytes, ...]:
@@ -70,6 +84,10 @@ class CookieConfig(_Model):
         return self
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.idle_timeout is not None and self.idle_timeout >= self.expire:
+            yield ("idle_timeout",), (f"{self.idle_timeout:g}s is not shorter than cookie.expire "
+                                      f"({self.expire:g}s), so it would never end a session first; make it "
+                                      'shorter (e.g. "30m") or remove it')
         if self.samesite == "none" and not self.secure:
             yield ("samesite",), ('"none" requires secure: true, or browsers reject the cookie; '
                                   "set cookie.secure: true or use samesite: lax")

@@ -244,3 +244,113 @@ async def test_redis_refresh_lock_outlives_its_lease_while_its_holder_runs(redis
     finally:
         await holder.close()
         await other.close()
+
+
+# -- the idle timeout (cookie.idle_timeout), in every store ------------------------------------------------
+
+IDLE = 1.0           # a touch interval of 0.25 s: an unused session ends 1.0-1.25 s after its last recorded use
+
+
+@pytest.fixture(params=["cookie", "redis"])
+async def idle_store(request, redis_server):
+    if request.param == "redis":
+        cfg = make_config(cookie={"secret": SECRET, "expire": "1h", "idle_timeout": IDLE})
+        store: Any = RedisStore(RedisConfig(url=redis_server.url, key_prefix="t:"), cfg.cookie.name, EXPIRE,
+                                Sealer(cfg.cookie.keys), idle_timeout=IDLE)
+    else:
+        cfg = make_config(cookie={"secret": SECRET, "expire": "1h", "idle_timeout": IDLE})
+        store = CookieStore(CookieCodec(cfg.cookie, Sealer(cfg.cookie.keys)), MemoryDenylist())
+    store.kind = request.param
+    yield store
+    await store.close()
+
+
+async def use(store, cookies: dict[str, str]) -> dict[str, str]:
+    """One request, as the gate makes it: load, and record the use when due (a new cookie, or the TTL slid)."""
+    loaded = await store.load(cookies)
+    now = time.time()
+    if loaded.seen_due(IDLE, now):
+        touched = await store.seen(loaded, now)
+        if touched is not None:
+            return dict(await store.save(touched, cookies))
+    return cookies
+
+
+async def test_an_unused_session_ends_after_the_idle_window(idle_store):
+    cookies = dict(await idle_store.save(session(last_seen=time.time()), {}))
+    assert await idle_store.load(cookies) is not None
+    await asyncio.sleep(1.35)
+    with pytest.raises(CookieError):
+        await idle_store.load(cookies)
+
+
+async def test_a_session_in_use_outlives_the_idle_window_and_an_old_copy_does_not(idle_store):
+    first = dict(await idle_store.save(session(last_seen=time.time()), {}))
+    cookies = first
+    for _ in range(5):                                 # 1.75 s of use, past the 1.25 s window
+        await asyncio.sleep(0.35)
+        cookies = await use(idle_store, cookies)
+    assert (await idle_store.load(cookies)).identity.sub == "alice"
+    if idle_store.kind == "cookie":
+        assert cookies != first                        # the use is in the new cookie; the first copy is idle
+        with pytest.raises(CookieError):
+            await idle_store.load(first)
+    else:
+        assert cookies == first                        # the ticket never changes: the use is the key's TTL
+
+
+async def test_a_refresh_is_no_use(idle_store):
+    """A refresh (a WebSocket's, in the background) saves new tokens but does not keep an idle session."""
+    s = session(last_seen=time.time())
+    cookies = dict(await idle_store.save(s, {}))
+    await asyncio.sleep(0.6)
+    loaded = await idle_store.load(cookies)
+    async with idle_store.refresh_lock(loaded):
+        await idle_store.update(loaded.with_tokens(access_token="AT-refreshed"))
+    if idle_store.kind == "cookie":
+        return                                         # the cookie store's refresh writes no cookie by itself
+    await asyncio.sleep(0.8)
+    with pytest.raises(CookieError):
+        await idle_store.load(cookies)
+
+
+async def test_a_recorded_use_never_revives_an_ended_session(idle_store):
+    s = session(last_seen=time.time())
+    cookies = dict(await idle_store.save(s, {}))
+    loaded = await idle_store.load(cookies)
+    await idle_store.record_end(ended(Reason.SIGN_OUT, session_id=s.id))
+    touched = await idle_store.seen(loaded, time.time())
+    if touched is not None:
+        with pytest.raises(SessionWasEnded):
+            await idle_store.save(touched, cookies)
+    with pytest.raises(CookieError):
+        await idle_store.load(cookies)
+
+
+async def test_redis_use_slides_the_ttl_forward_only_and_never_a_tombstone_s(redis_server):
+    import redis.asyncio as aioredis
+    cfg = make_config(cookie={"secret": SECRET, "expire": "1h", "idle_timeout": "60s"})
+    store = RedisStore(RedisConfig(url=redis_server.url, key_prefix="t:"), cfg.cookie.name, EXPIRE,
+                       Sealer(cfg.cookie.keys), idle_timeout=60)
+    client = aioredis.from_url(redis_server.url)
+    try:
+        s = session()
+        cookies = dict(await store.save(s, {}))
+        key = f"t:s:{s.id}"
+        assert 74_000 < await client.pttl(key) <= 75_000            # the idle window: 60 s + 15 s
+        loaded = await store.load(cookies)
+        assert abs(loaded.last_seen - time.time()) < 2              # told by the TTL: just used
+        await client.pexpire(key, 50_000)                            # as if last used 25 s ago
+        loaded = await store.load(cookies)
+        assert 23 < time.time() - loaded.last_seen < 27 and loaded.seen_due(60, time.time())
+        await store.seen(loaded, time.time() - 40)                   # an older use (a late request) never shortens
+        assert 49_000 < await client.pttl(key) <= 50_000
+        await store.seen(loaded, time.time())
+        assert 74_000 < await client.pttl(key) <= 75_000
+        await store.record_end(ended(Reason.SIGN_OUT, session_id=s.id))
+        tombstone_ttl = await client.pttl(key)
+        await store.seen(loaded, time.time())
+        assert await client.get(key) == b"ended" and await client.pttl(key) <= tombstone_ttl
+    finally:
+        await client.aclose()
+        await store.close()

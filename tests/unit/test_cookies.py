@@ -298,3 +298,101 @@ def test_host_prefixed_cookies_carry_what_browsers_require():
         attributes = [a.strip().lower() for a in header.split(";")[1:]]
         assert header.startswith("__Host-authproxy") and "secure" in attributes and "path=/" in attributes
         assert not [a for a in attributes if a.startswith("domain")]
+
+
+# -- session controls: idle timeout, minimal cookies, the header budget -------------------------------------
+
+
+def idle_codec(clock, idle="40s", **cookie):
+    cfg = make_config(cookie={"name": "_authproxy", "idle_timeout": idle, **cookie}).cookie
+    return CookieCodec(cfg, Sealer(cfg.keys), clock)
+
+
+def test_idle_session_is_a_cookie_error_only_past_timeout_plus_touch_interval():
+    now = [NOW]
+    c = idle_codec(lambda: now[0])                     # 40 s: rewritten every 10 s, so it ends 40-50 s idle
+    pairs = dict(c.dump(session(last_seen=NOW)))
+    now[0] = NOW + 49.9
+    assert c.load(pairs).last_seen == NOW              # idle 49.9 s: still signed in
+    now[0] = NOW + 50.0
+    with pytest.raises(CookieError, match="idle_timeout"):
+        c.load(pairs)
+
+
+def test_idle_without_last_seen_counts_from_sign_in():
+    now = [NOW]
+    c = idle_codec(lambda: now[0])
+    pairs = dict(c.dump(session(created_at=NOW - 45, last_seen=None)))
+    assert c.load(pairs) is not None                   # idle 45 s of 50
+    now[0] = NOW + 5
+    with pytest.raises(CookieError):
+        c.load(pairs)
+
+
+def test_last_seen_is_sealed_a_client_cannot_move_it():
+    now = [NOW]
+    c = idle_codec(lambda: now[0])
+    value = c.dump(session(last_seen=NOW))[0][1]
+    raw = bytearray(Sealer(c.config.keys).unwrap(value))
+    raw[-20] ^= 1                                      # any change to the sealed bytes, last_seen's included
+    forged = "1." + base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    now[0] = NOW + 60
+    with pytest.raises(CookieError):
+        c.load({"_authproxy": forged})
+
+
+def test_idle_timeout_off_ignores_last_seen():
+    now = [NOW]
+    c = codec(clock=lambda: now[0])
+    pairs = dict(c.dump(session(last_seen=NOW - 3000)))
+    assert c.load(pairs) is not None
+
+
+def test_minimal_cookie_leaves_out_only_the_id_token():
+    full, minimal = codec(), idle_codec(lambda: NOW, idle=None, minimal=True)
+    big = session(id_token="I" * 900)
+    small_pairs = minimal.dump(big)
+    opened = minimal.load(dict(small_pairs))
+    assert opened.id_token is None
+    assert opened == big.with_tokens(id_token=None)     # identity, tokens, sid, times all kept
+    assert len(small_pairs[0][1]) < len(full.dump(big)[0][1]) - 1000
+
+
+def test_header_budget_warns_once_an_hour_with_sizes_and_fixes_never_tokens(caplog):
+    now = [NOW]
+    c = idle_codec(lambda: now[0], idle=None, header_budget=4096)
+    big = session(id_token="ID" + "i" * 3000, access_token="AT" + "a" * 1500)
+    pairs = c.dump(big)
+    size = sum(len(c.set_header(n, v, c.config.expire)) for n, v in pairs)
+    assert size >= 3072
+    caplog.set_level("WARNING", logger="authproxy.session")
+    c.check_budget(big, pairs)
+    c.check_budget(big, pairs)                          # the same hour: counted, not logged
+    now[0] += 3601
+    c.check_budget(big, pairs)
+    lines = [r.getMessage() for r in caplog.records if "header budget" in r.getMessage()]
+    assert len(lines) == 2
+    assert f"{size} bytes of Set-Cookie in {len(pairs)} cookie(s)" in lines[0]
+    assert "cookie.header_budget is 4096 (warning from 3072)" in lines[0]
+    assert "1 sign-in(s)" in lines[0] and "2 sign-in(s)" in lines[1]
+    for fix in ("cookie.minimal true", "session.store: redis", "fewer scopes"):
+        assert fix in lines[0]
+    for secret in ("ID" + "i" * 20, "AT" + "a" * 20, "RT-secret", pairs[0][1][:40]):
+        assert secret not in lines[0] and secret not in lines[1]
+
+
+def test_header_budget_is_quiet_below_three_quarters(caplog):
+    c = codec()
+    pairs = c.dump(session())
+    caplog.set_level("WARNING", logger="authproxy.session")
+    c.check_budget(session(), pairs)
+    assert not [r for r in caplog.records if "header budget" in r.getMessage()]
+
+
+def test_header_budget_warning_with_minimal_on_does_not_offer_it_again(caplog):
+    c = idle_codec(lambda: NOW, idle=None, header_budget=1024, minimal=True)
+    big = session(access_token="AT" + "a" * 1500)
+    caplog.set_level("WARNING", logger="authproxy.session")
+    c.check_budget(big, c.dump(big))
+    [line] = [r.getMessage() for r in caplog.records if "header budget" in r.getMessage()]
+    assert "cookie.minimal is on already" in line and "leaves out the ID token" not in line

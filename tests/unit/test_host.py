@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -221,3 +222,17 @@ async def test_what_has_no_time_left_is_not_sent(host):
     link.put("refresh:k2", "v2", 5)
     assert await link.get("refresh:k2") == "v2"                 # the same connection, still answered
     assert link._generation == 1                                # never cut off and reconnected
+
+
+async def test_newest_finds_another_worker_s_refresh_result(host):
+    """A cookie recording a use (cookie.idle_timeout) in worker B while worker A refreshed the session goes
+    out with A's tokens, not the refresh token A spent."""
+    clock = Clock()
+    provider = FakeProvider(clock)
+    a = Refresher(provider, 60, clock, host=HostRefreshes(host.link(), SEALER, 10))
+    b = Refresher(provider, 60, clock, host=HostRefreshes(host.link(), SEALER, 10))
+    stale = session(clock, left=10)
+    fresh = await a.ensure_fresh(stale)
+    newest = await b.newest(replace(stale, last_seen=clock()))
+    assert newest.refresh_token == fresh.refresh_token == "RT1" and newest.last_seen == clock()
+    assert provider.calls == ["RT0"]

@@ -349,3 +349,59 @@ async def test_the_denylist_keeps_an_end_for_its_ttl(denylist, raw) -> None:
     assert 0 < await raw.ttl(key) <= 30
     assert await denylist.first_use("j", 60) and not await denylist.first_use("j", 60)
     assert await denylist.healthy()
+
+
+# -- the idle timeout: the key's TTL is the record of use ---------------------------------------------------------
+
+
+async def test_with_an_idle_timeout_a_near_end_session_keeps_its_absolute_end_and_needs_no_touch(redis_server,
+                                                                                                 raw) -> None:
+    clock = Clock()
+    store = RedisStore(RedisConfig(url=redis_server.url, key_prefix=PREFIX), NAME, LIFE, SEALER, clock=clock,
+                       idle_timeout=60)
+    try:
+        s = session(now=clock.now - LIFE + 10)                 # 10 s left: less than the 75 s idle window
+        cookies = dict(await store.save(s, {}))
+        assert 8_000 < await raw.pttl(f"{PREFIX}s:{s.id}") <= 10_000
+        loaded = await store.load(cookies)
+        assert loaded.last_seen == clock.now and not loaded.seen_due(60, clock.now)
+        young = session(now=clock.now)
+        cookies = dict(await store.save(young, {}))
+        assert 74_000 < await raw.pttl(f"{PREFIX}s:{young.id}") <= 75_000
+        assert (await raw.get(f"{PREFIX}s:{young.id}")).startswith(b"1.")
+        assert (await store.load(cookies)).last_seen == pytest.approx(clock.now, abs=1.5)
+    finally:
+        await store.close()
+
+
+async def test_a_use_that_cannot_reach_redis_is_logged_and_the_request_goes_on(caplog) -> None:
+    cfg = RedisConfig(url=f"redis://127.0.0.1:{free_port()}/0", key_prefix=PREFIX, timeout=0.5, connect_timeout=0.5)
+    store = RedisStore(cfg, NAME, LIFE, SEALER, idle_timeout=60)
+    caplog.set_level("WARNING", logger="authproxy.session")
+    try:
+        assert await store.seen(session(), time.time()) is None
+    finally:
+        await store.close()
+    assert any("session use not recorded in Redis" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_session_stored_before_the_idle_timeout_counts_from_sign_in_as_a_cookie_does(make, redis_server,
+                                                                                             raw) -> None:
+    """Turning cookie.idle_timeout on: a key stored without it lives to the session's absolute end, which no use
+    set. It counts as last used at sign-in (the cookie store's reading of a cookie without last_seen): ended
+    when that is longer ago than the window, else its first use brings the TTL down to the window."""
+    before = make()                                              # no idle timeout
+    old, recent = session(now=time.time() - 100), session(now=time.time() - 20)
+    old_cookies, recent_cookies = dict(await before.save(old, {})), dict(await before.save(recent, {}))
+    after = RedisStore(RedisConfig(url=redis_server.url, key_prefix=PREFIX), NAME, LIFE, SEALER, idle_timeout=60)
+    try:
+        with pytest.raises(SessionWasEnded):
+            await after.load(old_cookies)                        # 100 s since sign-in > the 75 s window
+        loaded = await after.load(recent_cookies)
+        assert loaded.last_seen == recent.created_at and loaded.seen_due(60, time.time())
+        assert await raw.pttl(f"{PREFIX}s:{recent.id}") > 3_000_000
+        await after.seen(loaded, time.time())
+        assert 74_000 < await raw.pttl(f"{PREFIX}s:{recent.id}") <= 75_000
+        assert (await after.load(recent_cookies)).last_seen == pytest.approx(time.time(), abs=1.5)
+    finally:
+        await after.close()

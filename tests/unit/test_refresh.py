@@ -283,3 +283,20 @@ async def test_a_still_valid_token_is_used_while_a_slow_grant_is_pending():
     await asyncio.sleep(0.6)
     assert (await refresher.ensure_fresh(due)).access_token == "AT1"
     assert provider.calls == ["RT0"]
+
+
+async def test_newest_takes_a_recent_refresh_result_and_the_later_last_seen_spending_nothing():
+    """What a cookie that only records a use (cookie.idle_timeout) goes out with: the tokens a concurrent
+    refresh of the same session gave, never the spent refresh token, and the later of the two last-seen times."""
+    clock = Clock()
+    provider = FakeProvider(clock)
+    refresher = Refresher(provider, 60, clock)
+    stale = session(clock, left=10)
+    fresh = await refresher.ensure_fresh(stale)
+    touched = replace(stale, last_seen=clock() + 5)
+    newest = await refresher.newest(touched)
+    assert newest.refresh_token == fresh.refresh_token == "RT1" and newest.access_token == "AT1"
+    assert newest.last_seen == clock() + 5
+    unrelated = session(clock, rt="RT-other")
+    assert await refresher.newest(unrelated) is unrelated
+    assert provider.calls == ["RT0"]
