@@ -54,6 +54,7 @@ MAX_NAME = 256                  # lock names and value keys (fingerprints, prefi
 MAX_LOCKS = 10_000              # locks held at once
 MAX_VALUES = 10_000             # values kept (the oldest go first)
 MAX_RETAINED = 10_000           # messages kept for replay (the oldest go first)
+SWEEP_EVERY = 60.0              # seconds between passes that drop every expired value and message
 MAX_CLIENTS = 1024              # connections (one per worker, and its reconnects)
 MAX_BACKLOG = 8 * 1024 * 1024   # bytes waiting for a worker that does not read (stopped): then it is dropped
 MAX_TTL = 31 * 86400.0          # no value or message outlives a month
@@ -124,6 +125,7 @@ class Coordinator:
         self._released: dict[str, asyncio.Event] = {}
         self._values: OrderedDict[str, tuple[float, str]] = OrderedDict()   # key -> (forget at, value)
         self._retained: OrderedDict[str, float] = OrderedDict()             # message -> forget at
+        self._next_sweep = float("-inf")
 
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= MAX_CLIENTS:
@@ -214,7 +216,12 @@ class Coordinator:
     def _put(self, key: str, value: str, forget_at: float) -> None:
         self._values[key] = (forget_at, value)
         self._values.move_to_end(key)
-        _trim(self._values, lambda entry: entry[0], self._clock(), MAX_VALUES)
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            _sweep(self._values, lambda entry: entry[0], now)
+            _sweep(self._retained, lambda forget_at: forget_at, now)
+        _trim(self._values, lambda entry: entry[0], now, MAX_VALUES)
 
     def _retain(self, sender: _Client, text: str, ttl: float, now: float) -> None:
         """Keep a message until its ttl and send it to every other connection, once."""
@@ -232,6 +239,14 @@ class Coordinator:
         for text, forget_at in self._retained.items():
             if forget_at > now:
                 client.send({"ev": text})
+
+
+def _sweep(entries: OrderedDict[str, Any], forget_at: Callable[[Any], float], now: float) -> None:
+    """Drop every expired entry. ``_trim`` stops at the first live one, and entries do not expire in the
+    order they came (a refresh result kept 30 s after one kept an hour): this pass, once a minute, keeps
+    the coordinator's memory to what is live rather than to the last MAX_VALUES of history."""
+    for key in [k for k, v in entries.items() if forget_at(v) <= now]:
+        del entries[key]
 
 
 def _trim(entries: OrderedDict[str, Any], forget_at: Callable[[Any], float], now: float, limit: int) -> None:

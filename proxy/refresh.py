@@ -62,6 +62,9 @@ GRANT_CAP = 120.0
 # refresh token: the cookie store has no other place to keep it, and the user's next request may come
 # minutes later (a tab reloaded after the 503). Tokens are bounded by RECENT_MAX like the rest.
 ABANDONED_TTL = 3600.0
+# Expired results are swept out at most this often (one pass over at most RECENT_MAX entries): without
+# it they stayed until RECENT_MAX newer ones pushed them out, and a worker's memory grew for as long.
+SWEEP_EVERY = 60.0
 
 
 class _NoStore:
@@ -93,6 +96,7 @@ class Refresher:
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[Session]] = {}
         self._recent: OrderedDict[str, tuple[float, Session]] = OrderedDict()
+        self._next_sweep = float("-inf")
 
     def due(self, session: Session, now: float) -> bool:
         """Whether to refresh now: within ``refresh_before`` of expiry, but never earlier than half
@@ -281,5 +285,9 @@ class Refresher:
     def _remember(self, key: str, session: Session, now: float, remember_for: float) -> None:
         self._recent[key] = (now + remember_for, session)
         self._recent.move_to_end(key)
+        if now >= self._next_sweep:               # entries live for 30 s to hours: not in expiry order
+            self._next_sweep = now + SWEEP_EVERY
+            for gone in [k for k, (until, _) in self._recent.items() if until <= now]:
+                del self._recent[gone]
         while len(self._recent) > RECENT_MAX:
             self._recent.popitem(last=False)

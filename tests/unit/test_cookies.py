@@ -396,3 +396,21 @@ def test_header_budget_warning_with_minimal_on_does_not_offer_it_again(caplog):
     c.check_budget(big, c.dump(big))
     [line] = [r.getMessage() for r in caplog.records if "header budget" in r.getMessage()]
     assert "cookie.minimal is on already" in line and "leaves out the ID token" not in line
+
+
+def test_a_cached_session_nobody_sent_for_a_while_is_dropped(monkeypatch):
+    """The soak (issue 19): each refresh and sign-in leaves a new cookie and the old one never comes back,
+    so the cache held the last 4,096 sessions seen, long gone or not, and a worker grew for 20 minutes."""
+    now = [1000.0]
+    monkeypatch.setattr(cookies_module.time, "monotonic", lambda: now[0])
+    c = codec()
+    old = dict(c.dump(session(id="old")))
+    kept = dict(c.dump(session(id="kept")))
+    c.load(old)
+    c.load(kept)
+    now[0] += cookies_module.DECODED_CACHE_IDLE / 2
+    c.load(kept)                                              # still sent: its idle time starts again
+    now[0] += cookies_module.DECODED_CACHE_IDLE / 2 + 1
+    c.load(dict(c.dump(session(id="new"))))                   # a miss sweeps
+    assert len(c._cache) == 2 and all(entry[0].id != "old" for entry in c._cache.values())
+    assert c.cache_bytes == sum(entry[1] for entry in c._cache.values())

@@ -224,3 +224,17 @@ def test_frames_are_length_prefixed_json():
     assert json.loads(frame[4:]) == {"op": "get", "key": "k"}
     with pytest.raises(FrameError):
         encode({"value": "x" * coord.MAX_FRAME})
+
+
+def test_expired_values_and_messages_are_swept_whatever_their_order():
+    """A value kept an hour ahead of one kept 30 s stopped ``_trim`` (it stops at the first live entry):
+    expired refresh results stayed until MAX_VALUES newer ones came (the soak's coordinator grew)."""
+    now = [0.0]
+    c = Coordinator(lambda: now[0])
+    c._put("long", "v", 3600.0)
+    for i in range(100):
+        c._put(f"short-{i}", "v", 30.0)
+    c._retained["m-long"], c._retained["m-short"] = 3600.0, 30.0
+    now[0] = 31.0 + coord.SWEEP_EVERY
+    c._put("next", "v", now[0] + 30)
+    assert list(c._values) == ["long", "next"] and list(c._retained) == ["m-long"]

@@ -300,3 +300,18 @@ async def test_newest_takes_a_recent_refresh_result_and_the_later_last_seen_spen
     unrelated = session(clock, rt="RT-other")
     assert await refresher.newest(unrelated) is unrelated
     assert provider.calls == ["RT0"]
+
+
+def test_expired_results_are_swept_though_a_longer_one_came_first():
+    """The soak (issue 19): results live 30 s to hours, so expired ones sat behind live ones until
+    RECENT_MAX newer results pushed them out; a worker's memory grew for as long."""
+    from proxy.refresh import SWEEP_EVERY
+    clock = Clock()
+    refresher = Refresher(FakeProvider(clock), refresh_before=60, clock=clock)
+    s = session(clock)
+    refresher._remember("websocket's", s, clock(), 3600.0)
+    for i in range(50):
+        refresher._remember(f"short-{i}", s, clock(), RECENT_TTL)
+    clock.now += RECENT_TTL + SWEEP_EVERY
+    refresher._remember("new", s, clock(), RECENT_TTL)
+    assert list(refresher._recent) == ["websocket's", "new"]
