@@ -48,14 +48,15 @@ def expand(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _github(data: Mapping[str, Any]) -> dict[str, Any]:
-    """GitHub OAuth apps: no ID token; identity from ``/user``, email from ``/user/emails`` if private.
+    """GitHub OAuth apps: no ID token; identity from ``/user``, email from ``/user/emails`` if private;
+    with ``github_groups`` also ``read:org``, for ``/user/orgs`` and ``/user/teams``.
     ``base_url`` points at GitHub Enterprise Server (its API lives under ``/api/v3``)."""
     base = str(data.get("base_url") or "https://github.com").rstrip("/")
     api = "https://api.github.com" if base == "https://github.com" else base + "/api/v3"
     return {"authorization_endpoint": base + "/login/oauth/authorize",
             "token_endpoint": base + "/login/oauth/access_token",
             "userinfo_endpoint": api + "/user",
-            "scopes": ["read:user", "user:email"],
+            "scopes": ["read:user", "user:email", *(["read:org"] if data.get("github_groups") else [])],
             "claims": {"user": "id", "preferred_username": "login", "email": "email", "name": "name"}}
 
 

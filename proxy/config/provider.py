@@ -55,6 +55,8 @@ class ProviderConfig(_Model):
     id_token_algorithms: Annotated[list[Annotated[str, AfterValidator(_algorithm)]],
                                    AfterValidator(_at_least_one)] = list(DEFAULT_ID_TOKEN_ALGORITHMS)
     use_userinfo: bool = False
+    # type github: the user's organisations ("org") and teams ("org/team-slug") become groups.
+    github_groups: bool = False
     clock_skew: Duration = 60.0
     timeout: PositiveDuration = 10.0
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
@@ -85,6 +87,8 @@ class ProviderConfig(_Model):
         preset_problems = list(presets.problems(self.type, self.tenant, self.issuer))
         for key, message in preset_problems:
             yield (key,), message
+        if self.github_groups and self.type != "github":
+            yield ("github_groups",), "reads GitHub organisations and teams: only with type: github; remove it"
         if self.protocol == "oidc" and not preset_problems:
             yield from self._oidc_problems()
         else:

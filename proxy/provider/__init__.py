@@ -136,7 +136,8 @@ class Provider:
         endpoint = self._meta().userinfo_endpoint
         if not endpoint:
             raise ProviderError("userinfo", "the provider has no userinfo_endpoint")
-        return await fetch_userinfo(self._client, endpoint, self.config.type, access_token)
+        return await fetch_userinfo(self._client, endpoint, self.config.type, access_token,
+                                    github_groups=self.config.github_groups)
 
     def identity_from(self, claims: Mapping[str, Any]) -> Identity:
         user_path = "sub" if self.is_oidc else self.config.claims.user

@@ -63,7 +63,8 @@ GitHubStackFactory = Callable[..., Awaitable[GitHubStack]]
 async def github_stack_factory() -> AsyncIterator[GitHubStackFactory]:
     """``await github_stack_factory(**start_github_options)``: fake GitHub, echo upstream, proxy (type github)."""
     async with contextlib.AsyncExitStack() as cleanup:
-        async def factory(*, scopes: list[str] = SCOPES, proxy_clock: Callable[[], float] | None = None,
+        async def factory(*, scopes: list[str] | None = SCOPES, proxy_clock: Callable[[], float] | None = None,
+                          provider_options: dict[str, Any] | None = None, authorization: dict[str, Any] | None = None,
                           **github_options: Any) -> GitHubStack:
             port = free_port()
             public = f"http://127.0.0.1:{port}"
@@ -75,7 +76,10 @@ async def github_stack_factory() -> AsyncIterator[GitHubStackFactory]:
                                client_secret=CLIENT_SECRET)
             # Replaced whole: config_dict's provider is an OIDC one (issuer, openid scope, prompt=consent).
             data["provider"] = {"type": "github", "base_url": github.url, "client_id": CLIENT_ID,
-                                "client_secret": CLIENT_SECRET, "scopes": scopes, "extra_authorize_params": {}}
+                                "client_secret": CLIENT_SECRET, "extra_authorize_params": {},
+                                **({"scopes": scopes} if scopes is not None else {}), **(provider_options or {})}
+            if authorization is not None:
+                data["authorization"] = authorization
             proxy = await start_proxy(data, **({"clock": proxy_clock} if proxy_clock else {}))
             cleanup.push_async_callback(proxy.close)
             return GitHubStack(github=github, echo=echo, proxy=proxy)
@@ -330,3 +334,45 @@ async def test_fake_github_follows_githubs_documented_answers(github_stack):
             assert resp.status == 401 and (await resp.json())["message"] == "Bad credentials"
         async with client.get(github.url + EMAILS_PATH, headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 404                      # the token has read:user only
+
+
+# -- organisations and teams as groups (provider.github_groups, issue 20) -------------------------------------
+
+MEMBER = GitHubUser(orgs=("acme", "octo-org"),
+                    teams=(*(("acme", f"team-{i:03}") for i in range(130)), ("octo-org", "devs")))
+
+
+async def test_github_groups_are_the_users_organisations_and_teams_over_every_page(github_stack_factory,
+                                                                                   browser_session):
+    stack = await github_stack_factory(scopes=None, user=MEMBER, provider_options={"github_groups": True},
+                                       authorization={"allowed_groups": ["octo-org/devs"]})
+    result = await login_via_http(browser_session, stack.url + "/")
+    assert result.status == 200
+    [authorize] = stack.github.requests_to(AUTHORIZE_PATH)
+    assert "read:org" in authorize.query["scope"].split()          # the preset asks for it
+    groups = header_values(json.loads(result.body_text), "X-Forwarded-Groups")[0].split(",")
+    assert "acme/team-129" in groups and "acme/team-000" in groups and "octo-org/devs" in groups   # page 2
+    assert {"acme", "octo-org"} <= set(groups) and len(groups) == 133
+    assert [r.query["page"] for r in stack.github.requests_to("/api/v3/user/teams")] == ["1", "2"]
+
+
+async def test_a_team_the_rule_does_not_name_is_refused(github_stack_factory, browser_session):
+    stack = await github_stack_factory(scopes=None, user=MEMBER, provider_options={"github_groups": True},
+                                       authorization={"allowed_groups": ["acme/admins"]})
+    result = await login_via_http(browser_session, stack.url + "/")
+    assert result.status == 403
+
+
+async def test_without_read_org_the_sign_in_fails_naming_the_scope(github_stack_factory, browser_session):
+    """Signed in without groups, every allowed_groups rule would answer 403 and hide the cause."""
+    stack = await github_stack_factory(user=MEMBER, provider_options={"github_groups": True})   # SCOPES lack read:org
+    result = await login_via_http(browser_session, stack.url + "/")
+    assert result.status == 502 and "read:org" in result.body_text
+
+
+async def test_without_github_groups_no_organisation_is_read(github_stack, browser_session):
+    result = await login_via_http(browser_session, github_stack.url + "/")
+    assert result.status == 200
+    assert github_stack.github.requests_to("/api/v3/user/orgs") == []
+    assert github_stack.github.requests_to("/api/v3/user/teams") == []
+    assert header_values(json.loads(result.body_text), "X-Forwarded-Groups") in ([], [""])

@@ -27,6 +27,8 @@ testable without waiting ten minutes.
 
 from __future__ import annotations
 
+import json
+
 import base64
 import hashlib
 import hmac
@@ -103,6 +105,8 @@ class GitHubUser:
     name: str = "The Octocat"
     public_email: str | None = None
     emails: tuple[Email, ...] = DEFAULT_EMAILS
+    orgs: tuple[str, ...] = ()
+    teams: tuple[tuple[str, str], ...] = ()         # (org login, team slug)
 
     def profile(self, base_url: str) -> dict[str, Any]:
         """``GET /user`` for this account (REST API users: "Get the authenticated user")."""
@@ -231,6 +235,8 @@ class FakeGitHub:
         app.router.add_post("/login/oauth/access_token", self._access_token)
         app.router.add_get("/api/v3/user", self._api_user)
         app.router.add_get("/api/v3/user/emails", self._api_emails)
+        app.router.add_get("/api/v3/user/orgs", self._api_orgs)
+        app.router.add_get("/api/v3/user/teams", self._api_teams)
         return app
 
     @web.middleware
@@ -372,6 +378,32 @@ class FakeGitHub:
         emails = [{"email": e.email, "primary": e.primary, "verified": e.verified, "visibility": e.visibility}
                   for e in self.user.emails]
         return web.json_response(emails, headers=_scope_headers(token))
+
+
+    async def _api_orgs(self, request: web.Request) -> web.Response:
+        """``GET /user/orgs`` (REST "List organizations for the authenticated user"): with ``read:org``
+        every membership; without, GitHub lists only public ones (here: none)."""
+        token = self._authenticated(request)
+        orgs = [{"login": o, "id": 1000 + i, "url": f"{self.url}/api/v3/orgs/{o}"}
+                for i, o in enumerate(self.user.orgs)] if "read:org" in token.scopes else []
+        return web.json_response(_paged(request, orgs), headers=_scope_headers(token))
+
+    async def _api_teams(self, request: web.Request) -> web.Response:
+        """``GET /user/teams``: needs ``read:org`` (else 403, as GitHub answers a token without it)."""
+        token = self._authenticated(request)
+        if "read:org" not in token.scopes:
+            raise web.HTTPForbidden(text=json.dumps({"message": "Resource not accessible by integration"}),
+                                    content_type="application/json")
+        teams = [{"slug": slug, "name": slug.title(), "organization": {"login": org}}
+                 for org, slug in self.user.teams]
+        return web.json_response(_paged(request, teams), headers=_scope_headers(token))
+
+
+def _paged(request: web.Request, items: list[Any]) -> list[Any]:
+    """GitHub's ``per_page`` (at most 100) and ``page`` (from 1)."""
+    per_page = min(int(request.query.get("per_page", "30")), 100)
+    page = int(request.query.get("page", "1"))
+    return items[(page - 1) * per_page:page * per_page]
 
 
 def _client_credentials(request: web.Request,

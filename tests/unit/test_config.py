@@ -594,3 +594,12 @@ def test_limits_must_be_positive():
     assert set(found) == {"limits.header_timeout", "limits.keepalive_timeout", "limits.max_connections",
                           "limits.websocket_max_message", "limits.websockets_per_session"}, found
     assert "between 1 and" in found["limits.max_connections"]
+
+
+def test_github_groups_only_with_type_github() -> None:
+    from proxy.config import ProviderConfig
+    with pytest.raises(ValueError, match="only with type: github"):
+        ProviderConfig(issuer="https://idp.example", client_id="c", client_secret="s", github_groups=True)
+    github = ProviderConfig(type="github", client_id="c", client_secret="s", github_groups=True)
+    assert "read:org" in github.scopes
+    assert "read:org" not in ProviderConfig(type="github", client_id="c", client_secret="s").scopes

@@ -70,6 +70,7 @@ COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable
 # Keys whose example is valid only together with another key's value.
 COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
               "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
+              "provider.github_groups": {"provider.type": "github"},
               # a test case needs its claims and its expected outcome (all lists empty: allowed)
               **{f"{section}.tests[].{key}": {f"{section}.tests[].claims": {"sub": "alice"},
                                               f"{section}.tests[].allow": True}
