@@ -33,7 +33,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,28 @@ async def sign_in_browser(page: Any, issuer: str, username: str = "alice") -> No
     await page.wait_for_url(lambda url: not url.startswith(issuer))
 
 
+@asynccontextmanager
+async def signed_in_page(stack: Stack, url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """chromium (loopback only) on ``url``, signed in at the provider; (context, page)."""
+    from playwright.async_api import async_playwright
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context()
+            context.set_default_timeout(30_000)
+            page = await context.new_page()
+            await page.goto(url)
+            await sign_in_browser(page, stack.idps[0].issuer)
+            yield context, page
+        finally:
+            await browser.close()
+
+
+async def session_cookies(context: Any) -> str:
+    """The browser's authproxy cookies as a Cookie header, for a client beside the browser."""
+    return "; ".join(f"{c['name']}={c['value']}" for c in await context.cookies() if c["name"].startswith("_authproxy"))
+
+
 class Checks:
     """Each check printed as it passes; the first failure stops the app's run."""
 
@@ -242,8 +265,6 @@ if upload is not None:
 
 
 async def check_streamlit(stack: Stack, checks: Checks) -> None:
-    from playwright.async_api import async_playwright
-
     bin_dir, port = venv("streamlit"), free_port()
     script = stack.root / "app.py"
     script.write_text(STREAMLIT_APP)
@@ -253,32 +274,22 @@ async def check_streamlit(stack: Stack, checks: Checks) -> None:
     app = await stack.spawn("streamlit", argv, env={**os.environ, "HOME": str(stack.root)})
     await wait_port(port, app, "streamlit", timeout=60)
     public, _ = await start_stack(stack, "streamlit", port)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context()
-            context.set_default_timeout(30_000)
-            page = await context.new_page()
-            await page.goto(public + "/streamlit/")
-            await sign_in_browser(page, stack.idps[0].issuer)
-            await page.get_by_text("Hello from Streamlit").wait_for()
-            checks.ok("the page rendered the script's output (over Streamlit's WebSocket)", True)
-            upload = stack.root / "five.txt"
-            upload.write_text("hello")
-            await page.locator("input[type=file]").set_input_files(str(upload))
-            await page.get_by_text("received 5 bytes").wait_for()
-            checks.ok("a file uploaded with st.file_uploader", True)
-            cookies = "; ".join(f"{c['name']}={c['value']}" for c in await context.cookies()
-                                if c["name"].startswith("_authproxy"))
-            async with aiohttp.ClientSession() as client:
-                ws = await client.ws_connect(public.replace("http", "ws", 1) + "/streamlit/_stcore/stream",
-                                             headers={"Cookie": cookies, "Origin": public})
-                async with client.get(public + "/oauth2/sign_out", headers={"Cookie": cookies},
-                                      allow_redirects=False) as resp:
-                    checks.ok("sign-out answered", resp.status in (302, 303), resp.status)
-                checks.ok("sign-out closed Streamlit's WebSocket with 4401", await expect_close(ws) == SESSION_ENDED)
-        finally:
-            await browser.close()
+    async with signed_in_page(stack, public + "/streamlit/") as (context, page):
+        await page.get_by_text("Hello from Streamlit").wait_for()
+        checks.ok("the page rendered the script's output (over Streamlit's WebSocket)", True)
+        upload = stack.root / "five.txt"
+        upload.write_text("hello")
+        await page.locator("input[type=file]").set_input_files(str(upload))
+        await page.get_by_text("received 5 bytes").wait_for()
+        checks.ok("a file uploaded with st.file_uploader", True)
+        cookies = await session_cookies(context)
+    async with aiohttp.ClientSession() as client:
+        ws = await client.ws_connect(public.replace("http", "ws", 1) + "/streamlit/_stcore/stream",
+                                     headers={"Cookie": cookies, "Origin": public})
+        async with client.get(public + "/oauth2/sign_out", headers={"Cookie": cookies},
+                              allow_redirects=False) as resp:
+            checks.ok("sign-out answered", resp.status in (302, 303), resp.status)
+        checks.ok("sign-out closed Streamlit's WebSocket with 4401", await expect_close(ws) == SESSION_ENDED)
 
 
 # -- Gradio ------------------------------------------------------------------------------------------------
@@ -305,8 +316,6 @@ with gr.Blocks() as demo:
 
 
 async def check_gradio(stack: Stack, checks: Checks) -> None:
-    from playwright.async_api import async_playwright
-
     bin_dir, port = venv("gradio"), free_port()
     (launch,) = blocks("gradio", "python")
     script = stack.root / "app.py"
@@ -315,37 +324,27 @@ async def check_gradio(stack: Stack, checks: Checks) -> None:
                             env={**os.environ, "HOME": str(stack.root), "GRADIO_ANALYTICS_ENABLED": "False"})
     await wait_port(port, app, "gradio", timeout=90)
     public, _ = await start_stack(stack, "gradio", port)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context()
-            context.set_default_timeout(30_000)
-            page = await context.new_page()
-            await page.goto(public + "/gradio/")
-            await sign_in_browser(page, stack.idps[0].issuer)
-            await page.get_by_label("Name").fill("alice")
-            await page.get_by_role("button", name="Greet").click()
-            greeting = page.get_by_label("Greeting")
-            await page.wait_for_function("el => el.value === 'Hello alice!'", arg=await greeting.element_handle())
-            checks.ok("a function called from the page and its answer shown", True)
-            upload = stack.root / "five.txt"
-            upload.write_text("hello")
-            await page.locator("input[type=file]").set_input_files(str(upload))
-            length = page.get_by_label("Size")
-            await page.wait_for_function("el => el.value === '5 bytes'", arg=await length.element_handle())
-            checks.ok("a file uploaded", True)
-            cookies = "; ".join(f"{c['name']}={c['value']}" for c in await context.cookies()
-                                if c["name"].startswith("_authproxy"))
-            async with aiohttp.ClientSession() as client:
-                async with client.get(public + "/gradio/config", headers={"Cookie": cookies}) as resp:
-                    checks.ok("the app's API answers the signed-in browser", resp.status == 200, resp.status)
-                async with client.get(public + "/oauth2/sign_out", headers={"Cookie": cookies},
-                                      allow_redirects=False) as resp:
-                    checks.ok("sign-out answered", resp.status in (302, 303), resp.status)
-                async with client.get(public + "/gradio/config", headers={"Cookie": cookies}) as resp:
-                    checks.ok("after sign-out the app's API answers 401", resp.status == 401, resp.status)
-        finally:
-            await browser.close()
+    async with signed_in_page(stack, public + "/gradio/") as (context, page):
+        await page.get_by_label("Name").fill("alice")
+        await page.get_by_role("button", name="Greet").click()
+        greeting = page.get_by_label("Greeting")
+        await page.wait_for_function("el => el.value === 'Hello alice!'", arg=await greeting.element_handle())
+        checks.ok("a function called from the page and its answer shown", True)
+        upload = stack.root / "five.txt"
+        upload.write_text("hello")
+        await page.locator("input[type=file]").set_input_files(str(upload))
+        length = page.get_by_label("Size")
+        await page.wait_for_function("el => el.value === '5 bytes'", arg=await length.element_handle())
+        checks.ok("a file uploaded", True)
+        cookies = await session_cookies(context)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(public + "/gradio/config", headers={"Cookie": cookies}) as resp:
+            checks.ok("the app's API answers the signed-in browser", resp.status == 200, resp.status)
+        async with client.get(public + "/oauth2/sign_out", headers={"Cookie": cookies},
+                              allow_redirects=False) as resp:
+            checks.ok("sign-out answered", resp.status in (302, 303), resp.status)
+        async with client.get(public + "/gradio/config", headers={"Cookie": cookies}) as resp:
+            checks.ok("after sign-out the app's API answers 401", resp.status == 401, resp.status)
 
 
 CHECKS: dict[str, Callable[[Stack, Checks], Awaitable[None]]] = {

@@ -20,7 +20,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Route, async_playwright
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT_MS
-from tests.support.ports import free_port
+from tests.support.served import served
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +50,8 @@ async def app_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/app", page)
     app.router.add_get("/data", data)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page
 
-from tests.support.ports import free_port
+from tests.support.served import served
 
 pytestmark = pytest.mark.e2e
 
@@ -45,12 +45,8 @@ async def spa_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/app", page)
     app.router.add_get("/api/me", me)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def sign_in(page: Page, issuer: str, username: str) -> None:
