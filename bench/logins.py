@@ -97,7 +97,26 @@ async def main(args: argparse.Namespace) -> int:
             print(f"| {name} | {rate:.1f} | {cpu:.2f} ms | {idp_cpu:.2f} ms | {failed} |")
         a, b = med["authproxy"], med["apache"]
         print(f"| authproxy / Apache | **{a[0] / b[0]:.2f}×** | **{a[1] / b[1]:.2f}×** | | |")
+        if args.profile:
+            await profile(authproxy.pid, authproxy_url, args)
         return 0 if a[3] == 0 and b[3] == 0 else 1
+
+
+async def profile(pid: int, url: str, args: argparse.Namespace) -> None:
+    """One more authproxy run (not in the table) with py-spy sampling it: where a login's CPU goes."""
+    import pyspy
+    output = Path(args.profile)
+    spy = await pyspy.record(pid, args.duration, output)
+    await asyncio.sleep(0.3)
+    await drive(url, args.users, args.duration)
+    await asyncio.wait_for(spy.communicate(), 30)
+    samples, self_top, files, own = pyspy.hot_spots(output, top=15)
+    print(f"\nprofile of authproxy during logins: {samples} samples, written to {output}")
+    for title, rows in (("self time by function", self_top), ("self time by file", files),
+                        ("total time of authproxy's functions", own)):
+        print(title + ":")
+        for name, share in rows:
+            print(f"  {share:6.1%}  {name}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,6 +125,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default=1, help="authproxy's workers setting (1, N or auto)")
+    parser.add_argument("--profile", metavar="FILE", help="also profile authproxy with py-spy in one more run")
     return parser.parse_args(argv)
 
 
