@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
@@ -33,6 +34,9 @@ ALGORITHM = "ES256"
 TYP = "authproxy-identity+jwt"
 # Assertions kept for reuse (per session and audience); the oldest go first.
 CACHE_MAX = 10_000
+# How long a client may keep /oauth2/jwks: short, so a rotated secret's key is seen soon; libraries
+# (PyJWKClient, joserfc's KeySet users) fetch again anyway when a token names a kid they do not have.
+JWKS_MAX_AGE = 300
 
 
 class AssertionSigner:
@@ -83,3 +87,12 @@ class AssertionSigner:
             claims["groups"] = list(ident.groups)
         header = {"alg": ALGORITHM, "typ": TYP, "kid": self._kids[0]}
         return jwt.encode(header, claims, self._keys[0], algorithms=[ALGORITHM])
+
+
+ASSERTIONS = web.AppKey("authproxy_assertions", AssertionSigner)
+
+
+async def handle_jwks(request: web.Request) -> web.Response:
+    """``/oauth2/jwks``: the public keys assertions are signed with (RFC 7517), for anyone to fetch."""
+    return web.json_response(request.app[ASSERTIONS].jwks(), content_type="application/jwk-set+json",
+                             headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
