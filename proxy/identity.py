@@ -199,12 +199,15 @@ def all_names(config: Config) -> frozenset[str]:
 
 # A compiled entry: header name, kind, key (attribute, claim path or fixed value), basic-encode.
 _FIELD, _CLAIM, _FIXED = 0, 1, 2
+# Rendered identity headers kept per Identity (a frozen value: equal identities give equal headers); the
+# same users come back request after request, so a hit costs a hash instead of checking every value again.
+RENDERED_MAX = 4096
 
 
 class AppIdentity:
     """One upstream's template, compiled: ``items(session)`` is what the app is told about the user."""
 
-    __slots__ = ("_access", "_assertion", "_bearer", "_entries", "_id_bearer", "_id_token", "_signer")
+    __slots__ = ("_access", "_assertion", "_bearer", "_entries", "_id_bearer", "_id_token", "_rendered", "_signer")
 
     def __init__(self, cfg: IdentityHeadersConfig, assertion: IdentityAssertionConfig | None = None,
                  audience: str = "", signer: AssertionSigner | None = None) -> None:
@@ -218,6 +221,7 @@ class AppIdentity:
             field = IDENTITY_FIELDS.get(path)
             entries.append((name, _CLAIM, path, basic) if field is None else (name, _FIELD, field, basic))
         self._entries = tuple(entries)
+        self._rendered: dict[Identity, tuple[tuple[str, str], ...]] = {}
         self._access, self._id_token = token_headers(cfg)
         self._bearer = self._access is not None and self._access.lower() == "authorization"
         self._id_bearer = self._id_token is not None and self._id_token.lower() == "authorization"
@@ -228,6 +232,30 @@ class AppIdentity:
 
     def items(self, session: Session) -> list[tuple[str, str]]:
         ident = session.identity
+        try:
+            rendered = self._rendered.get(ident)
+            hashable = True
+        except TypeError:                       # an Identity built with a list somewhere: render, do not keep
+            rendered, hashable = None, False
+        if rendered is None:
+            rendered = self._render(ident)
+            if hashable:
+                if len(self._rendered) >= RENDERED_MAX:
+                    self._rendered.clear()
+                self._rendered[ident] = rendered
+        out = list(rendered)
+        if self._access is not None:
+            token = session.access_token
+            out.append((self._access, f"Bearer {token}" if self._bearer else token))
+        if self._id_token is not None and session.id_token:
+            out.append((self._id_token, f"Bearer {session.id_token}" if self._id_bearer else session.id_token))
+        if self._assertion is not None and self._signer is not None:
+            header, audience, lifetime = self._assertion
+            out.append((header, self._signer.assertion(session, audience, lifetime)))
+        return out
+
+    def _render(self, ident: Identity) -> tuple[tuple[str, str], ...]:
+        """The identity's headers: every value checked, unsafe ones left out (module docstring)."""
         out: list[tuple[str, str]] = []
         for name, kind, key, basic in self._entries:
             if kind == _FIXED:
@@ -241,20 +269,12 @@ class AppIdentity:
                     continue
                 value = "Basic " + base64.b64encode((value + ":").encode("utf-8")).decode("ascii")
             out.append((name, value))
-        if self._access is not None:
-            token = session.access_token
-            out.append((self._access, f"Bearer {token}" if self._bearer else token))
-        if self._id_token is not None and session.id_token:
-            out.append((self._id_token, f"Bearer {session.id_token}" if self._id_bearer else session.id_token))
-        if self._assertion is not None and self._signer is not None:
-            header, audience, lifetime = self._assertion
-            out.append((header, self._signer.assertion(session, audience, lifetime)))
-        return out
+        return tuple(out)
 
 
 def _field(ident: Identity, attribute: str) -> str | None:
     value = getattr(ident, attribute)
-    return ",".join(value) if isinstance(value, tuple) else value
+    return ",".join(value) if isinstance(value, (tuple, list)) else value
 
 
 def app_identity(config: Config, upstream: UpstreamConfig | None,

@@ -192,3 +192,14 @@ def test_bad_assertions_stop_start_up():
         make_config(upstreams=upstream(header="X-Assertion", lifetime="2h"))
     with pytest.raises(ConfigError, match=r"identity_assertion\.header"):
         make_config(upstreams=upstream(header="Host"))
+
+
+def test_rendered_headers_are_kept_per_identity_and_follow_a_changed_one():
+    template = compiled()
+    assert dict(template.items(SESSION))["X-Forwarded-Email"] == "a@x.test"
+    refreshed = Session(identity=Identity(sub="alice", email="new@x.test"), access_token="AT2", created_at=0.0)
+    got = dict(template.items(refreshed))
+    assert got["X-Forwarded-Email"] == "new@x.test" and got["Authorization"] == "Bearer AT2"
+    assert "X-Forwarded-Groups" not in got
+    unhashable = Session(identity=Identity(sub="bob", groups=["g"]), access_token="AT", created_at=0.0)  # type: ignore[arg-type]
+    assert dict(template.items(unhashable))["X-Forwarded-Groups"] == "g"
