@@ -79,12 +79,18 @@ def last(echo: EchoServer, path: str) -> dict[str, Any]:
 async def test_each_app_gets_its_template_and_an_assertion_it_verifies_with_the_published_keys(stack_factory):
     echo = await start_echo(free_port())
     try:
-        stack = await stack_factory(idp_options={"extra_claims": CLAIMS}, upstreams=upstreams(echo))
+        stack = await stack_factory(idp_options={"extra_claims": CLAIMS}, upstreams=upstreams(echo),
+                                    skip_auth=[{"path": "^/other/public/"}])
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             assert (await login_via_http(browser, stack.url + "/")).status == 200
             for path in ("/app", "/other/x", "/basic/y"):
                 async with browser.get(stack.url + path, headers=FORGED) as resp:
                     assert resp.status == 200
+        async with aiohttp.ClientSession() as anyone, anyone.get(stack.url + "/other/public/x", headers=FORGED) as resp:
+            assert resp.status == 200            # no session: no identity, and none of the forged one either
+        public = last(echo, "/other/public/x")
+        assert not {HEADER.lower(), "x-roles", "remote-user", "x-evil", "authorization"} & {
+            name.lower().replace("_", "-") for name, _ in public["headers"]}
         async with aiohttp.ClientSession() as anyone, anyone.get(stack.url + "/oauth2/jwks") as resp:
             assert resp.status == 200 and resp.content_type == "application/jwk-set+json"
             assert resp.headers["Cache-Control"] == "public, max-age=300"
