@@ -7,13 +7,14 @@ Apps expect identity in their own shape, so each upstream (or the global ``ident
   ``preferred_username``, ``name``, ``groups``, joined with ","): the names policy rules use;
 - any other string: a dotted claim path (``realm_access.roles``), read from the ID token and userinfo
   claims at sign-in and kept in the session (``model.Identity.claims``), lists joined with ",";
+  ``{claim: path}`` is the same, spelt out;
 - ``{value: text}``: a fixed value — a mapping, so no claim value can ever become one;
 - ``{basic: field or path}``: ``Basic base64(value:)`` (RFC 7617), for apps that read HTTP basic auth;
 - ``null``: a preset's header not sent.
 
 The access token goes as ``Authorization: Bearer`` unless ``access_token_header`` names another header
-(the token alone) or ``pass_access_token`` is off; with the ``basic`` preset ``Authorization`` carries
-the user, so the token goes in ``X-Forwarded-Access-Token``. The ID token only when ``id_token_header``
+(the token alone) or ``pass_access_token`` is off; when the template sets ``Authorization`` (the ``basic``
+preset), the token goes in ``X-Forwarded-Access-Token``. The ID token only when ``id_token_header``
 asks. A signed identity assertion (``assertion.py``) goes in the header ``identity_assertion`` names.
 
 **Values are never trusted to be header-safe**: a value is sent only when every character is printable
@@ -97,7 +98,7 @@ def source_problem(source: object) -> str | None:
         return _path_problem(source)
     if not isinstance(source, Mapping) or len(source) != 1 or next(iter(source)) not in _KINDS:
         return ('must be a claim path (e.g. "email" or "realm_access.roles"), {value: "fixed text"}, '
-                '{basic: "user"} or null')
+                '{claim: "path"}, {basic: "user"} or null')
     kind, text = next(iter(source.items()))
     if not isinstance(text, str):
         return f"{kind}: must be a string"
@@ -130,8 +131,8 @@ def token_headers(cfg: IdentityHeadersConfig) -> tuple[str | None, str | None]:
     """Where the access token and the ID token go (None: not sent)."""
     access = None
     if cfg.pass_access_token:
-        basic = "authorization" in (name.lower() for name in template_of(cfg))
-        access = cfg.access_token_header or (TOKEN_HEADER_WITH_BASIC if basic else "Authorization")
+        taken = "authorization" in (name.lower() for name in template_of(cfg))     # basic, or a claim
+        access = cfg.access_token_header or (TOKEN_HEADER_WITH_BASIC if taken else "Authorization")
     return access, cfg.id_token_header
 
 
