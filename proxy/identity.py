@@ -36,11 +36,15 @@ Built once per upstream at start-up (``AppIdentity``); per request a loop over a
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from .headers import HOP_BY_HOP, METHOD_OVERRIDE, PATH_OVERRIDE
+
+# The forwarding logger, as in headers.py and upstream/: an operator filters all forwarding by one name.
+log = logging.getLogger("authproxy.upstream")
 
 if TYPE_CHECKING:
     from .assertion import AssertionSigner
@@ -263,7 +267,11 @@ class AppIdentity:
                 out.append((name, key))
                 continue
             value = _field(ident, key) if kind == _FIELD else ident.claim(key)
-            if not value or not safe(value):
+            if not value:
+                continue
+            if not safe(value):     # logged once per identity (rendered headers are kept); never the value
+                log.info("identity header %s not sent for user %r: its value is not header-safe", name,
+                         ident.sub if safe(ident.sub) else "?")
                 continue
             if basic:
                 if ":" in value:          # RFC 7617 §2: the user-id ends at the first ':'

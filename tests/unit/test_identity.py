@@ -80,11 +80,13 @@ def test_id_token_only_when_asked_and_access_token_can_be_off():
 
 @pytest.mark.parametrize("value", ["x\r\nX-Injected: 1", "x\nY", "x\x00", "a\u2028b", "a\u0085b", "admin\u200b",
                                    "\u202eadmin", "admin ", " admin", "\ud800", "tab\tbed"])
-def test_unsafe_values_are_never_sent(value):
+def test_unsafe_values_are_never_sent(value, caplog):
     assert not safe(value)
     evil = Session(identity=Identity(sub="alice", claims=(("c", value),)), access_token="AT", created_at=0.0)
-    got = items({"headers": {"X-C": "c"}}, evil)
+    with caplog.at_level("INFO", "authproxy.upstream"):
+        got = items({"headers": {"X-C": "c"}}, evil)
     assert "X-C" not in got
+    assert "X-C not sent for user 'alice'" in caplog.text and value not in caplog.text
 
 
 def test_text_beyond_latin1_goes_as_utf8_with_no_cr_or_lf_byte():
