@@ -18,6 +18,7 @@ the proxy publishes at ``/oauth2/jwks`` — that the proxy sent it, recently, fo
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ class AssertionSigner:
         self._keys = [ECKey.import_key(assertion_signing_key(secret)) for secret in secrets]
         self._kids = [key.thumbprint() for key in self._keys]
         self._issuer = issuer
+        self.jwks_body = json.dumps(self.jwks()).encode()      # what /oauth2/jwks answers, made once
         self._clock = clock
         self._cache: OrderedDict[tuple[Identity, str, float], tuple[float, str]] = OrderedDict()
 
@@ -99,5 +101,5 @@ ASSERTIONS = web.AppKey("authproxy_assertions", AssertionSigner)
 
 async def handle_jwks(request: web.Request) -> web.Response:
     """``/oauth2/jwks``: the public keys assertions are signed with (RFC 7517), for anyone to fetch."""
-    return web.json_response(request.app[ASSERTIONS].jwks(), content_type="application/jwk-set+json",
-                             headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
+    return web.Response(body=request.app[ASSERTIONS].jwks_body, content_type="application/jwk-set+json",
+                        headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"})
