@@ -32,7 +32,8 @@ The modules each own one boundary, listed in the order a request meets them:
   ``metadata`` (discovery), ``keys`` (JWKS), ``grants``, ``userinfo``; ``presets`` per-provider defaults;
 - ``tokens``    the one JWT validator (ID, access, logout tokens); ``bearer`` API clients' own bearer JWTs;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
-- ``assertion`` signed identity assertions for the app (ES256, published as a JWKS);
+  ``identity``  per upstream, what the app is told about the user: header templates, tokens, assertion;
+- ``assertion`` signed identity assertions for the app (ES256, published at ``/oauth2/jwks``);
 - ``websocket`` the client's side of an authenticated WebSocket: checks, the session's holds and watch;
 - ``upstream/`` the only code that talks to the app: ``forward`` (routing, forwarding), ``http1*``
   (the lean HTTP/1.1 client), ``relay`` (the answer back: whole, streamed, batched or spliced),

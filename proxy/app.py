@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from .assertion import handle_jwks
 from .backchannel import handle_backchannel_logout
 from .boundary import error_boundary, stamp_response
 from .config import Config
@@ -80,6 +81,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/oauth2/signed_out", handle_signed_out)
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
+    r.add_get("/oauth2/jwks", handle_jwks)     # the keys identity assertions are signed with (assertion.py)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
     if config.metrics_on_listen:
         r.add_get("/metrics", handle_metrics)

@@ -277,5 +277,5 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
     rid = request.get(REQUEST_ID)
     if rid and "X-Request-Id" not in response.headers:
         response.headers["X-Request-Id"] = rid
-    if request.path.startswith("/oauth2/"):
+    if request.path.startswith("/oauth2/") and request.path != "/oauth2/jwks":   # public keys: cacheable
         response.headers.update(NO_STORE)

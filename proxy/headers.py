@@ -6,7 +6,9 @@ app to serve another path than the one every rule checked (``X-Original-URL``…
 cookies, and hop-by-hop headers (RFC 9110 §7.6.1); from a request forwarded without a session, also
 every method-override header. Then the proxy adds its own: ``Host``, ``X-Forwarded-For/-Proto/-Host``
 (a trusted proxy's view of the client kept; from anyone else the peer, ``public_url``'s scheme and host),
-the request id, the Bearer token and the identity headers. On the way back, hop-by-hop fields and any
+the request id, then what the upstream's template (``identity.py``) tells the app: by default the Bearer
+token and the ``X-Forwarded-User/-Email/-Preferred-Username/-Groups`` headers. Every header name that any
+upstream's template or assertion uses is stripped from every request too. On the way back, hop-by-hop fields and any
 ``Set-Cookie`` that names one of the proxy's cookies is dropped: an app must not set or clear our session.
 
 ``HeaderPolicy`` holds what these rules need from the config, built once with the ``Forwarder``; both
@@ -28,6 +30,7 @@ from .context import REQUEST_ID
 
 if TYPE_CHECKING:
     from .config import Config
+    from .identity import AppIdentity
     from .session import Session
 
 # The forwarding logger, as in upstream/forward.py and relay.py: an operator filters all forwarding by one name.
@@ -96,7 +99,12 @@ class HeaderPolicy:
     """The header rules for one config: the proxy's cookie names, its trusted proxies, its public scheme."""
 
     def __init__(self, config: Config) -> None:
+        from .identity import all_names, app_identity      # identity.py imports this module's constants
+
         name = config.cookie.name
+        # The global template, for a caller that names no upstream's; and every name any template sets.
+        self._default_identity = app_identity(config, None)
+        self._template_names = all_names(config)
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
         self._trust_cache: dict[str, bool] = {}
         self._drop_cache: dict[str, bool] = {}
@@ -138,21 +146,23 @@ class HeaderPolicy:
         dropped = self._drop_cache.get(name)
         if dropped is None:
             lower = name.lower()
-            dropped = lower in _DROPPED_REQUEST or lower.replace("_", "-") in _DROPPED_ANY_SPELLING
+            spelt = lower.replace("_", "-")
+            dropped = lower in _DROPPED_REQUEST or spelt in _DROPPED_ANY_SPELLING or spelt in self._template_names
             if len(self._drop_cache) > 1024:
                 self._drop_cache.clear()
             self._drop_cache[name] = dropped
         return dropped
 
-    def request_headers(self, request: web.Request, session: Session | None,
-                        host: str | None = None) -> CIMultiDict[str]:
-        return CIMultiDict(self.request_items(request, session, host))
+    def request_headers(self, request: web.Request, session: Session | None, host: str | None = None,
+                        identity: AppIdentity | None = None) -> CIMultiDict[str]:
+        return CIMultiDict(self.request_items(request, session, host, identity))
 
-    def request_items(self, request: web.Request, session: Session | None,
-                      host: str | None = None) -> list[tuple[str, str]]:
+    def request_items(self, request: web.Request, session: Session | None, host: str | None = None,
+                      identity: AppIdentity | None = None) -> list[tuple[str, str]]:
         """The upstream request's header fields, in order: the client's less what the proxy owns, then
-        the proxy's own (cookies stripped of ours, Host, X-Forwarded-*, Bearer and identity).
-        ``host``: the ``Host`` the upstream wants (``Upstream.host_header``); None passes the client's."""
+        the proxy's own (cookies stripped of ours, Host, X-Forwarded-*, then the upstream's identity).
+        ``host``: the ``Host`` the upstream wants (``Upstream.host_header``); None passes the client's.
+        ``identity``: the upstream's compiled template (``Upstream.identity``); None, the global one."""
         incoming = request.headers
         connection = incoming.get("Connection")
         listed = {t.strip().lower() for t in connection.split(",") if t.strip()} if connection else None
@@ -185,8 +195,7 @@ class HeaderPolicy:
         if request_id:
             headers.append(("X-Request-Id", request_id))
         if session is not None:
-            headers.append(("Authorization", f"Bearer {session.access_token}"))
-            headers += identity_headers(session).items()
+            headers += (identity or self._default_identity).items(session)
         return headers
 
     def response_headers(self, items: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -48,11 +48,20 @@ class Identity:
     preferred_username: str | None = None
     name: str | None = None
     groups: tuple[str, ...] = ()
+    # Claims header templates name (``identity.claim_paths``), kept as the text they are sent as.
+    claims: tuple[tuple[str, str], ...] = ()
+
+    def claim(self, path: str) -> str | None:
+        for kept, value in self.claims:
+            if kept == path:
+                return value
+        return None
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], paths: ClaimsConfig | None = None,
-                    user_path: str = "sub") -> Identity:
-        """The identity in ID-token or userinfo claims, found at the configured claim paths.
+                    user_path: str = "sub", kept: tuple[str, ...] = ()) -> Identity:
+        """The identity in ID-token or userinfo claims, found at the configured claim paths, and the
+        claims at the ``kept`` paths as header text.
 
         An email with ``email_verified: false`` is not an email: it proves nothing about the user.
         """
@@ -73,10 +82,11 @@ class Identity:
         groups = claim_at(claims, paths.groups)
         if isinstance(groups, str):
             groups = [groups]
-        kept = tuple(g for g in groups if isinstance(g, str) and g and _header_safe(g) and "," not in g) \
+        kept_groups = tuple(g for g in groups if isinstance(g, str) and g and _header_safe(g) and "," not in g) \
             if isinstance(groups, list) else ()
         return cls(sub=user, email=email, preferred_username=text(paths.preferred_username), name=text(paths.name),
-                   groups=kept)
+                   groups=kept_groups, claims=tuple((path, value) for path in kept
+                                                    if (value := claim_text(claim_at(claims, path))) is not None))
 
 
 # Identity values become upstream headers: CR, LF and other controls would split or corrupt them.
@@ -85,6 +95,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _header_safe(value: str) -> bool:
     return len(value) <= 1024 and not _CONTROL.search(value)
+
+
+def claim_text(value: Any) -> str | None:
+    """A claim as header text: a string, number or boolean as JSON writes it; a list of those joined with
+    "," (items that hold a "," left out, as for groups); None for anything else or an unsafe text."""
+    if isinstance(value, list):
+        items = [claim_text(item) for item in value if not isinstance(item, (list, dict))]
+        value = ",".join(item for item in items if item and "," not in item)
+    elif isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)) and math.isfinite(value):
+        value = str(value)
+    return value if isinstance(value, str) and value and _header_safe(value) else None
 
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:
@@ -143,6 +166,8 @@ class Session:
     def to_bytes(self) -> bytes:
         data = asdict(self)
         data["identity"]["groups"] = list(self.identity.groups)
+        if not self.identity.claims:
+            del data["identity"]["claims"]      # the payload stays as it was for sessions without kept claims
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -153,6 +178,7 @@ class Session:
             data = json.loads(raw)
             ident = data.pop("identity")
             ident["groups"] = tuple(ident.get("groups") or ())
+            ident["claims"] = tuple(tuple(pair) for pair in ident.get("claims") or ())
             session = cls(identity=Identity(**ident), **data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CookieError("session payload is not in the expected shape") from exc
@@ -172,6 +198,7 @@ class Session:
         ident = self.identity
         return (text(ident.sub, False) and bool(ident.sub) and text(ident.email) and text(ident.preferred_username)
                 and text(ident.name) and all(isinstance(g, str) for g in ident.groups)
+                and all(len(c) == 2 and text(c[0], False) and text(c[1], False) for c in ident.claims)
                 and text(self.access_token, False) and text(self.id, False) and text(self.refresh_token)
                 and text(self.id_token) and text(self.sid) and number(self.created_at, False)
                 and number(self.expires_at) and number(self.issued_at) and number(self.last_seen))

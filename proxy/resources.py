@@ -4,7 +4,8 @@
   and the one way sessions end (``ending.SessionEnds``), told of ends by the fan-out;
 - ``provider_ctx``: the HTTP client to the identity provider, the ``Provider`` and ``Refresher`` built
   on it, and the provider's metadata loaded in the background until it succeeds (``/ready`` waits for it);
-- ``upstreams_ctx``: the clients to the apps behind us and the ``Forwarder`` that routes to them.
+- ``upstreams_ctx``: the clients to the apps behind us and the ``Forwarder`` that routes to them, with
+  the one ``AssertionSigner`` that signs every upstream's identity assertions and serves ``/oauth2/jwks``.
 
 ``Lasting`` is what outlives one app: a reload (SIGHUP) builds a new app around the same one. The
 order matters and is ``app.create_app``'s: the provider's refresher needs the store.
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .assertion import ASSERTIONS, AssertionSigner
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, SEALER
 from .crypto import tls_context
 from .ending import ENDS, FANOUT, SessionEnds
 from .errors import ProviderError
+from .identity import claim_paths
 from .host import HostFanout, HostLink, HostRefreshes
 from .metrics import METRICS, Metrics
 from .provider import Provider
@@ -84,7 +87,8 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
     """The provider's HTTP client, and its metadata loaded in the background until it succeeds."""
     config = app[CONFIG]
     http = provider_http(tls_context(config.provider.ca_file) if config.provider.ca_file else None)
-    app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS])
+    app[PROVIDER] = provider = Provider(config.provider, config.redirect_uri, http, app[CLOCK], app[METRICS],
+                                        kept_claims=claim_paths(config))
     link = app[LASTING].host                 # the Redis store shares refreshes itself (its lock)
     shared = link is not None and not isinstance(app[STORE], RedisStore)
     host = HostRefreshes(link, app[SEALER], GRANT_CAP + config.provider.timeout + 5) if shared and link else None
@@ -113,7 +117,10 @@ async def load_metadata(provider: Provider) -> None:
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     """A client per upstream (aiohttp's, and the lean HTTP/1.1 pool where it applies), closed with the app."""
-    upstreams = [Upstream(u, make_client(u)) for u in app[CONFIG].upstreams]
-    app[FORWARDER] = Forwarder(app[CONFIG], upstreams)
+    config = app[CONFIG]
+    upstreams = [Upstream(u, make_client(u)) for u in config.upstreams]
+    # One signer for every upstream's assertions and /oauth2/jwks: its keys derive from the cookie secrets.
+    app[ASSERTIONS] = signer = AssertionSigner(config.cookie.keys, config.public_url, clock=app[CLOCK])
+    app[FORWARDER] = Forwarder(config, upstreams, signer)
     yield
     await asyncio.gather(*(u.client.close() for u in upstreams), *(u.lean.close() for u in upstreams if u.lean))

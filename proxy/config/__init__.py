@@ -24,7 +24,8 @@ across fields — ``base`` (what every model shares), ``provider``, ``sessions``
 """
 
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
-from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, TLSConfig, UpstreamConfig
+from .access import (AuthorizationConfig, CorsConfig, IdentityAssertionConfig, IdentityHeadersConfig, SkipAuthRule,
+                     TLSConfig, UpstreamConfig)
 from .models import Config, LimitsConfig, LoggingConfig
 from .provider import ClaimsConfig, ProviderConfig
 from .sessions import CookieConfig, RedisConfig, SessionConfig
@@ -48,6 +49,8 @@ __all__ = [
                      "CookieConfig",
                      "CorsConfig",
                      "Duration",
+                     "IdentityAssertionConfig",
+                     "IdentityHeadersConfig",
                      "LimitsConfig",
                      "Loc",
                      "LoggingConfig",

@@ -8,7 +8,7 @@ Together because each decides, per request, whether and where it goes: the gate 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -64,6 +64,67 @@ class AuthorizationConfig(_Model):
                     or self.rules)
 
 
+def _header_name(name: str) -> str:
+    from ..identity import header_name_problem      # the rules live with the templates they protect
+
+    problem = header_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+def _header_source(source: str | dict[str, str] | None) -> str | dict[str, str] | None:
+    from ..identity import source_problem
+
+    problem = source_problem(source)
+    if problem is not None:
+        raise ValueError(problem)
+    return source
+
+
+def _non_empty_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError('must not be empty; write the audience the app checks, e.g. "https://wiki.internal"')
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+# A claim path, {value: text}, {claim: path}, {basic: path} or null (identity.py says what each sends).
+HeaderSource = Annotated[str | dict[str, str] | None, AfterValidator(_header_source)]
+# Assertions are short-lived proofs: an hour is already long for one that cannot be revoked.
+ASSERTION_LIFETIME_MAX = 3600.0
+
+
+class IdentityHeadersConfig(_Model):
+    """Which headers tell the app who the user is, and where its tokens go (``identity.py``): a preset,
+    then explicit headers that add to it, replace its values or (``null``) remove them."""
+
+    preset: Annotated[Literal["x-forwarded", "x-auth-request", "remote-user", "basic", "none"],
+                      BeforeValidator(_lower)] = "x-forwarded"
+    headers: dict[str, HeaderSource] = {}
+    pass_access_token: bool = True
+    access_token_header: HeaderName | None = None
+    id_token_header: HeaderName | None = None
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        from ..identity import template_problems
+
+        yield from template_problems(self)
+
+
+class IdentityAssertionConfig(_Model):
+    """A signed JWT that says who the user is (``assertion.py``), in a header the operator names."""
+
+    header: HeaderName
+    audience: Annotated[str, AfterValidator(_non_empty_text)] | None = None
+    lifetime: PositiveDuration = 60.0
+
+    def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.lifetime > ASSERTION_LIFETIME_MAX:
+            yield ("lifetime",), (f"{self.lifetime:g} s is longer than an assertion should live (it cannot be "
+                                  f"revoked); write at most \"1h\", e.g. \"60s\"")
+
+
 class TLSConfig(_Model):
     """How authproxy checks an https upstream's certificate."""
 
@@ -84,6 +145,8 @@ class UpstreamConfig(_Model):
     websockets: bool = True
     flush_interval: Duration = 0.0
     authorization: AuthorizationConfig | None = None
+    identity_headers: IdentityHeadersConfig | None = None
+    identity_assertion: IdentityAssertionConfig | None = None
 
 
 class SkipAuthRule(_Model):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, field_validator
 
-from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, UpstreamConfig
+from .access import AuthorizationConfig, CorsConfig, IdentityHeadersConfig, SkipAuthRule, UpstreamConfig
 from .base import _CrossFieldProblems, _Model
 from .provider import ProviderConfig
 from .sessions import CookieConfig, SessionConfig
@@ -62,6 +62,7 @@ class Config(_Model):
     upstreams: list[UpstreamConfig]
     session: SessionConfig = SessionConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
+    identity_headers: IdentityHeadersConfig = IdentityHeadersConfig()
     api_paths: list[Annotated[str, AfterValidator(_absolute_path)]] = []
     skip_auth: list[SkipAuthRule] = []
     cors: CorsConfig = CorsConfig()
@@ -77,6 +78,9 @@ class Config(_Model):
     metrics_on_listen: bool = False
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        from ..identity import assertion_problems
+
+        yield from assertion_problems(self)
         if self.metrics_on_listen and self.metrics_listen is not None:
             yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
                                            "metrics_on_listen: false, or remove metrics_listen to serve them on listen")

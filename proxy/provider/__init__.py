@@ -56,8 +56,10 @@ class Provider:
     """One configured identity provider, with its metadata and signing keys cached."""
 
     def __init__(self, config: ProviderConfig, redirect_uri: str, http: aiohttp.ClientSession,
-                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
+                 kept_claims: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.kept_claims = kept_claims      # the claim paths header templates name (identity.claim_paths)
         self.redirect_uri = redirect_uri
         self.is_oidc = config.protocol == "oidc"
         self._clock = clock
@@ -141,7 +143,7 @@ class Provider:
 
     def identity_from(self, claims: Mapping[str, Any]) -> Identity:
         user_path = "sub" if self.is_oidc else self.config.claims.user
-        return Identity.from_claims(claims, self.config.claims, user_path=user_path)
+        return Identity.from_claims(claims, self.config.claims, user_path=user_path, kept=self.kept_claims)
 
     # -- token verification: one validator for every kind (proxy/tokens.py) --------------------
 

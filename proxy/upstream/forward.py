@@ -31,7 +31,9 @@ from yarl import URL
 from ..config import Config, UpstreamConfig
 from ..crypto import tls_context
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..assertion import AssertionSigner
 from ..headers import HeaderPolicy
+from ..identity import AppIdentity, app_identity
 from ..metrics import METRICS
 from ..paths import normalized_path, strip_segments
 from ..session import Session
@@ -73,6 +75,8 @@ class Upstream:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                              sock_read=config.timeout)
         self.lean = lean_pool(config)
+        # What the app is told about the user (identity.py), compiled by the Forwarder with the signer.
+        self.identity: AppIdentity | None = None
 
     def matches(self, key: str) -> bool:
         """Whether a match key (``paths.match_key``) lies under this upstream's prefix, on whole segments."""
@@ -122,10 +126,14 @@ def make_client(config: UpstreamConfig) -> aiohttp.ClientSession:
 class Forwarder:
     """Routes a request to its upstream and carries the exchange."""
 
-    def __init__(self, config: Config, upstreams: Iterable[Upstream]) -> None:
+    def __init__(self, config: Config, upstreams: Iterable[Upstream], signer: AssertionSigner | None = None) -> None:
         # Longest prefix first, so the first match is the most specific.
         self.upstreams = sorted(upstreams, key=lambda u: len(u.prefix), reverse=True)
         self.headers = HeaderPolicy(config)
+        if signer is None and any(u.identity_assertion for u in config.upstreams):
+            signer = AssertionSigner(config.cookie.keys, config.public_url)
+        for upstream in self.upstreams:
+            upstream.identity = app_identity(config, upstream.config, signer)
 
     def route(self, key: str) -> Upstream | None:
         """The upstream for a match key (``paths.request_key``), or None."""
@@ -136,7 +144,7 @@ class Forwarder:
 
     def request_headers(self, request: web.Request, session: Session | None, upstream: Upstream) -> CIMultiDict[str]:
         """The header policy's fields for a request to ``upstream``, with the ``Host`` it wants."""
-        return self.headers.request_headers(request, session, upstream.host_header)
+        return self.headers.request_headers(request, session, upstream.host_header, upstream.identity)
 
     async def forward(self, request: web.Request, upstream: Upstream, session: Session | None) -> web.StreamResponse:
         request[UPSTREAM_LABEL] = upstream.config.path
@@ -146,7 +154,7 @@ class Forwarder:
             if (length := splice_upload_length(request)) is not None:
                 return await self._forward_lean(request, upstream, upstream.lean, session, body_length=length)
         url = upstream.target(normalized_path(request), request.rel_url.raw_query_string)
-        headers = self.headers.request_headers(request, session, upstream.host_header)
+        headers = self.headers.request_headers(request, session, upstream.host_header, upstream.identity)
         body = request.content if request.body_exists else None
         started = time.perf_counter()
         try:
@@ -178,7 +186,8 @@ class Forwarder:
         target = upstream.base_path + upstream.request_target(normalized_path(request),
                                                               request.rel_url.raw_query_string)
         with span("upstream", client=True, **{"server.address": upstream.config.url}) as current:
-            items = inject_items(self.headers.request_items(request, session, upstream.host_header))
+            items = inject_items(self.headers.request_items(request, session, upstream.host_header,
+                                                             upstream.identity))
             if request.method not in _BODILESS_METHODS and "Content-Length" not in request.headers:
                 items.append(("Content-Length", "0"))      # as aiohttp's client does: some servers want it (411)
             head = serialize_head(request.method, target, items)

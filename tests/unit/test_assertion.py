@@ -107,3 +107,16 @@ def test_the_reuse_cache_is_bounded():
     for i in range(CACHE_MAX + 5):
         signer.assertion(session(f"user{i}"), "app", 60)
     assert len(signer._cache) == CACHE_MAX
+
+
+def test_a_new_session_object_per_request_reuses_the_assertion_and_a_changed_identity_does_not():
+    """A Bearer API client gets a new Session (new issued_at) per request: no signature per request."""
+    clock = Clock()
+    signer = AssertionSigner([b"s" * 32], ISSUER, clock=clock)
+    first = signer.assertion(session(), "app", 60)
+    again = Session(identity=Identity(sub="alice"), access_token="other", created_at=clock(), issued_at=clock(),
+                    id="bearer")
+    assert signer.assertion(again, "app", 60) == first
+    regrouped = Session(identity=Identity(sub="alice", groups=("admins",)), access_token="AT", created_at=0, id="b")
+    changed = signer.assertion(regrouped, "app", 60)
+    assert changed != first and verify(changed, signer.jwks(), "app", clock())["groups"] == ["admins"]

@@ -59,7 +59,8 @@ MINIMAL: dict[str, Any] = {
 # key inside them can be set alone. Sentinel URLs are there so that `sentinel_master` may be set alone.
 BASE: dict[str, Any] = {
     **copy.deepcopy(MINIMAL),
-    "upstreams": [{"path": "/", "url": "http://127.0.0.1:8080", "authorization": {}}],
+    "upstreams": [{"path": "/", "url": "http://127.0.0.1:8080", "authorization": {}, "identity_headers": {},
+                   "identity_assertion": {"header": "X-Authproxy-Assertion"}}],
     "session": {"redis": {"sentinel_urls": ["redis://10.0.0.1:26379"]}},
     "skip_auth": [{"path": "^/public/"}],
 }
