@@ -61,6 +61,13 @@ def ping(url: str) -> int:
         return 1
 
 
+def load_checked(path: str | None) -> Config:
+    """The configuration, with what validation cannot see checked too: that ``tls``'s files can be served."""
+    from .tls import check
+
+    return check(load_config(path), path or "<environment>")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "secret":
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = args.check_config or config_path(args.config)
     try:
-        config = load_config(path)
+        config = load_checked(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -91,10 +98,10 @@ def run(config: Config, path: str | None) -> int:
     upstreams = ", ".join(f"{u.path} -> {u.url}" for u in config.upstreams)
     provider = config.provider.issuer or config.provider.authorization_endpoint
     logging.getLogger("authproxy").info(
-        "authproxy %s listening on %s:%d for %s; provider %s (%s); upstreams %s; %d worker(s)", __version__,
-        config.listen_host, config.listen_port, config.public_url, provider, config.provider.type, upstreams,
-        config.worker_count)
-    return serve(config, lambda: load_config(path))
+        "authproxy %s listening on %s://%s:%d for %s; provider %s (%s); upstreams %s; %d worker(s)", __version__,
+        "https" if config.tls else "http", config.listen_host, config.listen_port, config.public_url, provider,
+        config.provider.type, upstreams, config.worker_count)
+    return serve(config, lambda: load_checked(path))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ across fields — ``base`` (what every model shares), ``provider``, ``sessions``
 
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
 from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, TLSConfig, UpstreamConfig
-from .models import Config, LimitsConfig, LoggingConfig
+from .models import Config, LimitsConfig, ListenTLSConfig, LoggingConfig
 from .provider import ClaimsConfig, ProviderConfig
 from .sessions import CookieConfig, RedisConfig, SessionConfig
 from .values import (CALLBACK_PATH, COOKIE_KEY_BYTES, DEFAULT_ID_TOKEN_ALGORITHMS, KNOWN_ID_TOKEN_ALGORITHMS,
@@ -48,6 +48,7 @@ __all__ = [
                      "CorsConfig",
                      "Duration",
                      "LimitsConfig",
+                     "ListenTLSConfig",
                      "Loc",
                      "LoggingConfig",
                      "PositiveDuration",
