@@ -349,3 +349,17 @@ async def test_login_through_the_real_provider_over_https(pki, idp_factory):
     finally:
         assert await proxy.stop() == 0
         await echo.close()
+
+
+async def test_authproxy_ping_checks_an_https_listener_on_loopback(pki, rich):
+    ca, cert, key = pki
+    proxy = await start_tls(tls_config(rich.url, cert, key), ca)
+    try:
+        def ping(url: str) -> int:
+            return subprocess.run([sys.executable, "-m", "proxy", "ping", "--url", url], cwd=REPO,
+                                  capture_output=True, timeout=30, check=False).returncode
+        assert await asyncio.to_thread(ping, proxy.url + "/ping") == 0          # a CA the system does not trust
+        plain = proxy.url.replace("https://", "http://") + "/ping"
+        assert await asyncio.to_thread(ping, plain) == 1                          # plain HTTP to the TLS port: down
+    finally:
+        assert await proxy.stop() == 0
