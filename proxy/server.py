@@ -32,7 +32,7 @@ from .host import HostDenylist, HostFanout, HostLink
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
 from .supervisor import run_workers
-from .tls import ListenerCertificate, redirect_app, watching
+from .tls import ListenerCertificate, TLSSite, redirect_app, watching
 
 log = logging.getLogger("authproxy")
 
@@ -60,8 +60,11 @@ async def start_runner(config: Config, lasting: Lasting | None = None) -> web.Ap
     raise_descriptor_limit(config.limits)
     runner = make_runner(app, config, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024,
-                      ssl_context=certificate.context if certificate is not None else None).start()
+    if certificate is None:
+        await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
+    else:
+        await TLSSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024,
+                      ssl_context=certificate.context, handshake_timeout=config.limits.header_timeout).start()
     return runner
 
 

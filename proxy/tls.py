@@ -30,6 +30,7 @@ import os
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -146,6 +147,27 @@ class ListenerCertificate:
         while True:
             await asyncio.sleep(self.settings.reload_interval)
             self.reload_if_changed()
+
+
+class TLSSite(web.TCPSite):
+    """aiohttp's TCP site with a bound on the TLS handshake: a client that connects and never finishes its
+    handshake is cut after ``handshake_timeout`` (``limits.header_timeout``), as one that never sends its
+    request head is. asyncio's and uvloop's default of 60 s would otherwise hold, whatever the operator set,
+    and a connection still shaking hands is not yet one of ``limits.max_connections``."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float,
+                 **options: Any) -> None:
+        super().__init__(runner, host, port, **options)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)                  # what BaseSite.start does
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout)
 
 
 def watching(certificate: ListenerCertificate) -> Callable[[web.Application], AsyncIterator[None]]:

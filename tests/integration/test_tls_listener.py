@@ -363,3 +363,21 @@ async def test_authproxy_ping_checks_an_https_listener_on_loopback(pki, rich):
         assert await asyncio.to_thread(ping, plain) == 1                          # plain HTTP to the TLS port: down
     finally:
         assert await proxy.stop() == 0
+
+
+async def test_a_handshake_never_finished_is_cut_after_the_header_timeout(pki, rich):
+    """A client that connects and sends nothing (or half a ClientHello) is not kept for the loop's 60 s."""
+    ca, cert, key = pki
+    proxy = await start_tls(tls_config(rich.url, cert, key) | {"limits": {"header_timeout": "1s"}}, ca)
+    try:
+        port = int(proxy.url.rsplit(":", 1)[1])
+        for opening in (b"", b"\x16\x03\x01\x02\x00\x01"):                  # nothing; a ClientHello's first bytes
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(opening)
+            started = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            assert asyncio.get_running_loop().time() - started < 5
+            writer.close()
+        assert await served_serial(proxy.url, ca.client_context()) == 1001          # the listener still serves
+    finally:
+        assert await proxy.stop() == 0
