@@ -327,6 +327,10 @@ async def test_a_bad_tls_configuration_stops_start_up_naming_the_key(pki, tmp_pa
         result = start_up(data, tmp_path)
         assert result.returncode == 2, result.stderr
         assert key_name in result.stderr and fix in result.stderr, result.stderr
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cases[2][0]))    # the key that does not match
+    checked = subprocess.run([sys.executable, "-m", "proxy", "--check-config", str(tmp_path / "config.yaml")],
+                             cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 2 and "tls.key_file" in checked.stderr     # --check-config reads the files too
 
 
 async def test_login_through_the_real_provider_over_https(pki, idp_factory):
