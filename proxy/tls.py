@@ -25,10 +25,12 @@ and the old certificate stays in use; at start-up or on SIGHUP the same problem 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +38,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .config import Config, ListenTLSConfig
+from .crypto import certificate_dates
 from .errors import ConfigError, Problem
 
 log = logging.getLogger("authproxy")
@@ -48,6 +51,9 @@ CIPHERS = ":".join([
 ])
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 ALPN = ["http/1.1"]
+# A certificate that expires sooner than this is logged as a warning at each load (Let's Encrypt renews 30 days
+# before; a week left means renewal has failed for three weeks).
+EXPIRY_WARNING = 7 * 24 * 3600
 # A Host header the redirect listener believes: a DNS name or a bracketed IPv6 address, and a port.
 _HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 
@@ -108,6 +114,29 @@ def check(config: Config, source: str = "<config>") -> Config:
     return config
 
 
+def describe(cert_file: str, now: Callable[[], float] = time.time) -> None:
+    """Log the serial and expiry of the certificate now served; a warning when it is expired, not yet valid,
+    or expires within EXPIRY_WARNING (browsers would refuse it, and nothing else tells the operator)."""
+    try:
+        with open(cert_file, "rb") as file:
+            dates = certificate_dates(file.read())
+    except OSError:
+        return
+    if dates is None:
+        return
+    serial, not_before, not_after = dates
+    until = datetime.datetime.fromtimestamp(not_after, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    left = not_after - now()
+    if left < 0 or not_before > now():
+        log.warning("the TLS certificate in %s (serial %x) is not valid now (valid until %s): browsers refuse it; "
+                    "renew it, authproxy loads the new one when the file changes", cert_file, serial, until)
+    elif left < EXPIRY_WARNING:
+        log.warning("the TLS certificate in %s (serial %x) expires in %.1f days (%s); renew it, authproxy loads "
+                    "the new one when the file changes", cert_file, serial, left / 86400, until)
+    else:
+        log.info("serving the TLS certificate in %s (serial %x, valid until %s)", cert_file, serial, until)
+
+
 class ListenerCertificate:
     """The listener's one ``ssl.SSLContext`` (``context``) and the certificate new handshakes get (``current``)."""
 
@@ -120,6 +149,7 @@ class ListenerCertificate:
         self.context = self.current = current
         self.context.sni_callback = self._choose
         self.loads = 1
+        describe(settings.cert_file)
 
     def _choose(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
         """During each handshake: serve the newest certificate (a handshake done keeps its own)."""
@@ -141,6 +171,7 @@ class ListenerCertificate:
         self.current = current
         self.loads += 1
         log.info("TLS certificate reloaded from %s", self.settings.cert_file)
+        describe(self.settings.cert_file)
         return True
 
     async def watch(self) -> None:

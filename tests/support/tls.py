@@ -54,7 +54,8 @@ class LocalCA:
         self.path = directory / "ca.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cert_path: Path, key_path: Path, serial: int) -> None:
+    def issue(self, cert_path: Path, key_path: Path, serial: int,
+              not_after: datetime.datetime | None = None) -> None:
         """A server certificate with ``serial`` and a fresh key, written over ``cert_path`` and ``key_path``
         atomically (each through a rename, as a certificate manager writes)."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -62,7 +63,8 @@ class LocalCA:
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
                 .issuer_name(self.name).public_key(key.public_key()).serial_number(serial)
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .not_valid_before(now - datetime.timedelta(days=90))
+                .not_valid_after(not_after or now + datetime.timedelta(days=60))
                 .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                                                             x509.DNSName("localhost")]), critical=False)
                 .sign(self.key, hashes.SHA256()))

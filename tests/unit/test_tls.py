@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import ssl
 from pathlib import Path
@@ -130,3 +131,18 @@ def test_a_pair_that_cannot_be_served_at_start_is_a_config_error(tmp_path):
 def test_redirect_target_never_leaves_public_url(public_url, host, path, expected):
     config = parse_config({**minimal(), "public_url": public_url})
     assert redirect_target(config, host, path) == expected
+
+
+@pytest.mark.parametrize("days,level,fragment", [
+    (60, logging.INFO, "valid until"),
+    (2, logging.WARNING, "expires in 2.0 days"),
+    (-1, logging.WARNING, "not valid now"),
+])
+def test_the_certificate_served_is_described_and_its_expiry_warned(pair, tmp_path, caplog, days, level, fragment):
+    ca, _, _ = pair
+    cert, key = tmp_path / "e.pem", tmp_path / "e.key"
+    ca.issue(cert, key, serial=0xABC, not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days))
+    with caplog.at_level(logging.INFO, logger="authproxy"):
+        ListenerCertificate(settings(cert, key))
+    (record,) = [r for r in caplog.records if "abc" in r.getMessage()]
+    assert record.levelno == level and fragment in record.getMessage() and str(cert) in record.getMessage()
