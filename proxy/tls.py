@@ -65,27 +65,32 @@ def _no_password() -> str:
 def _signature(settings: ListenTLSConfig) -> tuple[tuple[int, int, int, int], ...] | None:
     """What changes when either file is replaced or rewritten; None while one cannot be read."""
     try:
-        stats = [os.stat(path) for path in (settings.cert_file, settings.key_file)]
+        stats = [os.stat(path) for path in (settings.cert_file, settings.key_file, settings.client_ca_file) if path]
     except OSError:
         return None
     return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
 
 
 def context_problems(settings: ListenTLSConfig) -> tuple[ssl.SSLContext | None, list[Problem]]:
-    """A server context for the pair of files, or the problems with them, each naming the key and the fix."""
-    for key, path in (("tls.cert_file", settings.cert_file), ("tls.key_file", settings.key_file)):
+    """A server context for the pair of files (and the client CAs), or the problems with them, each naming the
+    key and the fix. Only ``client_ca_file`` ever goes into the context's trust store."""
+    files = [("tls.cert_file", settings.cert_file), ("tls.key_file", settings.key_file),
+             ("tls.client_ca_file", settings.client_ca_file)]
+    for key, path in files:
+        if path is None:
+            continue
         try:
             with open(path, "rb"):
                 pass
         except OSError as exc:
             return None, [Problem(key, f"{path!r} cannot be read ({exc.strerror}); give the path of a PEM file "
                                        "the user authproxy runs as may read")]
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_verify_locations(cafile=settings.cert_file)      # a certificate is there at all
+    try:                # a certificate is there at all (in a context of its own: never a trust anchor for clients)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=settings.cert_file)
     except (ssl.SSLError, ValueError):
         return None, [Problem("tls.cert_file", f"{settings.cert_file!r} holds no PEM certificate; give the server "
                                                "certificate followed by its intermediates, PEM-encoded")]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_password)
     except (ssl.SSLError, ValueError) as exc:
@@ -96,12 +101,27 @@ def context_problems(settings: ListenTLSConfig) -> tuple[ssl.SSLContext | None, 
             message = (f"{settings.key_file!r} holds no usable PEM private key ({exc}); give an unencrypted "
                        "PEM key (PKCS#8 or traditional), e.g. openssl pkey -in key.pem -out plain.pem")
         return None, [Problem("tls.key_file", message)]
+    if settings.client_ca_file is not None:
+        problem = _require_client_certificates(context, settings.client_ca_file)
+        if problem is not None:
+            return None, [problem]
     context.minimum_version = VERSIONS[settings.min_version]
     context.set_ciphers(CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(ALPN)
     return context, []
+
+
+def _require_client_certificates(context: ssl.SSLContext, client_ca_file: str) -> Problem | None:
+    """``tls.client_ca_file``: every client must present a certificate one of these CAs signed (mutual TLS)."""
+    try:
+        context.load_verify_locations(cafile=client_ca_file)
+    except (ssl.SSLError, ValueError):
+        return Problem("tls.client_ca_file", f"{client_ca_file!r} holds no PEM certificate; give the CA "
+                                             "certificates that sign the clients', PEM-encoded")
+    context.verify_mode = ssl.CERT_REQUIRED
+    return None
 
 
 def check(config: Config, source: str = "<config>") -> Config:

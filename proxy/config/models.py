@@ -57,6 +57,7 @@ class ListenTLSConfig(_Model):
 
     cert_file: str
     key_file: str
+    client_ca_file: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
     reload_interval: PositiveDuration = 5.0
     redirect_http_listen: str | None = None

@@ -5,6 +5,7 @@ versions and weak ciphers refused, the plain-HTTP redirect, start-up refusals, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 import subprocess
@@ -383,5 +384,45 @@ async def test_a_handshake_never_finished_is_cut_after_the_header_timeout(pki, r
             assert asyncio.get_running_loop().time() - started < 5
             writer.close()
         assert await served_serial(proxy.url, ca.client_context()) == 1001          # the listener still serves
+    finally:
+        assert await proxy.stop() == 0
+
+
+async def test_client_certificates_from_client_ca_file_only(pki, rich, tmp_path):
+    """Mutual TLS: a client needs a certificate from ``client_ca_file`` — not one from the CA that signed the
+    server's own certificate, even when that CA is in ``cert_file``'s chain."""
+    ca, cert, key = pki
+    cert.write_bytes(cert.read_bytes() + ca.path.read_bytes())          # a "full chain", root included
+    (tmp_path / "clients").mkdir()
+    clients = LocalCA(tmp_path / "clients")
+    for issuer, name in ((clients, "good"), (ca, "server-ca")):
+        issuer.issue(tmp_path / f"{name}.pem", tmp_path / f"{name}.key", serial=4000, client=True)
+    good = ca.client_context()
+    good.load_cert_chain(tmp_path / "good.pem", tmp_path / "good.key")
+    proxy = await start_proxy_process(tls_config(rich.url, cert, key, client_ca_file=str(clients.path)),
+                                      ready_path="/ping", ssl=good)
+    port = int(proxy.url.rsplit(":", 1)[1])
+
+    async def ping_as(name: str | None) -> int | None:
+        context = ca.client_context()
+        if name is not None:
+            context.load_cert_chain(tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        except (ssl.SSLError, ConnectionError):
+            return None
+        try:                                  # TLS 1.3: the server's refusal arrives after the client's handshake
+            return await keep_alive_get(reader, writer, "/ping")
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            writer.close()
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                await writer.wait_closed()
+
+    try:
+        assert await ping_as("good") == 200
+        assert await ping_as(None) is None
+        assert await ping_as("server-ca") is None
     finally:
         assert await proxy.stop() == 0

@@ -56,12 +56,14 @@ def test_problems_name_the_key_and_the_file(pair, tmp_path):
         (settings(empty, key), "tls.cert_file", "no PEM certificate"),
         (settings(cert, empty), "tls.key_file", "no usable PEM private key"),
         (settings(cert, other / "k.pem"), "tls.key_file", "is not the private key"),
+        (settings(cert, key, client_ca_file=str(empty)), "tls.client_ca_file", "no PEM certificate"),
+        (settings(cert, key, client_ca_file=str(tmp_path / "no-ca.pem")), "tls.client_ca_file", "cannot be read"),
     ]
     for case, path, fragment in cases:
         context, found = context_problems(case)
         assert context is None and [p.path for p in found] == [path]
-        assert fragment in found[0].message and (case.cert_file in found[0].message or
-                                                 case.key_file in found[0].message)
+        assert fragment in found[0].message
+        assert any(str(name) in found[0].message for name in (case.cert_file, case.key_file, case.client_ca_file))
 
 
 def test_check_raises_a_config_error_and_passes_a_config_without_tls(pair, tmp_path):
