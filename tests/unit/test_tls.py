@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import ssl
@@ -148,3 +149,35 @@ def test_the_certificate_served_is_described_and_its_expiry_warned(pair, tmp_pat
         ListenerCertificate(settings(cert, key))
     (record,) = [r for r in caplog.records if "abc" in r.getMessage()]
     assert record.levelno == level and fragment in record.getMessage() and str(cert) in record.getMessage()
+
+
+async def test_the_swap_works_on_asyncios_own_loop_too(pair):
+    """``python -m proxy`` runs uvloop (the integration tests); the same listener on asyncio's loop, in-process."""
+    from aiohttp import web
+
+    from tests.support.ports import free_port
+    from tests.support.tls import serial_of
+
+    ca, cert, key = pair
+    listener = ListenerCertificate(settings(cert, key))
+    app = web.Application()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=listener.context).start()
+
+    async def served() -> tuple[int, asyncio.StreamWriter]:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ca.client_context())
+        return serial_of(writer.get_extra_info("ssl_object").getpeercert(True)), writer
+
+    try:
+        before, kept = await served()
+        ca.issue(cert, key, serial=8)
+        assert listener.reload_if_changed()
+        after, fresh = await served()
+        assert (before, after) == (7, 8)
+        assert serial_of(kept.get_extra_info("ssl_object").getpeercert(True)) == 7
+        for writer in (kept, fresh):
+            writer.close()
+    finally:
+        await runner.cleanup()
