@@ -15,8 +15,8 @@ key never rotates undo forward secrecy; ``workers: N`` processes could not share
 with; its ``sni_callback`` — which OpenSSL calls during every handshake, with or without SNI — moves the
 new connection onto ``ListenerCertificate.current``. A connection already open keeps the context it
 shook hands with, so replacing the certificate touches only handshakes to come. ``current`` is replaced
-when ``cert_file`` or ``key_file`` changes (their inode, size or mtime, polled every
-``tls.reload_interval``; a Kubernetes secret volume swaps a symbolic link, which changes the inode) and on
+when the contents of ``cert_file`` or ``key_file`` (or ``client_ca_file``) change (polled every
+``tls.reload_interval``, however the files are replaced: renamed over, rewritten, a symbolic link swapped) and on
 SIGHUP (``server.py`` starts a new listener, with a new context, before the old one drains). A new pair
 that cannot be loaded — half written, a key that is not the certificate's — is logged naming the file
 and the old certificate stays in use; at start-up or on SIGHUP the same problem is a ``ConfigError``.
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
-import os
 import re
 import ssl
 import time
@@ -62,13 +62,19 @@ def _no_password() -> str:
     raise ValueError("the key is encrypted")
 
 
-def _signature(settings: ListenTLSConfig) -> tuple[tuple[int, int, int, int], ...] | None:
-    """What changes when either file is replaced or rewritten; None while one cannot be read."""
+def _signature(settings: ListenTLSConfig) -> bytes | None:
+    """A digest of the files' contents, which changes however they are replaced: renamed over, rewritten in
+    place within one timestamp tick, or a symbolic link swapped (a Kubernetes secret volume). A few KiB read
+    every ``reload_interval``. None while one cannot be read."""
+    digest = hashlib.sha256()
     try:
-        stats = [os.stat(path) for path in (settings.cert_file, settings.key_file, settings.client_ca_file) if path]
+        for path in (settings.cert_file, settings.key_file, settings.client_ca_file):
+            if path is not None:
+                with open(path, "rb") as file:
+                    digest.update(hashlib.sha256(file.read()).digest())
     except OSError:
         return None
-    return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+    return digest.digest()
 
 
 def context_problems(settings: ListenTLSConfig) -> tuple[ssl.SSLContext | None, list[Problem]]:

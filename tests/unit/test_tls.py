@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import ssl
 from pathlib import Path
 
@@ -181,3 +182,25 @@ async def test_the_swap_works_on_asyncios_own_loop_too(pair):
             writer.close()
     finally:
         await runner.cleanup()
+
+
+def test_a_rewrite_in_place_is_seen_whatever_the_timestamps(pair, tmp_path):
+    """Contents, not inode/size/mtime: a same-size rewrite within one timestamp tick is a change too."""
+    ca, cert, key = pair
+
+    def padded(data: bytes) -> bytes:                             # every file the same size (PEM allows the padding)
+        return data + b"\n" * (2048 - len(data))
+
+    for path in (cert, key):
+        path.write_bytes(padded(path.read_bytes()))
+    listener = ListenerCertificate(settings(cert, key))
+    other = tmp_path / "other"
+    other.mkdir()
+    ca.issue(other / "c.pem", other / "k.pem", serial=9)
+    stamps = [(p.stat().st_mtime_ns, p.stat().st_ino, p.stat().st_size) for p in (cert, key)]
+    key.write_bytes(padded((other / "k.pem").read_bytes()))
+    cert.write_bytes(padded((other / "c.pem").read_bytes()))
+    for path, (mtime, _, _) in zip((cert, key), stamps, strict=True):
+        os.utime(path, ns=(mtime, mtime))                       # as if written within the same tick
+    assert [(p.stat().st_mtime_ns, p.stat().st_ino, p.stat().st_size) for p in (cert, key)] == stamps
+    assert listener.reload_if_changed() is True
