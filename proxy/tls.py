@@ -25,6 +25,7 @@ and the old certificate stays in use; at start-up or on SIGHUP the same problem 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -233,6 +234,8 @@ def watching(certificate: ListenerCertificate) -> Callable[[web.Application], As
         task = asyncio.create_task(certificate.watch())
         yield
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     return ctx
 
 
