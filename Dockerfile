@@ -46,6 +46,6 @@ ENV PATH=/opt/authproxy/bin:$PATH \
 # Numeric, so that a runtime refusing to run as root (runAsNonRoot) can verify it without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 4180
-# `authproxy ping` asks http://127.0.0.1:4180/ping: no curl in the image. Keep `listen` on port 4180.
+# `authproxy ping` asks http://127.0.0.1:4180/ping (then https, for `tls`): no curl in the image. Keep `listen` on port 4180.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s CMD ["authproxy", "ping"]
 ENTRYPOINT ["authproxy"]

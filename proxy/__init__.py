@@ -11,6 +11,7 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``__main__``, ``server``, ``supervisor``  the command line; one process (signals, reloads, uvloop);
   ``workers: N`` (forking, replacing, resizing) and the host coordinator process;
 - ``connections``  per-connection limits on aiohttp's server (timeouts, max connections);
+  ``tls``  https on the listener: the certificate, reloaded while serving; the plain-HTTP redirect;
 - ``app``       wiring only: middleware order, routes; ``resources`` the long-lived clients and stores
   (``cleanup_ctx``); ``context`` the typed app keys; ``health`` ``/ping`` and ``/ready``;
 - ``boundary``  the one place errors become HTTP: request id, access log, metrics, and every domain

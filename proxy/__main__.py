@@ -19,9 +19,12 @@ import base64
 import json
 import logging
 import os
+import http.client
 import secrets
+import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from . import __version__
@@ -29,6 +32,7 @@ from .config import Config, env_overrides, load_config
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/authproxy/config.yaml"
+DEFAULT_PING = "http://127.0.0.1:4180/ping"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          f"{DEFAULT_CONFIG}, else the environment)")
     parser.add_argument("--check-config", metavar="FILE", help="validate FILE, print every problem, and exit")
     parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
-    parser.add_argument("--url", default="http://127.0.0.1:4180/ping", help="for ping: the URL to check")
+    parser.add_argument("--url", default=DEFAULT_PING, help="for ping: the URL to check (without it, "
+                                                          "https on the same address is tried too)")
     parser.add_argument("command", nargs="?", choices=["run", "secret", "ping", "config-schema"], default="run",
                         help="run (default), secret, ping or config-schema")
     return parser
@@ -54,11 +59,30 @@ def config_path(explicit: str | None) -> str | None:
 
 
 def ping(url: str) -> int:
+    """0 when ``url`` answers 200. Without ``--url``, the https spelling is tried too, so the image's
+    ``HEALTHCHECK`` works whether or not ``tls`` is on; an https URL on loopback is not verified (the
+    certificate names the public host; this only asks whether our own process on this machine answers)."""
+    urls = [url] + ([DEFAULT_PING.replace("http://", "https://", 1)] if url == DEFAULT_PING else [])
+    return 0 if any(_answers(candidate) for candidate in urls) else 1
+
+
+def _answers(url: str) -> bool:
+    context = None
+    if url.startswith("https://") and urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "::1", "localhost"):
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return 0 if resp.status == 200 else 1
-    except (urllib.error.URLError, OSError):
-        return 1
+        with urllib.request.urlopen(url, timeout=3, context=context) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return False
+
+
+def load_checked(path: str | None) -> Config:
+    """The configuration, with what validation cannot see checked too: that ``tls``'s files can be served."""
+    from .tls import check
+
+    return check(load_config(path), path or "<environment>")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = args.check_config or config_path(args.config)
     try:
-        config = load_config(path)
+        config = load_checked(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -91,10 +115,10 @@ def run(config: Config, path: str | None) -> int:
     upstreams = ", ".join(f"{u.path} -> {u.url}" for u in config.upstreams)
     provider = config.provider.issuer or config.provider.authorization_endpoint
     logging.getLogger("authproxy").info(
-        "authproxy %s listening on %s:%d for %s; provider %s (%s); upstreams %s; %d worker(s)", __version__,
-        config.listen_host, config.listen_port, config.public_url, provider, config.provider.type, upstreams,
-        config.worker_count)
-    return serve(config, lambda: load_config(path))
+        "authproxy %s listening on %s://%s:%d for %s; provider %s (%s); upstreams %s; %d worker(s)", __version__,
+        "https" if config.tls else "http", config.listen_host, config.listen_port, config.public_url, provider,
+        config.provider.type, upstreams, config.worker_count)
+    return serve(config, lambda: load_checked(path))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import secrets
 import ssl
 from collections.abc import Sequence
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -169,3 +170,13 @@ def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
     if extra_ca_file:
         context.load_verify_locations(cafile=extra_ca_file)
     return context
+
+
+def certificate_dates(pem: bytes) -> tuple[int, float, float] | None:
+    """The first PEM certificate's (serial, not-before, not-after as Unix times), or None when there is none:
+    what ``tls.py`` logs of the certificate it serves, and how it knows one is about to expire."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+    return cert.serial_number, cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()

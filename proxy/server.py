@@ -5,6 +5,8 @@
 - **SIGHUP**: read the configuration again. A bad file is rejected with every problem logged and
   the running configuration stays in force; a good one starts a new listener (``SO_REUSEPORT``, so
   no connection is refused in between) and the old one drains like on SIGTERM.
+- **tls**: the listener serves https (``tls.py``); a changed certificate is picked up by the listener
+  itself, and on SIGHUP by the new listener; ``tls.redirect_http_listen`` is a second, plain listener.
 - **workers: N**: ``supervisor.py`` forks N processes that each run ``serve`` on the same port
   (``SO_REUSEPORT``), with the host coordinator between them.
 """
@@ -23,12 +25,14 @@ from aiohttp import web
 
 from .app import Lasting, create_app
 from .config import Config
+from .config.values import _split_listen
 from .connections import LimitedRunner, raise_descriptor_limit
 from .errors import ConfigError
 from .host import HostDenylist, HostFanout, HostLink
 from .logs import configure_logging
 from .metrics import METRICS, handle_metrics
 from .supervisor import run_workers
+from .tls import ListenerCertificate, TLSSite, redirect_app, watching
 
 log = logging.getLogger("authproxy")
 
@@ -48,11 +52,33 @@ async def start_runner(config: Config, lasting: Lasting | None = None) -> web.Ap
     app = create_app(config, lasting=lasting)
     if config.metrics_listen:
         app.cleanup_ctx.append(_metrics_listener(config.metrics_listen))
+    certificate = ListenerCertificate(config.tls) if config.tls is not None else None
+    if certificate is not None:
+        app.cleanup_ctx.append(watching(certificate))
+    if config.tls is not None and config.tls.redirect_http_listen:
+        app.cleanup_ctx.append(_redirect_listener(config, config.tls.redirect_http_listen))
     raise_descriptor_limit(config.limits)
     runner = make_runner(app, config, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
+    if certificate is None:
+        await web.TCPSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024).start()
+    else:
+        await TLSSite(runner, config.listen_host, config.listen_port, reuse_port=True, backlog=1024,
+                      ssl_context=certificate.context, handshake_timeout=config.limits.header_timeout).start()
     return runner
+
+
+def _redirect_listener(config: Config, listen: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``tls.redirect_http_listen``: plain HTTP answered with a 308 to https (``tls.redirect_app``), under the
+    same ``limits`` as the main listener."""
+    async def ctx(_main: web.Application) -> AsyncIterator[None]:
+        host, port = _split_listen(listen)
+        runner = make_runner(redirect_app(config), config, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
+        yield
+        await runner.cleanup()
+    return ctx
 
 
 def _metrics_listener(listen: str) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -109,6 +135,7 @@ async def _reloaded(runner: web.AppRunner, config: Config, reload: Callable[[], 
     or, when the file is rejected, the running ones, unchanged."""
     try:
         new_config = reload()
+        new_runner = await start_runner(new_config, lasting)      # a certificate changed since reload() checked it
     except ConfigError as exc:
         log.error("reload rejected, the running configuration stays in force:\n%s", exc)
         return runner, config
@@ -116,7 +143,6 @@ async def _reloaded(runner: web.AppRunner, config: Config, reload: Callable[[], 
     if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
         log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
                     new_config.worker_count)
-    new_runner = await start_runner(new_config, lasting)
     log.info("configuration reloaded; draining the old listener")
     await runner.cleanup()
     return new_runner, new_config

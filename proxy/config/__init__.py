@@ -26,7 +26,7 @@ across fields — ``base`` (what every model shares), ``provider``, ``sessions``
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
 from .access import (AuthorizationConfig, CorsConfig, IdentityAssertionConfig, IdentityHeadersConfig, SkipAuthRule,
                      TLSConfig, UpstreamConfig)
-from .models import Config, LimitsConfig, LoggingConfig
+from .models import Config, LimitsConfig, ListenTLSConfig, LoggingConfig
 from .provider import ClaimsConfig, ProviderConfig
 from .sessions import CookieConfig, RedisConfig, SessionConfig
 from .tracing import TracingConfig
@@ -52,6 +52,7 @@ __all__ = [
                      "IdentityAssertionConfig",
                      "IdentityHeadersConfig",
                      "LimitsConfig",
+                     "ListenTLSConfig",
                      "Loc",
                      "LoggingConfig",
                      "PositiveDuration",

@@ -52,6 +52,25 @@ class LoggingConfig(_Model):
     format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
 
 
+class ListenTLSConfig(_Model):
+    """TLS on ``listen`` (``proxy/tls.py``): the certificate and key, reloaded when they change, Mozilla's
+    intermediate defaults, and optionally a plain-HTTP listener that redirects to https."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    reload_interval: PositiveDuration = 5.0
+    redirect_http_listen: str | None = None
+
+    @field_validator("redirect_http_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_listen(value)
+        return value
+
+
 class Config(_Model):
     """The whole configuration; build it with :func:`load_config` or :func:`parse_config`."""
 
@@ -76,6 +95,7 @@ class Config(_Model):
     workers: Annotated[int | Literal["auto"], AfterValidator(_workers)] = 1
     metrics_listen: str | None = None
     metrics_on_listen: bool = False
+    tls: ListenTLSConfig | None = None
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
         from ..identity import assertion_problems
@@ -84,6 +104,18 @@ class Config(_Model):
         if self.metrics_on_listen and self.metrics_listen is not None:
             yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
                                            "metrics_on_listen: false, or remove metrics_listen to serve them on listen")
+        yield from self._tls_problems()
+
+    def _tls_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.tls is None:
+            return
+        if not self.public_url.lower().startswith("https://"):
+            yield ("public_url",), ("tls is on, so users reach authproxy over https: write public_url with https://, "
+                                    "or remove tls")
+        redirect = self.tls.redirect_http_listen
+        if redirect is not None and _split_listen(redirect)[1] == self.listen_port:
+            yield ("tls", "redirect_http_listen"), (f"{redirect!r} has the port of listen, which serves https; "
+                                                    "give the plain-HTTP redirect another port, e.g. 0.0.0.0:80")
 
     @field_validator("listen", "metrics_listen")
     @classmethod

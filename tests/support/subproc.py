@@ -52,8 +52,10 @@ class ProxyProcess:
 
 
 async def start_proxy_process(data: dict[str, Any], *, env: dict[str, str] | None = None,
-                              ready_path: str = "/ready", direct_url: str | None = None) -> ProxyProcess:
-    """Start ``python -m proxy`` and wait for ``ready_path`` on ``direct_url`` (default: public_url)."""
+                              ready_path: str = "/ready", direct_url: str | None = None,
+                              ssl: Any = True) -> ProxyProcess:
+    """Start ``python -m proxy`` and wait for ``ready_path`` on ``direct_url`` (default: public_url);
+    ``ssl``: aiohttp's ``ssl`` argument for that check (an ``ssl.SSLContext`` trusting a test CA)."""
     fd, name = tempfile.mkstemp(suffix=".yaml", prefix="authproxy-")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(data, fh)
@@ -72,7 +74,7 @@ async def start_proxy_process(data: dict[str, Any], *, env: dict[str, str] | Non
             if proc.returncode is not None:
                 break
             try:
-                async with client.get((direct_url or running.url) + ready_path) as resp:
+                async with client.get((direct_url or running.url) + ready_path, ssl=ssl) as resp:
                     if resp.status == 200:
                         return running
             except aiohttp.ClientError:

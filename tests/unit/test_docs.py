@@ -70,6 +70,10 @@ EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file",
 COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable"]
 # Keys whose example is valid only together with another key's value.
 COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
+              # the listener's TLS needs both files named (their contents are checked at start-up, not here)
+              **{f"tls.{key}": {"tls.cert_file": "/etc/tls.crt", "tls.key_file": "/etc/tls.key"}
+                 for key in ("min_version", "reload_interval", "redirect_http_listen", "client_ca_file")},
+              "tls.cert_file": {"tls.key_file": "/etc/tls.key"}, "tls.key_file": {"tls.cert_file": "/etc/tls.crt"},
               "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
               "provider.github_groups": {"provider.type": "github"},
               # a test case needs its claims and its expected outcome (all lists empty: allowed)
