@@ -15,8 +15,10 @@ here, in one table:
 - ``BearerRejected``: 401 ``invalid_token`` (RFC 6750 §3.1); the check that failed goes to the log only.
 - ``WebSocketRefused``: its status, as a page or JSON.
 - ``LogoutTokenRejected``: OAuth-style JSON (``invalid_request``, Back-Channel Logout 1.0 §2.8).
-- The forward-auth endpoint (``/oauth2/auth``, for nginx ``auth_request`` and Traefik forwardAuth)
-  answers a refusal with a bare status and its ``WWW-Authenticate``: its caller reads nothing else.
+- The forward-auth endpoint (``/oauth2/auth…``, ``forward_auth.py``) answers a refusal with a bare
+  status and its ``WWW-Authenticate``: nginx reads nothing else. In its ``…/redirect`` and ``…/envoy``
+  forms, whose ingress passes the answer on, a sessionless page load gets the 302 to sign in and anything
+  else a 401 with JSON naming the ``login_url``.
   ``/oauth2/userinfo`` answers an anonymous caller with a short JSON 401.
 - Any other domain error is a failure: logged as a warning with the request id, shown as a page for a
   browser navigation (with a retry link checked like any redirect) or JSON for anything else. An
@@ -63,7 +65,8 @@ access_log = logging.getLogger("authproxy.access")
 # A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Endpoints whose callers read something other than the proxy's usual page or JSON.
-FORWARD_AUTH_PATH = "/oauth2/auth"          # nginx auth_request / Traefik forwardAuth: status and headers only
+FORWARD_AUTH_PATH = "/oauth2/auth"          # an ingress's check (forward_auth.py): status and headers only
+_FORWARD_AUTH_ROUTES = (FORWARD_AUTH_PATH, FORWARD_AUTH_PATH + "/{tail}")
 USERINFO_PATH = "/oauth2/userinfo"
 SIGN_OUT_PATH = "/oauth2/sign_out"
 
@@ -143,7 +146,7 @@ def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metr
 
 async def answer(request: web.Request, exc: AuthProxyError, config: Config, metrics: Metrics) -> web.StreamResponse:
     """The response for ``exc``. Raises the redirect to sign in for an anonymous browser navigation."""
-    bare = _endpoint(request) == FORWARD_AUTH_PATH
+    bare = _endpoint(request) in _FORWARD_AUTH_ROUTES
     rid = request[REQUEST_ID]
     if isinstance(exc, BadQueryRules) and bare:
         log.error("%s: %s rid=%s", FORWARD_AUTH_PATH, exc, rid)
@@ -156,6 +159,12 @@ async def answer(request: web.Request, exc: AuthProxyError, config: Config, metr
                                  "request_id": rid},
                            headers={"WWW-Authenticate": invalid_token_header(), **cors_headers(config, request)})
     if isinstance(exc, Unauthenticated):
+        if bare and exc.redirect and exc.login_url:       # an ingress that passes the answer on: sign in
+            raise web.HTTPFound(exc.login_url, headers=NO_STORE)
+        if bare and exc.login_url:
+            return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
+                                     "login_url": exc.login_url, "request_id": rid},
+                               headers={"WWW-Authenticate": 'Bearer realm="authproxy"'})
         if bare:
             return web.Response(status=401, headers={**NO_STORE, "WWW-Authenticate": "Bearer"})
         if _endpoint(request) == USERINFO_PATH:

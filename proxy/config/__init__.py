@@ -24,7 +24,7 @@ across fields — ``base`` (what every model shares), ``provider``, ``sessions``
 """
 
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
-from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, TLSConfig, UpstreamConfig
+from .access import AuthorizationConfig, CorsConfig, ForwardAuthConfig, RuleSet, SkipAuthRule, TLSConfig, UpstreamConfig
 from .models import Config, LimitsConfig, LoggingConfig
 from .provider import ClaimsConfig, ProviderConfig
 from .sessions import CookieConfig, RedisConfig, SessionConfig
@@ -47,12 +47,14 @@ __all__ = [
                      "CookieConfig",
                      "CorsConfig",
                      "Duration",
+                     "ForwardAuthConfig",
                      "LimitsConfig",
                      "Loc",
                      "LoggingConfig",
                      "PositiveDuration",
                      "ProviderConfig",
                      "RedisConfig",
+                     "RuleSet",
                      "Secret",
                      "SessionConfig",
                      "SkipAuthRule",

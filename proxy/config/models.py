@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, field_validator
 
-from .access import AuthorizationConfig, CorsConfig, SkipAuthRule, UpstreamConfig
+from .access import AuthorizationConfig, CorsConfig, ForwardAuthConfig, SkipAuthRule, UpstreamConfig
 from .base import _CrossFieldProblems, _Model
 from .provider import ProviderConfig
 from .sessions import CookieConfig, SessionConfig
@@ -61,6 +61,7 @@ class Config(_Model):
     upstreams: list[UpstreamConfig]
     session: SessionConfig = SessionConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
+    forward_auth: ForwardAuthConfig = ForwardAuthConfig()
     api_paths: list[Annotated[str, AfterValidator(_absolute_path)]] = []
     skip_auth: list[SkipAuthRule] = []
     cors: CorsConfig = CorsConfig()

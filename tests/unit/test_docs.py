@@ -78,7 +78,18 @@ COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.int
               **{f"{section}.tests[].claims": {f"{section}.tests[].allow": True}
                  for section in ("authorization", "upstreams[].authorization")},
               **{f"{section}.tests[].allow": {f"{section}.tests[].claims": {"sub": "alice"}}
-                 for section in ("authorization", "upstreams[].authorization")}}
+                 for section in ("authorization", "upstreams[].authorization")},
+              # a rule set needs its name, and its test cases their claims and outcome
+              **{f"forward_auth.rule_sets[].{key}": {"forward_auth.rule_sets[].name": "admins"}
+                 for key in ("email_domains", "allowed_emails", "allowed_groups", "allowed_users", "rules", "tests")},
+              **{f"forward_auth.rule_sets[].tests[].{key}": {"forward_auth.rule_sets[].name": "admins",
+                                                             "forward_auth.rule_sets[].tests[].claims": {"sub": "a"},
+                                                             "forward_auth.rule_sets[].tests[].allow": True}
+                 for key in ("method", "path", "host")},
+              "forward_auth.rule_sets[].tests[].claims": {"forward_auth.rule_sets[].name": "admins",
+                                                          "forward_auth.rule_sets[].tests[].allow": True},
+              "forward_auth.rule_sets[].tests[].allow": {"forward_auth.rule_sets[].name": "admins",
+                                                         "forward_auth.rule_sets[].tests[].claims": {"sub": "a"}}}
 
 
 # -- the models -----------------------------------------------------------------------------------------------
