@@ -48,7 +48,7 @@ from .crypto import random_token
 from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
                      NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
 from .login import is_navigation, login_url, start_login
-from .redirects import safe_redirect
+from .redirects import here, safe_redirect
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
@@ -231,7 +231,7 @@ async def unauthenticated(request: web.Request, exc: Unauthenticated, config: Co
     page back after signing in, not the API's JSON.
     """
     if not wants_json(request, config, request_key(request) if exc.path is None else exc.path):
-        raise await start_login(request, request.raw_path)
+        raise await start_login(request, here(request, config))     # back to this host when allowed
     rd = return_to(request, config)
     return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
                              "login_url": login_url(request, rd), "request_id": request[REQUEST_ID]},

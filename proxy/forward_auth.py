@@ -46,11 +46,11 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
-from .authz import QUERY_RULES, Asked, authorize_all
+from .authz import QUERY_RULES, Asked, authorize_all, rules_for
 from .config import AuthorizationConfig, Config
 from .context import CONFIG, REQUEST_ID
 from .errors import BadQueryRules, BadRequest, Forbidden, NotFound, Unauthenticated
-from .gate import identify
+from .gate import host_name, identify
 from .headers import identity_headers
 from .login import is_navigation
 from .metrics import METRICS
@@ -168,9 +168,17 @@ def _normalised(method: str, scheme: str, host: str, uri: str) -> Original:
                     path + question + query)
 
 
-def _rule_sets(config: Config, endpoint: Endpoint) -> tuple[AuthorizationConfig, ...]:
+def _rule_sets(request: web.Request, config: Config, endpoint: Endpoint,
+               original: Original | None) -> tuple[AuthorizationConfig, ...]:
+    """The global rules — or, for an original request on a host an upstream names (``upstreams[].host``), that
+    upstream's, as when proxied — and the rule set the path names."""
+    base = config.authorization
+    if original is not None:
+        upstream = request.app[FORWARDER].route(original.path, host_name(original.host))
+        if upstream is not None and upstream.config.host is not None:
+            base = rules_for(config, upstream.config)
     named = config.forward_auth.rule_set(endpoint.rule_set) if endpoint.rule_set else None
-    return (config.authorization,) if named is None else (config.authorization, named)
+    return (base,) if named is None else (base, named)
 
 
 def _sign_in(request: web.Request, config: Config, endpoint: Endpoint, original: Original | None) -> Unauthenticated:
@@ -212,7 +220,7 @@ async def handle_auth(request: web.Request) -> web.Response:
     if session is None:
         raise _sign_in(request, config, endpoint, original)
     asked = Asked(original.method, original.path, original.host) if original is not None else None
-    decision = authorize_all(session.identity, _rule_sets(config, endpoint), asked)
+    decision = authorize_all(session.identity, _rule_sets(request, config, endpoint, original), asked)
     if not decision.allowed:
         where = ENDPOINT + (f"/{endpoint.rule_set}" if endpoint.rule_set else "")
         request.app[METRICS].refused(session.identity.sub, f"{where}: {decision.reason}", request[REQUEST_ID])

@@ -98,7 +98,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     path = route_path(request)
     if is_own_path(path):
         raise NotFound("This path belongs to the sign-in proxy and does not exist.")
-    upstream = forwarder.route(path)
+    upstream = forwarder.route(path, host_name(request.host))
     session: Session | None = None
     if upstream is None or not (skips_auth(config, request, path) or is_preflight(config, request, path)):
         session = await identify(request)
@@ -117,6 +117,12 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     if is_websocket_upgrade(request):
         return await forward_websocket(request, upstream, session)
     return await forwarder.forward(request, upstream, session)
+
+
+def host_name(host: str) -> str:
+    """A ``Host`` value as upstreams' ``host`` is written: lowercased, without the port."""
+    host = host.lower()
+    return host if host.endswith("]") else host.rpartition(":")[0] if ":" in host else host
 
 
 async def handle_userinfo(request: web.Request) -> web.Response:

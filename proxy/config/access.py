@@ -114,11 +114,23 @@ class TLSConfig(_Model):
     insecure_skip_verify: bool = False
 
 
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if not _HOST_NAME.fullmatch(value):
+        raise ValueError(f"must be a host name such as wiki.example.com (no scheme, port or path); got {value!r}")
+    return value
+
+
+_HOST_NAME = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+
+
 class UpstreamConfig(_Model):
-    """One app behind the proxy, chosen by the longest matching path prefix."""
+    """One app behind the proxy, chosen by its ``host`` (when set, before any upstream without one) and then
+    the longest matching path prefix."""
 
     path: Annotated[str, AfterValidator(_absolute_path)]
     url: Annotated[str, AfterValidator(_upstream_url)]
+    host: Annotated[str, AfterValidator(_host_name)] | None = None
     strip_prefix: bool = False
     pass_host_header: bool = True
     timeout: PositiveDuration = 30.0

@@ -69,6 +69,9 @@ EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file",
 COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable"]
 # Keys whose example is valid only together with another key's value.
 COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
+              # other hosts share the sign-in only through a cookie on a parent domain, and must be allowed
+              "allowed_hosts": {"cookie.domain": "example.com"},
+              "upstreams[].host": {"cookie.domain": "example.com", "allowed_hosts": ["wiki.example.com"]},
               "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
               # a test case needs its claims and its expected outcome (all lists empty: allowed)
               **{f"{section}.tests[].{key}": {f"{section}.tests[].claims": {"sub": "alice"},
