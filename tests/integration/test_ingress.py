@@ -166,3 +166,29 @@ async def test_sign_in_never_returns_to_a_host_that_is_not_allowed(gateway):
                    f"http://app.{DOMAIN}:{gateway.port}@evil.example/", f"http://app.{DOMAIN}.evil.example/"):
             result = await login_via_http(client, gateway.public + "/oauth2/start?rd=" + rd)
             assert result.visited[-1] == gateway.public + "/", rd
+
+
+async def test_a_cookie_tossed_from_a_neighbouring_subdomain_is_nobodys_session(gateway):
+    """``cookie.domain`` lets every host under it set cookies there (RFC 6265 §8.6). A sibling host
+    (``evil.gw.localhost``, not allowed) plants ``_authproxy`` for the parent domain under a longer path, so the
+    browser sends it first: junk, or even the attacker's own valid session. Two values under our name are
+    ambiguous and count as no session — the user signs in again; never the attacker's session, never a 500.
+    (A sibling can still overwrite or expire the parent-domain cookie itself: only trusted hosts under it.)"""
+    async with browser() as mallory:
+        await login_via_http(mallory, gateway.url("app", "/"), username="mallory")
+        mallorys = next(c.value for c in mallory.cookie_jar if c.key == "_authproxy")
+    async with browser() as alice:
+        await login_via_http(alice, gateway.url("app", "/"))
+        real = next(c.value for c in alice.cookie_jar if c.key == "_authproxy")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=LoopbackResolver()),
+                                     cookie_jar=aiohttp.DummyCookieJar()) as client:
+        for value in ("junk", mallorys):
+            # What chromium sends once evil.gw.localhost set "_authproxy=<value>; Domain=gw.localhost; Path=/docs":
+            # both cookies, the longer path first (RFC 6265 §5.4).
+            both = {**HTML, "Cookie": f"_authproxy={value}; _authproxy={real}"}
+            async with client.get(gateway.url("app", "/docs/x"), headers=both, allow_redirects=False) as resp:
+                assert resp.status == 302                                  # nobody: sign in again
+                assert rd_of(resp.headers["Location"], gateway.public) == gateway.url("app", "/docs/x")
+            async with client.get(gateway.url("app", "/x"), headers={**HTML, "Cookie": f"_authproxy={real}"}) as resp:
+                assert header_values(await resp.json(), "X-Auth-Request-User") == ["alice"]   # hers alone: her
+    assert all(header_values(r, "X-Auth-Request-User") != ["mallory"] for r in gateway.apps["app"].seen[1:])
