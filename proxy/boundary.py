@@ -48,7 +48,7 @@ from .crypto import random_token
 from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
                      NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
 from .login import is_navigation, login_url, start_login
-from .redirects import here, safe_redirect
+from .redirects import allowed_origin, here, safe_redirect
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
@@ -239,7 +239,8 @@ async def unauthenticated(request: web.Request, exc: Unauthenticated, config: Co
 
 
 def return_to(request: web.Request, config: Config) -> str:
-    """Our page that sent this request (``Referer`` on ``public_url``'s origin), else the request itself.
+    """Our page that sent this request (``Referer`` on ``public_url``'s origin or an allowed host's), else the
+    request itself (``redirects.here``: absolute on an allowed host).
 
     Only a target; ``/oauth2/start`` still passes it through ``safe_redirect``.
     """
@@ -248,10 +249,15 @@ def return_to(request: web.Request, config: Config) -> str:
         try:
             parts = urlsplit(referer)
         except ValueError:
-            return request.raw_path
+            return here(request, config)
+        page = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if f"{parts.scheme}://{parts.netloc}".lower() == config.public_origin:
-            return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return request.raw_path
+            return page
+        if not parts.username and not parts.password and "@" not in parts.netloc:
+            origin = allowed_origin(config, parts.scheme, parts.netloc)     # a page on another allowed host
+            if origin is not None:
+                return origin + page
+    return here(request, config)
 
 
 def forbidden(request: web.Request, exc: Forbidden, config: Config) -> web.Response:

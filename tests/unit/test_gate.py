@@ -139,3 +139,25 @@ async def test_userinfo_is_the_signed_in_user_or_a_short_401(client):
     signed_in = await c.get("/oauth2/userinfo", headers=cookie_for(app, session))
     assert await signed_in.json() == {"user": "bob", "email": "b@x.test", "preferred_username": None, "name": "Bob",
                                       "groups": ["g"]}
+
+
+# -- many hosts --------------------------------------------------------------------------------------------
+
+
+async def test_on_an_allowed_host_the_login_url_comes_back_to_that_host(client):
+    _, c = await client(cookie={"domain": "example.com"}, allowed_hosts=["wiki.example.com"])
+    on_wiki = {**API, "Host": "wiki.example.com"}
+
+    async def rd(headers: dict[str, str]) -> str:
+        response = await c.get("/data?x=1", headers=headers)
+        assert response.status == 401
+        return parse_qs(urlsplit((await response.json())["login_url"]).query)["rd"][0]
+
+    assert await rd(on_wiki) == "https://wiki.example.com/data?x=1"
+    assert await rd({**on_wiki, "Referer": "https://wiki.example.com/inbox?tab=2"}) == \
+        "https://wiki.example.com/inbox?tab=2"
+    assert await rd({**on_wiki, "Referer": "https://evil.example/inbox"}) == "https://wiki.example.com/data?x=1"
+    assert await rd({**on_wiki, "Referer": "https://wiki.example.com@evil.example/x"}) == \
+        "https://wiki.example.com/data?x=1"
+    assert await rd({**API, "Host": "evil.example"}) == "/data?x=1"          # not allowed: public_url's origin
+    assert await rd(API) == "/data?x=1"
