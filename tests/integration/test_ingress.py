@@ -192,3 +192,40 @@ async def test_a_cookie_tossed_from_a_neighbouring_subdomain_is_nobodys_session(
             async with client.get(gateway.url("app", "/x"), headers={**HTML, "Cookie": f"_authproxy={real}"}) as resp:
                 assert header_values(await resp.json(), "X-Auth-Request-User") == ["alice"]   # hers alone: her
     assert all(header_values(r, "X-Auth-Request-User") != ["mallory"] for r in gateway.apps["app"].seen[1:])
+
+
+# -- nginx: the documented auth_request configuration tells the check the original request -----------------
+
+
+async def test_nginx_passes_the_original_request_to_the_check_in_x_original_url(idp_factory):
+    """docs/deployment.md's nginx block sets X-Original-URL and X-Original-Method on the check: rules on the
+    request's method, path and host see them (they did not before: the check saw only its own path)."""
+    from tests.integration.test_paths_hardening import documented_nginx_config
+    from tests.support.nginx import start_nginx_http
+
+    nginx_port, proxy_port = free_port(), free_port()
+    public = f"http://127.0.0.1:{nginx_port}"
+    idp = await idp_factory(clients=[client_metadata(public + "/oauth2/callback")])
+    echo = await start_echo(free_port())
+    data = config_dict(port=proxy_port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
+                       client_secret=CLIENT_SECRET, public_url=public, trusted_proxies=["127.0.0.1/32"],
+                       forward_auth={"rule_sets": [{"name": "admins", "allowed_groups": ["admins"]}]},
+                       authorization={"rules": [f'!path.startsWith("/secret") && method == "GET" && '
+                                                f'host == "127.0.0.1:{nginx_port}"']})
+    proxy = await start_proxy(data)
+    nginx = await start_nginx_http(nginx_port, documented_nginx_config(nginx_port, proxy_port,
+                                                                       int(echo.url.rsplit(":", 1)[1])))
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as alice:
+            result = await login_via_http(alice, public + "/open?x=1")
+            assert result.status == 200 and json.loads(result.body_text)["raw_path"] == "/open?x=1"
+            async with alice.get(public + "/secret/x", headers=HTML) as resp:
+                assert resp.status == 403                                   # the path nginx was asked for
+            async with alice.post(public + "/open", headers=HTML) as resp:
+                assert resp.status == 403                                   # the method
+            async with alice.get(public + "/open?allowed_groups=admins", headers=HTML) as resp:
+                assert resp.status == 200                                   # a query is never a rule
+    finally:
+        await nginx.stop()
+        await proxy.close()
+        await echo.close()
