@@ -18,6 +18,8 @@ The modules each own one boundary, listed in the order a request meets them:
   error (``errors``, the one exception tree) turned into a page, JSON, a redirect or a bare status;
 - ``paths``     the one decoding of a request path: what is forwarded, what rules match, what is a 400;
 - ``gate``      what every non-``/oauth2/`` request passes: skip rules, authentication, refresh, authorization;
+- ``forward_auth``  ``/oauth2/auth``: an ingress's check (nginx, Traefik, Caddy, Envoy, HAProxy) on the
+  original request its trusted headers describe, with rule sets named in the path;
 - ``authz``, ``policy``  who may pass: allow-lists, CEL expressions with their tests; CORS for our answers;
 - ``session``   the session on a request's path: loaded when asked, its cookie written as headers go out;
 - ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;

@@ -26,7 +26,8 @@ from .context import CLOCK, CONFIG, SEALER
 from .cookies import CookieCodec, private_when_setting_own
 from .crypto import Sealer
 from .ending import FANOUT, Fanout, Holds, LocalFanout
-from .gate import handle_auth, handle_proxy, handle_userinfo
+from .forward_auth import handle_auth
+from .gate import handle_proxy, handle_userinfo
 from .health import handle_ping, handle_ready
 from .login import handle_callback, handle_sign_out, handle_signed_out, handle_start, trim_login_cookies
 from .metrics import METRICS, handle_metrics
@@ -80,7 +81,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_route("*", "/oauth2/sign_out", handle_sign_out)
     r.add_get("/oauth2/signed_out", handle_signed_out)
     r.add_get("/oauth2/userinfo", handle_userinfo)
-    r.add_get("/oauth2/auth", handle_auth)
+    r.add_route("*", "/oauth2/auth", handle_auth)          # any method: Envoy sends the original one
+    r.add_route("*", "/oauth2/auth/{tail:.*}", handle_auth)
     r.add_get("/oauth2/jwks", handle_jwks)     # the keys identity assertions are signed with (assertion.py)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
     if config.metrics_on_listen:

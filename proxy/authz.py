@@ -3,7 +3,7 @@
 ``authorize(identity, rules)`` applies one ``AuthorizationConfig``: every list that is not empty must
 be satisfied by one of its entries (a user must match every non-empty list); all lists empty lets any
 signed-in user in. An upstream with its own ``authorization`` uses it *instead of* the global rules.
-``/oauth2/auth`` checks the global rules *and* the rules in its query string, both.
+``/oauth2/auth/<name>`` checks the global rules *and* the rule set it names, both (``forward_auth.py``).
 
 Emails are compared case-insensitively and only when well formed: exactly one ``@`` with something
 on both sides. ``alice@evil.test@example.com`` matches neither ``example.com`` nor
@@ -33,16 +33,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
-from multidict import MultiMapping
 
 from .config import AuthorizationConfig, Config, UpstreamConfig
-from .errors import BadQueryRules
 
 if TYPE_CHECKING:
     from .session import Identity
 
-# The query parameters /oauth2/auth understands; any other is refused, so a misspelt rule
-# (``allowed_group=admins``) cannot silently let everyone in.
+# The query parameters /oauth2/auth once read as rules. No longer read (a client could add them through an
+# ingress that passes its query on); one on a check from nginx's old configuration is refused (forward_auth.py).
 QUERY_RULES = ("email_domains", "allowed_emails", "allowed_groups", "allowed_users")
 # Response headers a front end on another origin may read from our 401/403 (Fetch §3.2.6).
 CORS_EXPOSED = "WWW-Authenticate, X-Request-Id"
@@ -128,21 +126,6 @@ def checked_email(email: str | None) -> str | None:
 def rules_for(config: Config, upstream: UpstreamConfig) -> AuthorizationConfig:
     """The upstream's own rules if it has them (they replace the global ones), else the global rules."""
     return upstream.authorization if upstream.authorization is not None else config.authorization
-
-
-def query_rules(params: MultiMapping[str]) -> AuthorizationConfig:
-    """Rules from ``/oauth2/auth?allowed_groups=a,b&email_domains=…``: comma-separated, repeatable.
-
-    An empty value restricts nothing, like an empty list in the config. Unknown parameters raise
-    BadQueryRules (fail closed).
-    """
-    unknown = sorted({name for name in params if name not in QUERY_RULES})
-    if unknown:
-        raise BadQueryRules(f"unknown parameter {unknown[0][:40]!r}; allowed: {', '.join(QUERY_RULES)}")
-    def listed(name: str) -> list[str]:
-        return [item.strip() for value in params.getall(name, []) for item in value.split(",") if item.strip()]
-    return AuthorizationConfig(email_domains=listed("email_domains"), allowed_emails=listed("allowed_emails"),
-                               allowed_groups=listed("allowed_groups"), allowed_users=listed("allowed_users"))
 
 
 # -- requests that pass without an identity ------------------------------------------------------

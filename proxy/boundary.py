@@ -15,8 +15,10 @@ here, in one table:
 - ``BearerRejected``: 401 ``invalid_token`` (RFC 6750 §3.1); the check that failed goes to the log only.
 - ``WebSocketRefused``: its status, as a page or JSON.
 - ``LogoutTokenRejected``: OAuth-style JSON (``invalid_request``, Back-Channel Logout 1.0 §2.8).
-- The forward-auth endpoint (``/oauth2/auth``, for nginx ``auth_request`` and Traefik forwardAuth)
-  answers a refusal with a bare status and its ``WWW-Authenticate``: its caller reads nothing else.
+- The forward-auth endpoint (``/oauth2/auth…``, ``forward_auth.py``) answers a refusal with a bare
+  status and its ``WWW-Authenticate``: nginx reads nothing else. In its ``…/redirect`` and ``…/envoy``
+  forms, whose ingress passes the answer on, a sessionless page load gets the 302 to sign in and anything
+  else a 401 with JSON naming the ``login_url``.
   ``/oauth2/userinfo`` answers an anonymous caller with a short JSON 401.
 - Any other domain error is a failure: logged as a warning with the request id, shown as a page for a
   browser navigation (with a retry link checked like any redirect) or JSON for anything else. An
@@ -46,7 +48,7 @@ from .crypto import random_token
 from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
                      NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
 from .login import is_navigation, login_url, start_login
-from .redirects import safe_redirect
+from .redirects import allowed_origin, here, safe_redirect
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
@@ -64,7 +66,8 @@ access_log = logging.getLogger("authproxy.access")
 # A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Endpoints whose callers read something other than the proxy's usual page or JSON.
-FORWARD_AUTH_PATH = "/oauth2/auth"          # nginx auth_request / Traefik forwardAuth: status and headers only
+FORWARD_AUTH_PATH = "/oauth2/auth"          # an ingress's check (forward_auth.py): status and headers only
+_FORWARD_AUTH_ROUTES = (FORWARD_AUTH_PATH, FORWARD_AUTH_PATH + "/{tail}")
 USERINFO_PATH = "/oauth2/userinfo"
 SIGN_OUT_PATH = "/oauth2/sign_out"
 
@@ -147,7 +150,7 @@ def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metr
 
 async def answer(request: web.Request, exc: AuthProxyError, config: Config, metrics: Metrics) -> web.StreamResponse:
     """The response for ``exc``. Raises the redirect to sign in for an anonymous browser navigation."""
-    bare = _endpoint(request) == FORWARD_AUTH_PATH
+    bare = _endpoint(request) in _FORWARD_AUTH_ROUTES
     rid = request[REQUEST_ID]
     if isinstance(exc, BadQueryRules) and bare:
         log.error("%s: %s rid=%s", FORWARD_AUTH_PATH, exc, rid)
@@ -160,6 +163,12 @@ async def answer(request: web.Request, exc: AuthProxyError, config: Config, metr
                                  "request_id": rid},
                            headers={"WWW-Authenticate": invalid_token_header(), **cors_headers(config, request)})
     if isinstance(exc, Unauthenticated):
+        if bare and exc.redirect and exc.login_url:       # an ingress that passes the answer on: sign in
+            raise web.HTTPFound(exc.login_url, headers=NO_STORE)
+        if bare and exc.login_url:
+            return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
+                                     "login_url": exc.login_url, "request_id": rid},
+                               headers={"WWW-Authenticate": 'Bearer realm="authproxy"'})
         if bare:
             return web.Response(status=401, headers={**NO_STORE, "WWW-Authenticate": "Bearer"})
         if _endpoint(request) == USERINFO_PATH:
@@ -226,7 +235,7 @@ async def unauthenticated(request: web.Request, exc: Unauthenticated, config: Co
     page back after signing in, not the API's JSON.
     """
     if not wants_json(request, config, request_key(request) if exc.path is None else exc.path):
-        raise await start_login(request, request.raw_path)
+        raise await start_login(request, here(request, config))     # back to this host when allowed
     rd = return_to(request, config)
     return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
                              "login_url": login_url(request, rd), "request_id": request[REQUEST_ID]},
@@ -234,7 +243,8 @@ async def unauthenticated(request: web.Request, exc: Unauthenticated, config: Co
 
 
 def return_to(request: web.Request, config: Config) -> str:
-    """Our page that sent this request (``Referer`` on ``public_url``'s origin), else the request itself.
+    """Our page that sent this request (``Referer`` on ``public_url``'s origin or an allowed host's), else the
+    request itself (``redirects.here``: absolute on an allowed host).
 
     Only a target; ``/oauth2/start`` still passes it through ``safe_redirect``.
     """
@@ -243,10 +253,15 @@ def return_to(request: web.Request, config: Config) -> str:
         try:
             parts = urlsplit(referer)
         except ValueError:
-            return request.raw_path
+            return here(request, config)
+        page = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if f"{parts.scheme}://{parts.netloc}".lower() == config.public_origin:
-            return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return request.raw_path
+            return page
+        if not parts.username and not parts.password and "@" not in parts.netloc:
+            origin = allowed_origin(config, parts.scheme, parts.netloc)     # a page on another allowed host
+            if origin is not None:
+                return origin + page
+    return here(request, config)
 
 
 def forbidden(request: web.Request, exc: Forbidden, config: Config) -> web.Response:

@@ -14,7 +14,7 @@ value in its message::
     ├── SessionEnded                  a refresh the provider refused: the session ends, never shown
     ├── StoreUnavailable              the session store cannot be reached (503)
     ├── BadRequest                    a request the proxy refuses to interpret (400)
-    │   └── BadQueryRules             an ``/oauth2/auth`` query parameter that is not a rule
+    │   └── BadQueryRules             an ``/oauth2/auth`` query that names a rule (no longer read)
     ├── SessionTooLarge               the session does not fit in browser cookies (413)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
@@ -96,7 +96,7 @@ class BadRequest(AuthProxyError):
 
 
 class BadQueryRules(BadRequest):
-    """An ``/oauth2/auth`` query parameter that is not a rule (``authz.query_rules``): fail closed."""
+    """An ``/oauth2/auth`` query naming a rule, from a check written for the old form: fail closed."""
 
 
 class SessionTooLarge(AuthProxyError):
@@ -239,8 +239,12 @@ class Unauthenticated(Refusal):
     status = 401
     title = "Sign in to continue"
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, *, login_url: str | None = None, redirect: bool = False) -> None:
         self.path = path
+        # At /oauth2/auth for an ingress that passes the answer on (forward_auth.py): where to sign in, and
+        # whether to send the browser there (302) rather than answer 401 with it.
+        self.login_url = login_url
+        self.redirect = redirect
         super().__init__("Sign in to continue.")
 
 

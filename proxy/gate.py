@@ -32,16 +32,15 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from .authz import Asked, authorize, authorize_all, is_preflight, query_rules, rules_for, skips_auth
+from .authz import Asked, authorize, is_preflight, rules_for, skips_auth
 from .bearer import bearer_token, verify_bearer
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
 from .ending import ENDS, Reason
 from .errors import Forbidden, NotFound, SessionEnded, Unauthenticated
-from .headers import identity_headers
 from .metrics import METRICS
-from .pages import NO_STORE, json_answer
+from .pages import json_answer
 from .session import STORE, Session, get_session, set_session
-from .paths import is_own_path, match_key, normalize_path, request_key
+from .paths import is_own_path, request_key
 from .upstream import FORWARDER
 from .websocket import forward_websocket, is_websocket_upgrade
 
@@ -121,7 +120,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     path = route_path(request)
     if is_own_path(path):
         raise NotFound("This path belongs to the sign-in proxy and does not exist.")
-    upstream = forwarder.route(path)
+    upstream = forwarder.route(path, host_name(request.host))
     session: Session | None = None
     if upstream is None or not (skips_auth(config, request, path) or is_preflight(config, request, path)):
         session = await identify(request)
@@ -130,7 +129,7 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         if upstream is None:
             raise NotFound("No application is configured for this path.")
         rules = rules_for(config, upstream.config)
-        asked = Asked(request.method, path, request.host) if rules.rules else None
+        asked = Asked(request.method, path, request.host.lower()) if rules.rules else None
         decision = authorize(session.identity, rules, asked)
         if not decision.allowed:
             request.app[METRICS].refused(session.identity.sub, f"{upstream.config.path}: {decision.reason}",
@@ -142,6 +141,12 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     return await forwarder.forward(request, upstream, session)
 
 
+def host_name(host: str) -> str:
+    """A ``Host`` value as upstreams' ``host`` is written: lowercased, without the port."""
+    host = host.lower()
+    return host if host.endswith("]") else host.rpartition(":")[0] if ":" in host else host
+
+
 async def handle_userinfo(request: web.Request) -> web.Response:
     """The signed-in user as JSON, for the app's own front end."""
     session = await identify(request)
@@ -150,34 +155,3 @@ async def handle_userinfo(request: web.Request) -> web.Response:
     ident = session.identity
     return json_answer(200, {"user": ident.sub, "email": ident.email, "preferred_username": ident.preferred_username,
                              "name": ident.name, "groups": list(ident.groups)})
-
-
-def _asked_behind(request: web.Request) -> Asked | None:
-    """For ``/oauth2/auth``: the request the ingress asks about, from its ``X-Forwarded-Method``,
-    ``-Uri`` and ``-Host`` (Traefik sends them; nginx when told to) — only from a trusted proxy, since
-    anyone else could claim any path; else None, and expressions on the request deny."""
-    if not request.app[CONFIG].authorization.rules or request.remote is None \
-            or not request.app[FORWARDER].headers.is_trusted(request.remote):
-        return None
-    path = match_key(normalize_path(request.headers.get("X-Forwarded-Uri", "/")))   # an ambiguous one: a 400
-    return Asked(request.headers.get("X-Forwarded-Method", "").upper(), path,
-                 request.headers.get("X-Forwarded-Host", ""))
-
-
-async def handle_auth(request: web.Request) -> web.Response:
-    """For nginx ``auth_request`` / Traefik forwardAuth: 202 with the identity headers, 401 or 403.
-
-    The query may add rules for this location (``?allowed_groups=a,b&email_domains=example.com``),
-    checked on top of the global ``authorization``; an unknown parameter is a 400 (fail closed). The
-    boundary answers the refusals with a bare status, which is all such a caller reads.
-    """
-    config = request.app[CONFIG]
-    extra = query_rules(request.query)
-    session = await identify(request)
-    if session is None:
-        raise Unauthenticated()
-    decision = authorize_all(session.identity, (config.authorization, extra), _asked_behind(request))
-    if not decision.allowed:
-        request.app[METRICS].refused(session.identity.sub, f"/oauth2/auth: {decision.reason}", request[REQUEST_ID])
-        raise Forbidden(session.identity)
-    return web.Response(status=202, headers={**NO_STORE, **identity_headers(session)})

@@ -14,8 +14,9 @@ pure-Python ``cel-python`` took ~1.6 ms, which every request of a restricted ups
 - **Variables** (``VARIABLES``): ``user`` (the user id, ``sub`` for OpenID Connect), ``email`` (verified
   and well formed, else ``""``), ``preferred_username``, ``name``, ``groups`` (a list), ``method``,
   ``path`` (normalised, segment parameters removed: the match key every other rule sees), ``host``;
-  at ``/oauth2/auth``, the ingress's ``X-Forwarded-Method``, ``-Uri`` and ``-Host`` from a trusted proxy
-  (else empty strings). Nothing else: in particular no token.
+  at ``/oauth2/auth``, the original request a trusted ingress describes (``forward_auth.py``:
+  ``X-Forwarded-Method/-Uri/-Host``, ``X-Original-URL``, Envoy's path; else empty strings).
+  Nothing else: in particular no token.
 - **Fail closed**: an expression that errors at run time (a type mismatch) or returns anything but
   ``true`` denies, with the error in the operator's log.
 - **Tested with the configuration**: each rule may carry cases (claims and a request in, allow or deny

@@ -1,4 +1,5 @@
-"""The redirect guard: ``safe_redirect`` turns any target that came from a request into a URL on our origin.
+"""The redirect guard: ``safe_redirect`` turns any target that came from a request into a URL on our origin
+or on a host ``allowed_hosts`` lists (gateway mode: many apps on many hosts, one sign-in).
 
 Every redirect authproxy sends after a sign-in or sign-out goes to a target the request named (``rd``,
 the page to return to), so a target an attacker wrote must never take the browser elsewhere (an open
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import re
 from urllib.parse import quote, unquote, urlsplit
+
+from aiohttp import web
 
 from .config import Config
 from .errors import BadRequest
@@ -28,38 +31,72 @@ MAX_REDIRECT_LENGTH = 2048
 _UNSAFE_REDIRECT = re.compile(r'[\x00-\x20\x7f\\"<>]')
 # Every ASCII character: ``quote`` keeps these as they are and percent-encodes the rest.
 _ASCII = "".join(map(chr, range(128)))
+# The authority of an absolute target: a host name or IPv4 address (no userinfo, no IPv6), then a port.
+_NETLOC = re.compile(r"([a-z0-9-]+(?:\.[a-z0-9-]+)*)(?::([0-9]{1,5}))?")
 # After percent-decoding, a space is harmless, but controls and backslashes are not.
 _UNSAFE_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def safe_redirect(target: str | None, config: Config, default: str = "/") -> str:
-    """An absolute URL on ``public_url``'s origin for ``target``, or for ``default`` if it is unsafe.
+    """An absolute URL on ``public_url``'s origin or an allowed host's for ``target``, or for ``default``
+    if it is unsafe.
 
-    Accepted: a path starting with exactly one ``/`` ("/a?b"), or an absolute http(s) URL whose
-    origin is exactly ``public_url``'s without userinfo; non-ASCII characters are percent-encoded
-    first, as a browser would. Everything else — scheme-relative (``//host``), backslashes, encoded
-    slashes that decode to ``//``, other schemes, controls, ``"<>``, a result longer than
+    Accepted: a path starting with exactly one ``/`` ("/a?b", on ``public_url``'s origin), or an absolute
+    URL with ``public_url``'s scheme, no userinfo, and either ``public_url``'s origin or a host that
+    ``allowed_hosts`` lists (``allowed_origin``); non-ASCII characters are percent-encoded first, as a
+    browser would. Everything else — scheme-relative (``//host``), backslashes, encoded slashes that
+    decode to ``//``, other schemes or hosts, controls, ``"<>``, a result longer than
     ``MAX_REDIRECT_LENGTH`` — falls back to ``default``.
     """
-    origin = config.public_origin
     for candidate in (target, default):
-        path = _same_origin_path(candidate, origin)
-        if path is not None and len(origin) + len(path) <= MAX_REDIRECT_LENGTH:
-            return origin + path
-    return origin + "/"
+        found = _allowed_path(candidate, config)
+        if found is not None and len(found[0]) + len(found[1]) <= MAX_REDIRECT_LENGTH:
+            return found[0] + found[1]
+    return config.public_origin + "/"
 
 
-def _same_origin_path(target: str | None, origin: str) -> str | None:
+def allowed_origin(config: Config, scheme: str, netloc: str) -> str | None:
+    """``scheme://host[:port]`` (lowercased, no default port) if it is ``public_url``'s origin or names a host
+    ``allowed_hosts`` allows, with ``public_url``'s scheme (never a downgrade to http); else None.
+
+    A host matches an entry exactly, or, for ".example.com", when it is example.com or ends in
+    ".example.com" (on a label boundary: ``allowed.example.com.evil`` and ``evilexample.com`` do not);
+    the port must be the scheme's default unless the entry names it or says ":*"."""
+    scheme, netloc = scheme.lower(), netloc.lower()
+    match = _NETLOC.fullmatch(netloc)
+    if scheme not in ("http", "https") or match is None:
+        return None
+    host, port = match[1], match[2]
+    default = {"http": "80", "https": "443"}[scheme]
+    port = None if port == default else port
+    origin = f"{scheme}://{host}" + (f":{port}" if port else "")
+    if origin == config.public_origin:
+        return origin
+    if scheme != config.public_origin.split(":", 1)[0]:
+        return None
+    for entry in config.allowed_hosts:
+        name, _, allowed_port = entry.partition(":")
+        if not (host == name or (name.startswith(".") and (host == name[1:] or host.endswith(name)))):
+            continue
+        if allowed_port == "*" or (allowed_port or None) == port:
+            return origin
+    return None
+
+
+def _allowed_path(target: str | None, config: Config) -> tuple[str, str] | None:
+    """``(origin, path)`` for a safe target, else None."""
     target = _encode_non_ascii(target) if target else None
     if not target or len(target) > MAX_REDIRECT_LENGTH or _UNSAFE_REDIRECT.search(target):
         return None
+    origin = config.public_origin
     if not target.startswith("/"):
         parts = urlsplit(target)
-        if parts.scheme.lower() not in ("http", "https") or parts.username or parts.password or "@" in parts.netloc:
+        if parts.username or parts.password or "@" in parts.netloc:
             return None
-        if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin and \
-                _default_port_origin(parts.scheme.lower(), parts.netloc.lower()) != origin:
+        absolute = allowed_origin(config, parts.scheme, parts.netloc)
+        if absolute is None:
             return None
+        origin = absolute
         # The rest as written, so a browser reads it as we do (an empty "?" or a fragment included).
         rest = target[len(parts.scheme) + len("://") + len(parts.netloc):]
         target = rest if rest.startswith("/") else "/" + rest
@@ -74,7 +111,16 @@ def _same_origin_path(target: str | None, origin: str) -> str | None:
         normalize_path(target)          # never send a browser to a path the gate refuses (a 400 page)
     except BadRequest:
         return None
-    return target
+    return origin, target
+
+
+def here(request: web.Request, config: Config) -> str:
+    """The request's own URL as a target to come back to: its path, or, on an allowed host other than
+    ``public_url``'s, the absolute URL there (``safe_redirect`` still checks it)."""
+    origin = allowed_origin(config, config.public_origin.split(":", 1)[0], request.host)
+    if origin is None or origin == config.public_origin:
+        return request.raw_path
+    return origin + request.raw_path
 
 
 def _encode_non_ascii(target: str) -> str | None:
@@ -85,8 +131,3 @@ def _encode_non_ascii(target: str) -> str | None:
         return quote(target, safe=_ASCII)
     except UnicodeEncodeError:          # a lone surrogate
         return None
-
-
-def _default_port_origin(scheme: str, netloc: str) -> str:
-    default = {"http": ":80", "https": ":443"}[scheme]
-    return f"{scheme}://{netloc[:-len(default)]}" if netloc.endswith(default) else ""

@@ -53,6 +53,7 @@ from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
 from .errors import ProviderError, SessionEnded, StoreUnavailable, WebSocketRefused
 from .model import Session
+from .redirects import allowed_origin
 from .refresh import RECENT_TTL, Refresher
 from .upstream import Upstream
 from .upstream.websocket import CLOSE_TIMEOUT, Close, connect, pumps, requested_protocols
@@ -115,7 +116,13 @@ def origin_allowed(headers: MultiMapping[str], config: Config) -> bool:
     if not values:
         return not any(name in headers for name in ("Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Fetch-Dest"))
     origin = normalize_origin(values[0]) if len(values) == 1 else None
-    return origin is not None and origin in allowed_origins(config)
+    if origin is None:
+        return False
+    if origin in allowed_origins(config):
+        return True
+    # Many hosts, one sign-in: a page on an allowed host may open a socket to that same host (same origin).
+    scheme, _, netloc = origin.partition("://")
+    return netloc == headers.get("Host", "").lower() and allowed_origin(config, scheme, netloc) is not None
 
 
 def _refusal(request: web.Request, upstream: Upstream) -> WebSocketRefused | None:

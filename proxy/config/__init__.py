@@ -24,8 +24,8 @@ across fields — ``base`` (what every model shares), ``provider``, ``sessions``
 """
 
 from .loading import ENV_PREFIX, env_overrides, load_config, parse_config
-from .access import (AuthorizationConfig, CorsConfig, IdentityAssertionConfig, IdentityHeadersConfig, SkipAuthRule,
-                     TLSConfig, UpstreamConfig)
+from .access import (AuthorizationConfig, CorsConfig, ForwardAuthConfig, IdentityAssertionConfig,
+                     IdentityHeadersConfig, RuleSet, SkipAuthRule, TLSConfig, UpstreamConfig)
 from .models import Config, LimitsConfig, ListenTLSConfig, LoggingConfig
 from .provider import ClaimsConfig, ProviderConfig
 from .sessions import CookieConfig, RedisConfig, SessionConfig
@@ -49,6 +49,7 @@ __all__ = [
                      "CookieConfig",
                      "CorsConfig",
                      "Duration",
+                     "ForwardAuthConfig",
                      "IdentityAssertionConfig",
                      "IdentityHeadersConfig",
                      "LimitsConfig",
@@ -58,6 +59,7 @@ __all__ = [
                      "PositiveDuration",
                      "ProviderConfig",
                      "RedisConfig",
+                     "RuleSet",
                      "Secret",
                      "SessionConfig",
                      "SkipAuthRule",

@@ -7,10 +7,11 @@ Together because each decides, per request, whether and where it goes: the gate 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, field_validator
 
 from .base import _Model
 from .values import (Duration, Loc, PositiveDuration, _absolute_path, _existing_file, _lower, _origin, _regex,
@@ -125,6 +126,48 @@ class IdentityAssertionConfig(_Model):
                                   f"revoked); write at most \"1h\", e.g. \"60s\"")
 
 
+# The names a rule set may have: one path segment of ``/oauth2/auth/<name>``, never one of the endpoint's
+# own words (``forward_auth.py``).
+_RULE_SET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RESERVED_RULE_SET_NAMES = frozenset({"redirect", "envoy"})
+
+
+class RuleSet(AuthorizationConfig):
+    """Rules an ingress names in the forward-auth path, ``/oauth2/auth/<name>``: checked on top of the global
+    ``authorization``, as the query's rules were before an ingress (Caddy) could pass a client's query there."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _segment(cls, value: str) -> str:
+        if not _RULE_SET_NAME.fullmatch(value):
+            raise ValueError(f"must be 1 to 64 letters, digits, '-' or '_' (one path segment); got {value!r}")
+        if value in RESERVED_RULE_SET_NAMES:
+            raise ValueError(f"{value!r} is a word of the /oauth2/auth endpoint itself; choose another name")
+        return value
+
+
+class ForwardAuthConfig(_Model):
+    """``/oauth2/auth``, the check an ingress (nginx, Traefik, Caddy, Envoy, HAProxy) makes before each request."""
+
+    rule_sets: list[RuleSet] = []
+    access_token: bool = False
+
+    @field_validator("rule_sets")
+    @classmethod
+    def _distinct_names(cls, rule_sets: list[RuleSet]) -> list[RuleSet]:
+        seen: set[str] = set()
+        for rule_set in rule_sets:
+            if rule_set.name in seen:
+                raise ValueError(f"the name {rule_set.name!r} is used twice; each rule set needs its own")
+            seen.add(rule_set.name)
+        return rule_sets
+
+    def rule_set(self, name: str) -> RuleSet | None:
+        return next((rule_set for rule_set in self.rule_sets if rule_set.name == name), None)
+
+
 class TLSConfig(_Model):
     """How authproxy checks an https upstream's certificate."""
 
@@ -132,11 +175,23 @@ class TLSConfig(_Model):
     insecure_skip_verify: bool = False
 
 
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if not _HOST_NAME.fullmatch(value):
+        raise ValueError(f"must be a host name such as wiki.example.com (no scheme, port or path); got {value!r}")
+    return value
+
+
+_HOST_NAME = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")
+
+
 class UpstreamConfig(_Model):
-    """One app behind the proxy, chosen by the longest matching path prefix."""
+    """One app behind the proxy, chosen by its ``host`` (when set, before any upstream without one) and then
+    the longest matching path prefix."""
 
     path: Annotated[str, AfterValidator(_absolute_path)]
     url: Annotated[str, AfterValidator(_upstream_url)]
+    host: Annotated[str, AfterValidator(_host_name)] | None = None
     strip_prefix: bool = False
     pass_host_header: bool = True
     timeout: PositiveDuration = 30.0

@@ -8,13 +8,15 @@ docstrings and fields, wherever their module.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, field_validator
 
-from .access import AuthorizationConfig, CorsConfig, IdentityHeadersConfig, SkipAuthRule, UpstreamConfig
+from .access import (AuthorizationConfig, CorsConfig, ForwardAuthConfig, IdentityHeadersConfig, SkipAuthRule,
+                     UpstreamConfig)
 from .base import _CrossFieldProblems, _Model
 from .provider import ProviderConfig
 from .sessions import CookieConfig, SessionConfig
@@ -30,6 +32,25 @@ def _count(low: int, high: int, example: int) -> AfterValidator:
             raise ValueError(f"must be between {low} and {high}; got {value}, e.g. write {example}")
         return value
     return AfterValidator(check)
+
+
+# An entry of ``allowed_hosts``: a host name, or ".example.com" for it and every name under it; then no port
+# (the scheme's default), a port, or ":*" for any.
+_ALLOWED_HOST = re.compile(r"(\.?)([a-z0-9-]+(?:\.[a-z0-9-]+)*)(?::([0-9]{1,5}|\*))?")
+
+
+def _allowed_host(value: str) -> str:
+    value = value.strip().lower()
+    if not _ALLOWED_HOST.fullmatch(value):
+        raise ValueError(f'must be a host name, or ".example.com" for a domain and its subdomains, optionally with '
+                         f'":port" or ":*" (no scheme or path); got {value!r}')
+    return value
+
+
+def domain_covers(domain: str, host: str) -> bool:
+    """Whether a cookie for ``domain`` is sent to ``host`` (RFC 6265 §5.1.3 domain-match)."""
+    domain = domain.lstrip(".").lower()
+    return host == domain or host.endswith("." + domain)
 
 
 class LimitsConfig(_Model):
@@ -82,11 +103,13 @@ class Config(_Model):
     session: SessionConfig = SessionConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
     identity_headers: IdentityHeadersConfig = IdentityHeadersConfig()
+    forward_auth: ForwardAuthConfig = ForwardAuthConfig()
     api_paths: list[Annotated[str, AfterValidator(_absolute_path)]] = []
     skip_auth: list[SkipAuthRule] = []
     cors: CorsConfig = CorsConfig()
     websocket_origins: list[Annotated[str, AfterValidator(_origin)]] = []
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = []
+    allowed_hosts: list[Annotated[str, AfterValidator(_allowed_host)]] = []
     templates_dir: Annotated[str, AfterValidator(_templates_dir)] | None = None
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
@@ -101,6 +124,7 @@ class Config(_Model):
         from ..identity import assertion_problems
 
         yield from assertion_problems(self)
+        yield from self._host_problems()
         if self.metrics_on_listen and self.metrics_listen is not None:
             yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
                                            "metrics_on_listen: false, or remove metrics_listen to serve them on listen")
@@ -116,6 +140,30 @@ class Config(_Model):
         if redirect is not None and _split_listen(redirect)[1] == self.listen_port:
             yield ("tls", "redirect_http_listen"), (f"{redirect!r} has the port of listen, which serves https; "
                                                     "give the plain-HTTP redirect another port, e.g. 0.0.0.0:80")
+
+    def _host_problems(self) -> Iterator[tuple[Loc, str]]:
+        """Several hosts share one sign-in only through a cookie on a parent domain of them all."""
+        public_host = (urlsplit(self.public_url).hostname or "").lower()
+        domain = self.cookie.domain
+        if self.allowed_hosts and domain is None:
+            yield ("allowed_hosts",), ("the session cookie is sent to public_url's host only, so users signed in "
+                                       "there stay signed out on the other hosts; set cookie.domain to a parent "
+                                       f"domain of them all, e.g. {public_host.partition('.')[2] or 'example.com'}")
+            return
+        for i, entry in enumerate(self.allowed_hosts):
+            name = entry.split(":", 1)[0].lstrip(".")
+            if domain is not None and not domain_covers(domain, name):
+                yield ("allowed_hosts", i), (f"{name!r} is not under cookie.domain {domain!r}, so it never receives "
+                                             "the session cookie; remove it or widen cookie.domain")
+        if domain is not None and not domain_covers(domain, public_host):
+            yield ("cookie", "domain"), (f"public_url's host {public_host!r} is not under {domain!r}: browsers refuse "
+                                         "a cookie for another domain; set cookie.domain to a parent of it")
+        for i, upstream in enumerate(self.upstreams):
+            if upstream.host is not None and upstream.host != public_host and not any(
+                    domain_covers(e.split(":", 1)[0], upstream.host) if e.startswith(".")
+                    else e.split(":", 1)[0] == upstream.host for e in self.allowed_hosts):
+                yield ("upstreams", i, "host"), (f"{upstream.host!r} is neither public_url's host nor in "
+                                                 "allowed_hosts: a sign-in could not return there; add it")
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -133,13 +181,15 @@ class Config(_Model):
     def _distinct_paths(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
         if not upstreams:
             raise ValueError('is empty; add at least one, e.g. - path: "/" with url: "http://127.0.0.1:8080"')
-        first: dict[str, int] = {}
+        first: dict[str, int] = {}      # by host and path
         problems: list[tuple[Loc, str]] = []
         for index, upstream in enumerate(upstreams):
-            if upstream.path in first:
-                problems.append(((index, "path"), f"{upstream.path!r} is already the path of "
-                                 f"upstreams[{first[upstream.path]}]; each path may appear once: change or remove one"))
-            first.setdefault(upstream.path, index)
+            key = f"{upstream.host or ''}{upstream.path}"
+            if key in first:
+                on = f" on host {upstream.host!r}" if upstream.host else ""
+                problems.append(((index, "path"), f"{upstream.path!r}{on} is already the path of "
+                                 f"upstreams[{first[key]}]; each path may appear once per host: change or remove one"))
+            first.setdefault(key, index)
         if problems:
             raise _CrossFieldProblems(problems)
         return upstreams

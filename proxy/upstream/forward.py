@@ -127,18 +127,19 @@ class Forwarder:
     """Routes a request to its upstream and carries the exchange."""
 
     def __init__(self, config: Config, upstreams: Iterable[Upstream], signer: AssertionSigner | None = None) -> None:
-        # Longest prefix first, so the first match is the most specific.
-        self.upstreams = sorted(upstreams, key=lambda u: len(u.prefix), reverse=True)
+        # Those for a host first, then longest prefix first, so the first match is the most specific.
+        self.upstreams = sorted(upstreams, key=lambda u: (u.config.host is None, -len(u.prefix)))
         self.headers = HeaderPolicy(config)
         if signer is None and any(u.identity_assertion for u in config.upstreams):
             signer = AssertionSigner(config.cookie.keys, config.public_url)
         for upstream in self.upstreams:
             upstream.identity = app_identity(config, upstream.config, signer)
 
-    def route(self, key: str) -> Upstream | None:
-        """The upstream for a match key (``paths.request_key``), or None."""
+    def route(self, key: str, host: str | None = None) -> Upstream | None:
+        """The upstream for a match key (``paths.request_key``) on ``host`` (lowercased, without port), or
+        None: one for that host if any matches, else one for no host in particular."""
         for upstream in self.upstreams:
-            if upstream.matches(key):
+            if (upstream.config.host is None or upstream.config.host == host) and upstream.matches(key):
                 return upstream
         return None
 

@@ -104,37 +104,42 @@ async def test_per_upstream_rules_replace_the_global_ones(stack_factory):
         await echo.close()
 
 
-async def test_oauth2_auth_checks_query_rules_on_top_of_global_ones(stack_factory):
-    stack = await stack_factory(authorization={"allowed_users": ["bob", "carol"]})
+async def test_oauth2_auth_checks_a_named_rule_set_on_top_of_the_global_rules(stack_factory):
+    stack = await stack_factory(authorization={"allowed_users": ["bob", "carol"]},
+                                forward_auth={"rule_sets": [
+                                    {"name": "bobs", "allowed_groups": ["admins", "bob-group"]},
+                                    {"name": "staff", "allowed_groups": ["staff"]},
+                                    {"name": "mail", "email_domains": ["example.test"],
+                                     "allowed_emails": ["BOB@example.test"]},
+                                    {"name": "elsewhere", "email_domains": ["example.com"]},
+                                    {"name": "only-bob", "allowed_users": ["bob"]}]})
     auth = stack.url + "/oauth2/auth"
     async with aiohttp.ClientSession() as anonymous:
-        async with anonymous.get(auth + "?allowed_groups=staff") as resp:
+        async with anonymous.get(auth + "/staff") as resp:
             assert resp.status == 401
     async with new_browser() as bob, new_browser() as carol, new_browser() as alice:
         await login_via_http(bob, stack.url + "/", username="bob")
         await login_via_http(carol, stack.url + "/", username="carol")
         await login_via_http(alice, stack.url + "/", username="alice")
 
-        async def check(client: aiohttp.ClientSession, query: str) -> int:
-            async with client.get(auth + query, allow_redirects=False) as resp:
+        async def check(client: aiohttp.ClientSession, tail: str) -> int:
+            async with client.get(auth + tail, allow_redirects=False) as resp:
                 if resp.status == 202:
                     who = resp.headers["X-Forwarded-User"]
-                    assert who in ("bob", "carol")
+                    assert who in ("bob", "carol") and resp.headers["X-Auth-Request-User"] == who
                     assert resp.headers["X-Forwarded-Email"] == f"{who}@example.test"
                     assert resp.headers["X-Forwarded-Groups"] == f"staff,{who}-group"
                 return resp.status
 
         assert await check(bob, "") == 202
-        assert await check(bob, "?allowed_groups=bob-group") == 202
-        assert await check(bob, "?allowed_groups=admins,bob-group") == 202
-        assert await check(bob, "?allowed_groups=admins&allowed_groups=staff") == 202
-        assert await check(carol, "?allowed_groups=bob-group") == 403
-        assert await check(bob, "?email_domains=example.test&allowed_emails=BOB@example.test") == 202
-        assert await check(bob, "?email_domains=example.com") == 403
-        assert await check(carol, "?allowed_users=bob") == 403
-        assert await check(bob, "?allowed_emails=") == 202                      # empty: no restriction
-        assert await check(alice, "?allowed_groups=staff") == 403               # the global rules still apply
-        assert await check(bob, "?allowed_group=admins") == 400                 # a misspelt rule fails closed
+        assert await check(bob, "/bobs") == 202
+        assert await check(carol, "/bobs") == 403
+        assert await check(bob, "/mail") == 202 and await check(carol, "/mail") == 403
+        assert await check(bob, "/elsewhere") == 403
+        assert await check(carol, "/only-bob") == 403
+        assert await check(alice, "/staff") == 403                              # the global rules still apply
+        assert await check(bob, "/staf") == 404                                 # a misspelt name fails closed
+        assert await check(carol, "?allowed_groups=bob-group") == 400           # the old form fails closed
     assert [r["path"] for r in stack.echo.seen] == ["/", "/"]                  # alice never got through
 
 
@@ -265,6 +270,7 @@ async def test_bearer_jwt_from_the_provider_is_verified_and_forwarded(stack_fact
     offset = {"seconds": 0.0}
     stack = await stack_factory(provider={"accept_bearer_tokens": True, "bearer_audiences": [API_AUDIENCE, CLIENT_ID]},
                                 authorization={"allowed_groups": ["staff"]},
+                                forward_auth={"rule_sets": [{"name": "admins", "allowed_groups": ["admins"]}]},
                                 idp_options={"jwt_access_token_audience": API_AUDIENCE},
                                 clock=lambda: time.time() + offset["seconds"])
     await login_via_http(browser_session, stack.url + "/", username="bob")
@@ -281,7 +287,7 @@ async def test_bearer_jwt_from_the_provider_is_verified_and_forwarded(stack_fact
         assert header_values(record, "X-Forwarded-Groups") == ["staff,bob-group"]
         async with client.get(stack.url + "/oauth2/auth", headers=bearer) as resp:
             assert resp.status == 202 and resp.headers["X-Forwarded-User"] == "bob"
-        async with client.get(stack.url + "/oauth2/auth?allowed_groups=admins", headers=bearer) as resp:
+        async with client.get(stack.url + "/oauth2/auth/admins", headers=bearer) as resp:
             assert resp.status == 403                                      # the rules apply to tokens too
         async with client.get(stack.url + "/oauth2/userinfo", headers=bearer) as resp:
             assert (await resp.json())["user"] == "bob"

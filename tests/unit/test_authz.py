@@ -1,16 +1,15 @@
-"""Access rules: authorize() for each rule, rule choice per upstream, /oauth2/auth query rules, skip_auth
+"""Access rules: authorize() for each rule, rule choice per upstream, skip_auth
 matching on the normalised path, api_paths and CORS headers for the proxy's own denials."""
 
 from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from multidict import MultiDict
 
-from proxy.authz import (authorize, authorize_all, cors_headers, is_api_path, is_preflight,
-                         query_rules, rules_for, skips_auth)
+from proxy.authz import (authorize, cors_headers, is_api_path, is_preflight,
+                         rules_for, skips_auth)
 from proxy.config import AuthorizationConfig
-from proxy.errors import BadQueryRules, BadRequest, ConfigError
+from proxy.errors import BadRequest, ConfigError
 from proxy.gate import route_path
 from proxy.session import Identity
 from tests.unit.conftest import make_config
@@ -104,22 +103,6 @@ def test_per_upstream_rules_replace_the_global_ones():
     assert not authorize(BOB, rules_for(config, admin)).allowed          # staff is not enough there
     assert authorize(Identity(sub="root"), rules_for(config, admin)).allowed   # nor needed
     assert authorize(Identity(sub="anyone"), rules_for(config, open_)).allowed  # empty rules: anyone signed in
-
-
-def test_query_rules_combine_with_global_ones():
-    extra = query_rules(MultiDict([("allowed_groups", "admins, staff"), ("allowed_groups", "ops"),
-                                   ("email_domains", "Example.com"), ("allowed_emails", "")]))
-    assert extra.allowed_groups == ["admins", "staff", "ops"]
-    assert extra.email_domains == ["example.com"] and extra.allowed_emails == []
-    assert authorize_all(BOB, [rules(), extra]).allowed
-    assert not authorize_all(BOB, [rules(allowed_users=["alice"]), extra]).allowed
-    assert not authorize_all(BOB, [rules(), query_rules(MultiDict(allowed_groups="admins"))]).allowed
-    assert query_rules(MultiDict()) == rules()
-
-
-def test_query_rules_refuse_unknown_parameters():
-    with pytest.raises(BadQueryRules, match="allowed_group"):
-        query_rules(MultiDict(allowed_group="admins"))
 
 
 # -- skip_auth, api_paths, CORS -------------------------------------------------------------------

@@ -603,3 +603,49 @@ def test_github_groups_only_with_type_github() -> None:
     github = ProviderConfig(type="github", client_id="c", client_secret="s", github_groups=True)
     assert "read:org" in github.scopes
     assert "read:org" not in ProviderConfig(type="github", client_id="c", client_secret="s").scopes
+
+
+# -- many hosts ------------------------------------------------------------------------------------------------
+
+
+def _hosts(**sections: Any) -> Config:
+    data: dict[str, Any] = {"public_url": "https://auth.example.com",
+                            "provider": {"issuer": "https://idp.example.com", "client_id": "c", "client_secret": "s"},
+                            "cookie": {"secret": "c" * 43, "domain": "example.com"},
+                            "upstreams": [{"path": "/", "url": "http://127.0.0.1:9"}]}
+    data.update(sections)
+    return parse_config(data, source="<test>", environ={})
+
+
+def test_allowed_hosts_are_host_names_or_domains_with_an_optional_port():
+    config = _hosts(allowed_hosts=["Wiki.Example.com", ".apps.example.com", "ci.example.com:8443", "x.example.com:*"])
+    assert config.allowed_hosts == ["wiki.example.com", ".apps.example.com", "ci.example.com:8443", "x.example.com:*"]
+    for bad in ("https://wiki.example.com", "wiki.example.com/x", "*.example.com", "wiki.example.com:", "a..b.com",
+                "user@wiki.example.com", "wiki.example.com:99999x"):
+        with pytest.raises(ConfigError, match=r"allowed_hosts\[0\]"):
+            _hosts(allowed_hosts=[bad])
+
+
+def test_allowed_hosts_need_a_cookie_domain_covering_them_and_public_url():
+    with pytest.raises(ConfigError, match=re.escape("parent domain of them all, e.g. example.com")):
+        _hosts(cookie={"secret": "c" * 43}, allowed_hosts=["wiki.example.com"])
+    with pytest.raises(ConfigError, match=re.escape("'wiki.example.org' is not under cookie.domain")):
+        _hosts(allowed_hosts=["wiki.example.org"])
+    with pytest.raises(ConfigError, match=re.escape("'auth.example.com' is not under 'wiki.example.com'")):
+        _hosts(cookie={"secret": "c" * 43, "domain": "wiki.example.com"}, allowed_hosts=["wiki.example.com"])
+
+
+def test_upstreams_route_by_host_and_path_each_pair_once_on_an_allowed_host():
+    config = _hosts(allowed_hosts=["wiki.example.com"],
+                    upstreams=[{"path": "/", "url": "http://127.0.0.1:9"},
+                               {"path": "/", "url": "http://127.0.0.1:10", "host": "Wiki.Example.com"}])
+    assert config.upstreams[1].host == "wiki.example.com"
+    with pytest.raises(ConfigError, match=re.escape("on host 'wiki.example.com' is already the path of upstreams")):
+        _hosts(allowed_hosts=["wiki.example.com"],
+               upstreams=[{"path": "/", "url": "http://127.0.0.1:9", "host": "wiki.example.com"},
+                          {"path": "/", "url": "http://127.0.0.1:10", "host": "wiki.example.com"}])
+    with pytest.raises(ConfigError, match=re.escape("'ci.example.com' is neither public_url's host nor in")):
+        _hosts(allowed_hosts=["wiki.example.com"],
+               upstreams=[{"path": "/", "url": "http://127.0.0.1:9", "host": "ci.example.com"}])
+    with pytest.raises(ConfigError, match=r"upstreams\[0\]\.host"):
+        _hosts(upstreams=[{"path": "/", "url": "http://127.0.0.1:9", "host": "wiki.example.com:8080"}])

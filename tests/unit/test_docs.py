@@ -74,6 +74,9 @@ COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.int
               **{f"tls.{key}": {"tls.cert_file": "/etc/tls.crt", "tls.key_file": "/etc/tls.key"}
                  for key in ("min_version", "reload_interval", "redirect_http_listen", "client_ca_file")},
               "tls.cert_file": {"tls.key_file": "/etc/tls.key"}, "tls.key_file": {"tls.cert_file": "/etc/tls.crt"},
+              # other hosts share the sign-in only through a cookie on a parent domain, and must be allowed
+              "allowed_hosts": {"cookie.domain": "example.com"},
+              "upstreams[].host": {"cookie.domain": "example.com", "allowed_hosts": ["wiki.example.com"]},
               "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
               "provider.github_groups": {"provider.type": "github"},
               # a test case needs its claims and its expected outcome (all lists empty: allowed)
@@ -84,7 +87,18 @@ COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.int
               **{f"{section}.tests[].claims": {f"{section}.tests[].allow": True}
                  for section in ("authorization", "upstreams[].authorization")},
               **{f"{section}.tests[].allow": {f"{section}.tests[].claims": {"sub": "alice"}}
-                 for section in ("authorization", "upstreams[].authorization")}}
+                 for section in ("authorization", "upstreams[].authorization")},
+              # a rule set needs its name, and its test cases their claims and outcome
+              **{f"forward_auth.rule_sets[].{key}": {"forward_auth.rule_sets[].name": "admins"}
+                 for key in ("email_domains", "allowed_emails", "allowed_groups", "allowed_users", "rules", "tests")},
+              **{f"forward_auth.rule_sets[].tests[].{key}": {"forward_auth.rule_sets[].name": "admins",
+                                                             "forward_auth.rule_sets[].tests[].claims": {"sub": "a"},
+                                                             "forward_auth.rule_sets[].tests[].allow": True}
+                 for key in ("method", "path", "host")},
+              "forward_auth.rule_sets[].tests[].claims": {"forward_auth.rule_sets[].name": "admins",
+                                                          "forward_auth.rule_sets[].tests[].allow": True},
+              "forward_auth.rule_sets[].tests[].allow": {"forward_auth.rule_sets[].name": "admins",
+                                                         "forward_auth.rule_sets[].tests[].claims": {"sub": "a"}}}
 
 
 # -- the models -----------------------------------------------------------------------------------------------

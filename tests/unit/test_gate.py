@@ -124,36 +124,7 @@ async def test_a_malformed_bearer_token_is_a_401_invalid_token_never_a_fallback_
     assert userinfo.status == 401 and (await userinfo.json())["error"] == "invalid_token"
 
 
-# -- /oauth2/auth: bare statuses for nginx auth_request and Traefik forwardAuth ----------------------
-
-
-async def test_forward_auth_lets_a_permitted_user_through_with_the_identity_headers(client):
-    app, c = await client()
-    response = await c.get("/oauth2/auth", headers=cookie_for(app, make_session()))
-    assert response.status == 202
-    assert response.headers["X-Forwarded-User"] == "alice"
-    assert response.headers["X-Forwarded-Groups"] == "g1,g2"
-    assert response.headers["Cache-Control"] == "no-store"
-
-
-async def test_forward_auth_refusals_are_bare_statuses(client):
-    app, c = await client(provider={"accept_bearer_tokens": True})
-    anonymous = await c.get("/oauth2/auth", headers=API)
-    assert (anonymous.status, anonymous.headers["WWW-Authenticate"], await anonymous.read()) == (401, "Bearer", b"")
-    refused = await c.get("/oauth2/auth?allowed_groups=admins", headers=cookie_for(app, make_session()))
-    assert (refused.status, await refused.read()) == (403, b"")
-    assert refused.headers["Cache-Control"] == "no-store"
-    bad_token = await c.get("/oauth2/auth", headers={"Authorization": "Bearer a b"})
-    assert bad_token.status == 401 and bad_token.headers["WWW-Authenticate"] == invalid_token_header()
-    assert await bad_token.read() == b""
-
-
-async def test_forward_auth_refuses_a_query_parameter_that_is_not_a_rule(client):
-    _, c = await client()
-    response = await c.get("/oauth2/auth?allowed_group=admins")
-    assert response.status == 400
-    assert (await response.text()).startswith("/oauth2/auth: unknown parameter 'allowed_group'; allowed: ")
-    assert response.content_type == "text/plain" and response.headers["Cache-Control"] == "no-store"
+# /oauth2/auth: tests/unit/test_forward_auth.py
 
 
 # -- /oauth2/userinfo ------------------------------------------------------------------------------
@@ -168,3 +139,25 @@ async def test_userinfo_is_the_signed_in_user_or_a_short_401(client):
     signed_in = await c.get("/oauth2/userinfo", headers=cookie_for(app, session))
     assert await signed_in.json() == {"user": "bob", "email": "b@x.test", "preferred_username": None, "name": "Bob",
                                       "groups": ["g"]}
+
+
+# -- many hosts --------------------------------------------------------------------------------------------
+
+
+async def test_on_an_allowed_host_the_login_url_comes_back_to_that_host(client):
+    _, c = await client(cookie={"domain": "example.com"}, allowed_hosts=["wiki.example.com"])
+    on_wiki = {**API, "Host": "wiki.example.com"}
+
+    async def rd(headers: dict[str, str]) -> str:
+        response = await c.get("/data?x=1", headers=headers)
+        assert response.status == 401
+        return parse_qs(urlsplit((await response.json())["login_url"]).query)["rd"][0]
+
+    assert await rd(on_wiki) == "https://wiki.example.com/data?x=1"
+    assert await rd({**on_wiki, "Referer": "https://wiki.example.com/inbox?tab=2"}) == \
+        "https://wiki.example.com/inbox?tab=2"
+    assert await rd({**on_wiki, "Referer": "https://evil.example/inbox"}) == "https://wiki.example.com/data?x=1"
+    assert await rd({**on_wiki, "Referer": "https://wiki.example.com@evil.example/x"}) == \
+        "https://wiki.example.com/data?x=1"
+    assert await rd({**API, "Host": "evil.example"}) == "/data?x=1"          # not allowed: public_url's origin
+    assert await rd(API) == "/data?x=1"

@@ -76,3 +76,56 @@ def test_longest_target_is_kept_and_one_more_character_is_not():
     assert len(ORIGIN + path) == MAX_REDIRECT_LENGTH
     assert safe_redirect(path + "a", make_config(), default="/home") == ORIGIN + "/home"
     assert safe_redirect(ORIGIN + path + "a", make_config(), default="/home") == ORIGIN + "/home"
+
+
+# -- many hosts (allowed_hosts): rd may go to any allowed host, never another ---------------------------------
+
+GATEWAY = make_config(cookie={"domain": "example.com"},
+                      allowed_hosts=["wiki.example.com", ".apps.example.com", "ci.example.com:8443",
+                                     "dev.example.com:*"])
+
+ALLOWED_HOST_TARGETS = [
+    ("https://wiki.example.com/page?x=1", "https://wiki.example.com/page?x=1"),
+    ("HTTPS://WIKI.EXAMPLE.COM", "https://wiki.example.com/"),
+    ("https://wiki.example.com:443/x", "https://wiki.example.com/x"),
+    ("https://apps.example.com/", "https://apps.example.com/"),                   # the domain itself
+    ("https://a.apps.example.com/x", "https://a.apps.example.com/x"),             # and any name under it
+    ("https://a.b.apps.example.com/x", "https://a.b.apps.example.com/x"),
+    ("https://ci.example.com:8443/x", "https://ci.example.com:8443/x"),           # the port listed
+    ("https://dev.example.com:9999/x", "https://dev.example.com:9999/x"),         # ":*": any port
+    ("/x", ORIGIN + "/x"),                                                        # a path: public_url's origin
+]
+
+# What an attacker writes in rd to leave the allowed hosts (each falls back to public_url's start page).
+HOSTILE_HOST_TARGETS = [
+    "//evil.example", "//wiki.example.com/x", "///wiki.example.com", "https://evil.example/",
+    "https://wiki.example.com.evil.example/",            # an allowed name as a prefix of another host
+    "https://wiki.example.com.evil/",
+    "https://evilwiki.example.com/", "https://evilapps.example.com/",   # no label boundary
+    "https://apps.example.com.evil.example/", "https://x.apps.example.com.evil.example/",
+    "https://wiki.example.com@evil.example/", "https://user:pw@wiki.example.com/",   # userinfo
+    "https://evil.example#@wiki.example.com", "https://evil.example?@wiki.example.com",
+    "https://evil.example\\@wiki.example.com", "https://wiki.example.com\\@evil.example/",   # backslashes
+    "https:\\\\wiki.example.com", "https:/\\evil.example",
+    "http://wiki.example.com/",                          # a downgrade from https
+    "https://ci.example.com/x", "https://ci.example.com:8444/x", "https://wiki.example.com:8443/",   # other ports
+    "https://wiki.example.com./x", "https://wiki..example.com/x",   # spellings of hosts
+    "https://wiki.example.com%2f@evil.example", "https://wiki.example.com%40evil.example",
+    "https://wiki\u3002example.com/", "https://wiki.example.com\uff0fevil.example",   # look-alike dot and slash
+    "https://[::1]/", "https://127.0.0.1/", "javascript://wiki.example.com/%0aalert(1)",
+    "https://other.example.com/",                        # under cookie.domain, but not allowed
+]
+
+
+@pytest.mark.parametrize(("target", "expected"), ALLOWED_HOST_TARGETS)
+def test_rd_may_go_to_any_allowed_host(target, expected):
+    assert safe_redirect(target, GATEWAY) == expected
+
+
+@pytest.mark.parametrize("target", HOSTILE_HOST_TARGETS)
+def test_rd_never_goes_to_a_host_that_is_not_allowed(target):
+    assert safe_redirect(target, GATEWAY) == ORIGIN + "/"
+
+
+def test_without_allowed_hosts_only_public_urls_origin_is_a_target():
+    assert safe_redirect("https://wiki.example.com/x", make_config()) == ORIGIN + "/"

@@ -246,3 +246,15 @@ async def test_a_refresh_answer_that_is_already_expired_ends_instead_of_looping(
 async def test_a_token_without_expiry_lives_until_the_hard_end():
     close, elapsed = await watch(session(None), FakeRefresher(), hard_end_in=0.2)
     assert close.code == SESSION_ENDED and 0.2 <= elapsed < 1.0
+
+
+def test_a_page_on_an_allowed_host_may_open_a_socket_to_that_same_host_only():
+    hosts = {"cookie": {"domain": "example.com"}, "allowed_hosts": ["wiki.example.com", ".apps.example.com"]}
+    assert allowed([("Origin", "https://wiki.example.com"), ("Host", "wiki.example.com")], **hosts)
+    assert allowed([("Origin", "https://x.apps.example.com"), ("Host", "x.apps.example.com")], **hosts)
+    # Another allowed host's page, a foreign host, a downgrade, a host that is not allowed: refused.
+    assert not allowed([("Origin", "https://wiki.example.com"), ("Host", "x.apps.example.com")], **hosts)
+    assert not allowed([("Origin", "https://evil.example"), ("Host", "evil.example")], **hosts)
+    assert not allowed([("Origin", "http://wiki.example.com"), ("Host", "wiki.example.com")], **hosts)
+    assert not allowed([("Origin", "https://other.example.com"), ("Host", "other.example.com")], **hosts)
+    assert not allowed([("Origin", "https://wiki.example.com"), ("Host", "wiki.example.com")])   # none allowed

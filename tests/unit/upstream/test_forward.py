@@ -103,3 +103,29 @@ def test_host_header_passed_or_replaced():
     assert forwarder.request_headers(req, None, replaced)["Host"] == "10.0.0.9:8080"
     assert forwarder.request_headers(req, None, passed)["Host"] == "app.example.com"
     assert forwarder.request_headers(req, None, sock)["Host"] == "app.example.com"     # a socket has no authority
+
+
+def test_routing_by_host_before_path_then_longest_prefix():
+    """An upstream for the request's host wins over any without one, whatever their prefixes; another host's
+    upstream is never chosen; a host with none of its own gets those for no host in particular."""
+    cfg = make_config(cookie={"domain": "example.com"}, allowed_hosts=["wiki.example.com", "ci.example.com"],
+                      upstreams=[{"path": "/", "url": "http://127.0.0.1:9"},
+                                 {"path": "/api/deep", "url": "http://127.0.0.1:9"},
+                                 {"path": "/", "url": "http://127.0.0.1:10", "host": "wiki.example.com"},
+                                 {"path": "/admin", "url": "http://127.0.0.1:11", "host": "wiki.example.com"},
+                                 {"path": "/api", "url": "http://127.0.0.1:12", "host": "ci.example.com"}])
+    f = Forwarder(cfg, [Upstream(u, client=None) for u in cfg.upstreams])
+
+    def where(path: str, host: str | None) -> tuple[str | None, str]:
+        upstream = f.route(path, host)
+        assert upstream is not None
+        return upstream.config.host, upstream.config.path
+
+    assert where("/api/deep/x", "wiki.example.com") == ("wiki.example.com", "/")
+    assert where("/admin/x", "wiki.example.com") == ("wiki.example.com", "/admin")
+    assert where("/adminx", "wiki.example.com") == ("wiki.example.com", "/")
+    assert where("/api/x", "ci.example.com") == ("ci.example.com", "/api")
+    assert where("/other", "ci.example.com") == (None, "/")
+    assert where("/api/deep/x", "ci.example.com") == ("ci.example.com", "/api")
+    assert where("/admin/x", "evil.example") == (None, "/")
+    assert where("/api/deep/1", None) == (None, "/api/deep")
