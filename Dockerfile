@@ -79,7 +79,7 @@ RUN apt-get update \
     && for lib in libsqlite3.so.0* libnsl.so.2* libtirpc.so.3* libgssapi_krb5.so.2* libkrb5.so.3* krb5 \
                   libk5crypto.so.3* libkrb5support.so.0* libkeyutils.so.1* libncursesw.so.6* libformw.so.6* \
                   libmenuw.so.6* libpanelw.so.6*; do \
-           rm -rf /usr/lib/x86_64-linux-gnu/$lib; \
+           rm -rf /usr/lib/*-linux-gnu/$lib; \
        done \
     && groupadd --gid 10001 authproxy \
     && useradd --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
