@@ -10,6 +10,12 @@ the host's loopback, the test reaches the proxy on 127.0.0.1, and the proxy's pr
 
 Commands run as the image's own ``USER`` (no ``--user``), so the UID checks test the Dockerfile, not the test.
 Nothing here skips: without buildah the tests fail and say what to install (``.ci/run`` installs it).
+
+The image's size is asserted too: at most ``MAX_ADDED_BYTES`` on top of its base, the uncompressed size of the
+layers it adds as containers/storage records it (what ``podman images`` shows, read here with ``podman image
+inspect``). That figure is a function of the files alone, so it is the same on every rebuild of the same sources;
+the test prints what takes the space (``pytest -s``), and the Dockerfile's slimming is checked where it could
+silently stop working: stripped extension modules, valid byte code, the standard library the proxy needs.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ AUTHPROXY_SCRIPT = "/opt/authproxy/bin/authproxy"
 # Working containers are named for the test process, so a later session can remove those a killed one left.
 CONTAINER_PREFIX = "authproxy-test-"
 INSTALL_HINT = "apt-get install buildah podman debootstrap (bash .ci/run installs them)"
+# The base the Dockerfile builds on (build-image makes it with debootstrap when the store lacks it).
+BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
+# Issue 18's goal: what the image adds to debian:bookworm-slim, in bytes (decimal MB, as podman prints them).
+# 77.2 MB on 2026-12-05 (README.md#the-container), from 118.8 MB before the slimming.
+MAX_ADDED_BYTES = 80_000_000
+SITE_PACKAGES = "/opt/authproxy/lib/python3.11/site-packages"
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(BUILD_TIMEOUT + 300)]
 
@@ -185,7 +197,8 @@ print(json.dumps({
     "gid": os.getgid(),
     "python": os.path.realpath(sys.executable),
     "prefix": sys.prefix,
-    "tools": sorted(t for t in ("gcc", "cc", "c++", "make", "pip", "pip3", "curl", "wget") if shutil.which(t)),
+    "tools": sorted(t for t in ("gcc", "cc", "c++", "make", "pip", "pip3", "curl", "wget", "strip", "ld", "as")
+                    if shutil.which(t)),
     "modules": sorted(m for m in ("pip", "setuptools", "wheel") if importlib.util.find_spec(m)),
     "leftovers": sorted(p for p in ("/etc/pip.conf", "/run/build-ca.crt", "/root/build-ca.crt", "/root/.config",
                                     "/root/.cache", "/src", "/var/lib/apt/lists/partial") if os.path.lexists(p)),
@@ -211,6 +224,167 @@ def test_image_holds_debians_python3_and_the_virtualenv_and_nothing_from_the_bui
     assert facts["leftovers"] == [], "the build's pip config, CA bundle, caches or sources reached the image"
     assert facts["apt_lists"] in ([], ["lock"]), facts["apt_lists"]
     assert facts["config_dir"]
+
+
+# -- its size, and the slimming that keeps it small ------------------------------------------------------------
+
+
+def image_facts(ref: str) -> dict[str, Any]:
+    result = run(["podman", "image", "inspect", ref])
+    assert result.returncode == 0, f"podman image inspect {ref}: {result.stderr}"
+    return json.loads(result.stdout)[0]
+
+
+SPACE_PROBE = """\
+import glob, json, os, sys
+def size(path):
+    if os.path.islink(path) or not os.path.isdir(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
+site = sys.argv[1]
+by_package = {}
+for name in os.listdir(site):
+    key = name.split("-")[0] if name.endswith(".dist-info") else name.removesuffix(".py").split(".")[0]
+    by_package[key] = by_package.get(key, 0) + size(os.path.join(site, name))
+# Each Debian package's files as they are in the image (the Dockerfile deletes some), from dpkg's file lists.
+debian = {}
+for listing in glob.glob("/var/lib/dpkg/info/*.list"):
+    package = os.path.basename(listing).removesuffix(".list").split(":")[0]
+    with open(listing) as f:
+        paths = [line.rstrip("\\n") for line in f]
+    debian[package] = sum(os.lstat(p).st_size for p in paths if os.path.isfile(p) and not os.path.islink(p))
+print(json.dumps({"site-packages": size(site), "by_package": by_package, "stdlib": size("/usr/lib/python3.11"),
+                  "stdlib_pyc": size("/usr/lib/python3.11/__pycache__"), "debian": debian}))
+"""
+
+
+def space_report(image: str) -> str:
+    """What takes the space in the image, as a table: the virtualenv per package, the standard library, and the
+    Debian packages the image adds to its base (the bytes of their files still in the image)."""
+    with working_container(image) as container:
+        probe = run_in(container, "python3", "-c", SPACE_PROBE, SITE_PACKAGES, user="0:0")
+    assert probe.returncode == 0, probe.stderr
+    with working_container(BASE_IMAGE) as container:
+        listed = run_in(container, "dpkg-query", "-W", "-f", "${Package}\n", user="0:0")
+    assert listed.returncode == 0, listed.stderr
+    mine, in_base = json.loads(probe.stdout), set(listed.stdout.split())
+    added = {name: size for name, size in mine["debian"].items() if name not in in_base}
+    lines = [f"{'virtualenv site-packages':<40}{mine['site-packages'] / 1e6:8.1f} MB"]
+    for name, size in sorted(mine["by_package"].items(), key=lambda item: -item[1])[:12]:
+        lines.append(f"  {name:<38}{size / 1e6:8.1f} MB")
+    lines.append(f"{'/usr/lib/python3.11 (stdlib)':<40}{mine['stdlib'] / 1e6:8.1f} MB"
+                 f"  (of which __pycache__ {mine['stdlib_pyc'] / 1e6:.1f} MB)")
+    lines.append(f"{'Debian packages added (files left)':<40}{sum(added.values()) / 1e6:8.1f} MB")
+    for name, size in sorted(added.items(), key=lambda item: -item[1])[:12]:
+        lines.append(f"  {name:<38}{size / 1e6:8.1f} MB")
+    return "\n".join(lines)
+
+
+def test_image_adds_at_most_80_mb_to_its_base(image):
+    """Issue 18: the image adds at most 80 MB to debian:bookworm-slim; and what takes the space, printed."""
+    mine, base = image_facts(image), image_facts(BASE_IMAGE)
+    base_layers = base["RootFS"]["Layers"]
+    assert mine["RootFS"]["Layers"][:len(base_layers)] == base_layers, "the image is not built on " + BASE_IMAGE
+    added = mine["Size"] - base["Size"]
+    report = space_report(image)
+    summary = (f"image {mine['Size'] / 1e6:.1f} MB = base {base['Size'] / 1e6:.1f} MB + {added / 1e6:.1f} MB "
+               f"in {len(mine['RootFS']['Layers']) - len(base_layers)} layer(s)")
+    print(f"\n{summary}\n{report}")
+    assert 0 < added <= MAX_ADDED_BYTES, f"{summary}: over {MAX_ADDED_BYTES / 1e6:.0f} MB\n{report}"
+
+
+SLIMMING_PROBE = """\
+import json, os, struct, sys
+def debug_sections(path):
+    # The section names of a 64-bit little-endian ELF file that hold debugging information.
+    with open(path, "rb") as f:
+        data = f.read()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    def header(i):
+        return struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+    strtab = header(shstrndx)[4]
+    names = [data[strtab + header(i)[0]:].split(b"\\0", 1)[0].decode() for i in range(shnum)]
+    return [n for n in names if n.startswith((".debug_", ".symtab"))]
+unstripped = {}
+sources = []
+for d, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        p = os.path.join(d, f)
+        if f.endswith(".so") or ".so." in f:
+            found = debug_sections(p)
+            if found:
+                unstripped[p] = found
+        if f.endswith((".pyx", ".pxd", ".pyi", ".c", ".h")):
+            sources.append(p)
+print(json.dumps({"unstripped": unstripped, "sources": sources}))
+"""
+
+# ldd of every shared object and program in the places the Dockerfile touches, and its count.
+LDD_PROBE = """\
+count=0
+for f in $(find /usr/bin /usr/sbin /usr/lib/*-linux-gnu /usr/lib/python3.11 /opt/authproxy \\
+                -type f \\( -name '*.so*' -o -perm -u+x \\)); do
+    head -c 4 "$f" | grep -q ELF || continue
+    count=$((count + 1))
+    ldd "$f" 2>&1 | grep 'not found' | sed "s|^|$f: |"
+done
+echo "checked $count"
+"""
+
+# Everything the proxy imports at run time must still be there after the standard library is trimmed: every
+# module of the package, and what its libraries import lazily (uvloop's loop, the Redis client, the C YAML
+# loader, the AEAD ciphers, the TLS context with Debian's CA bundle).
+IMPORT_PROBE = """\
+import importlib, json, pkgutil, ssl, sys
+import proxy
+failed = {}
+for module in pkgutil.walk_packages(proxy.__path__, "proxy."):
+    try:
+        importlib.import_module(module.name)
+    except Exception as exc:
+        failed[module.name] = repr(exc)
+import aiohttp.web, uvloop, redis.asyncio, yaml, prometheus_client, joserfc.jwt, joserfc.jwk, httptools, pydantic
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+loop = uvloop.new_event_loop(); loop.close()
+AESGCM(AESGCM.generate_key(bit_length=256))
+assert yaml.CSafeLoader
+context = ssl.create_default_context()
+print(json.dumps({"failed": failed, "cas": context.cert_store_stats()["x509_ca"],
+                  "encodings": [b"\\xe3\\x81\\x82".decode(c) for c in ("utf-8",)] + ["x".encode("idna").decode()]}))
+"""
+
+
+def test_image_slimming_kept_what_the_proxy_needs(image):
+    """Stripped extension modules, no build sources, byte code that Python really uses, and a standard library
+    from which nothing the proxy or its libraries import was removed."""
+    with working_container(image) as container:
+        slim = run_in(container, "python3", "-c", SLIMMING_PROBE, SITE_PACKAGES)
+        # Every ELF file left still finds its shared libraries (the Dockerfile removes some of Debian's).
+        linked = run_in(container, "sh", "-c", LDD_PROBE, user="0:0")
+        imports = run_in(container, "python3", "-c", IMPORT_PROBE)
+        # -v names each module's byte code as it is loaded, and says when it is stale and compiled again.
+        verbose = run_in(container, "python3", "-v", "-c", "import proxy.__main__, proxy.app, proxy.server")
+    assert slim.returncode == 0, slim.stderr
+    found = json.loads(slim.stdout)
+    assert found["unstripped"] == {}, "extension modules with debug symbols (strip --strip-unneeded them)"
+    assert found["sources"] == [], "build sources or stubs left in the virtualenv"
+    assert linked.returncode == 0, linked.stderr
+    checked = [line for line in linked.stdout.splitlines() if line.startswith("checked ")]
+    assert checked and int(checked[0].split()[1]) > 50, linked.stdout
+    missing = [line for line in linked.stdout.splitlines() if "not found" in line]
+    assert missing == [], "shared libraries missing from the image:\n" + "\n".join(missing)
+    assert imports.returncode == 0, imports.stderr
+    facts = json.loads(imports.stdout)
+    assert facts["failed"] == {}, "modules of the package no longer import in the image"
+    assert facts["cas"] > 100, "no CA certificates: an https provider could not be verified"
+    assert verbose.returncode == 0, verbose.stderr
+    stale = [line for line in verbose.stderr.splitlines() if "bytecode is stale" in line]
+    assert stale == [], f"{len(stale)} modules compiled again at start-up, e.g. {stale[:3]}"
+    loaded = [line for line in verbose.stderr.splitlines()
+              if line.startswith("# code object from") and SITE_PACKAGES + "/proxy/__pycache__/" in line]
+    assert loaded, "the package's byte code was not used"
 
 
 # -- the proxy running in the image -----------------------------------------------------------------------------

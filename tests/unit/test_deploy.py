@@ -1,10 +1,12 @@
 """The deployment examples under ``deploy/``: they parse, the authproxy configurations in them pass the real
-``python -m proxy --check-config``, and the Kubernetes sidecar, the compose trial and the Keycloak realm agree
-with each other (ports, probes, secrets, the non-root user, redirect URIs)."""
+``python -m proxy --check-config``, and the Kubernetes sidecar, its values-style file, the compose trial and the
+Keycloak realm agree with each other (ports, probes, secrets, the non-root user, redirect URIs). The values file's
+``config`` validates against the JSON Schema the real ``python -m proxy config-schema`` prints."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -23,6 +26,7 @@ KUBERNETES = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "compose.yaml"
 COMPOSE_CONFIG = DEPLOY / "authproxy.compose.yaml"
 REALM = DEPLOY / "keycloak-realm.json"
+VALUES = DEPLOY / "values.example.yaml"
 
 SECRETS = {"CLIENT_SECRET": "client-secret-for-the-check",
            "COOKIE_SECRET": base64.urlsafe_b64encode(b"k" * 32).decode()}
@@ -193,6 +197,69 @@ def test_app_is_reached_on_loopback_inside_the_pod():
     config = parse_config(yaml.safe_load(configmap_config()), environ=SECRETS)
     assert [u.url for u in config.upstreams] == ["http://127.0.0.1:8080"]
     assert "ports" not in container("app")
+
+
+# -- the values-style file and the configuration's JSON Schema ------------------------------------------------
+
+
+def values() -> dict[str, Any]:
+    return documents(VALUES)[0]
+
+
+@pytest.fixture(scope="module")
+def config_schema() -> dict[str, Any]:
+    """What `authproxy config-schema` prints, from the real CLI: generated here, so it is never stale."""
+    result = subprocess.run([sys.executable, "-m", "proxy", "config-schema"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def test_values_config_validates_against_config_schema(config_schema):
+    jsonschema.Draft202012Validator(config_schema).validate(values()["config"])
+
+
+@pytest.mark.parametrize(("where", "change"), [
+    ("provider", {"isuer": "https://keycloak.example.com/realms/example"}),   # a misspelt key
+    ("cookie", {"expire": "a week"}),                                         # not a duration
+    ("logging", {"format": "xml"}),                                           # not one of the choices
+])
+def test_config_schema_refuses_a_wrong_values_config(config_schema, where, change):
+    """The check has teeth: the mistakes an operator makes in the values file fail it, naming the key."""
+    config = copy.deepcopy(values()["config"])
+    config[where].update(change)
+    errors = list(jsonschema.Draft202012Validator(config_schema).iter_errors(config))
+    assert errors
+    assert any(where in [str(part) for part in error.absolute_path] or where in error.message for error in errors)
+
+
+def test_values_config_passes_check_config(tmp_path):
+    """authproxy's own loader takes the same section (the schema is not the only judge)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values()["config"]), encoding="utf-8")
+    result = check_config(path, SECRETS)
+    assert result.returncode == 0, result.stderr
+
+
+def test_values_describe_the_kubernetes_manifests():
+    """Every value is what deploy/kubernetes/ applies: a changed manifest or values file without the other fails."""
+    given = values()
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    proxy, app = container("authproxy"), container("app")
+    assert given["config"] == yaml.safe_load(configmap_config())
+    assert given["image"] == proxy["image"]
+    assert given["replicas"] == one("Deployment")["spec"]["replicas"]
+    assert given["app"]["image"] == app["image"]
+    assert given["resources"] == proxy["resources"]
+    assert given["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"]
+    assert proxy["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(given["preStopSleepSeconds"])]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in proxy["env"] if "valueFrom" in e} == {given["secret"]}
+    assert one("Secret")["metadata"]["name"] == given["secret"]
+    config = parse_config(given["config"], environ=SECRETS)
+    assert [u.url for u in config.upstreams] == [f"http://127.0.0.1:{given['app']['port']}"]
+    assert config.shutdown_timeout + given["preStopSleepSeconds"] < given["terminationGracePeriodSeconds"]
 
 
 # -- the compose trial and its Keycloak realm -----------------------------------------------------------------
