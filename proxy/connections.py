@@ -100,6 +100,12 @@ class LimitedHandler(RequestHandler):
         self._set_deadline(self._loop.time() + self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._force_close or self._close:
+            # aiohttp drops what comes on a connection it is closing (a reload's graceful shutdown): no
+            # head is parsed from it, so none may be counted either — an upload's body was taken for a
+            # head that never ended and answered 431 (the soak, at a SIGHUP).
+            super().data_received(data)
+            return
         if not self._head_started and self._waiter is not None:
             self._head_started = True        # the first bytes of a kept-alive connection's next head
             self._set_deadline(self._loop.time() + self._head_timeout)

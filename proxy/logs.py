@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from .config import LoggingConfig
 
 
@@ -88,3 +90,21 @@ def configure_logging(config: LoggingConfig) -> None:
     root.setLevel(config.level.upper())
     # aiohttp's own access log is replaced by ours (one line per request, without query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each malformed request it refuses (a head too long, a bad request line) at ERROR with a
+    15-line traceback: junk sent in a loop would fill the log with them (the soak's hostile burst did).
+    Such a record becomes one INFO line naming the error, without its text (the client's bytes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.msg = f"{record.getMessage()}: refused a malformed request ({type(exc).__name__}, {exc.code})"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger().isEnabledFor(logging.INFO)

@@ -475,6 +475,23 @@ async def test_the_default_head_cap_holds_on_a_kept_alive_connection(stack):
     assert stack.echo.seen == []
 
 
+async def test_a_body_on_a_connection_being_closed_is_not_taken_for_a_huge_head(stack):
+    """The soak (issue 19): at a SIGHUP reload the old listener closes its kept-alive connections, and aiohttp
+    then drops the bytes that still come on them unparsed. The head cap counted those bytes (a 2 MiB
+    upload's) as a head that never ended and answered 431 to a request that was fine."""
+    reader, writer = await _open(stack)
+    writer.write(PING)
+    assert b" 200 " in await _answer(reader)
+    body = b"x" * (200 << 10)
+    upload = b"POST /upload HTTP/1.1\r\nHost: p\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    (handler,) = stack.proxy.runner.server.connections
+    handler.close()                        # what a reload's graceful shutdown does to an idle connection ...
+    handler.data_received(upload)          # ... and the next request's bytes, read before it has closed
+    closed, data = await _closed_within(reader, 3)
+    writer.close()
+    assert b"431" not in data, data
+
+
 async def test_too_many_header_fields_is_a_400(stack):
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     answer = await _raw(stack, b"GET /x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n" + fields + b"\r\n")

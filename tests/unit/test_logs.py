@@ -3,6 +3,8 @@ text; in both, nothing a client sends can forge a line."""
 
 import json
 import logging
+
+import pytest
 import sys
 
 from proxy.config import LoggingConfig
@@ -92,3 +94,34 @@ def test_text_tracebacks_are_set_off_and_escaped():
     first, *rest = text.split("\n")
     assert first.endswith("authproxy.access: failed") and rest
     assert all(line.startswith("  | ") for line in rest) and "\r" not in text
+
+
+@pytest.mark.parametrize("level,shown", [("info", True), ("warning", False)])
+def test_a_malformed_request_is_one_line_without_a_traceback_or_its_bytes(level, shown):
+    """The soak's hostile burst: each oversized header left aiohttp's 15-line traceback at ERROR, with the
+    client's bytes in it. Now one INFO line naming the error (none at all above info)."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    root, server = logging.getLogger(), logging.getLogger("aiohttp.server")
+    saved = root.handlers[:], root.level
+    seen: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = seen.append                                    # type: ignore[method-assign]
+    server.addHandler(catcher)
+    try:
+        configure_logging(LoggingConfig(level=level))
+        try:
+            raise LineTooLong("h" * 200, "65536")
+        except LineTooLong:
+            server.exception("Error handling request from %s", "192.0.2.7")
+        server.error("something else", exc_info=ValueError("kept"))
+    finally:
+        server.removeHandler(catcher)
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    malformed = [r for r in seen if "192.0.2.7" in r.getMessage()]
+    assert len(malformed) == int(shown)
+    if shown:
+        (record,) = malformed
+        assert record.levelno == logging.INFO and record.exc_info is None
+        assert "LineTooLong" in record.getMessage() and "hhhh" not in record.getMessage()
+    assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in seen)     # others keep theirs
