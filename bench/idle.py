@@ -10,10 +10,12 @@ that session's cookie. Then, each phase measured on the proxy's resident memory 
 2. **WebSocket**: ``--websockets`` raw sockets each complete an authenticated WebSocket handshake (the proxy
    then holds two connections per socket: the client's and its own to the app) and stay idle.
 
-Before, while held and after closing (once the proxy's descriptor count is back down), the RSS, and a
-short wrk run of tiny authenticated GETs (``--rate-seconds``, 8 connections) whose rate while held is
-reported as a ratio to the rate before, measured in the same run. ``--trace`` runs the proxy under
-tracemalloc (bench/traced.py) and prints the allocation sites that grew while the connections were held.
+The RSS while held is read ``--idle-seconds`` after the last one opened (the proxy sheds per-connection
+state of connections idle for 10–20 s). Before, while held and after closing (once the proxy's descriptor
+count is back down), the RSS; and a short wrk run of tiny authenticated GETs (``--rate-seconds``, 8
+connections) whose rate while held is reported as a ratio to the rate before, measured in the same run.
+``--trace`` runs the proxy under tracemalloc (bench/traced.py) and prints the allocation sites that grew
+while the connections were held.
 
     python bench/idle.py                                 # 9,000 connections, 5,000 WebSockets
     python bench/idle.py --connections 2000 --websockets 1000 --trace
@@ -196,7 +198,7 @@ async def measure(phase: Phase, proc: Proc, url: str, port: int, cookie: str, re
     started = time.monotonic()
     held = await open_many(port, request, phase.count, expect)
     phase.open_s = time.monotonic() - started
-    await asyncio.sleep(SETTLE)
+    await asyncio.sleep(args.idle_seconds)
     phase.rss_held = rss_kib(pid)
     if trace_dir and first:
         print_growth(first, await snapshot(proc, trace_dir), phase.count, args.top)
@@ -267,6 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=9000, help="idle keep-alive connections (default 9000)")
     parser.add_argument("--websockets", type=int, default=5000, help="idle WebSockets (default 5000, at most 10000)")
     parser.add_argument("--rate-seconds", type=float, default=3.0, help="seconds of each wrk run (default 3)")
+    parser.add_argument("--idle-seconds", type=float, default=25.0,
+                        help="seconds the connections stay idle before RSS is read (default 25: an idle connection "
+                             "gives back its request parser after 10-20 s, proxy/connections.py SHED_INTERVAL)")
     parser.add_argument("--trace", action="store_true", help="run the proxy under tracemalloc, print what grew")
     parser.add_argument("--top", type=int, default=15, help="allocation sites printed with --trace (default 15)")
     parser.add_argument("--authproxy-src", default=str(HERE.parent), metavar="DIR",

@@ -52,9 +52,11 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.helpers import ceil_timeout
+from aiohttp.http import HttpRequestParser
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
+from aiohttp.web_protocol import (_PAYLOAD_ACCESS_ERROR, ERROR, MAX_MSG_QUEUE_SIZE, RequestHandler,
+                                  RequestPayloadError, _ErrInfo)
 
 from .config import LimitsConfig
 
@@ -66,6 +68,11 @@ log = logging.getLogger("authproxy.connections")
 # the free pages back to the system; one call took a few milliseconds of a 200 MiB heap.
 TRIM_AFTER = 1000
 TRIM_DELAY = 2.0
+# Seconds between sweeps that take the request parser from connections idle since the previous sweep
+# (so after 10–20 s idle). The C parser keeps the last request's head fields — the cookie, twice — until
+# the next request begins: about 5 KiB of an idle keep-alive connection, given back; a new parser is
+# made when the next request's first bytes come (a few microseconds, once per idle spell, not per request).
+SHED_INTERVAL = 10.0
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -98,8 +105,8 @@ TOO_MANY = _answer(b"503 Service Unavailable", b"Too many connections; try again
 class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
-    __slots__ = ("_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
-                 "_head_timeout", "_last_read", "_limited", "_max_head", "_send_mark", "_send_timer")
+    __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
+                 "_head_timeout", "_last_read", "_limited", "_max_head", "_seen", "_send_mark", "_send_timer")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -115,6 +122,8 @@ class LimitedHandler(RequestHandler):
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_mark = 0                           # bytes waiting to go out when last checked
         self._counted = True
+        self._at_rest = False        # the parser is between requests, holding no byte of the next one
+        self._seen = -1              # the request count at the last sweep (``LimitedServer._sweep``)
 
     @property
     def idle(self) -> bool:
@@ -127,12 +136,18 @@ class LimitedHandler(RequestHandler):
         self._set_deadline(self._loop.time() + self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._parser is None and self._payload_parser is None and not self._upgraded and self.transport is not None:
+            self._parser = self._limited.new_parser(self)       # taken by a sweep while the connection idled
         if not self._head_started and self._waiter is not None:
             self._head_started = True        # the first bytes of a kept-alive connection's next head
             self._set_deadline(self._loop.time() + self._head_timeout)
         if self._body is not None:
             self._last_read = self._loop.time()
+        count = self._request_count
         super().data_received(data)
+        # Between requests for sure only when this read ended exactly with a whole head without a body.
+        self._at_rest = (self._request_count > count and data.endswith(b"\r\n\r\n") and not self._upgraded
+                         and bool(self._messages) and self._messages[-1][1] is EMPTY_PAYLOAD)
         if self._messages:
             # A whole head arrived: the next one's clock starts at its first byte. Only when the bytes it
             # came in exceed the cap (a body may have come along) are its fields measured.
@@ -315,6 +330,17 @@ class LimitedHandler(RequestHandler):
             self._limited.released()
         super().connection_lost(exc)
 
+    def shed_parser(self) -> bool:
+        """Let go of the request parser (and the last request's head it still holds) if this connection has
+        been idle since the previous sweep, its parser holding no byte of a next request; True if it did."""
+        shed = (self._seen == self._request_count and self._at_rest and self.idle and self._parser is not None
+                and self._payload_parser is None and not self._upgraded and not self._reading_paused
+                and not self._buffer_paused)
+        self._seen = self._request_count
+        if shed:
+            self._parser = None
+        return shed
+
     def _set_deadline(self, when: float) -> None:
         """Close this connection at ``when`` if no whole head has come by then (aiohttp's keep-alive timer)."""
         self._next_keepalive_close_time = when
@@ -344,6 +370,7 @@ class LimitedServer(web.Server):
         self._warned = False
         self._most = 0                                 # the most connections held since the last trim
         self._trim: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
         if self.open >= self.limits.max_connections and not self._close_an_idle_one():
@@ -354,7 +381,26 @@ class LimitedServer(web.Server):
             return _Refused()                      # type: ignore[return-value]
         self.open += 1
         self._most = max(self._most, self.open)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(SHED_INTERVAL, self._sweep)
         return LimitedHandler(self, loop=self._loop, **self._kwargs)
+
+    def new_parser(self, handler: LimitedHandler) -> HttpRequestParser:
+        """A request parser for ``handler``, made as aiohttp's RequestHandler makes its own."""
+        return HttpRequestParser(handler, self._loop, handler._read_bufsize, max_line_size=handler.max_line_size,
+                                 max_field_size=handler.max_field_size, max_headers=handler.max_headers,
+                                 payload_exception=RequestPayloadError,
+                                 auto_decompress=self._kwargs.get("auto_decompress", True),
+                                 max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
+
+    def _sweep(self) -> None:
+        """Take the parser from every connection idle since the last sweep (SHED_INTERVAL); stop when none is open."""
+        self._sweeper = None
+        for handler in self._connections:
+            if isinstance(handler, LimitedHandler):
+                handler.shed_parser()
+        if self.open > 0:
+            self._sweeper = self._loop.call_later(SHED_INTERVAL, self._sweep)
 
     def released(self) -> None:
         self.open -= 1
