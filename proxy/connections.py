@@ -369,7 +369,7 @@ class LimitedServer(web.Server):
         self.open = 0
         self._warned = False
         self._most = 0                                 # the most connections held since the last trim
-        self._trim: asyncio.TimerHandle | None = None
+        self._trim: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
@@ -394,11 +394,12 @@ class LimitedServer(web.Server):
                                  max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
 
     def _sweep(self) -> None:
-        """Take the parser from every connection idle since the last sweep (SHED_INTERVAL); stop when none is open."""
+        """Take the parser from every connection idle since the last sweep (SHED_INTERVAL), and trim malloc's
+        arenas when that freed many (TRIM_AFTER); stop sweeping when no connection is open."""
         self._sweeper = None
-        for handler in self._connections:
-            if isinstance(handler, LimitedHandler):
-                handler.shed_parser()
+        shed = sum(handler.shed_parser() for handler in self._connections if isinstance(handler, LimitedHandler))
+        if shed >= TRIM_AFTER and self._trim is None and MALLOC_TRIM is not None:
+            self._trim = self._loop.call_soon(self._trim_memory)     # what they held is free: give it back
         if self.open > 0:
             self._sweeper = self._loop.call_later(SHED_INTERVAL, self._sweep)
 

@@ -80,3 +80,24 @@ async def test_memory_is_given_back_once_after_a_burst_of_connections_closes(mon
         server.released()
     await asyncio.sleep(0.01)
     assert trims == [1]
+
+
+async def test_a_sweep_that_takes_many_parsers_gives_the_memory_back(monkeypatch):
+    from aiohttp import web
+
+    from proxy import connections
+
+    trims = []
+    monkeypatch.setattr(connections, "MALLOC_TRIM", lambda: trims.append(1))
+    server = connections.LimitedServer(LimitsConfig(max_connections=5000), lambda request: web.Response())
+    handlers = [server() for _ in range(connections.TRIM_AFTER)]
+    server._connections.update((handler, None) for handler in handlers)
+    monkeypatch.setattr(connections.LimitedHandler, "shed_parser", lambda self: self in handlers[1:])
+    server._sweep()                                    # one short of TRIM_AFTER shed: no trim
+    await asyncio.sleep(0.01)
+    assert trims == []
+    monkeypatch.setattr(connections.LimitedHandler, "shed_parser", lambda self: True)
+    server._sweep()
+    await asyncio.sleep(0.01)
+    assert trims == [1]
+    server._sweeper.cancel()
