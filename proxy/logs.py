@@ -102,6 +102,8 @@ FLUSH_INTERVAL = 0.05
 # Bytes of access lines waiting to be written (in memory, and handed to the writing thread) beyond which
 # new lines are dropped and counted, rather than letting a stalled stderr grow the process or block it.
 BUFFER_LIMIT = 4 << 20
+# json.dumps(entry, default=str) without building an encoder per call (dumps does, given any option).
+_JSON = json.JSONEncoder(default=str)
 
 
 class AccessLog:
@@ -192,7 +194,7 @@ class AccessWriter:
         if fields:
             entry.update({name: escape_controls(value) if isinstance(value, str) else value
                           for name, value in fields.items()})
-        return json.dumps(entry, default=str) + "\n"
+        return _JSON.encode(entry) + "\n"
 
     def flush(self) -> None:
         """Hand what is waiting to the writing thread (the timer calls this; so does ``close``)."""
