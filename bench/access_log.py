@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,6 +43,45 @@ async def lines(access: AccessLog, count: int) -> float:
     return (time.process_time() - started) / count
 
 
+async def call_site(out: TextIO, count: int, rounds: int) -> None:
+    """``boundary._log_access`` as a request calls it (metrics included), log off / stdlib / AccessWriter (text)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from proxy import boundary
+    from proxy.context import REQUEST_ID
+    from proxy.logs import ACCESS_LOG
+    from proxy.metrics import Metrics
+
+    metrics, request = Metrics(), make_mocked_request("GET", "/tiny")
+    request[REQUEST_ID] = ARGS[5]
+    root = logging.getLogger()
+
+    def per_call() -> float:
+        started = time.process_time()
+        for _ in range(count):
+            boundary._log_access(request, 200, 0.0004, metrics)
+        if ACCESS_LOG.writer is not None:
+            ACCESS_LOG.stop_writer()
+        return (time.process_time() - started) / count
+
+    results: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        root.handlers[:], ACCESS_LOG.writer = [], None
+        root.setLevel(logging.WARNING)
+        results.setdefault("log off (level warning)", []).append(per_call())
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(TextFormatter())
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        results.setdefault("stdlib logging", []).append(per_call())
+        ACCESS_LOG.writer = AccessWriter("text", out.fileno())
+        results.setdefault("AccessWriter", []).append(per_call())
+    root.handlers[:] = []
+    print(f"\nboundary._log_access, text: µs CPU per call (median of {rounds} rounds of {count:,})")
+    for name, values in results.items():
+        print(f"{name:<24} {statistics.median(values) * 1e6:>6.1f}   [{' '.join(f'{v * 1e6:.1f}' for v in values)}]")
+
+
 async def main(args: argparse.Namespace) -> None:
     root = logging.getLogger()
     results: dict[str, list[float]] = {}
@@ -63,6 +103,8 @@ async def main(args: argparse.Namespace) -> None:
     for fmt in ("text", "json"):
         old, new = (statistics.median(results[f"{fmt}, {w}"]) for w in ("stdlib logging", "AccessWriter"))
         print(f"{fmt}: AccessWriter / stdlib = {new / old:.2f}")
+    with open(args.to, "a") as out:
+        await call_site(out, args.lines, args.rounds)
 
 
 if __name__ == "__main__":
