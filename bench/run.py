@@ -59,6 +59,7 @@ SCENARIOS = (Scenario("tiny, 1 conn", "/tiny", 1), Scenario("tiny, 32 conn", "/t
              Scenario("100 KB, 32 conn", "/100k.bin", 32))
 NGINX, AUTHPROXY, APACHE = "nginx-direct", "authproxy", "mod_auth_openidc"
 BEFORE = "authproxy-before"          # --before-src: the same authproxy row, from another checkout
+LOGGED = "authproxy-log"             # --log-row: the last authproxy row's settings with default logging (info)
 
 
 def is_authproxy(name: str) -> bool:
@@ -231,13 +232,14 @@ def ratio_cells(runs: dict[tuple[str, str, int], Run], scenario: Scenario, num: 
     return cells
 
 
-def print_before_after(runs: dict[tuple[str, str, int], Run], after: str, rounds: int) -> list[dict]:
-    """``after`` against ``BEFORE``: the change's own effect, as a ratio of figures measured in the same rounds."""
+def print_before_after(runs: dict[tuple[str, str, int], Run], after: str, rounds: int,
+                       before: str = BEFORE) -> list[dict]:
+    """``after`` against ``before``: the change's own effect, as a ratio of figures measured in the same rounds."""
     rows = []
-    print(f"\n{after} / {BEFORE}, median of per-round ratios [each round]")
+    print(f"\n{after} / {before}, median of per-round ratios [each round]")
     print(f"{'scenario':<16} {'req/s':<30} {'CPU per request':<30}")
     for scenario in SCENARIOS:
-        cells = ratio_cells(runs, scenario, after, ((BEFORE, "rps"), (BEFORE, "cpu")), rounds, rows)
+        cells = ratio_cells(runs, scenario, after, ((before, "rps"), (before, "cpu")), rounds, rows)
         print(f"{scenario.label:<16} {cells[0]:<30} {cells[1]}")
     return rows
 
@@ -250,7 +252,7 @@ async def main(args: argparse.Namespace) -> int:
     if load_before > 1.0:
         print(f"note: load average {load_before:.1f} before the start: something else is using this machine's "
               "CPUs; the ratios (same-round) are still comparable, the absolute figures less so")
-    before_of = ""
+    before_of = log_of = ""
     async with Stack(keep=args.keep) as stack:
         nginx_proc, nginx_url = await stack.nginx({"100k.bin": FILE_SIZE})
         authproxy_port, apache_port = free_port(), free_port()
@@ -273,14 +275,22 @@ async def main(args: argparse.Namespace) -> int:
                                               source=Path(args.authproxy_src).resolve(),
                                               cookie=cookie, workers=args.workers_row)
             targets.append(Target(f"{AUTHPROXY}-w{args.workers_row}", url, targets[1].cookie, proc))
+            settings = {"workers": args.workers_row}
+        if args.log_row:
+            # authproxy's default logging (level info: one access line per request, to its log file), next
+            # to the same settings at warning: what the access log costs, as a ratio from the same rounds.
+            logged = {**settings, "logging": {"level": "info"}}
+            proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url,
+                                              source=Path(args.authproxy_src).resolve(), cookie=cookie, **logged)
+            log_of, settings = [t for t in targets if is_authproxy(t.name)][-1].name, logged
+            targets.append(Target(LOGGED, url, targets[1].cookie, proc))
         if args.before_src is not None:
             # The same settings as the last authproxy row, from another checkout: "before" and "after" measured
             # in one run, against the same baselines, in interleaved order.
-            mirrored = targets[-1] if args.workers_row is not None else targets[1]
-            workers = {"workers": args.workers_row} if args.workers_row is not None else settings
+            mirrored = [t for t in targets if is_authproxy(t.name)][-1]
             proc, url = await stack.authproxy(free_port(), idp.issuer, nginx_url,
                                               source=Path(args.before_src).resolve(),
-                                              cookie=cookie, **workers)
+                                              cookie=cookie, **settings)
             targets.append(Target(BEFORE, url, targets[1].cookie, proc))
             before_of = mirrored.name
         version = source_version(Path(args.authproxy_src))
@@ -320,6 +330,8 @@ async def main(args: argparse.Namespace) -> int:
         if args.profile:
             await profile_authproxy(targets[1], SCENARIOS[1], args.duration, Path(args.profile))
         rows = print_table(runs, [t.name for t in targets], args.rounds)
+        if log_of:
+            rows += print_before_after(runs, LOGGED, args.rounds, log_of)
         if before_of:
             rows += print_before_after(runs, before_of, args.rounds)
         print("\nauthproxy peak RSS (VmHWM): " + ", ".join(f"{kib / 1024:.1f} MiB (pid {pid})"
@@ -373,12 +385,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--before-src", default=None, metavar="DIR",
                         help="also run authproxy from this checkout (e.g. a `git worktree` of main before a change) "
                              "with the settings of the last authproxy row, and print after/before ratios")
+    parser.add_argument("--log-row", action="store_true",
+                        help="also run authproxy with the last row's settings and default logging (level info: an "
+                             "access line per request) as the row authproxy-log, and print its ratios to that row; "
+                             "with --before-src, the before row logs too")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     if args.time_limit is None:
-        rows = 3 + bool(args.workers_row) + bool(args.before_src)
+        rows = 3 + bool(args.workers_row) + bool(args.before_src) + args.log_row
         planned = args.rounds * len(SCENARIOS) * rows * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
         args.time_limit = 2 * planned + 120
     return args

@@ -312,11 +312,13 @@ class Stack:
         return idp
 
     async def authproxy(self, port: int, issuer: str, upstream_url: str, *, source: Path = REPO,
-                        extra_upstreams: list[dict[str, str]] | None = None, **settings: Any) -> tuple[Proc, str]:
+                        extra_upstreams: list[dict[str, str]] | None = None, launcher: list[str] | None = None,
+                        **settings: Any) -> tuple[Proc, str]:
         """``python -m proxy --config FILE`` on ``port``, logging at warning (no access log).
 
         ``source`` is the checkout whose ``proxy`` package runs (this one by default); ``settings`` are
-        top-level config keys added as they are, e.g. ``workers=2``.
+        top-level config keys added as they are, e.g. ``workers=2``; ``launcher`` replaces ``-m proxy``
+        (a script that runs the proxy, e.g. ``bench/traced.py``, given ``--config FILE`` the same way).
         """
         client_id, client_secret = AUTHPROXY_CLIENT
         data = {
@@ -331,7 +333,8 @@ class Stack:
         }
         config = self.root / f"authproxy-{port}.yaml"
         config.write_text(yaml.safe_dump(data))
-        proc = await self.spawn(f"authproxy-{port}", [sys.executable, "-m", "proxy", "--config", str(config)],
+        proc = await self.spawn(f"authproxy-{port}", [sys.executable, *(launcher or ["-m", "proxy"]), "--config",
+                                                      str(config)],
                                 cwd=source, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(source)})
         url = f"http://127.0.0.1:{port}"
         await wait_ready(url + "/ready", proc, "authproxy")

@@ -49,6 +49,7 @@ from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, L
                      NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
 from .login import is_navigation, login_url, start_login
 from .redirects import allowed_origin, here, safe_redirect
+from .logs import ACCESS_LOG
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from .model import Identity
 
 log = logging.getLogger("authproxy")
-access_log = logging.getLogger("authproxy.access")
+access_log = ACCESS_LOG          # logs.py: the stdlib logger, or its own batched writer when serving
 
 # A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

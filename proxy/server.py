@@ -29,7 +29,7 @@ from .config.values import _split_listen
 from .connections import LimitedRunner, raise_descriptor_limit
 from .errors import ConfigError
 from .host import HostDenylist, HostFanout, HostLink
-from .logs import configure_logging
+from .logs import ACCESS_LOG, configure_logging
 from .metrics import METRICS, handle_metrics
 from .supervisor import run_workers
 from .tls import ListenerCertificate, TLSSite, redirect_app, watching
@@ -112,6 +112,7 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
         lasting.fanout = HostFanout(lasting.host, lasting.metrics)
         lasting.denylist = HostDenylist(lasting.host)
     runner = await start_runner(config, lasting)
+    ACCESS_LOG.start_writer(config.logging)
     log.info("ready on %s:%d (pid %d)", config.listen_host, config.listen_port, os.getpid())
     while True:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
@@ -121,6 +122,7 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
         if stop.is_set():
             log.info("shutting down: finishing in-flight requests (up to %gs)", config.shutdown_timeout)
             await runner.cleanup()
+            ACCESS_LOG.stop_writer()
             if lasting.host is not None:
                 await lasting.host.close()
             log.info("stopped")
@@ -140,6 +142,7 @@ async def _reloaded(runner: web.AppRunner, config: Config, reload: Callable[[], 
         log.error("reload rejected, the running configuration stays in force:\n%s", exc)
         return runner, config
     configure_logging(new_config.logging)
+    ACCESS_LOG.start_writer(new_config.logging)
     if new_config.worker_count != config.worker_count and os.getppid() != supervisor:
         log.warning("workers: %d takes effect when authproxy is restarted (it runs as one process now)",
                     new_config.worker_count)

@@ -513,3 +513,28 @@ async def test_the_proxys_own_endpoints_take_small_bodies_only(stack_factory):
             assert resp.status == 400 and "malformed" in (await resp.json())["error_description"]
         async with client.get(stack.url + "/oauth2/callback?" + "a=b&" * 3000) as resp:         # a 12 KB query
             assert resp.status in (400, 414)
+
+
+async def test_an_idle_connection_lets_go_of_its_parser_and_gets_a_new_one_for_its_next_request(stack_factory,
+                                                                                               monkeypatch):
+    """A kept-alive connection idle over a sweep holds no parser (nor the last request's head in it); one
+    with the first bytes of its next request already in keeps its parser, and both answer what comes next."""
+    from proxy import connections
+
+    monkeypatch.setattr(connections, "SHED_INTERVAL", 0.05)
+    stack = await stack_factory()
+    idle_reader, idle = await _open(stack)
+    idle.write(PING)
+    assert (await _answer(idle_reader)).startswith(b"HTTP/1.1 200")
+    busy_reader, busy = await _open(stack)
+    busy.write(PING + PING[:12])                           # the next head begun: the parser holds its bytes
+    assert (await _answer(busy_reader)).startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(0.6)
+    handlers = list(stack.proxy.runner.server._connections)   # type: ignore[union-attr]
+    assert len(handlers) == 2 and sorted(h._parser is None for h in handlers) == [False, True]
+    busy.write(PING[12:])
+    idle.write(PING)
+    for reader in (busy_reader, idle_reader):
+        assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+    for writer in (idle, busy):
+        writer.close()

@@ -1,14 +1,18 @@
 """The log formats: JSON (one object per line, with the structured fields of access lines and auth events) and
 text; in both, nothing a client sends can forge a line."""
 
+import asyncio
 import json
 import logging
-
-import pytest
+import os
+import re
 import sys
 
+import pytest
+
+from proxy import logs
 from proxy.config import LoggingConfig
-from proxy.logs import JsonFormatter, TextFormatter, configure_logging, escape_controls
+from proxy.logs import AccessLog, AccessWriter, JsonFormatter, TextFormatter, configure_logging, escape_controls
 
 
 def record(message: str, **fields) -> logging.LogRecord:
@@ -125,3 +129,109 @@ def test_a_malformed_request_is_one_line_without_a_traceback_or_its_bytes(level,
         assert record.levelno == logging.INFO and record.exc_info is None
         assert "LineTooLong" in record.getMessage() and "hhhh" not in record.getMessage()
     assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in seen)     # others keep theirs
+# -- the access log's own writer -----------------------------------------------------------------------
+
+ACCESS_FIELDS = {"event": "request", "request_id": "r1", "client": "127.0.0.1", "user": "alice", "method": "GET",
+                 "path": HOSTILE, "status": 200, "upstream": "/", "duration_ms": 1.25}
+TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+@pytest.fixture
+def pipe():
+    """The read end of a pipe, and its write end as the writer's fd; both closed afterwards."""
+    read, write = os.pipe()
+    yield read, write
+    for fd in (read, write):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def read_lines(fd: int) -> list[str]:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 20).decode().splitlines()
+    except BlockingIOError:
+        return []
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_the_writer_writes_the_formatters_line(pipe, fmt):
+    """Byte for byte the line the stdlib formatter makes of the same record, timestamp aside."""
+    message = f"GET {HOSTILE} 200 1.2ms user=alice rid=r1"
+    writer = AccessWriter(fmt, pipe[1])
+    writer.write(message, ACCESS_FIELDS)
+    writer.close()
+    [line] = read_lines(pipe[0])
+    expected = (JsonFormatter() if fmt == "json" else TextFormatter()).format(record(message, **ACCESS_FIELDS))
+    if fmt == "json":
+        written, wanted = json.loads(line), json.loads(expected)
+        assert written.pop("time")[:16] == wanted.pop("time")[:16] and written == wanted
+    else:
+        assert TIME.match(line) and TIME.sub("", line) == TIME.sub("", expected)
+        assert "\\x0a" in line and "\n" not in line
+
+
+async def test_lines_are_written_in_a_batch_after_the_interval_not_one_write_each(pipe, monkeypatch):
+    monkeypatch.setattr(logs, "FLUSH_INTERVAL", 0.05)
+    writer = AccessWriter("text", pipe[1])
+    for n in range(100):
+        writer.write(f"GET /{n} 200", None)
+    assert read_lines(pipe[0]) == []                   # nothing yet: waiting for the timer
+    await asyncio.sleep(0.3)
+    lines = read_lines(pipe[0])
+    assert [line.rsplit(": ", 1)[1] for line in lines] == [f"GET /{n} 200" for n in range(100)]
+    writer.close()
+
+
+async def test_a_stalled_stderr_blocks_neither_the_loop_nor_memory_lines_are_dropped_and_counted(pipe, monkeypatch,
+                                                                                                caplog):
+    """Nobody reads the pipe: the writing thread blocks, the loop does not, and what is beyond the limit is
+    dropped, counted, and reported once the lines can be written again."""
+    monkeypatch.setattr(logs, "BUFFER_LIMIT", 256 << 10)
+    writer = AccessWriter("text", pipe[1])
+    line = "GET /" + "x" * 1000 + " 200"
+    started = asyncio.get_running_loop().time()
+    for _ in range(2000):                              # 2 MB against a 64 KiB pipe and a 256 KiB limit
+        writer.write(line, None)
+        if writer._lines and len(writer._lines) % 50 == 0:
+            writer.flush()
+    writer.flush()
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert writer.dropped > 1000
+    dropped = writer.dropped
+    got = 0
+    os.set_blocking(pipe[0], False)
+    for _ in range(200):                               # drain the pipe until the thread has written all
+        try:
+            got += len(os.read(pipe[0], 1 << 20))
+        except BlockingIOError:
+            if writer._handed == writer._written:
+                break
+            await asyncio.sleep(0.01)
+    assert got == writer._handed and got < 400 << 10
+    writer.flush()
+    assert f"{dropped} access-log lines dropped" in caplog.text and writer.dropped == 0
+    writer.close()
+
+
+async def test_without_a_writer_lines_go_through_the_stdlib_logger(caplog):
+    access = AccessLog()
+    caplog.set_level(logging.INFO, logger="authproxy.access")
+    assert access.isEnabledFor(logging.INFO)
+    access.info("%s %d", "GET /x", 200, extra={"fields": {"status": 200}})
+    [rec] = [r for r in caplog.records if r.name == "authproxy.access"]
+    assert rec.getMessage() == "GET /x 200" and rec.fields == {"status": 200}
+
+
+async def test_the_writer_is_used_only_when_the_level_logs_access_lines(monkeypatch):
+    access = AccessLog()
+    monkeypatch.setattr(access.logger, "isEnabledFor", lambda level: False)
+    access.start_writer(LoggingConfig(level="warning"))
+    assert access.writer is None and not access.isEnabledFor(logging.INFO)
+    monkeypatch.setattr(access.logger, "isEnabledFor", lambda level: True)
+    access.start_writer(LoggingConfig(level="info"))
+    assert access.writer is not None
+    access.stop_writer()
+    assert access.writer is None
