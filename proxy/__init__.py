@@ -29,7 +29,8 @@ The modules each own one boundary, listed in the order a request meets them:
   ``backchannel``  OpenID back-channel logout tokens in;
 - ``login``, ``redirects``  the ``/oauth2/*`` sign-in and sign-out endpoints; the safe-redirect guard;
 - ``provider/`` the only code that talks to the identity provider: ``client`` (the one HTTP call),
-  ``metadata`` (discovery), ``keys`` (JWKS), ``grants``, ``userinfo``; ``presets`` per-provider defaults;
+  ``metadata`` (discovery), ``keys`` (JWKS), ``clientauth`` (how we authenticate), ``grants``,
+  ``userinfo``; ``presets`` per-provider defaults;
 - ``tokens``    the one JWT validator (ID, access, logout tokens); ``bearer`` API clients' own bearer JWTs;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
 - ``assertion`` signed identity assertions for the app (ES256, published as a JWKS);

@@ -10,7 +10,9 @@ exceptions. Its parts, one concern each:
                    error mapping — every answer that cannot be parsed is a ``ProviderError``;
 - ``metadata.py``  discovery, with configured endpoints taking precedence;
 - ``keys.py``      the JWKS cache and the choice of a key for a token, with its refetch limits;
-- ``grants.py``    the token endpoint: client authentication and the token response as a ``TokenSet``;
+- ``clientauth.py`` how the client authenticates at the token endpoint: a secret, a signed assertion
+                   (``private_key_jwt``, ``client_secret_jwt``) or none (a public client with PKCE);
+- ``grants.py``    the token endpoint's answer as a ``TokenSet``;
 - ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email.
 
 Every token it signs — ID token, JWT access token (Bearer), back-channel logout token — is checked by
@@ -34,7 +36,8 @@ from ..metrics import Metrics
 from ..session import Identity
 from ..tokens import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, Expectations, TokenValidator, media_type
 from .client import MAX_RESPONSE_BYTES, USER_AGENT, ProviderClient
-from .grants import MAX_EXPIRES_IN, TokenSet, authenticated, token_set
+from .clientauth import ClientAuthentication, check_method
+from .grants import MAX_EXPIRES_IN, TokenSet, token_set
 from .keys import (
     JWKS_REFETCH_BURST,
     JWKS_REFETCH_WINDOW,
@@ -62,6 +65,7 @@ class Provider:
         self._clock = clock
         self._client = ProviderClient(http, config.timeout, metrics)
         self._metadata: Metadata | None = None
+        self._auth: ClientAuthentication | None = None
         self.jwks = SigningKeys(self._client, lambda: self._meta().jwks_uri, clock)
         self._validator = TokenValidator(_expectations(config), self.jwks.key_for, clock)
 
@@ -73,8 +77,11 @@ class Provider:
 
     async def load_metadata(self) -> Metadata:
         """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
-        self._metadata = await discover(self.config, self._client)
-        return self._metadata
+        found = await discover(self.config, self._client)
+        check_method(self.config, found)
+        self._auth = ClientAuthentication(self.config, found, self._clock)
+        self._metadata = found
+        return found
 
     def _meta(self) -> Metadata:
         if self._metadata is None:
@@ -118,10 +125,15 @@ class Provider:
                                  timeout)
 
     async def _grant(self, step: str, form: dict[str, str], timeout: float | None = None) -> TokenSet:
-        form, headers = authenticated(self.config, form)
+        form, headers = self._authentication().apply(form)
         body = await self._client.call(step, "POST", self._meta().token_endpoint, data=form, headers=headers,
                                        timeout=timeout)
         return token_set(step, body, self._clock())
+
+    def _authentication(self) -> ClientAuthentication:
+        if self._auth is None:              # metadata set without load_metadata (tests)
+            self._auth = ClientAuthentication(self.config, self._meta(), self._clock)
+        return self._auth
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         """Claims from the userinfo endpoint (OIDC Core §5.3), or a plain OAuth 2.0 provider's user API."""

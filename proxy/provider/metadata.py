@@ -28,6 +28,9 @@ class Metadata:
     end_session_endpoint: str | None = None
     # RFC 9207 §3: the provider promises an ``iss`` on every authorization response.
     authorization_response_iss_parameter_supported: bool = False
+    # Discovery §3: what the token endpoint accepts; empty when the provider does not say.
+    token_endpoint_auth_methods_supported: tuple[str, ...] = ()
+    token_endpoint_auth_signing_alg_values_supported: tuple[str, ...] = ()
 
 
 async def discover(config: ProviderConfig, client: ProviderClient) -> Metadata:
@@ -52,4 +55,15 @@ async def discover(config: ProviderConfig, client: ProviderClient) -> Metadata:
                     userinfo_endpoint=pick("userinfo_endpoint"), jwks_uri=pick("jwks_uri"),
                     end_session_endpoint=pick("end_session_endpoint"),
                     authorization_response_iss_parameter_supported=found.get(
-                        "authorization_response_iss_parameter_supported") is True)
+                        "authorization_response_iss_parameter_supported") is True,
+                    token_endpoint_auth_methods_supported=_names(found, "token_endpoint_auth_methods_supported"),
+                    token_endpoint_auth_signing_alg_values_supported=_names(
+                        found, "token_endpoint_auth_signing_alg_values_supported"))
+
+
+def _names(found: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """A list of strings from the document; anything else there counts as not said."""
+    value = found.get(name)
+    if not isinstance(value, list):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
