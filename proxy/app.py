@@ -69,7 +69,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/ping", handle_ping)         # liveness and readiness (health.py)
     r.add_get("/ready", handle_ready)
     r.add_get("/oauth2/start", handle_start)
-    r.add_get("/oauth2/callback", handle_callback)
+    r.add_route("*", "/oauth2/callback", handle_callback)      # GET, or POST for response_mode form_post
     r.add_route("*", "/oauth2/sign_out", handle_sign_out)
     r.add_get("/oauth2/signed_out", handle_signed_out)
     r.add_get("/oauth2/userinfo", handle_userinfo)

@@ -75,6 +75,10 @@ class Config(_Model):
     metrics_on_listen: bool = False
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
+        if self.provider.response_mode == "form_post" and not self.cookie.secure:
+            yield ("provider", "response_mode"), ("form_post needs cookie.secure: true: the login cookie must be "
+                                                  "SameSite=None to come with the provider's cross-site POST, and "
+                                                  "browsers drop such cookies unless they are Secure")
         if self.metrics_on_listen and self.metrics_listen is not None:
             yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
                                            "metrics_on_listen: false, or remove metrics_listen to serve them on listen")

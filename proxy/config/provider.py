@@ -69,6 +69,7 @@ class ProviderConfig(_Model):
     clock_skew: Duration = 60.0
     timeout: PositiveDuration = 10.0
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
+    response_mode: Literal["query", "form_post"] = "query"
     extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
     accept_bearer_tokens: bool = False
     bearer_audiences: list[str] = []

@@ -97,6 +97,8 @@ class Provider:
                       code_challenge=code_challenge, code_challenge_method="S256")
         if nonce is not None:
             params["nonce"] = nonce
+        if self.config.response_mode != "query":
+            params["response_mode"] = self.config.response_mode       # OAuth 2.0 Form Post Response Mode §2
         endpoint = self._meta().authorization_endpoint
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
 

@@ -601,3 +601,15 @@ def test_limits_must_be_positive():
     assert set(found) == {"limits.header_timeout", "limits.keepalive_timeout", "limits.max_connections",
                           "limits.websocket_max_message", "limits.websockets_per_session"}, found
     assert "between 1 and" in found["limits.max_connections"]
+
+
+def test_form_post_needs_secure_cookies() -> None:
+    assert_problem(with_(provider={"response_mode": "form_post"}, cookie={"secure": False}),
+                   "provider.response_mode", "needs cookie.secure: true")
+    assert parse_config(with_(provider={"response_mode": "form_post"}), environ={}).provider.response_mode == \
+        "form_post"
+
+
+def test_response_mode_is_not_an_extra_parameter() -> None:
+    assert_problem(with_(provider={"extra_authorize_params": {"response_mode": "form_post"}}),
+                   "provider.extra_authorize_params", "response_mode")
