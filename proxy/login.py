@@ -151,7 +151,7 @@ async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
     state, (verifier, challenge) = random_token(), pkce_pair()
     nonce = random_token() if provider.is_oidc else None
     target = safe_redirect(rd, config)
-    response = web.HTTPFound(provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
+    response = web.HTTPFound(await provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
                              headers=NO_STORE)
     request.app[METRICS].login_started()
     newest, rest = _login_cookies(request)

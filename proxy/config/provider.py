@@ -54,6 +54,7 @@ class ProviderConfig(_Model):
     userinfo_endpoint: Url | None = None
     jwks_uri: Url | None = None
     end_session_endpoint: Url | None = None
+    pushed_authorization_request_endpoint: Url | None = None
     client_id: Annotated[str, AfterValidator(_non_empty)]
     client_secret: Secret | None = None
     client_secret_file: Annotated[Secret, BeforeValidator(read_secret_file)] | None = None
@@ -70,6 +71,7 @@ class ProviderConfig(_Model):
     timeout: PositiveDuration = 10.0
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
     response_mode: Literal["query", "form_post"] = "query"
+    pushed_authorization_requests: bool = False
     extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
     accept_bearer_tokens: bool = False
     bearer_audiences: list[str] = []

@@ -54,6 +54,10 @@ __all__ = ["BACKCHANNEL_EVENT", "JWKS_REFETCH_BURST", "JWKS_REFETCH_WINDOW", "JW
            "Metadata", "Provider", "TokenSet"]
 
 
+# Longest request_uri taken from a PAR answer: it goes into the browser's URL.
+MAX_REQUEST_URI = 2048
+
+
 class Provider:
     """One configured identity provider, with its metadata and signing keys cached."""
 
@@ -79,6 +83,10 @@ class Provider:
         """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
         found = await discover(self.config, self._client)
         check_method(self.config, found)
+        if self.config.pushed_authorization_requests and not found.pushed_authorization_request_endpoint:
+            raise ProviderError("discovery", "pushed_authorization_requests is on, but the provider advertises no "
+                                "pushed_authorization_request_endpoint; set provider."
+                                "pushed_authorization_request_endpoint, or turn pushed_authorization_requests off")
         self._auth = ClientAuthentication(self.config, found, self._clock)
         self._metadata = found
         return found
@@ -90,8 +98,15 @@ class Provider:
 
     # -- the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC Core §3.1.2.1) -------
 
-    def authorization_url(self, *, state: str, code_challenge: str, nonce: str | None) -> str:
-        params = dict(self.config.extra_authorize_params)
+    async def authorization_url(self, *, state: str, code_challenge: str, nonce: str | None,
+                                extra: Mapping[str, str] | None = None) -> str:
+        """Where to send the browser to sign in. ``extra``: per-request parameters (``login_hint``…),
+        already checked against ``authorize_parameters``; they win over ``extra_authorize_params``.
+
+        With pushed authorization requests (RFC 9126) the parameters go to the provider over the back
+        channel, authenticated as the client, and the browser carries only ``client_id`` and the
+        ``request_uri`` the provider answered: nothing in the URL can be altered or read on the way."""
+        params = {**self.config.extra_authorize_params, **(extra or {})}
         params.update(response_type="code", client_id=self.config.client_id, redirect_uri=self.redirect_uri,
                       scope=" ".join(self.config.scopes), state=state,
                       code_challenge=code_challenge, code_challenge_method="S256")
@@ -99,8 +114,24 @@ class Provider:
             params["nonce"] = nonce
         if self.config.response_mode != "query":
             params["response_mode"] = self.config.response_mode       # OAuth 2.0 Form Post Response Mode §2
-        endpoint = self._meta().authorization_endpoint
+        meta = self._meta()
+        if self.config.pushed_authorization_requests or meta.require_pushed_authorization_requests:
+            params = {"client_id": self.config.client_id, "request_uri": await self._push(meta, params)}
+        endpoint = meta.authorization_endpoint
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    async def _push(self, meta: Metadata, params: dict[str, str]) -> str:
+        """RFC 9126 §2: the request's parameters to the PAR endpoint; the ``request_uri`` that stands for them."""
+        step = "pushed authorization request"
+        if not meta.pushed_authorization_request_endpoint:
+            raise ProviderError(step, "the provider has no pushed_authorization_request_endpoint")
+        form, headers = self._authentication().apply(params)
+        body = await self._client.call(step, "POST", meta.pushed_authorization_request_endpoint, data=form,
+                                       headers=headers, created=True)
+        request_uri = body.get("request_uri")
+        if not isinstance(request_uri, str) or not request_uri or len(request_uri) > MAX_REQUEST_URI:
+            raise ProviderError(step, "the answer has no usable request_uri")
+        return request_uri
 
     def end_session_url(self, *, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
         """RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0 §2), if the provider has it."""

@@ -31,6 +31,9 @@ class Metadata:
     # Discovery §3: what the token endpoint accepts; empty when the provider does not say.
     token_endpoint_auth_methods_supported: tuple[str, ...] = ()
     token_endpoint_auth_signing_alg_values_supported: tuple[str, ...] = ()
+    # RFC 9126 §5: where authorization requests are pushed, and whether the provider takes no others.
+    pushed_authorization_request_endpoint: str | None = None
+    require_pushed_authorization_requests: bool = False
 
 
 async def discover(config: ProviderConfig, client: ProviderClient) -> Metadata:
@@ -58,7 +61,9 @@ async def discover(config: ProviderConfig, client: ProviderClient) -> Metadata:
                         "authorization_response_iss_parameter_supported") is True,
                     token_endpoint_auth_methods_supported=_names(found, "token_endpoint_auth_methods_supported"),
                     token_endpoint_auth_signing_alg_values_supported=_names(
-                        found, "token_endpoint_auth_signing_alg_values_supported"))
+                        found, "token_endpoint_auth_signing_alg_values_supported"),
+                    pushed_authorization_request_endpoint=pick("pushed_authorization_request_endpoint"),
+                    require_pushed_authorization_requests=found.get("require_pushed_authorization_requests") is True)
 
 
 def _names(found: Mapping[str, Any], name: str) -> tuple[str, ...]:

@@ -442,3 +442,35 @@ async def test_eddsa_tokens_verify_without_a_warning(idp_and_provider):
     with pytest.warns(SecurityWarning):                 # signing (the provider's side) still warns
         token = jwt.encode({"alg": "EdDSA", "kid": "o1"}, claims(), ed, algorithms=["EdDSA"])
     assert (await provider.verify_id_token(token, nonce="n1"))["sub"] == "alice"
+
+
+# -- pushed authorization requests (RFC 9126) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body", "fragment"), [
+    (200, {"request_uri": "urn:x", "expires_in": 60}, "not 201 Created"),
+    (201, {"expires_in": 60}, "no usable request_uri"),
+    (201, {"request_uri": "u" * 3000}, "no usable request_uri"),
+    (400, {"error": "invalid_request"}, "invalid_request"),
+])
+async def test_a_bad_par_answer_is_an_error_not_a_redirect(aiohttp_server, status, body, fragment):
+    seen = []
+
+    async def par(request):
+        seen.append(dict(await request.post()))
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/par", par)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    config = make_config(provider={"issuer": ISS, "client_id": "cid", "client_secret": "csecret",
+                                   "pushed_authorization_requests": True}).provider
+    async with aiohttp.ClientSession() as http:
+        provider = Provider(config, "https://app.example.com/oauth2/callback", http, lambda: NOW)
+        provider._metadata = Metadata(issuer=ISS, authorization_endpoint=base + "/auth", token_endpoint=base + "/t",
+                                      pushed_authorization_request_endpoint=base + "/par")
+        with pytest.raises((ProviderError, TokenRejected)) as caught:
+            await provider.authorization_url(state="s", code_challenge="c", nonce="n")
+    assert fragment in str(caught.value)
+    assert seen[0]["state"] == "s" and seen[0]["redirect_uri"] == "https://app.example.com/oauth2/callback"
