@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
+from .authorize_params import CHECKED, check_asked, requested
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
@@ -92,6 +93,8 @@ class LoginState:
     nonce: str | None
     rd: str
     created: float
+    # The max_age / acr_values asked for, which the ID token must answer (authorize_params.check_asked).
+    asked: dict[str, str] | None = None
 
 
 def _login_prefix(config: Config) -> str:
@@ -145,20 +148,23 @@ def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
                          secure=config.cookie.secure, samesite=samesite)
 
 
-async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
-    """A redirect to the provider's authorization endpoint, with a new login cookie set."""
+async def start_login(request: web.Request, rd: str, params: dict[str, str] | None = None) -> web.HTTPFound:
+    """A redirect to the provider's authorization endpoint, with a new login cookie set. ``params``:
+    sign-in parameters already checked by ``authorize_params.requested``."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
     state, (verifier, challenge) = random_token(), pkce_pair()
     nonce = random_token() if provider.is_oidc else None
     target = safe_redirect(rd, config)
-    response = web.HTTPFound(await provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
-                             headers=NO_STORE)
+    url = await provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce, extra=params)
+    response = web.HTTPFound(url, headers=NO_STORE)
     request.app[METRICS].login_started()
     newest, rest = _login_cookies(request)
     for name in rest + newest[MAX_LOGIN_COOKIES - 1:]:      # room for the new one
         response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
     name, now = _login_prefix(config) + state, request.app[CLOCK]()
-    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
+    merged = {**config.provider.extra_authorize_params, **(params or {})}
+    asked: dict[str, str] | None = {name: merged[name] for name in CHECKED if name in merged} or None
+    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now, asked=asked)
     response.headers.add("Set-Cookie", _login_cookie(config, name, _sealed_login(request, name, login), LOGIN_TTL))
     return response
 
@@ -176,7 +182,8 @@ def _sealed_login(request: web.Request, name: str, login: LoginState) -> str:
 
 
 async def handle_start(request: web.Request) -> web.StreamResponse:
-    raise await start_login(request, request.query.get("rd") or "/")
+    params = requested(request.query, request.app[CONFIG].provider.authorize_parameters)
+    raise await start_login(request, request.query.get("rd") or "/", params)
 
 
 async def handle_callback(request: web.Request) -> web.StreamResponse:
@@ -190,6 +197,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     code = _authorization_code(params, provider, config)
     tokens = await provider.exchange_code(code, login.verifier)
     claims = await _verified_claims(provider, config, tokens, login.nonce)
+    if provider.is_oidc and login.asked:
+        check_asked(claims, login.asked, request.app[CLOCK](), config.provider.clock_skew)
     await _establish_session(request, provider, tokens, claims)
     target = safe_redirect(login.rd, config)
     if config.cookie.samesite == "strict":

@@ -72,6 +72,9 @@ class ProviderConfig(_Model):
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
     response_mode: Literal["query", "form_post"] = "query"
     pushed_authorization_requests: bool = False
+    # Which sign-in parameters a link to /oauth2/start may set (proxy/authorize_params.py).
+    authorize_parameters: list[Literal["login_hint", "prompt", "acr_values", "max_age", "ui_locales",
+                                       "domain_hint"]] = []
     extra_authorize_params: Annotated[dict[str, str], AfterValidator(_authorize_params)] = {}
     accept_bearer_tokens: bool = False
     bearer_audiences: list[str] = []
