@@ -254,8 +254,14 @@ def _authorization_code(query: MultiMapping[str], provider: Provider, config: Co
     if provider.is_oidc:
         _check_issuer(query.get("iss"), provider, config)
     if "error" in query:
-        raise AuthorizationDenied(_plain_text(query["error"], 80) or "an error code that is not plain text",
-                                  _plain_text(query.get("error_description"), 200))
+        error = _plain_text(query["error"], 80) or "an error code that is not plain text"
+        description = _plain_text(query.get("error_description"), 200)
+        if error == "invalid_scope":
+            # RFC 6749 §4.1.2.1: not the user's permission, but which scopes this client may ask for.
+            description = ("a setting of this application at the provider, not a permission of your account: it "
+                           f"may not ask for the scopes {' '.join(config.provider.scopes)[:80]} (provider.scopes)"
+                           + (f"; it said: {description}" if description else ""))
+        raise AuthorizationDenied(error, description)
     code = query.get("code")
     if not code:
         raise LoginError("The sign-in response carried no authorization code; start again.")

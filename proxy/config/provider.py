@@ -132,6 +132,10 @@ class ProviderConfig(_Model):
             yield ("issuer",), ('required for type oidc: ID tokens are checked against it; add the provider\'s '
                                 'issuer URL, e.g. issuer: "https://idp.example.com" (with authorization_endpoint, '
                                 "token_endpoint and jwks_uri all given, discovery is skipped)")
+        if self.issuer is not None and self.issuer.rstrip("/").endswith("/.well-known/openid-configuration"):
+            base = self.issuer.rstrip("/").removesuffix("/.well-known/openid-configuration")
+            yield ("issuer",), (f"this is the discovery document's URL, not the issuer; set issuer: {base!r} "
+                                "(authproxy appends /.well-known/openid-configuration itself)")
         if "openid" not in self.scopes:
             yield ("scopes",), ('type oidc needs the "openid" scope; add openid to scopes '
                                 "(or use type: oauth2 for a provider without OpenID Connect)")

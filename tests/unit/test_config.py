@@ -613,3 +613,8 @@ def test_form_post_needs_secure_cookies() -> None:
 def test_response_mode_is_not_an_extra_parameter() -> None:
     assert_problem(with_(provider={"extra_authorize_params": {"response_mode": "form_post"}}),
                    "provider.extra_authorize_params", "response_mode")
+
+
+def test_a_discovery_url_pasted_as_issuer_says_what_to_set() -> None:
+    assert_problem(with_(provider={"issuer": "https://idp.example.com/realms/x/.well-known/openid-configuration"}),
+                   "provider.issuer", "set issuer: 'https://idp.example.com/realms/x'")
