@@ -26,7 +26,7 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``refresh``   refreshing tokens once per session and expiry, a sent grant seen through;
   ``host``, ``coordinator``  what the workers of one host share (locks, results, ends);
 - ``ending``    the one way a session ends: recorded in the store, applied here, fanned out;
-  ``backchannel``  OpenID back-channel logout tokens in;
+  ``backchannel``  OpenID back-channel logout tokens in; ``frontchannel`` the provider's logout iframe;
 - ``login``, ``redirects``  the ``/oauth2/*`` sign-in and sign-out endpoints; the safe-redirect guard;
   ``authorize_params`` the sign-in parameters a link may pass, and the ID token's answer to them;
 - ``provider/`` the only code that talks to the identity provider: ``client`` (the one HTTP call),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .backchannel import handle_backchannel_logout
+from .frontchannel import handle_frontchannel_logout
 from .boundary import error_boundary, stamp_response
 from .config import Config
 from .context import CLOCK, CONFIG, SEALER
@@ -75,6 +76,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/oauth2/userinfo", handle_userinfo)
     r.add_get("/oauth2/auth", handle_auth)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
+    if config.provider.frontchannel_logout:
+        r.add_get("/oauth2/frontchannel_logout", handle_frontchannel_logout)
     if config.metrics_on_listen:
         r.add_get("/metrics", handle_metrics)
     elif config.metrics_listen is None:

@@ -72,6 +72,7 @@ class ProviderConfig(_Model):
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
     response_mode: Literal["query", "form_post"] = "query"
     pushed_authorization_requests: bool = False
+    frontchannel_logout: bool = False
     # Which sign-in parameters a link to /oauth2/start may set (proxy/authorize_params.py).
     authorize_parameters: list[Literal["login_hint", "prompt", "acr_values", "max_age", "ui_locales",
                                        "domain_hint"]] = []
@@ -111,6 +112,9 @@ class ProviderConfig(_Model):
             if not self.use_userinfo:
                 yield ("use_userinfo",), ("type oauth2 has no ID token, so claims always come from userinfo; "
                                           "remove use_userinfo or set it to true")
+        if self.frontchannel_logout and self.protocol == "oauth2":
+            yield ("frontchannel_logout",), ("front-channel logout names an OpenID provider's session (iss and sid); "
+                                             "type oauth2 has none: remove frontchannel_logout")
         if self.accept_bearer_tokens and self.protocol == "oauth2":
             yield ("accept_bearer_tokens",), ("bearer JWTs are verified against an OpenID provider's issuer and keys; "
                                               "type oauth2 has neither: remove accept_bearer_tokens")
