@@ -134,3 +134,57 @@ async def test_client_secret_from_a_file(stack_factory, browser_session, tmp_pat
     stack = await stack_factory(idp_options={"access_token_ttl": TTL},
                                 provider={"client_secret": None, "client_secret_file": str(secret_file)})
     await _signs_in_and_refreshes(stack, browser_session)
+
+
+async def test_a_rotated_secret_file_takes_effect_on_sighup(idp_factory, tmp_path):
+    """The running process: a wrong secret in the file fails at the provider; the right one written and a
+    SIGHUP sent, sign-in works; the file removed and a SIGHUP sent, the reload is rejected naming the key."""
+    import signal
+
+    import aiohttp
+
+    from tests.support.echo import start_echo
+    from tests.support.fixtures import client_metadata
+    from tests.support.ports import free_port
+    from tests.support.proxyrun import config_dict
+    from tests.support.subproc import start_proxy_process
+
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    idp = await idp_factory(clients=[client_metadata(public + "/oauth2/callback")])
+    echo = await start_echo(free_port())
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("the-old-secret\n")
+    data = config_dict(port=port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
+                       client_secret="unused")
+    data["provider"] = {**data["provider"], "client_secret_file": str(secret_file)}
+    del data["provider"]["client_secret"]
+    proxy = await start_proxy_process(data)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            assert (await login_via_http(session, public + "/page")).status == 502
+        assert [e["error"] for e in idp.events() if e.get("event") == "grant"] == ["invalid_client"]
+        secret_file.write_text(CLIENT_SECRET + "\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "configuration reloaded" in proxy.stderr:
+                break
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            for _ in range(50):             # the new listener may still be loading the provider's metadata
+                result = await login_via_http(session, public + "/page")
+                if result.status != 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert result.status == 200, result.body_text[:300]
+        secret_file.unlink()
+        proxy.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "reload rejected" in proxy.stderr:
+                break
+            await asyncio.sleep(0.1)
+        assert "reload rejected" in proxy.stderr and "provider.client_secret_file" in proxy.stderr
+        assert "the-old-secret" not in proxy.stderr and CLIENT_SECRET not in proxy.stderr
+    finally:
+        assert await proxy.stop() == 0
+        await echo.close()
