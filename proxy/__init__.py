@@ -31,7 +31,7 @@ The modules each own one boundary, listed in the order a request meets them:
   ``authorize_params`` the sign-in parameters a link may pass, and the ID token's answer to them;
 - ``provider/`` the only code that talks to the identity provider: ``client`` (the one HTTP call),
   ``metadata`` (discovery), ``keys`` (JWKS), ``clientauth`` (how we authenticate), ``grants``,
-  ``userinfo``; ``presets`` per-provider defaults;
+  ``userinfo``, ``online`` (``--check-config --online``); ``presets`` per-provider defaults;
 - ``tokens``    the one JWT validator (ID, access, logout tokens); ``bearer`` API clients' own bearer JWTs;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
 - ``assertion`` signed identity assertions for the app (ES256, published as a JWKS);

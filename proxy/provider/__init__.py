@@ -13,7 +13,8 @@ exceptions. Its parts, one concern each:
 - ``clientauth.py`` how the client authenticates at the token endpoint: a secret, a signed assertion
                    (``private_key_jwt``, ``client_secret_jwt``) or none (a public client with PKCE);
 - ``grants.py``    the token endpoint's answer as a ``TokenSet``;
-- ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email.
+- ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email;
+- ``online.py``    ``--check-config --online``: the configuration tried against the provider.
 
 Every token it signs — ID token, JWT access token (Bearer), back-channel logout token — is checked by
 one validator (``tokens.TokenValidator``): signature with an algorithm allow-list, then the claims
