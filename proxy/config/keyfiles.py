@@ -6,6 +6,10 @@ with the next reload) with the key's path and how to fix it — never on the fir
 the only thing done here: nothing is built, nothing written. The values are held redacted (``Secret``,
 ``ClientKey``): neither ``repr`` nor an error message shows them.
 
+The optional certificate (``private_key_certificate_file``) is for providers that name the key by its
+certificate's thumbprint (``x5t``, ``x5t#S256``; RFC 7515 §4.1.7–8), as Entra ID does; it must hold the
+private key's public half.
+
 The private key signs ``private_key_jwt`` client assertions (RFC 7523 §2.2, OIDC Core §9); it may be
 PEM (PKCS#8, PKCS#1 or SEC 1, unencrypted) or a JWK, or a JWK set holding one private key. Parsing is
 joserfc's: no JOSE of our own.
@@ -13,8 +17,12 @@ joserfc's: no JOSE of our own.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import os
+import re
 import warnings
 from typing import Any
 
@@ -177,3 +185,59 @@ def _algorithms(key: AnyKey) -> tuple[str, ...]:
 
 def _kind(key: AnyKey) -> str:
     return key.key_type if isinstance(key, RSAKey) else f"{key.key_type} {key.as_dict().get('crv')}"
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL)
+
+
+class ClientCertificate:
+    """The X.509 certificate of the client's key: its thumbprints for the ``x5t`` headers."""
+
+    __slots__ = ("key_thumbprint", "path", "x5t", "x5t_s256")
+
+    def __init__(self, path: str, der: bytes, key_thumbprint: str) -> None:
+        self.path = path
+        self.x5t = _b64url(hashlib.sha1(der).digest())            # RFC 7515 §4.1.7: SHA-1 of the DER
+        self.x5t_s256 = _b64url(hashlib.sha256(der).digest())     # §4.1.8
+        self.key_thumbprint = key_thumbprint
+
+    def __repr__(self) -> str:
+        return f"ClientCertificate({self.path!r}, x5t#S256={self.x5t_s256})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClientCertificate) and (self.path, self.x5t_s256) == (other.path, other.x5t_s256)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.x5t_s256))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        as_path = core_schema.plain_serializer_function_ser_schema(lambda cert: cert.path, when_used="json")
+        return core_schema.no_info_plain_validator_function(load_certificate, serialization=as_path,
+                                                            json_schema_input_schema=core_schema.str_schema())
+
+
+def load_certificate(value: object) -> ClientCertificate:
+    """``private_key_certificate_file``: the first PEM certificate of the file."""
+    if isinstance(value, ClientCertificate):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected the path of a PEM file holding the client's certificate")
+    data = _read(value, "client's certificate")
+    found = _PEM_CERTIFICATE.search(data)
+    if found is None:
+        raise ValueError(f"{value!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the certificate "
+                         "uploaded to the provider")
+    try:
+        der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            key = _from_pem(value, found.group(0))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{value!r} holds a certificate that cannot be read; give the PEM certificate uploaded "
+                         "to the provider") from None
+    return ClientCertificate(value, der, key.thumbprint())
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

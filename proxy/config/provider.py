@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, model_validator
 
 from .. import presets
 from .base import _Model
-from .keyfiles import ClientKey, read_secret_file
+from .keyfiles import ClientCertificate, ClientKey, read_secret_file
 from .values import (DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _algorithm, _at_least_one,
                      _authorize_params, _existing_file, _http_url, _non_empty, _scope, _token_type)
 
@@ -60,6 +60,7 @@ class ProviderConfig(_Model):
     client_secret_file: Annotated[Secret, BeforeValidator(read_secret_file)] | None = None
     private_key_file: ClientKey | None = None
     private_key_id: Annotated[str, AfterValidator(_non_empty)] | None = None
+    private_key_certificate_file: ClientCertificate | None = None
     client_assertion_audience: Literal["issuer", "token_endpoint"] | None = None
     scopes: list[Annotated[str, AfterValidator(_scope)]] = ["openid", "email", "profile"]
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "client_secret_jwt",
@@ -162,10 +163,14 @@ class ProviderConfig(_Model):
             yield ("private_key_file",), ("required with token_endpoint_auth_method private_key_jwt: the path of "
                                           "the PEM or JWK private key whose public key the provider has")
         if method != "private_key_jwt":
-            for name in ("private_key_file", "private_key_id"):
+            for name in ("private_key_file", "private_key_id", "private_key_certificate_file"):
                 if getattr(self, name) is not None:
                     yield (name,), (f"used only with token_endpoint_auth_method private_key_jwt; set that, "
                                     f"or remove {name}")
+        cert, key = self.private_key_certificate_file, self.private_key_file
+        if cert is not None and key is not None and cert.key_thumbprint != key.key.thumbprint():
+            yield ("private_key_certificate_file",), (f"{cert.path!r} is the certificate of another key than "
+                                                      f"private_key_file {key.path!r}; give that key's certificate")
         if self.client_assertion_audience is not None and method not in ASSERTION_METHODS:
             yield ("client_assertion_audience",), ("used only with token_endpoint_auth_method private_key_jwt or "
                                                    "client_secret_jwt; remove it")

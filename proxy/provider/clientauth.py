@@ -113,6 +113,9 @@ class ClientAuthentication:
                 key = config.private_key_file.key
                 if config.key_id:
                     header["kid"] = config.key_id
+                cert = config.private_key_certificate_file
+                if cert is not None:            # RFC 7515 §4.1.7–8: the key named by its certificate (Entra ID)
+                    header.update({"x5t": cert.x5t, "x5t#S256": cert.x5t_s256})
             else:
                 key = OctKey.import_key(self._secret().encode())
             return jwt.encode(header, claims, key, algorithms=[self._algorithm])

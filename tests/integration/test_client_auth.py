@@ -90,6 +90,19 @@ async def test_private_key_jwt_with_an_ec_jwk_its_kid_and_the_algorithm_the_clie
     await _signs_in_and_refreshes(stack, browser_session)
 
 
+async def test_private_key_jwt_with_a_certificate_sends_its_thumbprints_and_is_accepted(stack_factory,
+                                                                                        browser_session, rsa_key):
+    """x5t / x5t#S256 headers (what Entra ID needs) do not disturb a provider that finds keys otherwise."""
+    from tests.support.certs import self_signed_pem
+    key, path = rsa_key
+    cert = path.with_name("client-cert.pem")
+    cert.write_bytes(self_signed_pem(key))
+    stack = await stack_factory(idp_options={"access_token_ttl": TTL},
+                                client={"token_endpoint_auth_method": "private_key_jwt", "jwks": _public_jwks(key)},
+                                provider=_key_auth(path, private_key_certificate_file=str(cert)))
+    await _signs_in_and_refreshes(stack, browser_session)
+
+
 async def test_private_key_jwt_signed_with_another_key_is_refused(stack_factory, browser_session, rsa_key, tmp_path):
     registered = RSAKey.generate_key(2048, private=True)
     _, path = rsa_key

@@ -127,3 +127,23 @@ def test_a_method_the_provider_does_not_list_is_named_at_discovery():
                      meta)
     assert "does not accept token_endpoint_auth_method none" in str(caught.value)
     assert "client_secret_basic, private_key_jwt" in str(caught.value)
+
+
+def test_a_certificate_names_the_key_by_its_thumbprints(tmp_path):
+    import hashlib
+    import ssl
+
+    from tests.support.certs import self_signed_pem
+
+    key = RSAKey.generate_key(2048, private=True)
+    pem = self_signed_pem(key)
+    (tmp_path / "cert.pem").write_bytes(pem)
+    der = ssl.PEM_cert_to_DER_cert(pem.decode())
+    a = auth(key_auth(key_file(tmp_path, key), private_key_certificate_file=str(tmp_path / "cert.pem")))
+    header = decode(a.assertion(), key, "RS256").header
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    assert header["x5t"] == b64(hashlib.sha1(der).digest())
+    assert header["x5t#S256"] == b64(hashlib.sha256(der).digest())

@@ -37,6 +37,7 @@ from pydantic.fields import FieldInfo
 from proxy import presets
 from proxy.config import Config, env_overrides, parse_config, parse_duration
 from proxy.errors import ConfigError
+from tests.support.certs import self_signed_pem
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CONFIGURATION = DOCS / "configuration.md"
@@ -67,11 +68,13 @@ BASE: dict[str, Any] = {
 }
 # Keys whose validation needs the file or directory to exist: their example is replaced by a real one.
 EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file", "session.redis.ca_file": "file",
-                  "templates_dir": "dir", "provider.client_secret_file": "file", "provider.private_key_file": "file"}
+                  "templates_dir": "dir", "provider.client_secret_file": "file", "provider.private_key_file": "file",
+                  "provider.private_key_certificate_file": "file"}
 # What such a file holds, where an empty one would be refused.
 _CLIENT_KEY = RSAKey.generate_key(2048, private=True)
 FILE_CONTENTS = {"provider.client_secret_file": "secret-from-a-file\n",
-                 "provider.private_key_file": _CLIENT_KEY.as_pem(private=True).decode()}
+                 "provider.private_key_file": _CLIENT_KEY.as_pem(private=True).decode(),
+                 "provider.private_key_certificate_file": self_signed_pem(_CLIENT_KEY).decode()}
 _KEY_DIR = tempfile.TemporaryDirectory(prefix="authproxy-docs-")
 CLIENT_KEY_FILE = Path(_KEY_DIR.name) / "client-key.pem"
 CLIENT_KEY_FILE.write_text(FILE_CONTENTS["provider.private_key_file"])
@@ -82,7 +85,8 @@ COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable
 EXAMPLE_COMPANIONS = {"provider.client_secret_file": {"provider.client_secret": None},
                       "provider.private_key_file": _KEY_AUTH,
                       **{f"provider.{key}": {**_KEY_AUTH, "provider.private_key_file": str(CLIENT_KEY_FILE)}
-                         for key in ("token_endpoint_auth_method", "private_key_id", "client_assertion_audience")}}
+                         for key in ("token_endpoint_auth_method", "private_key_id", "client_assertion_audience",
+                                     "private_key_certificate_file")}}
 COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
               "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
               # a test case needs its claims and its expected outcome (all lists empty: allowed)

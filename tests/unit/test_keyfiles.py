@@ -119,3 +119,17 @@ def test_the_key_never_shows_in_a_repr(tmp_path):
                                    "private_key_file": str(path)})
     shown = repr(config) + str(config.provider.model_dump(mode="json"))
     assert key.as_dict(private=True)["d"] not in shown and str(path) in shown
+
+
+def test_a_certificate_of_another_key_or_none_at_all_is_named(tmp_path):
+    from tests.support.certs import self_signed_pem
+
+    key = tmp_path / "key.pem"
+    key.write_bytes(RSAKey.generate_key(2048, private=True).as_pem(private=True))
+    other = tmp_path / "other.pem"
+    other.write_bytes(self_signed_pem(RSAKey.generate_key(2048, private=True)))
+    base = {"token_endpoint_auth_method": "private_key_jwt", "private_key_file": str(key)}
+    found = problems({**base, "private_key_certificate_file": str(other)})
+    assert "certificate of another key" in found["provider.private_key_certificate_file"]
+    found = problems({**base, "private_key_certificate_file": str(key)})
+    assert "holds no PEM certificate" in found["provider.private_key_certificate_file"]
