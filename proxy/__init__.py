@@ -29,10 +29,12 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``refresh``   refreshing tokens once per session and expiry, a sent grant seen through;
   ``host``, ``coordinator``  what the workers of one host share (locks, results, ends);
 - ``ending``    the one way a session ends: recorded in the store, applied here, fanned out;
-  ``backchannel``  OpenID back-channel logout tokens in;
+  ``backchannel``  OpenID back-channel logout tokens in; ``frontchannel`` the provider's logout iframe;
 - ``login``, ``redirects``  the ``/oauth2/*`` sign-in and sign-out endpoints; the safe-redirect guard;
+  ``authorize_params`` the sign-in parameters a link may pass, and the ID token's answer to them;
 - ``provider/`` the only code that talks to the identity provider: ``client`` (the one HTTP call),
-  ``metadata`` (discovery), ``keys`` (JWKS), ``grants``, ``userinfo``; ``presets`` per-provider defaults;
+  ``metadata`` (discovery), ``keys`` (JWKS), ``clientauth`` (how we authenticate), ``grants``,
+  ``userinfo``, ``online`` (``--check-config --online``); ``presets`` per-provider defaults;
 - ``tokens``    the one JWT validator (ID, access, logout tokens); ``bearer`` API clients' own bearer JWTs;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
   ``identity``  per upstream, what the app is told about the user: header templates, tokens, assertion;

@@ -2,6 +2,7 @@
 
     authproxy [--config FILE]          run the proxy (default command)
     authproxy --check-config FILE      validate, print every problem, exit 0 or 2
+    authproxy --check-config FILE --online   ... and try it against the provider (proxy/provider/online.py)
     authproxy secret                   print a new random cookie secret
     authproxy ping [--url URL]         exit 0 if /ping answers 200 (container HEALTHCHECK; no curl needed)
     authproxy config-schema            print the configuration's JSON Schema (for editors and CI)
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help=f"YAML configuration (default: $AUTHPROXY_CONFIG or "
                                                          f"{DEFAULT_CONFIG}, else the environment)")
     parser.add_argument("--check-config", metavar="FILE", help="validate FILE, print every problem, and exit")
+    parser.add_argument("--online", action="store_true", help="with --check-config: also fetch discovery and "
+                        "the JWKS, try the authorization request and the client's credentials at the provider")
     parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
     parser.add_argument("--url", default=DEFAULT_PING, help="for ping: the URL to check (without it, "
                                                           "https on the same address is tried too)")
@@ -103,8 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check_config:
         print(f"{path}: configuration is valid")
-        return 0
+        return check_online(config) if args.online else 0
     return run(config, path)
+
+
+def check_online(config: Config) -> int:
+    """The configuration tried against the provider: one line per step, exit 2 if any failed."""
+    import asyncio
+
+    from .provider.online import check_online as online
+
+    passed, failed = asyncio.run(online(config))
+    for line in passed:
+        print(f"ok: {line}")
+    for line in failed:
+        print(f"problem: {line}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def run(config: Config, path: str | None) -> int:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .assertion import handle_jwks
 from .backchannel import handle_backchannel_logout
+from .frontchannel import handle_frontchannel_logout
 from .boundary import error_boundary, stamp_response
 from .config import Config
 from .context import CLOCK, CONFIG, SEALER
@@ -77,7 +78,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_get("/ping", handle_ping)         # liveness and readiness (health.py)
     r.add_get("/ready", handle_ready)
     r.add_get("/oauth2/start", handle_start)
-    r.add_get("/oauth2/callback", handle_callback)
+    r.add_route("*", "/oauth2/callback", handle_callback)      # GET, or POST for response_mode form_post
     r.add_route("*", "/oauth2/sign_out", handle_sign_out)
     r.add_get("/oauth2/signed_out", handle_signed_out)
     r.add_get("/oauth2/userinfo", handle_userinfo)
@@ -85,6 +86,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time,
     r.add_route("*", "/oauth2/auth/{tail:.*}", handle_auth)
     r.add_get("/oauth2/jwks", handle_jwks)     # the keys identity assertions are signed with (assertion.py)
     r.add_post("/oauth2/backchannel_logout", handle_backchannel_logout)
+    if config.provider.frontchannel_logout:
+        r.add_get("/oauth2/frontchannel_logout", handle_frontchannel_logout)
     if config.metrics_on_listen:
         r.add_get("/metrics", handle_metrics)
     elif config.metrics_listen is None:

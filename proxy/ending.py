@@ -55,6 +55,7 @@ class Reason(enum.StrEnum):
 
     SIGN_OUT = "sign_out"
     BACKCHANNEL = "backchannel_logout"
+    FRONTCHANNEL = "frontchannel_logout"
     EXPIRY = "expiry"
     REFRESH_REFUSED = "refresh_refused"
     COOKIE_LIMIT = "cookie_limit"

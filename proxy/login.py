@@ -21,11 +21,12 @@ import re
 from dataclasses import asdict, dataclass, replace
 from html import escape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
-from multidict import MultiMapping
+from multidict import MultiDict, MultiMapping
 
+from .authorize_params import CHECKED, check_asked, requested
 from .config import Config
 from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
@@ -44,6 +45,8 @@ log = logging.getLogger("authproxy.login")
 
 # A login must come back from the provider within this long.
 LOGIN_TTL = 600
+# Largest form_post authorization response read (a code, a state, an iss and an error text fit many times).
+MAX_FORM_BYTES = 16 * 1024
 # Login cookies kept at once (one per tab signing in); the oldest beyond this are evicted.
 MAX_LOGIN_COOKIES = 3
 
@@ -94,6 +97,8 @@ class LoginState:
     nonce: str | None
     rd: str
     created: float
+    # The max_age / acr_values asked for, which the ID token must answer (authorize_params.check_asked).
+    asked: dict[str, str] | None = None
 
 
 def _login_prefix(config: Config) -> str:
@@ -136,27 +141,34 @@ def _login_cookies(request: web.Request) -> tuple[list[str], list[str]]:
 
 def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
     # The provider sends the browser back with a cross-site top-level GET: "Strict" would withhold
-    # the cookie there, so login cookies are Lax unless the operator chose None. Their path is "/"
-    # whatever cookie.path says: /oauth2/callback must receive them.
-    samesite = "None" if config.cookie.samesite == "none" else "Lax"
+    # the cookie there, so login cookies are Lax unless the operator chose None — or the answer comes
+    # as a cross-site POST (form_post), which carries only SameSite=None cookies. That costs little
+    # here: the cookie opens only the one callback whose state names it, and lives 10 minutes; the
+    # session cookie keeps cookie.samesite. Their path is "/" whatever cookie.path says:
+    # /oauth2/callback must receive them.
+    cross_site_post = config.provider.response_mode == "form_post"
+    samesite = "None" if config.cookie.samesite == "none" or cross_site_post else "Lax"
     return cookie_header(name, value, max_age=max_age, path="/", domain=config.cookie.domain,
                          secure=config.cookie.secure, samesite=samesite)
 
 
-async def start_login(request: web.Request, rd: str) -> web.HTTPFound:
-    """A redirect to the provider's authorization endpoint, with a new login cookie set."""
+async def start_login(request: web.Request, rd: str, params: dict[str, str] | None = None) -> web.HTTPFound:
+    """A redirect to the provider's authorization endpoint, with a new login cookie set. ``params``:
+    sign-in parameters already checked by ``authorize_params.requested``."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
     state, (verifier, challenge) = random_token(), pkce_pair()
     nonce = random_token() if provider.is_oidc else None
     target = safe_redirect(rd, config)
-    response = web.HTTPFound(provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce),
-                             headers=NO_STORE)
+    url = await provider.authorization_url(state=state, code_challenge=challenge, nonce=nonce, extra=params)
+    response = web.HTTPFound(url, headers=NO_STORE)
     request.app[METRICS].login_started()
     newest, rest = _login_cookies(request)
     for name in rest + newest[MAX_LOGIN_COOKIES - 1:]:      # room for the new one
         response.headers.add("Set-Cookie", _login_cookie(config, name, "", 0))
     name, now = _login_prefix(config) + state, request.app[CLOCK]()
-    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now)
+    merged = {**config.provider.extra_authorize_params, **(params or {})}
+    asked: dict[str, str] | None = {name: merged[name] for name in CHECKED if name in merged} or None
+    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now, asked=asked)
     response.headers.add("Set-Cookie", _login_cookie(config, name, _sealed_login(request, name, login), LOGIN_TTL))
     return response
 
@@ -174,7 +186,8 @@ def _sealed_login(request: web.Request, name: str, login: LoginState) -> str:
 
 
 async def handle_start(request: web.Request) -> web.StreamResponse:
-    raise await start_login(request, request.query.get("rd") or "/")
+    params = requested(request.query, request.app[CONFIG].provider.authorize_parameters)
+    raise await start_login(request, request.query.get("rd") or "/", params)
 
 
 async def handle_callback(request: web.Request) -> web.StreamResponse:
@@ -183,10 +196,13 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     Each step refuses before the next begins: a response that is not ours never reaches the token
     endpoint, and a code is spent only once its response passed every check."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
-    login = _spend_login(request)
-    code = _authorization_code(request.query, provider, config)
+    params = await _response_parameters(request, config)
+    login = _spend_login(request, params)
+    code = _authorization_code(params, provider, config)
     tokens = await provider.exchange_code(code, login.verifier)
     claims = await _verified_claims(provider, config, tokens, login.nonce)
+    if provider.is_oidc and login.asked:
+        check_asked(claims, login.asked, request.app[CLOCK](), config.provider.clock_skew)
     await _establish_session(request, provider, tokens, claims)
     target = safe_redirect(login.rd, config)
     if config.cookie.samesite == "strict":
@@ -196,11 +212,35 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(target, headers=AT_REDIRECT_URI)
 
 
-def _spend_login(request: web.Request) -> LoginState:
+async def _response_parameters(request: web.Request, config: Config) -> MultiMapping[str]:
+    """The authorization response's parameters: the query of the provider's redirect, or with
+    ``response_mode: form_post`` the form it has the browser POST (OAuth 2.0 Form Post Response Mode
+    §2). Only the mode that was asked for is taken: a code in a URL when we asked for a POST would be
+    one that has been through browser history and Referer headers."""
+    if config.provider.response_mode != "form_post":
+        if request.method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"], headers=NO_STORE)
+        return request.query
+    if request.method != "POST":
+        raise LoginError("The sign-in response came as a link, but this proxy asks for it as a form (form_post); "
+                         "start again.")
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise LoginError("The sign-in response is not a form; start again.")
+    body = await request.content.read(MAX_FORM_BYTES + 1)
+    if len(body) > MAX_FORM_BYTES:
+        raise LoginError("The sign-in response is too large; start again.")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise LoginError("The sign-in response is not a readable form; start again.") from None
+    return MultiDict(pairs)
+
+
+def _spend_login(request: web.Request, params: MultiMapping[str]) -> LoginState:
     """The login this response answers, found by its ``state`` (RFC 6749 §10.12) among this browser's
     newest login cookies; that cookie is cleared whatever happens next, so a state works once."""
-    _refuse_repeated_parameters(request.query)
-    state = request.query.get("state")
+    _refuse_repeated_parameters(params)
+    state = params.get("state")
     if not state:
         raise StateMismatch("The sign-in response carried no state; start again from the application.")
     name = _login_prefix(request.app[CONFIG]) + state
@@ -218,8 +258,14 @@ def _authorization_code(query: MultiMapping[str], provider: Provider, config: Co
     if provider.is_oidc:
         _check_issuer(query.get("iss"), provider, config)
     if "error" in query:
-        raise AuthorizationDenied(_plain_text(query["error"], 80) or "an error code that is not plain text",
-                                  _plain_text(query.get("error_description"), 200))
+        error = _plain_text(query["error"], 80) or "an error code that is not plain text"
+        description = _plain_text(query.get("error_description"), 200)
+        if error == "invalid_scope":
+            # RFC 6749 §4.1.2.1: not the user's permission, but which scopes this client may ask for.
+            description = ("a setting of this application at the provider, not a permission of your account: it "
+                           f"may not ask for the scopes {' '.join(config.provider.scopes)[:80]} (provider.scopes)"
+                           + (f"; it said: {description}" if description else ""))
+        raise AuthorizationDenied(error, description)
     code = query.get("code")
     if not code:
         raise LoginError("The sign-in response carried no authorization code; start again.")

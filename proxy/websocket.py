@@ -65,6 +65,7 @@ log = logging.getLogger("authproxy.websocket")
 SESSION_ENDED = 4401
 # The close reason a client sees for each way a session ends.
 CLOSE_REASONS = {Reason.SIGN_OUT: "signed out", Reason.BACKCHANNEL: "signed out at the provider",
+                 Reason.FRONTCHANNEL: "signed out at the provider",
                  Reason.EXPIRY: "session expired", Reason.REFRESH_REFUSED: "session expired",
                  Reason.COOKIE_LIMIT: "session ended"}
 # The close reason (with 1013, "try again later") when the access token expired and could not be renewed

@@ -125,6 +125,10 @@ class Config(_Model):
 
         yield from assertion_problems(self)
         yield from self._host_problems()
+        if self.provider.response_mode == "form_post" and not self.cookie.secure:
+            yield ("provider", "response_mode"), ("form_post needs cookie.secure: true: the login cookie must be "
+                                                  "SameSite=None to come with the provider's cross-site POST, and "
+                                                  "browsers drop such cookies unless they are Secure")
         if self.metrics_on_listen and self.metrics_listen is not None:
             yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
                                            "metrics_on_listen: false, or remove metrics_listen to serve them on listen")

@@ -27,7 +27,7 @@ DEFAULT_ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS5
 KNOWN_ID_TOKEN_ALGORITHMS = frozenset(DEFAULT_ID_TOKEN_ALGORITHMS) | {"ES256K"}
 #: Authorization-request parameters authproxy sets itself (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC Core §3.1.2.1).
 RESERVED_AUTHORIZE_PARAMS = frozenset({"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
-                                       "code_challenge", "code_challenge_method"})
+                                       "code_challenge", "code_challenge_method", "response_mode", "request_uri"})
 COOKIE_KEY_BYTES = 32
 MAKE_KEY_HINT = ('make one with `authproxy secret` or `python -c "import secrets,base64;'
                  'print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())"`')

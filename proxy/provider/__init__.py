@@ -10,8 +10,11 @@ exceptions. Its parts, one concern each:
                    error mapping — every answer that cannot be parsed is a ``ProviderError``;
 - ``metadata.py``  discovery, with configured endpoints taking precedence;
 - ``keys.py``      the JWKS cache and the choice of a key for a token, with its refetch limits;
-- ``grants.py``    the token endpoint: client authentication and the token response as a ``TokenSet``;
-- ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email.
+- ``clientauth.py`` how the client authenticates at the token endpoint: a secret, a signed assertion
+                   (``private_key_jwt``, ``client_secret_jwt``) or none (a public client with PKCE);
+- ``grants.py``    the token endpoint's answer as a ``TokenSet``;
+- ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email;
+- ``online.py``    ``--check-config --online``: the configuration tried against the provider.
 
 Every token it signs — ID token, JWT access token (Bearer), back-channel logout token — is checked by
 one validator (``tokens.TokenValidator``): signature with an algorithm allow-list, then the claims
@@ -35,7 +38,8 @@ from ..session import Identity
 from ..tracing import span
 from ..tokens import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, Expectations, TokenValidator, media_type
 from .client import MAX_RESPONSE_BYTES, USER_AGENT, ProviderClient
-from .grants import MAX_EXPIRES_IN, TokenSet, authenticated, token_set
+from .clientauth import ClientAuthentication, check_method
+from .grants import MAX_EXPIRES_IN, TokenSet, token_set
 from .keys import (
     JWKS_REFETCH_BURST,
     JWKS_REFETCH_WINDOW,
@@ -52,6 +56,10 @@ __all__ = ["BACKCHANNEL_EVENT", "JWKS_REFETCH_BURST", "JWKS_REFETCH_WINDOW", "JW
            "Metadata", "Provider", "TokenSet"]
 
 
+# Longest request_uri taken from a PAR answer: it goes into the browser's URL.
+MAX_REQUEST_URI = 2048
+
+
 class Provider:
     """One configured identity provider, with its metadata and signing keys cached."""
 
@@ -65,6 +73,7 @@ class Provider:
         self._clock = clock
         self._client = ProviderClient(http, config.timeout, metrics)
         self._metadata: Metadata | None = None
+        self._auth: ClientAuthentication | None = None
         self.jwks = SigningKeys(self._client, lambda: self._meta().jwks_uri, clock)
         self._validator = TokenValidator(_expectations(config), self.jwks.key_for, clock)
 
@@ -76,8 +85,15 @@ class Provider:
 
     async def load_metadata(self) -> Metadata:
         """Discovery (when an issuer is set), with explicitly configured endpoints taking precedence."""
-        self._metadata = await discover(self.config, self._client)
-        return self._metadata
+        found = await discover(self.config, self._client)
+        check_method(self.config, found)
+        if self.config.pushed_authorization_requests and not found.pushed_authorization_request_endpoint:
+            raise ProviderError("discovery", "pushed_authorization_requests is on, but the provider advertises no "
+                                "pushed_authorization_request_endpoint; set provider."
+                                "pushed_authorization_request_endpoint, or turn pushed_authorization_requests off")
+        self._auth = ClientAuthentication(self.config, found, self._clock)
+        self._metadata = found
+        return found
 
     def _meta(self) -> Metadata:
         if self._metadata is None:
@@ -86,15 +102,40 @@ class Provider:
 
     # -- the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC Core §3.1.2.1) -------
 
-    def authorization_url(self, *, state: str, code_challenge: str, nonce: str | None) -> str:
-        params = dict(self.config.extra_authorize_params)
+    async def authorization_url(self, *, state: str, code_challenge: str, nonce: str | None,
+                                extra: Mapping[str, str] | None = None) -> str:
+        """Where to send the browser to sign in. ``extra``: per-request parameters (``login_hint``…),
+        already checked against ``authorize_parameters``; they win over ``extra_authorize_params``.
+
+        With pushed authorization requests (RFC 9126) the parameters go to the provider over the back
+        channel, authenticated as the client, and the browser carries only ``client_id`` and the
+        ``request_uri`` the provider answered: nothing in the URL can be altered or read on the way."""
+        params = {**self.config.extra_authorize_params, **(extra or {})}
         params.update(response_type="code", client_id=self.config.client_id, redirect_uri=self.redirect_uri,
                       scope=" ".join(self.config.scopes), state=state,
                       code_challenge=code_challenge, code_challenge_method="S256")
         if nonce is not None:
             params["nonce"] = nonce
-        endpoint = self._meta().authorization_endpoint
+        if self.config.response_mode != "query":
+            params["response_mode"] = self.config.response_mode       # OAuth 2.0 Form Post Response Mode §2
+        meta = self._meta()
+        if self.config.pushed_authorization_requests or meta.require_pushed_authorization_requests:
+            params = {"client_id": self.config.client_id, "request_uri": await self._push(meta, params)}
+        endpoint = meta.authorization_endpoint
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    async def _push(self, meta: Metadata, params: dict[str, str]) -> str:
+        """RFC 9126 §2: the request's parameters to the PAR endpoint; the ``request_uri`` that stands for them."""
+        step = "pushed authorization request"
+        if not meta.pushed_authorization_request_endpoint:
+            raise ProviderError(step, "the provider has no pushed_authorization_request_endpoint")
+        form, headers = self._authentication().apply(params)
+        body = await self._client.call(step, "POST", meta.pushed_authorization_request_endpoint, data=form,
+                                       headers=headers, created=True)
+        request_uri = body.get("request_uri")
+        if not isinstance(request_uri, str) or not request_uri or len(request_uri) > MAX_REQUEST_URI:
+            raise ProviderError(step, "the answer has no usable request_uri")
+        return request_uri
 
     def end_session_url(self, *, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
         """RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0 §2), if the provider has it."""
@@ -121,7 +162,7 @@ class Provider:
                                  timeout)
 
     async def _grant(self, step: str, form: dict[str, str], timeout: float | None = None) -> TokenSet:
-        form, headers = authenticated(self.config, form)
+        form, headers = self._authentication().apply(form)
         with span(f"provider {step}", client=True, **{"authproxy.grant": form["grant_type"]}) as current:
             try:
                 body = await self._client.call(step, "POST", self._meta().token_endpoint, data=form,
@@ -132,6 +173,11 @@ class Provider:
                 raise
             current.set_attribute("authproxy.outcome", "ok")
             return tokens
+
+    def _authentication(self) -> ClientAuthentication:
+        if self._auth is None:              # metadata set without load_metadata (tests)
+            self._auth = ClientAuthentication(self.config, self._meta(), self._clock)
+        return self._auth
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         """Claims from the userinfo endpoint (OIDC Core §5.3), or a plain OAuth 2.0 provider's user API."""

@@ -54,9 +54,11 @@ class ProviderClient:
         return answer
 
     async def call(self, step: str, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-                   data: Mapping[str, str] | None = None, as_list: bool = False, timeout: float | None = None) -> Any:
+                   data: Mapping[str, str] | None = None, as_list: bool = False, timeout: float | None = None,
+                   created: bool = False) -> Any:
         """One request to the provider; the parsed JSON answer, or the error that says what failed.
-        ``timeout``: the whole call's bound, if longer than ``provider.timeout`` (which still bounds connecting)."""
+        ``timeout``: the whole call's bound, if longer than ``provider.timeout`` (which still bounds connecting);
+        ``created``: the answer is 201 Created (a pushed authorization request, RFC 9126 §2.2)."""
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
         started = time.perf_counter()
         limit = max(timeout or 0.0, self._timeout)
@@ -71,6 +73,10 @@ class ProviderClient:
             raise ProviderError(step, f"no answer within {limit:g}s", transient=True) from None
         except aiohttp.ClientError as exc:
             raise ProviderError(step, f"could not connect ({type(exc).__name__})", transient=True) from None
+        if created and status == 201:
+            status = 200
+        elif created and status == 200:
+            raise ProviderError(step, "it answered HTTP 200, not 201 Created (RFC 9126 §2.2)")
         return _answer(step, status, content_type, raw, as_list=as_list)
 
 

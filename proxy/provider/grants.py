@@ -1,21 +1,18 @@
 """The token endpoint's side of the code flow: how the client authenticates, and what an answer is.
 
 RFC 6749 §4.1.3 (the code exchange) and §6 (refresh) send the same kind of request and get the same
-kind of answer (§5.1); this module builds the one and checks the other, turning it into a ``TokenSet``.
-``Provider`` sends the request (through ``client.py``). An answer whose token could not be forwarded
-upstream, or whose expiry is no number of seconds, is a ``ProviderError``.
+kind of answer (§5.1); this module checks the answer, turning it into a ``TokenSet``. ``Provider``
+sends the request (through ``client.py``), authenticated by ``clientauth.py``. An answer whose token
+could not be forwarded upstream, or whose expiry is no number of seconds, is a ``ProviderError``.
 """
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus
 
-from ..config import ProviderConfig
 from ..errors import ProviderError
 
 # Longest access-token lifetime believed; a longer expires_in is cut to it (the token is refreshed earlier).
@@ -33,19 +30,6 @@ class TokenSet:
 
     def __repr__(self) -> str:
         return f"TokenSet(expires_at={self.expires_at}, refresh_token={'yes' if self.refresh_token else 'no'})"
-
-
-def authenticated(config: ProviderConfig, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The grant's form and headers with the client's credentials (RFC 6749 §2.3.1): in the form for
-    ``client_secret_post``, else HTTP Basic."""
-    headers = {}
-    if config.token_endpoint_auth_method == "client_secret_post":
-        form = {**form, "client_id": config.client_id, "client_secret": config.client_secret.get()}
-    else:
-        # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
-        pair = f"{quote_plus(config.client_id)}:{quote_plus(config.client_secret.get())}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    return form, headers
 
 
 def token_set(step: str, body: Mapping[str, Any], now: float) -> TokenSet:

@@ -70,6 +70,10 @@ class SigningKeys:
             raise TokenValidationError("kid", f"no signing key of the provider fits ({what})")
         return key
 
+    async def load(self) -> None:
+        """Read the JWKS now (``--check-config --online``), whatever the cache holds."""
+        await self._reread(self._generation, rate_limited=False)
+
     async def _reread(self, seen: int, *, rate_limited: bool) -> bool:
         """Read the JWKS unless someone did since generation ``seen``; False if the rate limit said no."""
         async with self._lock:

@@ -22,6 +22,8 @@
 //   cookie_keys              keys signing the provider's cookies (fixed default: survives restarts)
 //   state_file               where the token/session store is loaded from at start and saved to on
 //                            SIGTERM/SIGINT, so a restart (e.g. with a new jwks) keeps sessions and grants
+//   require_pushed_authorization_requests   default false: when true, the provider takes authorization
+//                            requests only through its PAR endpoint (RFC 9126 §5) and says so in discovery
 //   events_file              each event line is also appended here, synchronously and before the HTTP
 //                            response that caused it goes out, so a test that got the response can read
 //                            the event at once (a reader of the stdout pipe may not have seen it yet)
@@ -45,7 +47,7 @@ import Provider from 'oidc-provider';
 const KNOWN_KEYS = new Set([
   'port', 'issuer', 'clients', 'jwks', 'access_token_ttl', 'id_token_ttl', 'refresh_token_ttl',
   'rotate_refresh_token', 'refresh_token_requires_offline_access', 'extra_claims', 'cookie_keys',
-  'state_file', 'events_file', 'jwt_access_token_audience',
+  'state_file', 'events_file', 'jwt_access_token_audience', 'require_pushed_authorization_requests',
 ]);
 
 // Lifetimes we do not expose as options; set so oidc-provider does not warn about defaults.
@@ -265,6 +267,10 @@ function buildProvider(config, store) {
       backchannelLogout: { enabled: true },
       claimsParameter: { enabled: true },
       resourceIndicators: jwtAccessTokens(config.jwt_access_token_audience),
+      pushedAuthorizationRequests: {
+        enabled: true,
+        requirePushedAuthorizationRequests: config.require_pushed_authorization_requests ?? false,
+      },
     },
     async extraTokenClaims(ctx, token) {
       if (!config.jwt_access_token_audience || !token.accountId) return undefined;

@@ -160,8 +160,8 @@ RULES = [
     ({"provider": {"scopes": ["email"]}}, "provider.scopes", 'needs the "openid" scope; add openid'),
     ({"provider": {"scopes": ["openid email"]}}, "provider.scopes[0]", "its own list item"),
     ({"provider": {"scopes": "openid email"}}, "provider.scopes", "expected a list, got 'openid email'"),
-    ({"provider": {"token_endpoint_auth_method": "private_key_jwt"}}, "provider.token_endpoint_auth_method",
-     "'client_secret_basic' or 'client_secret_post'"),
+    ({"provider": {"token_endpoint_auth_method": "tls_client_auth"}}, "provider.token_endpoint_auth_method",
+     "'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt' or 'none'"),
     ({"provider": {"id_token_algorithms": ["RS256", "none"]}}, "provider.id_token_algorithms[1]", "unsigned"),
     ({"provider": {"id_token_algorithms": ["HS256"]}}, "provider.id_token_algorithms[0]", "HMAC"),
     ({"provider": {"id_token_algorithms": ["RS257"]}}, "provider.id_token_algorithms[0]", "unknown algorithm"),
@@ -220,7 +220,6 @@ def test_each_rule_reports_its_path_and_how_to_fix_it(change: dict[str, Any], pa
     (None, "cookie", "${COOKIE_SECRET}"),
     (None, "upstreams", 'path: "/"'),
     ("provider", "client_id", 'client_id: "authproxy"'),
-    ("provider", "client_secret", "${CLIENT_SECRET}"),
     ("cookie", "secret", "authproxy secret"),
 ])
 def test_missing_keys_say_what_to_add(section: str | None, key: str, example: str) -> None:
@@ -229,6 +228,14 @@ def test_missing_keys_say_what_to_add(section: str | None, key: str, example: st
     path = f"{section}.{key}" if section else key
     assert_problem(data, path, "required key is missing; add it, e.g.")
     assert_problem(data, path, example)
+
+
+def test_a_missing_client_secret_names_every_way_to_give_one() -> None:
+    data = minimal()
+    del data["provider"]["client_secret"]
+    for fragment in ("required with token_endpoint_auth_method client_secret_basic", "${CLIENT_SECRET}",
+                     "client_secret_file", "private_key_jwt"):
+        assert_problem(data, "provider.client_secret", fragment)
 
 
 def test_missing_upstream_url() -> None:
@@ -458,7 +465,7 @@ def test_example_config_shows_every_key_of_every_model() -> None:
 
 def test_example_config_shows_the_defaults() -> None:
     config = load_config(EXAMPLE, environ=EXAMPLE_ENV)
-    shown_instead_of_default = {("ProviderConfig", "issuer")}
+    shown_instead_of_default = {("ProviderConfig", "issuer"), ("ProviderConfig", "client_secret")}
     for section in (config, config.provider, config.cookie, config.upstreams[0], config.logging):
         for name, field in type(section).model_fields.items():
             if not field.is_required() and (type(section).__name__, name) not in shown_instead_of_default:
@@ -649,3 +656,20 @@ def test_upstreams_route_by_host_and_path_each_pair_once_on_an_allowed_host():
                upstreams=[{"path": "/", "url": "http://127.0.0.1:9", "host": "ci.example.com"}])
     with pytest.raises(ConfigError, match=r"upstreams\[0\]\.host"):
         _hosts(upstreams=[{"path": "/", "url": "http://127.0.0.1:9", "host": "wiki.example.com:8080"}])
+
+
+def test_form_post_needs_secure_cookies() -> None:
+    assert_problem(with_(provider={"response_mode": "form_post"}, cookie={"secure": False}),
+                   "provider.response_mode", "needs cookie.secure: true")
+    assert parse_config(with_(provider={"response_mode": "form_post"}), environ={}).provider.response_mode == \
+        "form_post"
+
+
+def test_response_mode_is_not_an_extra_parameter() -> None:
+    assert_problem(with_(provider={"extra_authorize_params": {"response_mode": "form_post"}}),
+                   "provider.extra_authorize_params", "response_mode")
+
+
+def test_a_discovery_url_pasted_as_issuer_says_what_to_set() -> None:
+    assert_problem(with_(provider={"issuer": "https://idp.example.com/realms/x/.well-known/openid-configuration"}),
+                   "provider.issuer", "set issuer: 'https://idp.example.com/realms/x'")

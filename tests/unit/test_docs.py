@@ -23,18 +23,21 @@ import itertools
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
 import yaml
+from joserfc.jwk import RSAKey
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from proxy import presets
 from proxy.config import Config, env_overrides, parse_config, parse_duration
 from proxy.errors import ConfigError
+from tests.support.certs import self_signed_pem
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CONFIGURATION = DOCS / "configuration.md"
@@ -66,9 +69,25 @@ BASE: dict[str, Any] = {
 }
 # Keys whose validation needs the file or directory to exist: their example is replaced by a real one.
 EXISTING_PATHS = {"provider.ca_file": "file", "upstreams[].tls.ca_file": "file", "session.redis.ca_file": "file",
-                  "templates_dir": "dir"}
+                  "templates_dir": "dir", "provider.client_secret_file": "file", "provider.private_key_file": "file",
+                  "provider.private_key_certificate_file": "file"}
+# What such a file holds, where an empty one would be refused.
+_CLIENT_KEY = RSAKey.generate_key(2048, private=True)
+FILE_CONTENTS = {"provider.client_secret_file": "secret-from-a-file\n",
+                 "provider.private_key_file": _CLIENT_KEY.as_pem(private=True).decode(),
+                 "provider.private_key_certificate_file": self_signed_pem(_CLIENT_KEY).decode()}
+_KEY_DIR = tempfile.TemporaryDirectory(prefix="authproxy-docs-")
+CLIENT_KEY_FILE = Path(_KEY_DIR.name) / "client-key.pem"
+CLIENT_KEY_FILE.write_text(FILE_CONTENTS["provider.private_key_file"])
+_KEY_AUTH = {"provider.token_endpoint_auth_method": "private_key_jwt", "provider.client_secret": None}
 COLUMNS = ["key", "type", "default", "meaning", "example", "environment variable"]
 # Keys whose example is valid only together with another key's value.
+# ... and only for their example (their default, null, needs none of it).
+EXAMPLE_COMPANIONS = {"provider.client_secret_file": {"provider.client_secret": None},
+                      "provider.private_key_file": _KEY_AUTH,
+                      **{f"provider.{key}": {**_KEY_AUTH, "provider.private_key_file": str(CLIENT_KEY_FILE)}
+                         for key in ("token_endpoint_auth_method", "private_key_id", "client_assertion_audience",
+                                     "private_key_certificate_file")}}
 COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.internal:6380/0"},
               # the listener's TLS needs both files named (their contents are checked at start-up, not here)
               **{f"tls.{key}": {"tls.cert_file": "/etc/tls.crt", "tls.key_file": "/etc/tls.key"}
@@ -294,13 +313,13 @@ def test_documented_example_is_valid(path, tmp_path):
         assert isinstance(value, str) and value.startswith("/")
         real = tmp_path / "example"
         if EXISTING_PATHS[path] == "file":
-            real.write_text("")
+            real.write_text(FILE_CONTENTS.get(path, ""))
         else:
             real.mkdir()
         value = str(real)
     data = copy.deepcopy(BASE)
     _set(data, _steps(path), value)
-    for other, companion in COMPANIONS.get(path, {}).items():
+    for other, companion in {**COMPANIONS.get(path, {}), **EXAMPLE_COMPANIONS.get(path, {})}.items():
         _set(data, _steps(other), companion)
     try:
         _parse(data)

@@ -442,3 +442,68 @@ async def test_eddsa_tokens_verify_without_a_warning(idp_and_provider):
     with pytest.warns(SecurityWarning):                 # signing (the provider's side) still warns
         token = jwt.encode({"alg": "EdDSA", "kid": "o1"}, claims(), ed, algorithms=["EdDSA"])
     assert (await provider.verify_id_token(token, nonce="n1"))["sub"] == "alice"
+
+
+# -- pushed authorization requests (RFC 9126) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body", "fragment"), [
+    (200, {"request_uri": "urn:x", "expires_in": 60}, "not 201 Created"),
+    (201, {"expires_in": 60}, "no usable request_uri"),
+    (201, {"request_uri": "u" * 3000}, "no usable request_uri"),
+    (400, {"error": "invalid_request"}, "invalid_request"),
+])
+async def test_a_bad_par_answer_is_an_error_not_a_redirect(aiohttp_server, status, body, fragment):
+    seen = []
+
+    async def par(request):
+        seen.append(dict(await request.post()))
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/par", par)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    config = make_config(provider={"issuer": ISS, "client_id": "cid", "client_secret": "csecret",
+                                   "pushed_authorization_requests": True}).provider
+    async with aiohttp.ClientSession() as http:
+        provider = Provider(config, "https://app.example.com/oauth2/callback", http, lambda: NOW)
+        provider._metadata = Metadata(issuer=ISS, authorization_endpoint=base + "/auth", token_endpoint=base + "/t",
+                                      pushed_authorization_request_endpoint=base + "/par")
+        with pytest.raises((ProviderError, TokenRejected)) as caught:
+            await provider.authorization_url(state="s", code_challenge="c", nonce="n")
+    assert fragment in str(caught.value)
+    assert seen[0]["state"] == "s" and seen[0]["redirect_uri"] == "https://app.example.com/oauth2/callback"
+
+
+# -- discovery errors that say what to set ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("configured", "served", "status", "fragments"), [
+    ("{base}/", "{base}", 200, ["differ only in the trailing '/'", "set provider.issuer: '{base}'",
+                                "{base}/.well-known/openid-configuration"]),
+    ("{base}", "{base}/", 200, ["differ only in the trailing '/'", "set provider.issuer: '{base}/'"]),
+    ("{base}", "https://other.example", 200, ["names issuer 'https://other.example'", "Discovery §4.3"]),
+    ("{base}/tenant", None, 404, ["answered HTTP 404 for {base}/tenant/.well-known/openid-configuration",
+                                  "the document's \"issuer\" value"]),
+])
+async def test_discovery_failures_name_the_url_fetched_and_what_to_set(aiohttp_server, configured, served, status,
+                                                                       fragments):
+    async def document(request):
+        if status != 200:
+            return web.json_response({}, status=status)
+        return web.json_response({"issuer": served.format(base=base), "authorization_endpoint": "https://a/",
+                                  "token_endpoint": "https://t/", "jwks_uri": "https://j/"})
+
+    app = web.Application()
+    app.router.add_get("/.well-known/openid-configuration", document)
+    app.router.add_get("/tenant/.well-known/openid-configuration", document)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    config = make_config(provider={"issuer": configured.format(base=base)}).provider
+    async with aiohttp.ClientSession() as http:
+        provider = Provider(config, "https://app.example.com/oauth2/callback", http, lambda: NOW)
+        with pytest.raises(ProviderError) as caught:
+            await provider.load_metadata()
+    for fragment in fragments:
+        assert fragment.format(base=base) in str(caught.value)
