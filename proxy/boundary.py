@@ -51,7 +51,7 @@ from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
 from .upstream import UPSTREAM_LABEL
-from .websocket import is_websocket_upgrade
+from .websocket import SOCKET_LIFE, SocketLife, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -99,7 +99,11 @@ def error_boundary(config: Config, metrics: Metrics) -> Middleware:
             status = exc.status
             raise
         finally:
-            _log_access(request, status, time.perf_counter() - started, metrics)
+            life = request.get(SOCKET_LIFE)
+            if life is None:
+                _log_access(request, status, time.perf_counter() - started, metrics)
+            else:
+                _log_socket(request, life, started, metrics)
 
     return boundary
 
@@ -127,15 +131,34 @@ def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metr
     upstream = request.get(UPSTREAM_LABEL, "proxy")
     metrics.answered(upstream, status, elapsed)
     if access_log.isEnabledFor(logging.INFO):
-        state = request.get(SESSION_STATE)
-        session = state.peek() if state is not None else None
-        user = session.identity.sub if session is not None else "-"
-        access_log.info("%s %s %d %.1fms user=%s rid=%s", request.method, request.path, status, elapsed * 1000,
-                        user, request[REQUEST_ID],
-                        extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
-                                          "client": request.remote, "user": user, "method": request.method,
-                                          "path": request.path, "status": status, "upstream": upstream,
-                                          "duration_ms": round(elapsed * 1000, 2)}})
+        _write_line(request, status, elapsed, upstream, "", {})
+
+
+def _log_socket(request: web.Request, life: SocketLife, started: float, metrics: Metrics) -> None:
+    """An upgraded request: a 101 however its handler ended (it is cancelled when the client's connection
+    closes, which is no error), with the close code and the side that closed in the line and the metrics.
+    The request's duration in the histogram is the time to the 101; the line's is the socket's whole life."""
+    upstream = request.get(UPSTREAM_LABEL, "proxy")
+    metrics.answered(upstream, 101, life.opened - started)
+    end = life.end
+    code, by = (end.reported_code, end.by) if end is not None else (0, "proxy")
+    metrics.websocket_closed(by, code)
+    if access_log.isEnabledFor(logging.INFO):
+        _write_line(request, 101, time.perf_counter() - started, upstream, f" ws_close={code} by={by}",
+                    {"ws_close": code, "ws_closed_by": by})
+
+
+def _write_line(request: web.Request, status: int, elapsed: float, upstream: str, suffix: str,
+                fields: dict[str, object]) -> None:
+    state = request.get(SESSION_STATE)
+    session = state.peek() if state is not None else None
+    user = session.identity.sub if session is not None else "-"
+    access_log.info("%s %s %d %.1fms user=%s rid=%s%s", request.method, request.path, status, elapsed * 1000,
+                    user, request[REQUEST_ID], suffix,
+                    extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
+                                      "client": request.remote, "user": user, "method": request.method,
+                                      "path": request.path, "status": status, "upstream": upstream,
+                                      "duration_ms": round(elapsed * 1000, 2), **fields}})
 
 
 # -- the table: domain error → response ---------------------------------------------------------

@@ -21,6 +21,10 @@ events_log = logging.getLogger("authproxy.events")
 # or broken provider cannot grow the registry (and every scrape) without bound.
 MAX_FAILURE_REASONS = 32
 # Latency buckets in seconds: a proxy's own work is sub-millisecond, upstreams and providers slower.
+# WebSocket close codes with a series of their own: RFC 6455 §7.4.1's and 4401 (``websocket.SESSION_ENDED``).
+# An app or a client picks any other code from 3000 to 4999; those count as "3xxx" or "4xxx", so a peer
+# cannot grow the registry.
+_NAMED_CLOSE_CODES = frozenset({*range(1000, 1016), 4401})
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -44,6 +48,9 @@ class Metrics:
         self.denied = Counter("authproxy_denied", "Signed-in requests refused by authorization rules",
                               registry=r)
         self.websockets = Gauge("authproxy_websockets_active", "WebSocket connections open", registry=r)
+        self.websocket_closes = Counter("authproxy_websocket_closes", "WebSockets ended, by the side that "
+                                        "ended them and the close code (1006: gone without one)",
+                                        ["closed_by", "code"], registry=r)
         self.provider_seconds = Histogram("authproxy_provider_request_duration_seconds",
                                           "Time of each call to the identity provider", ["step"],
                                           buckets=_BUCKETS, registry=r)
@@ -71,6 +78,10 @@ class Metrics:
         if child is None:
             child = self._upstream[upstream] = self.upstream_seconds.labels(upstream)
         child.observe(seconds)
+
+    def websocket_closed(self, by: str, code: int) -> None:
+        """Count a WebSocket's end: ``by`` is client, upstream or proxy; ``code`` as ``close_code_label``."""
+        self.websocket_closes.labels(by, close_code_label(code)).inc()
 
     def event(self, event: str, message: str, **fields: Any) -> None:
         """Log an auth event with its fields; the caller counts it in the matching metric."""
@@ -119,3 +130,10 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+def close_code_label(code: int) -> str:
+    """A close code as a label value: the standard ones and 4401 as themselves, others by their thousand."""
+    if code in _NAMED_CLOSE_CODES:
+        return str(code)
+    return f"{code // 1000}xxx" if 3000 <= code <= 4999 else "other"

@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import MAX_FAILURE_REASONS, METRICS, Metrics, handle_metrics, status_class
+from proxy.metrics import MAX_FAILURE_REASONS, METRICS, Metrics, close_code_label, handle_metrics, status_class
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -123,3 +123,22 @@ async def test_the_metrics_endpoint_serves_the_text_format_uncached() -> None:
     assert response.body is not None
     body = bytes(response.body).decode()          # type: ignore[arg-type]
     assert 'authproxy_requests_total{status_class="2xx",upstream="app"} 1.0' in body
+
+
+@pytest.mark.parametrize(("code", "label"), [(1000, "1000"), (1006, "1006"), (1015, "1015"), (4401, "4401"),
+                                             (4000, "4xxx"), (3999, "3xxx"), (0, "other"), (1016, "other"),
+                                             (65535, "other")])
+def test_close_codes_get_a_bounded_label(code: int, label: str) -> None:
+    """A peer picks any code from 3000 to 4999: those cannot each get a series."""
+    assert close_code_label(code) == label
+
+
+def test_websocket_closes_by_side_and_code() -> None:
+    metrics = Metrics()
+    metrics.websocket_closed("client", 1000)
+    metrics.websocket_closed("client", 4123)
+    metrics.websocket_closed("client", 4567)
+    metrics.websocket_closed("proxy", 4401)
+    assert sample(metrics, "authproxy_websocket_closes_total", closed_by="client", code="1000") == 1
+    assert sample(metrics, "authproxy_websocket_closes_total", closed_by="client", code="4xxx") == 2
+    assert sample(metrics, "authproxy_websocket_closes_total", closed_by="proxy", code="4401") == 1
