@@ -3,16 +3,30 @@
 Each app has its own ``CollectorRegistry``, so several proxies in one process (tests, reloads)
 never mix their numbers. Everything counted here is also an auth event in the log (``event``
 field in JSON logs): login, refresh, logout, denied — with a reason, never with a token.
+
+With ``workers: N`` a scrape reaches one worker, chosen by the kernel, and must still show the whole
+host: prometheus-client's multiprocess mode. The supervisor makes a private directory
+(``SharedMetrics``) and names it in ``PROMETHEUS_MULTIPROC_DIR`` before it forks; each worker keeps
+its values in memory-mapped files there (``Metrics.for_worker``), and ``/metrics`` in any worker sums
+every file. A worker that dies leaves its counters' file behind, so totals survive a restart; its
+live gauges (``authproxy_websockets_active``, summed over live workers) are dropped when the
+supervisor reaps it. Each value written costs a lock and a store into the mapping, a few hundred
+nanoseconds (docs/deployment.md has the measured rate); one process (``workers: 1``) keeps the plain
+in-memory values.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 events_log = logging.getLogger("authproxy.events")
 
@@ -25,11 +39,15 @@ MAX_FAILURE_REASONS = 32
 # An app or a client picks any other code from 3000 to 4999; those count as "3xxx" or "4xxx", so a peer
 # cannot grow the registry.
 _NAMED_CLOSE_CODES = frozenset({*range(1000, 1016), 4401})
+# Where prometheus-client's multiprocess mode keeps each process's values (its own variable's name).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared_dir: str | None = None) -> None:
+        """``shared_dir``: a worker of ``workers: N`` (see ``for_worker``); None for one process."""
+        self.shared_dir = shared_dir
         self.registry = r = CollectorRegistry()
         self.requests = Counter("authproxy_requests", "Requests answered, by upstream and status class",
                                 ["upstream", "status_class"], registry=r)
@@ -47,7 +65,8 @@ class Metrics:
                                  "workers (workers: N)", registry=r)
         self.denied = Counter("authproxy_denied", "Signed-in requests refused by authorization rules",
                               registry=r)
-        self.websockets = Gauge("authproxy_websockets_active", "WebSocket connections open", registry=r)
+        self.websockets = Gauge("authproxy_websockets_active", "WebSocket connections open", registry=r,
+                                multiprocess_mode="livesum")
         self.websocket_closes = Counter("authproxy_websocket_closes", "WebSockets ended, by the side that "
                                         "ended them and the close code (1006: gone without one)",
                                         ["closed_by", "code"], registry=r)
@@ -59,6 +78,31 @@ class Metrics:
         self._answered: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._upstream: dict[str, Any] = {}
         self._failure_reasons: set[str] = set()
+
+    @classmethod
+    def for_worker(cls) -> Metrics:
+        """The metrics of a forked worker: in the supervisor's shared directory when it made one, else
+        of this process alone. Call in the worker, after the fork and before any other ``Metrics``.
+
+        prometheus-client picks where values live once, when it is imported (from the environment);
+        the supervisor imported it before it made the directory, so the choice is made again here,
+        for this process: files named by this worker's pid, which stays the same for its whole life
+        (the library's own check of the pid on every write, a system call, is not needed)."""
+        shared = os.environ.get(MULTIPROC_ENV)
+        if shared is None:
+            return cls()
+        pid = os.getpid()
+        values.ValueClass = values.MultiProcessValue(lambda: pid)     # type: ignore[no-untyped-call]
+        return cls(shared)
+
+    def exposition(self) -> bytes:
+        """The text format: this process's registry, or, in a worker of ``workers: N``, every worker's
+        values summed (gauges: over the live workers)."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path=self.shared_dir)          # type: ignore[no-untyped-call]
+        return generate_latest(summed)
 
     def answered(self, upstream: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration. The label children are looked up once per
@@ -124,7 +168,7 @@ METRICS = web.AppKey("authproxy_metrics", Metrics)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
@@ -137,3 +181,22 @@ def close_code_label(code: int) -> str:
     if code in _NAMED_CLOSE_CODES:
         return str(code)
     return f"{code // 1000}xxx" if 3000 <= code <= 4999 else "other"
+
+
+
+class SharedMetrics:
+    """The supervisor's side of ``workers: N`` metrics: a private directory (0700, ``mkdtemp``) named in
+    the environment the workers inherit, a dead worker's live gauges dropped, the directory removed at
+    exit. Made before the first fork."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="authproxy-metrics-")
+        os.environ[MULTIPROC_ENV] = self.directory
+
+    def worker_exited(self, pid: int) -> None:
+        """Its counters stay (totals survive a restart); its share of the live gauges goes."""
+        mark_process_dead(pid, self.directory)                      # type: ignore[no-untyped-call]
+
+    def remove(self) -> None:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(self.directory, ignore_errors=True)
