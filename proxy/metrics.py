@@ -53,7 +53,8 @@ class Metrics:
         self.requests = Counter("authproxy_requests", "Requests answered, by upstream and status class",
                                 ["upstream", "status_class"], registry=r)
         self.request_seconds = Histogram("authproxy_request_duration_seconds",
-                                         "Time from request to response headers", ["upstream"],
+                                         "Time from request to the response's end (a WebSocket: to its 101)",
+                                         ["upstream"],
                                          buckets=_BUCKETS, registry=r)
         self.upstream_seconds = Histogram("authproxy_upstream_duration_seconds",
                                           "Time the upstream took to answer with headers", ["upstream"],

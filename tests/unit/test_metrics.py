@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -201,3 +203,12 @@ def test_one_process_keeps_in_memory_values(monkeypatch) -> None:
 def metric_value(text: str, name: str, **labels: str) -> float:
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_the_documented_metrics_are_exactly_the_ones_served() -> None:
+    """docs/deployment.md's table names every metric /metrics serves, and nothing it does not serve
+    (tests/integration/test_observability.py moves each one)."""
+    table = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    documented = set(re.findall(r"^\| `(authproxy_[a-z_]+)` \|", table, re.MULTILINE))
+    served = {family.name + ("_total" if family.type == "counter" else "") for family in Metrics().registry.collect()}
+    assert documented == served
