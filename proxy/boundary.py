@@ -28,6 +28,7 @@ Every answer carries ``X-Request-Id``; the proxy's own ``/oauth2/`` answers are 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -62,6 +63,9 @@ access_log = logging.getLogger("authproxy.access")
 
 # A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The status logged and counted for a request whose client went away before it was answered (its handler is
+# cancelled): nginx's 499 "client closed request". It was a 500, so alerts on 5xx fired on normal use.
+CLIENT_CLOSED_REQUEST = 499
 # Endpoints whose callers read something other than the proxy's usual page or JSON.
 FORWARD_AUTH_PATH = "/oauth2/auth"          # nginx auth_request / Traefik forwardAuth: status and headers only
 USERINFO_PATH = "/oauth2/userinfo"
@@ -97,6 +101,9 @@ def error_boundary(config: Config, metrics: Metrics) -> Middleware:
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST      # aiohttp cancels a handler whose client went away: no error of ours
             raise
         finally:
             life = request.get(SOCKET_LIFE)

@@ -8,6 +8,7 @@ import logging
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.session import CODEC
@@ -16,6 +17,7 @@ from tests.integration.test_websocket import signed_in, start_ws_app, ws_url
 from tests.support.browserless import login_via_http, logout_via_http
 from tests.support.echo import header_values
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET
+from tests.support.ports import free_port
 from tests.support.timing import eventually
 
 pytestmark = pytest.mark.integration
@@ -169,3 +171,39 @@ async def test_provider_request_duration_times_every_step(stack_factory, browser
         assert metric(text, "authproxy_provider_request_duration_seconds_count", step=step) >= 1, step
     assert metric(text, "authproxy_provider_request_duration_seconds_count", step="token exchange") == 1
     assert metric(text, "authproxy_provider_request_duration_seconds_count", step="refresh") == 1
+
+
+async def test_a_client_that_leaves_before_the_answer_is_a_499_not_a_500(stack_factory, browser_session, caplog):
+    """aiohttp cancels the handler of a request whose client went away; that is no error of the proxy's."""
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            reached.set()
+            await release.wait()
+        return web.Response(text="answer")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        caplog.set_level(logging.INFO, logger="authproxy.access")
+        stack = await stack_factory(metrics_on_listen=True,
+                                    upstreams=[{"path": "/", "url": f"http://127.0.0.1:{port}"}])
+        await login_via_http(browser_session, stack.url + "/")
+        request = asyncio.ensure_future(browser_session.get(stack.url + "/slow", headers=API))
+        await asyncio.wait_for(reached.wait(), 10)
+        request.cancel()                                                   # the client goes away
+        await asyncio.gather(request, return_exceptions=True)
+        lines = await eventually(lambda: [r.fields for r in caplog.records if r.name == "authproxy.access"
+                                          and r.fields["path"] == "/slow"])
+        assert [line["status"] for line in lines] == [499]
+        text = await scrape(stack)
+        assert metric(text, "authproxy_requests_total", upstream="/", status_class="4xx") == 1
+        assert metric(text, "authproxy_requests_total", upstream="/", status_class="5xx") == 0
+    finally:
+        release.set()
+        await runner.cleanup()
