@@ -4,7 +4,8 @@
     authproxy --check-config FILE      validate, print every problem, exit 0 or 2
     authproxy --check-config FILE --online   ... and try it against the provider (proxy/provider/online.py)
     authproxy secret                   print a new random cookie secret
-    authproxy ping [--url URL]         exit 0 if /ping answers 200 (container HEALTHCHECK; no curl needed)
+    authproxy ping [--url URL]         exit 0 if /ping answers 200 (container HEALTHCHECK; no curl needed),
+                                       and print what /ready says (``--ready``: exit by it instead)
     authproxy config-schema            print the configuration's JSON Schema (for editors and CI)
     authproxy --version
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
     parser.add_argument("--url", default=DEFAULT_PING, help="for ping: the URL to check (without it, "
                                                           "https on the same address is tried too)")
+    parser.add_argument("--ready", action="store_true",
+                        help="for ping: exit 0 only if /ready (on --url's host) answers that all is ready")
     parser.add_argument("command", nargs="?", choices=["run", "secret", "ping", "config-schema"], default="run",
                         help="run (default), secret, ping or config-schema")
     return parser
@@ -61,24 +64,68 @@ def config_path(explicit: str | None) -> str | None:
     return path
 
 
-def ping(url: str) -> int:
-    """0 when ``url`` answers 200. Without ``--url``, the https spelling is tried too, so the image's
-    ``HEALTHCHECK`` works whether or not ``tls`` is on; an https URL on loopback is not verified (the
-    certificate names the public host; this only asks whether our own process on this machine answers)."""
+# ``authproxy ping``'s time limits: the container's HEALTHCHECK allows 5 s for the whole command, and
+# /ready may wait for Redis (``session.redis.timeout``) before it answers.
+PING_TIMEOUT = 3.0
+READY_TIMEOUT = 1.5
+
+
+def ping(url: str, *, ready: bool = False) -> int:
+    """Exit 0 if ``url`` (/ping) answers 200 — or, with ``ready``, if /ready does; print both answers.
+
+    Without ``--url`` the https spelling is tried too, so the image's ``HEALTHCHECK`` works whether or not
+    ``tls`` is on; an https URL on loopback is not verified (the certificate names the public host; this
+    only asks whether our own process on this machine answers)."""
     urls = [url] + ([DEFAULT_PING.replace("http://", "https://", 1)] if url == DEFAULT_PING else [])
-    return 0 if any(_answers(candidate) for candidate in urls) else 1
+    for candidate in urls:
+        try:
+            with urllib.request.urlopen(candidate, timeout=PING_TIMEOUT, context=_loopback_tls(candidate)) as resp:
+                alive = resp.status == 200
+                print(f"alive: {candidate} answered {resp.status}")
+            break
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            print(f"alive: no: {candidate}: {getattr(exc, 'reason', exc)}")
+    else:
+        return 1
+    is_ready = print_readiness(ready_url(candidate), PING_TIMEOUT if ready else READY_TIMEOUT)
+    return 0 if (is_ready if ready else alive) else 1
 
 
-def _answers(url: str) -> bool:
-    context = None
+def _loopback_tls(url: str) -> ssl.SSLContext | None:
     if url.startswith("https://") and urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "::1", "localhost"):
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    return None
+
+
+def ready_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/ready", "", ""))
+
+
+def print_readiness(url: str, timeout: float) -> bool:
+    """Print what ``/ready`` says, one check a line; whether it said ready."""
     try:
-        with urllib.request.urlopen(url, timeout=3, context=context) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        with urllib.request.urlopen(url, timeout=timeout, context=_loopback_tls(url)) as resp:
+            status, body = resp.status, resp.read(65536)
+    except urllib.error.HTTPError as exc:           # 503: not ready, with the JSON that says why
+        status, body = exc.code, exc.read(65536)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        print(f"ready: unknown: {url}: {getattr(exc, 'reason', exc)}")
         return False
+    try:
+        answer = json.loads(body)
+        checks = dict(answer["checks"])
+    except (ValueError, KeyError, TypeError):
+        print(f"ready: {'yes' if status == 200 else 'no'} ({url} answered {status})")
+        return bool(status == 200)
+    waiting = [name for name, state in checks.items() if state != "ok"]
+    print(f"ready: yes ({status})" if status == 200 and not waiting else
+          f"ready: no ({status}): " + ", ".join(f"{name} {checks[name]}" for name in waiting))
+    for name, state in checks.items():
+        print(f"  {name}: {state}")
+    return status == 200 and not waiting
 
 
 def load_checked(path: str | None) -> Config:
@@ -94,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
         return 0
     if args.command == "ping":
-        return ping(args.url)
+        return ping(args.url, ready=args.ready)
     if args.command == "config-schema":
         print(json.dumps(Config.model_json_schema(), indent=2))
         return 0

@@ -30,6 +30,7 @@ Every answer carries ``X-Request-Id``; the proxy's own ``/oauth2/`` answers are 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -55,7 +56,7 @@ from .paths import request_key
 from .session import SESSION_STATE
 from .tracing import TRACE_ID
 from .upstream import UPSTREAM_LABEL
-from .websocket import is_websocket_upgrade
+from .websocket import SOCKET_LIFE, SocketLife, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -66,6 +67,9 @@ access_log = ACCESS_LOG          # logs.py: the stdlib logger, or its own batche
 
 # A client's X-Request-Id is kept only if it looks like an id (no log injection through it).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The status logged and counted for a request whose client went away before it was answered (its handler is
+# cancelled): nginx's 499 "client closed request". It was a 500, so alerts on 5xx fired on normal use.
+CLIENT_CLOSED_REQUEST = 499
 # Endpoints whose callers read something other than the proxy's usual page or JSON.
 FORWARD_AUTH_PATH = "/oauth2/auth"          # an ingress's check (forward_auth.py): status and headers only
 _FORWARD_AUTH_ROUTES = (FORWARD_AUTH_PATH, FORWARD_AUTH_PATH + "/{tail}")
@@ -103,8 +107,15 @@ def error_boundary(config: Config, metrics: Metrics) -> Middleware:
         except web.HTTPException as exc:
             status = exc.status
             raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST      # aiohttp cancels a handler whose client went away: no error of ours
+            raise
         finally:
-            _log_access(request, status, time.perf_counter() - started, metrics)
+            life = request.get(SOCKET_LIFE)
+            if life is None:
+                _log_access(request, status, time.perf_counter() - started, metrics)
+            else:
+                _log_socket(request, life, started, metrics)
 
     return boundary
 
@@ -132,18 +143,37 @@ def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metr
     upstream = request.get(UPSTREAM_LABEL, "proxy")
     metrics.answered(upstream, status, elapsed)
     if access_log.isEnabledFor(logging.INFO):
-        state = request.get(SESSION_STATE)
-        session = state.peek() if state is not None else None
-        user = session.identity.sub if session is not None else "-"
-        fields = {"event": "request", "request_id": request[REQUEST_ID], "client": request.remote, "user": user,
-                  "method": request.method, "path": request.path, "status": status, "upstream": upstream,
-                  "duration_ms": round(elapsed * 1000, 2)}
-        trace = request.get(TRACE_ID)               # tracing on: find the slow request's trace
-        if trace is not None:
-            fields["trace_id"] = trace
-        access_log.info("%s %s %d %.1fms user=%s rid=%s%s", request.method, request.path, status, elapsed * 1000,
-                        user, request[REQUEST_ID], f" trace={trace}" if trace is not None else "",
-                        extra={"fields": fields})
+        _write_line(request, status, elapsed, upstream, "", {})
+
+
+def _log_socket(request: web.Request, life: SocketLife, started: float, metrics: Metrics) -> None:
+    """An upgraded request: a 101 however its handler ended (it is cancelled when the client's connection
+    closes, which is no error), with the close code and the side that closed in the line and the metrics.
+    The request's duration in the histogram is the time to the 101; the line's is the socket's whole life."""
+    upstream = request.get(UPSTREAM_LABEL, "proxy")
+    metrics.answered(upstream, 101, life.opened - started)
+    end = life.end
+    code, by = (end.reported_code, end.by) if end is not None else (0, "proxy")
+    metrics.websocket_closed(by, code)
+    if access_log.isEnabledFor(logging.INFO):
+        _write_line(request, 101, time.perf_counter() - started, upstream, f" ws_close={code} by={by}",
+                    {"ws_close": code, "ws_closed_by": by})
+
+
+def _write_line(request: web.Request, status: int, elapsed: float, upstream: str, suffix: str,
+                fields: dict[str, object]) -> None:
+    state = request.get(SESSION_STATE)
+    session = state.peek() if state is not None else None
+    user = session.identity.sub if session is not None else "-"
+    trace = request.get(TRACE_ID)                   # tracing on: find the slow request's trace
+    if trace is not None:
+        suffix, fields = f"{suffix} trace={trace}", {**fields, "trace_id": trace}
+    access_log.info("%s %s %d %.1fms user=%s rid=%s%s", request.method, request.path, status, elapsed * 1000,
+                    user, request[REQUEST_ID], suffix,
+                    extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
+                                      "client": request.remote, "user": user, "method": request.method,
+                                      "path": request.path, "status": status, "upstream": upstream,
+                                      "duration_ms": round(elapsed * 1000, 2), **fields}})
 
 
 # -- the table: domain error → response ---------------------------------------------------------

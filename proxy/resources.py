@@ -3,7 +3,7 @@
 - ``store_ctx``: the session store (the cookie store with its denylist in Redis or memory, or Redis)
   and the one way sessions end (``ending.SessionEnds``), told of ends by the fan-out;
 - ``provider_ctx``: the HTTP client to the identity provider, the ``Provider`` and ``Refresher`` built
-  on it, and the provider's metadata loaded in the background until it succeeds (``/ready`` waits for it);
+  on it, and the provider's metadata and JWKS loaded in the background until they are (``/ready`` waits);
 - ``upstreams_ctx``: the clients to the apps behind us and the ``Forwarder`` that routes to them, with
   the one ``AssertionSigner`` that signs every upstream's identity assertions and serves ``/oauth2/jwks``.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -30,6 +30,7 @@ from .host import HostFanout, HostLink, HostRefreshes
 from .metrics import METRICS, Metrics
 from .provider import Provider
 from .provider.client import provider_http
+from .provider.keys import JWKS_RETRY_AFTER
 from .redis_store import RedisDenylist, RedisStore
 from .refresh import GRANT_CAP, Refresher
 from .session import CODEC, STORE
@@ -101,18 +102,28 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def load_metadata(provider: Provider) -> None:
-    """Discovery until it succeeds, with a growing pause. Nothing but cancellation ends this task: a
-    loader that died on an answer it did not expect would leave ``/ready`` at 503 until a restart."""
+    """Discovery until it succeeds, then the JWKS (when the provider has one) until it is read, each with a
+    growing pause. Nothing but cancellation ends this task: a loader that died on an answer it did not
+    expect would leave ``/ready`` at 503 until a restart."""
+    await _until_loaded("provider metadata", provider.load_metadata, DISCOVERY_RETRY)
+    log.info("provider metadata loaded from %s", provider.config.issuer or "explicit endpoints")
+    metadata = provider.metadata
+    if metadata is not None and metadata.jwks_uri:
+        # No sooner than SigningKeys lets a read follow a failed one.
+        await _until_loaded("JWKS", provider.jwks.warm, tuple(max(d, JWKS_RETRY_AFTER) for d in DISCOVERY_RETRY))
+        log.info("provider JWKS loaded")
+
+
+async def _until_loaded(what: str, load: Callable[[], Awaitable[object]], pauses: tuple[float, ...]) -> None:
     for attempt in range(10**9):
         try:
-            await provider.load_metadata()
-            log.info("provider metadata loaded from %s", provider.config.issuer or "explicit endpoints")
+            await load()
             return
         except ProviderError as exc:
-            log.warning("provider metadata not loaded (attempt %d): %s", attempt + 1, exc)
+            log.warning("%s not loaded (attempt %d): %s", what, attempt + 1, exc)
         except Exception:   # a bug of ours or of a library: say so loudly, and keep trying
-            log.exception("provider metadata not loaded (attempt %d): unexpected error", attempt + 1)
-        await asyncio.sleep(DISCOVERY_RETRY[min(attempt, len(DISCOVERY_RETRY) - 1)])
+            log.exception("%s not loaded (attempt %d): unexpected error", what, attempt + 1)
+        await asyncio.sleep(pauses[min(attempt, len(pauses) - 1)])
 
 
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ from .connections import LimitedRunner, raise_descriptor_limit
 from .errors import ConfigError
 from .host import HostDenylist, HostFanout, HostLink
 from .logs import ACCESS_LOG, configure_logging
-from .metrics import METRICS, handle_metrics
+from .metrics import METRICS, Metrics, handle_metrics
 from .supervisor import run_workers
 from .tls import ListenerCertificate, TLSSite, redirect_app, watching
 
@@ -97,16 +97,16 @@ def _metrics_listener(listen: str) -> Callable[[web.Application], AsyncIterator[
 
 
 async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 0,
-                host_socket: str | None = None) -> None:
+                host_socket: str | None = None, metrics: Metrics | None = None) -> None:
     """Serve until SIGTERM/SIGINT; reload on SIGHUP (``supervisor``: the pid of the process that
     forked this worker, which applies a change of ``workers`` itself; ``host_socket``: where its
-    host coordinator listens)."""
+    host coordinator listens; ``metrics``: a worker's, shared with the others)."""
     loop = asyncio.get_running_loop()
     stop, hup = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
-    lasting = Lasting()                               # metrics and the memory denylist outlive reloads
+    lasting = Lasting(metrics or Metrics())           # metrics and the memory denylist outlive reloads
     if host_socket is not None:
         lasting.host = HostLink(host_socket)
         lasting.fanout = HostFanout(lasting.host, lasting.metrics)
@@ -178,4 +178,4 @@ def run(config: Config, reload: Callable[[], Config]) -> int:
 
 def _worker(config: Config, reload: Callable[[], Config], supervisor: int, host_socket: str) -> None:
     """One forked worker's life: serve until SIGTERM, as a process of its own."""
-    run_loop(serve(config, reload, supervisor, host_socket))
+    run_loop(serve(config, reload, supervisor, host_socket, Metrics.for_worker()))

@@ -6,6 +6,9 @@
   socket in a private 0700 directory) and restarts it too if it dies: through it the workers act as
   one — one refresh per session whichever worker gets the requests, and the end of a session
   (``ending.SessionEnd``) reaches every worker. ``workers: 1`` runs no coordinator (and no supervisor).
+- Before the first fork it also makes the directory where the workers keep their metrics
+  (``metrics.SharedMetrics``), so that a scrape of any worker shows them all; a worker that exits
+  leaves its counters there and takes its live gauges away; the directory goes when the supervisor does.
 
 Apart from ``server.py``, which serves in one process: this module only manages processes, and is
 handed what a worker runs, so its decisions are testable without forking (tests/unit/test_server.py).
@@ -27,6 +30,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ConfigError
 from .logs import configure_logging
+from .metrics import SharedMetrics
 
 log = logging.getLogger("authproxy")
 
@@ -94,8 +98,9 @@ class Supervisor:
                  worker: Worker, *, start_worker: Callable[[], int] | None = None,
                  kill: Callable[[int, int], None] = os.kill,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, metrics: SharedMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.reload = reload
         self.coordinator = coordinator
         self.children: dict[int, float] = {}          # worker pid -> when it started
@@ -130,6 +135,8 @@ class Supervisor:
                 continue
             self.reap(pid, code)
         self.coordinator.stop()
+        if self.metrics is not None:
+            self.metrics.remove()
         return self.status
 
     def reap(self, pid: int, wait_status: int) -> None:
@@ -139,6 +146,8 @@ class Supervisor:
                 self.coordinator.restart(os.waitstatus_to_exitcode(wait_status))
             return
         started = self.children.pop(pid, None)
+        if started is not None and self.metrics is not None:
+            self.metrics.worker_exited(pid)
         if started is None or pid in self.retiring:
             self.retiring.discard(pid)
             return
@@ -210,4 +219,11 @@ def run_workers(config: Config, reload: Callable[[], Config], count: int, worker
         log.error("workers: %d needs a private directory for the host coordinator (%s); set TMPDIR to a writable "
                   "directory, or use workers: 1", count, exc)
         return 1
-    return Supervisor(config, reload, coordinator, worker).run(count)
+    try:
+        metrics = SharedMetrics()
+    except OSError as exc:
+        coordinator.stop()
+        log.error("workers: %d needs a private directory for the workers' metrics (%s); set TMPDIR to a "
+                  "writable directory, or use workers: 1", count, exc)
+        return 1
+    return Supervisor(config, reload, coordinator, worker, metrics=metrics).run(count)

@@ -40,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,11 +54,12 @@ from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
 from .errors import ProviderError, SessionEnded, StoreUnavailable, WebSocketRefused
+from .metrics import METRICS
 from .model import Session
 from .redirects import allowed_origin
 from .refresh import RECENT_TTL, Refresher
 from .upstream import Upstream
-from .upstream.websocket import CLOSE_TIMEOUT, Close, connect, pumps, requested_protocols
+from .upstream.websocket import CLOSE_TIMEOUT, Close, connect, pumps, requested_protocols, vanished
 
 log = logging.getLogger("authproxy.websocket")
 
@@ -75,6 +78,20 @@ NOT_RENEWED = "session not renewed: try again later"
 # Seconds slept past an expiry before checking it, so a wake-up is not a hair early.
 EXPIRY_SLACK = 0.05
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass
+class SocketLife:
+    """An upgraded request, for its access-log line and metrics (``boundary.py``): when the 101 went out,
+    and how the socket ended (None until it has). Its presence on a request means the client got a 101:
+    whatever happens to the handler after that (it is cancelled when the client's connection closes),
+    the answer was a 101, not an error."""
+
+    opened: float
+    end: Close | None = None
+
+
+SOCKET_LIFE = web.RequestKey("authproxy_socket_life", SocketLife)
 
 
 # -- recognising and checking the handshake -------------------------------------------------------
@@ -176,6 +193,7 @@ async def forward_websocket(request: web.Request, upstream: Upstream,
         except BaseException:
             await upstream_ws.close(code=WSCloseCode.GOING_AWAY)
             raise
+        request[SOCKET_LIFE] = SocketLife(time.perf_counter())
     finally:
         if registry is not None and place is not None:
             registry.discard(place)         # _relay registers the socket itself, with no await in between
@@ -214,11 +232,18 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
         hard_end = session.created_at + app[CONFIG].cookie.expire
         tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, ends)))
     log.info("websocket open: sub=%s path=%s rid=%s", sub, request.path, rid)
-    close = Close(WSCloseCode.GOING_AWAY, "proxy shutting down")      # if this handler is cancelled
+    life, active = request[SOCKET_LIFE], app[METRICS].websockets
+    active.inc()
     try:
-        await asyncio.wait((*relaying, live.ended), return_when=asyncio.FIRST_COMPLETED)
-        close = _outcome(relaying, live)
+        try:
+            await asyncio.wait((*relaying, live.ended), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            life.end = _cancelled(request, relaying, live)
+            raise
+        life.end = _outcome(relaying, live)
     finally:
+        active.dec()
+        close = life.end or _cancelled(request, relaying, live)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -227,7 +252,7 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
         reason = close.reason.encode("utf-8")
         await asyncio.gather(client_ws.close(code=close.code, message=reason),
                              upstream_ws.close(code=close.code, message=reason), return_exceptions=True)
-        log.info("websocket closed: %d %s sub=%s rid=%s", close.code, close.reason, sub, rid)
+        log.info("websocket closed: %d %s by %s sub=%s rid=%s", close.reported_code, close.reason, close.by, sub, rid)
 
 
 def _outcome(pumps: tuple[asyncio.Task[Close], ...], live: LiveSocket) -> Close:
@@ -241,6 +266,16 @@ def _outcome(pumps: tuple[asyncio.Task[Close], ...], live: LiveSocket) -> Close:
                 return task.result()
             log.error("websocket relay failed: %s", type(exc).__name__, exc_info=exc)
     return Close(WSCloseCode.INTERNAL_ERROR, "internal error")
+
+
+def _cancelled(request: web.Request, pumps: tuple[asyncio.Task[Close], ...], live: LiveSocket) -> Close:
+    """How the relay ends when its handler is cancelled: as it had already ended, if it had; else the
+    client vanished (aiohttp cancels a handler whose connection is lost) or the proxy is stopping."""
+    if live.ended.done() or any(task.done() and not task.cancelled() for task in pumps):
+        return _outcome(pumps, live)
+    if request.transport is None or request.transport.is_closing():
+        return vanished("client")
+    return Close(WSCloseCode.GOING_AWAY, "proxy shutting down")
 
 
 # -- the session behind a live socket ----------------------------------------------------------------

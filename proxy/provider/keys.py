@@ -74,6 +74,12 @@ class SigningKeys:
         """Read the JWKS now (``--check-config --online``), whatever the cache holds."""
         await self._reread(self._generation, rate_limited=False)
 
+    async def warm(self) -> None:
+        """Read the JWKS now if it was never read (at start-up, so ``/ready`` can say the keys are there
+        and the first sign-in need not wait for them); a ProviderError if it cannot be read."""
+        if self.keys is None:
+            await self._reread(self._generation, rate_limited=False)
+
     async def _reread(self, seen: int, *, rate_limited: bool) -> bool:
         """Read the JWKS unless someone did since generation ``seen``; False if the rate limit said no."""
         async with self._lock:

@@ -50,13 +50,25 @@ DEFLATE_WINDOW_BITS = 15
 HANDSHAKE_FIELDS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                     "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Connection", "Upgrade")
 _WS_SCHEMES = {"http": "ws", "https": "wss"}
+# RFC 6455 §7.1.5: the close code of a connection that ended without a close frame (reported, never sent).
+ABNORMAL_CLOSURE = 1006
 
 
 class Close(NamedTuple):
-    """A close frame to send: code and reason (at most 123 bytes, RFC 6455 §5.5)."""
+    """A close frame to send: code and reason (at most 123 bytes, RFC 6455 §5.5); and, for the access
+    log and the metrics, who ended the socket (``client``, ``upstream`` or ``proxy``) and whether that
+    side went without a close frame of its own (``vanished``)."""
 
     code: int
     reason: str
+    by: str = "proxy"
+    vanished: bool = False
+
+    @property
+    def reported_code(self) -> int:
+        """The code as an operator should read it: the one sent, or 1006 for a side that vanished (RFC 6455
+        §7.1.5: a connection closed without a close frame has the close code 1006, which is never sent)."""
+        return ABNORMAL_CLOSURE if self.vanished else self.code
 
 
 # -- the handshake with the app ----------------------------------------------------------------------
@@ -130,11 +142,11 @@ async def pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResp
             elif msg.type is WSMsgType.PONG:
                 await sink.pong(msg.data)
             elif msg.type is WSMsgType.CLOSE:
-                return Close(relayable_code(msg.data, side), msg.extra or "")
+                return Close(relayable_code(msg.data, side), msg.extra or "", side)
             else:                                   # CLOSED, ERROR: gone without a close handshake
-                return _vanished(side)
+                return vanished(side)
         except (ConnectionError, aiohttp.ClientError):
-            return _vanished("upstream" if side == "client" else "client")
+            return vanished("upstream" if side == "client" else "client")
 
 
 def relayable_code(code: int, side: str) -> int:
@@ -149,10 +161,11 @@ def relayable_code(code: int, side: str) -> int:
         return WSCloseCode.OK
     if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
         return code
-    return _vanished(side).code
+    return vanished(side).code
 
 
-def _vanished(side: str) -> Close:
+def vanished(side: str) -> Close:
+    """What the other side is sent when ``side`` is gone without a close frame."""
     if side == "client":
-        return Close(WSCloseCode.GOING_AWAY, "client went away")
-    return Close(WSCloseCode.BAD_GATEWAY, "upstream went away")      # 1014: a gateway's bad upstream
+        return Close(WSCloseCode.GOING_AWAY, "client went away", "client", vanished=True)
+    return Close(WSCloseCode.BAD_GATEWAY, "upstream went away", "upstream", vanished=True)  # 1014: bad upstream

@@ -390,3 +390,44 @@ def test_config_schema_is_json_schema_of_every_top_level_key():
     schema = json.loads(result.stdout)
     assert set(schema["properties"]) == set(Config.model_fields)
     assert set(schema["required"]) >= {"public_url", "provider", "cookie", "upstreams"}
+
+
+async def test_ping_prints_what_is_not_ready_and_ready_decides_the_exit_with_it(idp_factory: IdPFactory, tmp_path):
+    """``authproxy ping`` exits by /ping (the container's liveness) and prints /ready's checks; with
+    ``--ready`` it exits by them. The provider starts only after the proxy: not ready, then ready."""
+    proxy_port, idp_port = free_port(), free_port()
+    public = f"http://127.0.0.1:{proxy_port}"
+    config = {"listen": f"127.0.0.1:{proxy_port}", "public_url": public,
+              "provider": {"issuer": f"http://127.0.0.1:{idp_port}", "client_id": CLIENT_ID,
+                           "client_secret": "${CLIENT_SECRET}"},
+              "cookie": {"secret": new_secret(), "secure": False},
+              "upstreams": [{"path": "/", "url": "http://127.0.0.1:9"}]}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    client_secret = new_secret()
+    url = f"--url={public}/ping"
+    async with running_proxy(config_path, clean_env(CLIENT_SECRET=client_secret)) as process, \
+            aiohttp.ClientSession() as client:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with client.get(public + "/ping"):
+                    break
+            assert process.proc.returncode is None, process.stderr
+            await asyncio.sleep(0.1)
+        alive = await asyncio.to_thread(run_cli, "ping", url)
+        assert alive.returncode == 0, alive.stdout + alive.stderr
+        assert alive.stdout.splitlines() == [
+            f"alive: {public}/ping answered 200",
+            "ready: no (503): provider_metadata not loaded yet, jwks waiting for the provider metadata",
+            "  provider_metadata: not loaded yet", "  jwks: waiting for the provider metadata"]
+        not_ready = await asyncio.to_thread(run_cli, "ping", "--ready", url)
+        assert not_ready.returncode == 1 and "ready: no (503)" in not_ready.stdout
+
+        await idp_factory(clients=[client_metadata(public + "/oauth2/callback", client_secret=client_secret)],
+                          port=idp_port)
+        await wait_ready(client, public, process)
+        ready = await asyncio.to_thread(run_cli, "ping", "--ready", url)
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+        assert ready.stdout.splitlines()[1:] == ["ready: yes (200)", "  provider_metadata: ok", "  jwks: ok"]
+    gone = await asyncio.to_thread(run_cli, "ping", url)                   # nothing listens any more
+    assert gone.returncode == 1 and gone.stdout.startswith("alive: no:")

@@ -151,9 +151,14 @@ def test_every_bad_id_token_mode_is_covered():
     assert set(ID_TOKEN_CHECKS) == set(BAD_ID_TOKEN_MODES)
 
 
+# Modes that change the JWKS the provider serves, not only the tokens it signs.
+JWKS_MODES = {"kid_absent_two_keys"}
+
+
 @pytest.mark.parametrize("mode", sorted(ID_TOKEN_CHECKS))
 async def test_bad_id_token_is_refused(evil_factory, proxy_log, mode):
-    stack = await evil_factory()
+    # A mode that changes the JWKS is in force from the start: the proxy reads the JWKS at start-up (for /ready).
+    stack = await evil_factory(mode=mode if mode in JWKS_MODES else "good")
     stack.idp.mode = mode
     async with browser() as session:
         result = await login_via_http(session, stack.url + "/private")
@@ -235,6 +240,10 @@ async def test_deeply_nested_json_from_the_provider_is_a_clean_error(evil_factor
     offset = {"s": 0.0}
     stack = await evil_factory(provider={"use_userinfo": True}, clock=lambda: time.time() + offset["s"])
     stack.idp.mode = mode
+    if mode == "jwks_nested_json":
+        # The JWKS was read at start-up (for /ready), while it was good: what is tested is a read of this one.
+        stack.proxy.app[PROVIDER].jwks.keys = None
+        offset["s"] = 2             # past the pause SigningKeys keeps after a read (JWKS_RETRY_AFTER)
     async with browser() as session:
         result = await login_via_http(session, stack.url + "/private")
         assert_clean_refusal(result, session, proxy_log, NESTED_JSON_CHECKS[mode], status=502)

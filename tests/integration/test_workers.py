@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.integration.test_observability import metric
 from tests.integration.test_websocket import expect_close, start_ws_app
 from tests.support.browserless import login_via_http, logout_via_http
 from tests.support.echo import EchoServer, header_values, start_echo
@@ -80,7 +81,7 @@ async def until(condition, timeout: float = 20.0):
 
 
 async def two_workers(idp_factory, *, backchannel: bool = False, upstream_url: str | None = None,
-                      **idp_options) -> tuple[IdP, EchoServer, ProxyProcess]:
+                      sections: dict | None = None, **idp_options) -> tuple[IdP, EchoServer, ProxyProcess]:
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     meta = client_metadata(public + "/oauth2/callback",
@@ -88,7 +89,8 @@ async def two_workers(idp_factory, *, backchannel: bool = False, upstream_url: s
     idp = await idp_factory(clients=[meta], **idp_options)
     echo = await start_echo(free_port())
     data = config_dict(port=port, issuer=idp.issuer, upstream_url=upstream_url or echo.url, client_id=CLIENT_ID,
-                       client_secret=CLIENT_SECRET, workers=2, logging={"level": "warning"}, metrics_on_listen=True)
+                       client_secret=CLIENT_SECRET, workers=2, logging={"level": "warning"}, metrics_on_listen=True,
+                       **(sections or {}))
     proxy = await start_proxy_process(data)
     await until(lambda: listeners(port) == 2 and len(family(proxy.proc.pid)[0]) == 2)
     await ready_everywhere(proxy)
@@ -162,15 +164,20 @@ async def all_refused(url: str, cookie: str) -> bool:
     return [status for status, _ in await burst(url, cookie)] == [401] * 20
 
 
-async def ends_received_by_each_worker(url: str) -> set[float]:
-    seen = set()
+async def scrapes(url: str, count: int = 10) -> list[str]:
+    """``/metrics`` ``count`` times, each on a fresh connection (the kernel picks a worker for each)."""
+    texts = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
-        for _ in range(20):                                         # fresh connections reach both workers
+        for _ in range(count):
             async with client.get(url + "/metrics") as resp:
-                text = await resp.text()
-            seen.add(next(float(line.split()[-1]) for line in text.splitlines()
-                          if line.startswith("authproxy_host_ends_received_total ")))
-    return seen
+                assert resp.status == 200
+                texts.append(await resp.text())
+    return texts
+
+
+async def ends_received_by_each_worker(url: str) -> set[float]:
+    """What each scrape says of the ends received from other workers (the sum over the workers)."""
+    return {metric(text, "authproxy_host_ends_received_total") for text in await scrapes(url, 20)}
 
 
 async def replace_worker(proxy: ProxyProcess, victim: int) -> None:
@@ -192,9 +199,9 @@ async def test_a_logout_in_one_worker_reaches_every_worker_and_outlives_restarts
         # Every worker learns of it (a fan-out through the coordinator: milliseconds; the deadline is for a
         # loaded machine, where a fixed one-second sleep was a bet).
         await eventually(lambda: all_refused(proxy.url, cookie), what="every worker refusing the ended session")
-        # Each worker's own count of ends received from the others: 1 in the worker that did not take the
-        # logout, 0 in the one that did (its own end is not sent back to it).
-        assert await ends_received_by_each_worker(proxy.url) == {0.0, 1.0}
+        # Ends received from the others: 1 in the worker that did not take the logout, 0 in the one that did
+        # (its own end is not sent back to it); every scrape, whichever worker answers it, shows the sum.
+        assert await ends_received_by_each_worker(proxy.url) == {1.0}
 
         (coordinator,) = family(proxy.proc.pid)[1]
         socket = Path(Path(f"/proc/{coordinator}/cmdline").read_bytes().split(b"\0")[-2].decode())
@@ -247,6 +254,65 @@ async def test_a_sign_out_served_by_one_worker_closes_the_sessions_websockets_in
         assert await proxy.stop() == 0
         await echo.close()
         await ws_app.runner.cleanup()
+
+
+def shared_metrics_dir(pids: set[int]) -> Path:
+    """The directory the workers keep their metrics in: the files they have mapped (/proc/PID/maps)."""
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            if "/authproxy-metrics-" in line:
+                return Path(line.split()[-1]).parent
+    raise AssertionError("no worker maps a metrics file")
+
+
+async def test_metrics_sum_every_worker_and_a_killed_worker_keeps_its_counts(idp_factory):
+    """Every scrape, whichever worker answers, shows the host's totals; a worker killed with SIGKILL and
+    replaced takes its open sockets out of the live gauge but leaves its counts in the totals."""
+    ws_app = await start_ws_app()
+    echo_for_ws = await start_echo(free_port())
+    idp, echo, proxy = await two_workers(idp_factory, upstream_url=echo_for_ws.url, sections={
+        "upstreams": [{"path": "/", "url": echo_for_ws.url}, {"path": "/ws", "url": ws_app.url}]})
+    port = int(proxy.url.rsplit(":", 1)[1])
+    answered = ("authproxy_requests_total", {"upstream": "/", "status_class": "2xx"})
+    try:
+        cookie, _ = await sign_in(proxy.url)
+        (before,) = {metric(text, answered[0], **answered[1]) for text in await scrapes(proxy.url)}
+        seen_before = len(echo_for_ws.seen)
+        assert [status for status, _ in await burst(proxy.url, cookie)] == [200] * 20
+        workers, _ = family(proxy.proc.pid)
+        echo_port = int(echo_for_ws.url.rsplit(":", 1)[1])
+        served = {owner_of(record["peer_port"], echo_port, workers) for record in echo_for_ws.seen[seen_before:]}
+        assert served == workers, (served, workers)                    # both workers counted some of them
+        assert {metric(text, answered[0], **answered[1]) for text in await scrapes(proxy.url)} == {before + 20}
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            holders: dict = {}
+            while set(holders.values()) != workers:                 # one socket at least in each worker
+                assert len(holders) < 30, holders
+                ws = await client.ws_connect(proxy.url.replace("http://", "ws://") + "/ws",
+                                             headers={"Cookie": cookie})
+                holders[ws] = owner_of(port, ws.get_extra_info("sockname")[1], workers)
+            active = {metric(text, "authproxy_websockets_active") for text in await scrapes(proxy.url)}
+            assert active == {len(holders)}
+            directory = shared_metrics_dir(workers)
+            assert directory.stat().st_mode & 0o777 == 0o700
+
+            victim = min(workers)
+            await replace_worker(proxy, victim)
+            survivors = sum(1 for pid in holders.values() if pid != victim)
+            texts = await scrapes(proxy.url)
+            assert {metric(text, "authproxy_websockets_active") for text in texts} == {survivors}
+            assert {metric(text, answered[0], **answered[1]) for text in texts} == {before + 20}   # not reset
+            assert [status for status, _ in await burst(proxy.url, cookie)] == [200] * 20
+            assert {metric(text, answered[0], **answered[1]) for text in await scrapes(proxy.url)} == {before + 40}
+            for ws in holders:
+                await ws.close()
+    finally:
+        assert await proxy.stop() == 0
+        await echo.close()
+        await echo_for_ws.close()
+        await ws_app.runner.cleanup()
+    assert not directory.exists()                                  # removed with the supervisor
 
 
 HOLDER = """

@@ -4,14 +4,19 @@ the exposition endpoint."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import generate_latest
+from prometheus_client import generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import MAX_FAILURE_REASONS, METRICS, Metrics, handle_metrics, status_class
+from proxy.metrics import (MAX_FAILURE_REASONS, METRICS, MULTIPROC_ENV, Metrics, SharedMetrics, close_code_label,
+                           handle_metrics, status_class, worker_value_class)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -123,3 +128,87 @@ async def test_the_metrics_endpoint_serves_the_text_format_uncached() -> None:
     assert response.body is not None
     body = bytes(response.body).decode()          # type: ignore[arg-type]
     assert 'authproxy_requests_total{status_class="2xx",upstream="app"} 1.0' in body
+
+
+@pytest.mark.parametrize(("code", "label"), [(1000, "1000"), (1006, "1006"), (1015, "1015"), (4401, "4401"),
+                                             (4000, "4xxx"), (3999, "3xxx"), (0, "other"), (1016, "other"),
+                                             (65535, "other")])
+def test_close_codes_get_a_bounded_label(code: int, label: str) -> None:
+    """A peer picks any code from 3000 to 4999: those cannot each get a series."""
+    assert close_code_label(code) == label
+
+
+def test_websocket_closes_by_side_and_code() -> None:
+    metrics = Metrics()
+    metrics.websocket_closed("client", 1000)
+    metrics.websocket_closed("client", 4123)
+    metrics.websocket_closed("client", 4567)
+    metrics.websocket_closed("proxy", 4401)
+    assert sample(metrics, "authproxy_websocket_closes_total", closed_by="client", code="1000") == 1
+    assert sample(metrics, "authproxy_websocket_closes_total", closed_by="client", code="4xxx") == 2
+    assert sample(metrics, "authproxy_websocket_closes_total", closed_by="proxy", code="4401") == 1
+
+
+@pytest.fixture
+def shared(monkeypatch) -> Iterator[SharedMetrics]:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    made = SharedMetrics()
+    yield made
+    made.remove()
+
+
+def test_workers_values_are_summed_and_a_dead_workers_live_gauge_dropped(shared, monkeypatch) -> None:
+    """Two workers of ``workers: N`` in one test process: each writes its own file in the shared
+    directory; either one's exposition shows both summed; a dead worker keeps its counts, not its sockets."""
+    workers, classes = [], []
+    for pid, answers, sockets in ((101, [200], 1), (102, [200, 502], 2)):
+        # One value class per process in production; here each "worker" does its work while its own is in use
+        # (labelled values are made on first use).
+        classes.append(worker_value_class(shared.directory, pid))
+        monkeypatch.setattr(values, "ValueClass", classes[-1])
+        workers.append(metrics := Metrics(shared.directory))
+        for status in answers:
+            metrics.answered("/", status, 0.01)
+        metrics.websockets.inc(sockets)
+    one = workers[0]
+    for metrics in workers:
+        text = metrics.exposition().decode()
+        assert metric_value(text, "authproxy_requests_total", status_class="2xx") == 2
+        assert metric_value(text, "authproxy_requests_total", status_class="5xx") == 1
+        assert metric_value(text, "authproxy_request_duration_seconds_count") == 3
+        assert metric_value(text, "authproxy_websockets_active") == 3
+    assert sorted(os.listdir(shared.directory)) == [f"{kind}_{pid}.db" for kind in ("counter", "gauge_livesum",
+                                                                                   "histogram") for pid in (101, 102)]
+    shared.worker_exited(102)
+    text = one.exposition().decode()
+    assert metric_value(text, "authproxy_websockets_active") == 1            # the dead worker's sockets are gone
+    assert metric_value(text, "authproxy_requests_total", status_class="2xx") == 2     # its counts are not
+    for value_class in classes:
+        value_class.close_files()                                            # type: ignore[attr-defined]
+
+
+def test_the_supervisors_directory_is_private_named_for_the_workers_and_removed(shared) -> None:
+    assert os.environ[MULTIPROC_ENV] == shared.directory
+    assert os.stat(shared.directory).st_mode & 0o777 == 0o700
+    shared.remove()
+    assert MULTIPROC_ENV not in os.environ and not os.path.exists(shared.directory)
+
+
+def test_one_process_keeps_in_memory_values(monkeypatch) -> None:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    metrics = Metrics.for_worker()
+    assert metrics.shared_dir is None and values.ValueClass is values.MutexValue
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_the_documented_metrics_are_exactly_the_ones_served() -> None:
+    """docs/deployment.md's table names every metric /metrics serves, and nothing it does not serve
+    (tests/integration/test_observability.py moves each one)."""
+    table = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    documented = set(re.findall(r"^\| `(authproxy_[a-z_]+)` \|", table, re.MULTILINE))
+    served = {family.name + ("_total" if family.type == "counter" else "") for family in Metrics().registry.collect()}
+    assert documented == served

@@ -411,6 +411,7 @@ async def test_the_metadata_loader_survives_any_error(caplog):
 
     class Flaky:
         config = make_config().provider
+        metadata = None                 # no JWKS to read after it (test_the_loader_reads_the_jwks_after_the_metadata)
         calls = 0
 
         async def load_metadata(self):
@@ -428,6 +429,38 @@ async def test_the_metadata_loader_survives_any_error(caplog):
     assert any("not loaded (attempt 1): unexpected error" in m for m in messages)
     assert any("not loaded (attempt 2)" in m and "HTTP 503" in m for m in messages)
     assert any("metadata loaded" in m for m in messages)
+
+
+async def test_the_loader_reads_the_jwks_after_the_metadata_until_it_can(caplog, monkeypatch):
+    """/ready names the JWKS: the loader reads it after the metadata, and tries again until it is read."""
+    from types import SimpleNamespace
+
+    from proxy import resources
+
+    monkeypatch.setattr(resources, "DISCOVERY_RETRY", (0.01,))
+    monkeypatch.setattr(resources, "JWKS_RETRY_AFTER", 0.01)
+    steps: list[str] = []
+
+    class Keys:
+        async def warm(self):
+            steps.append("jwks")
+            if steps.count("jwks") == 1:
+                raise ProviderError("jwks", "it answered HTTP 503", transient=True)
+
+    class Loaded:
+        config = make_config().provider
+        metadata = SimpleNamespace(jwks_uri="https://idp.example.com/jwks")
+        jwks = Keys()
+
+        async def load_metadata(self):
+            steps.append("metadata")
+
+    caplog.set_level("INFO", logger="authproxy")
+    await asyncio.wait_for(resources.load_metadata(Loaded()), timeout=10)
+    assert steps == ["metadata", "jwks", "jwks"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("JWKS not loaded (attempt 1)" in m and "HTTP 503" in m for m in messages)
+    assert any("JWKS loaded" in m for m in messages)
 
 
 async def test_eddsa_tokens_verify_without_a_warning(idp_and_provider):

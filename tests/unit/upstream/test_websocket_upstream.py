@@ -74,18 +74,23 @@ async def test_pump_relays_every_kind_and_returns_the_close_frame():
                          WSMessage(WSMsgType.PING, b"p", None), WSMessage(WSMsgType.PONG, b"q", None),
                          WSMessage(WSMsgType.CLOSE, 4000, "bye")])
     sink = FakeSocket()
-    assert await pump(source, sink, "upstream") == Close(4000, "bye")
+    assert await pump(source, sink, "upstream") == Close(4000, "bye", "upstream")
     assert sink.sent == [("TEXT", b"t"), ("BINARY", b"\x00"), ("PING", b"p"), ("PONG", b"q")]
 
 
 async def test_pump_maps_a_close_without_status_and_vanishing_sides():
-    assert await pump(FakeSocket([WSMessage(WSMsgType.CLOSE, 0, "")]), FakeSocket(), "client") == Close(1000, "")
+    no_status = FakeSocket([WSMessage(WSMsgType.CLOSE, 0, "")])
+    assert await pump(no_status, FakeSocket(), "client") == Close(1000, "", "client")
     gone = WSMessage(WSMsgType.CLOSED, None, None)
-    assert (await pump(FakeSocket([gone]), FakeSocket(), "upstream")).code == WSCloseCode.BAD_GATEWAY
-    assert (await pump(FakeSocket([gone]), FakeSocket(), "client")).code == WSCloseCode.GOING_AWAY
+    upstream_gone = await pump(FakeSocket([gone]), FakeSocket(), "upstream")
+    assert (upstream_gone.code, upstream_gone.by, upstream_gone.reported_code) == \
+        (WSCloseCode.BAD_GATEWAY, "upstream", 1006)
+    client_gone = await pump(FakeSocket([gone]), FakeSocket(), "client")
+    assert (client_gone.code, client_gone.by, client_gone.reported_code) == (WSCloseCode.GOING_AWAY, "client", 1006)
     # A send that fails means the *other* side is gone.
     text = WSMessage(WSMsgType.TEXT, b"t", None)
-    assert (await pump(FakeSocket([text]), FakeSocket(fail_send=True), "client")).code == WSCloseCode.BAD_GATEWAY
+    other_gone = await pump(FakeSocket([text]), FakeSocket(fail_send=True), "client")
+    assert (other_gone.code, other_gone.by, other_gone.vanished) == (WSCloseCode.BAD_GATEWAY, "upstream", True)
 
 
 @pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535, 999, 1])
@@ -93,9 +98,10 @@ async def test_pump_maps_a_close_without_status_and_vanishing_sides():
 async def test_a_close_code_that_may_not_be_sent_is_never_relayed(code, side, instead):
     """RFC 6455 §7.4.1: 1005, 1006 and 1015 are never sent; 1004 and 1016-2999 are reserved; 1000-4999 only."""
     source = FakeSocket([WSMessage(WSMsgType.CLOSE, code, "why")])
-    assert await pump(source, FakeSocket(), side) == Close(instead, "why")
+    assert await pump(source, FakeSocket(), side) == Close(instead, "why", side)
 
 
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
 async def test_every_code_an_endpoint_may_send_is_relayed(code):
-    assert await pump(FakeSocket([WSMessage(WSMsgType.CLOSE, code, "")]), FakeSocket(), "client") == Close(code, "")
+    source = FakeSocket([WSMessage(WSMsgType.CLOSE, code, "")])
+    assert await pump(source, FakeSocket(), "client") == Close(code, "", "client")
