@@ -11,7 +11,9 @@ and any app URL with a query a 400 "unknown parameter", because Caddy passes the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -229,3 +231,79 @@ async def test_nginx_passes_the_original_request_to_the_check_in_x_original_url(
         await nginx.stop()
         await proxy.close()
         await echo.close()
+
+
+# -- HAProxy (Debian's 2.6) with deploy/haproxy/authproxy.lua ----------------------------------------------------
+
+HAPROXY = "/usr/sbin/haproxy"
+LUA = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "authproxy.lua"
+
+
+def documented_haproxy(port: int, proxy_port: int, app_port: int, lua: Path) -> str:
+    """docs/deployment.md's HAProxy configuration, its ports and the script's path changed."""
+    text = DEPLOYMENT.read_text(encoding="utf-8")
+    block = re.findall(r"```haproxy\n(.*?)```", text, re.DOTALL)[0]
+    assert "bind :80" in block and "127.0.0.1:4180" in block and "127.0.0.1:8080" in block
+    return (block.replace("/etc/haproxy/authproxy.lua", str(lua)).replace("bind :80", f"bind 127.0.0.1:{port}")
+            .replace("127.0.0.1:4180", f"127.0.0.1:{proxy_port}").replace("127.0.0.1:8080", f"127.0.0.1:{app_port}"))
+
+
+@pytest.fixture
+async def haproxy_gateway(idp_factory, tmp_path) -> AsyncIterator[tuple[str, EchoServer]]:
+    if not Path(HAPROXY).exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("haproxy is not installed (apt-get install haproxy)")
+    port, proxy_port = free_port(), free_port()
+    public = f"http://127.0.0.1:{port}"
+    idp = await idp_factory(clients=[client_metadata(public + "/oauth2/callback")])
+    app = await start_echo(free_port())
+    proxy = await start_proxy(config_dict(port=proxy_port, issuer=idp.issuer, upstream_url=app.url,
+                                          client_id=CLIENT_ID, client_secret=CLIENT_SECRET, public_url=public,
+                                          trusted_proxies=["127.0.0.1/32"]))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(documented_haproxy(port, proxy_port, int(app.url.rsplit(":", 1)[1]), LUA))
+    proc = await asyncio.create_subprocess_exec(HAPROXY, "-db", "-f", str(config), stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                if proc.returncode is not None:
+                    raise RuntimeError((await proc.stderr.read()).decode(errors="replace")) from None
+                await asyncio.sleep(0.05)
+        yield public, app
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+        await proxy.close()
+        await app.close()
+
+
+async def test_haproxy_with_the_documented_lua_check_signs_in_and_passes_the_identity(haproxy_gateway):
+    public, app = haproxy_gateway
+    async with browser() as client:
+        async with client.get(public + "/notes?x=1", headers=HTML, allow_redirects=False) as resp:
+            assert resp.status == 302                                    # a page load: sent to sign in
+            assert rd_of(resp.headers["Location"], public) == public + "/notes?x=1"
+        async with client.get(public + "/api/x", headers={"Accept": "application/json"},
+                              allow_redirects=False) as resp:
+            assert resp.status == 401                                    # an API call: 401
+        result = await login_via_http(client, public + "/notes?x=1")
+        assert result.status == 200
+        record = json.loads(result.body_text)
+        assert record["raw_path"] == "/notes?x=1"
+        assert header_values(record, "X-Auth-Request-User") == ["alice"]
+        async with client.get(public + "/again", headers={**HTML, "X-Auth-Request-User": "mallory",
+                                                          "X-Auth-Request-Groups": "admins"}) as resp:
+            record = json.loads(await resp.text())
+        assert header_values(record, "X-Auth-Request-User") == ["alice"]   # the client's copies are gone
+        assert header_values(record, "X-Auth-Request-Groups") == ["staff,alice-group"]   # the provider's, not "admins"
+    async with browser() as stranger:                                    # no session, forged identity
+        async with stranger.get(public + "/x", headers={"Accept": "application/json",
+                                                        "X-Auth-Request-User": "alice"}) as resp:
+            assert resp.status == 401
+    assert all(header_values(r, "X-Auth-Request-User") != ["alice"] for r in app.seen[-1:]
+               if r["path"] == "/x")

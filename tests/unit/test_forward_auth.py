@@ -134,7 +134,7 @@ INGRESSES = {
               {"Host": "app.example.com", "X-Forwarded-Proto": "https"}),
     "nginx": ("GET", "/oauth2/auth",   # auth_request with our example's proxy_set_header lines
               {"X-Original-URL": "https://app.example.com/app/page?x=1", "X-Original-Method": "GET"}),
-    "haproxy": ("GET", "/oauth2/auth/redirect",   # auth-request.lua after our example's http-request set-header
+    "haproxy": ("GET", "/oauth2/auth/redirect",   # deploy/haproxy/authproxy.lua (run for real in test_ingress.py)
                 {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/app/page?x=1", "X-Forwarded-Host": "app.example.com",
                  "X-Forwarded-Proto": "https"}),
 }
