@@ -76,8 +76,9 @@ async def nginx_front(idp_factory):
     data = config_dict(port=proxy_port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
                        client_secret=CLIENT_SECRET)
     data["public_url"] = public                                      # users reach nginx; authproxy is behind it
-    documented = yaml.safe_load(re.findall(r"```yaml\n(listen: .*?)```", DEPLOYMENT.read_text(encoding="utf-8"),
-                                           re.DOTALL)[0])
+    documented = yaml.safe_load(next(b for b in re.findall(r"```yaml\n(listen: .*?)```",
+                                                           DEPLOYMENT.read_text(encoding="utf-8"), re.DOTALL)
+                                     if "trusted_proxies" in b and "forward_auth" in b))
     data["trusted_proxies"], data["forward_auth"] = documented["trusted_proxies"], documented["forward_auth"]
     proxy = await start_proxy(data)
     nginx = await start_nginx_http(nginx_port, documented_nginx_config(nginx_port, proxy_port,
