@@ -11,6 +11,7 @@ import io
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -538,3 +539,102 @@ async def test_an_idle_connection_lets_go_of_its_parser_and_gets_a_new_one_for_i
         assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
     for writer in (idle, busy):
         writer.close()
+
+
+def _handlers(stack: Stack) -> list[Any]:
+    return list(stack.proxy.runner.server._connections)   # type: ignore[union-attr]
+
+
+async def _parked_within(stack: Stack, count: int, seconds: float = 3.0) -> list[Any]:
+    async with asyncio.timeout(seconds):
+        while len(parked := [h for h in _handlers(stack) if h._parked]) < count:
+            await asyncio.sleep(0.02)
+    return parked
+
+
+async def test_an_idle_connection_is_parked_without_a_task_or_queue_and_wakes_for_pipelined_requests(
+        stack_factory, monkeypatch):
+    """Idle over a sweep, a kept-alive connection keeps no ``start`` task, no message queue and no parser;
+    its next bytes (two pipelined requests in one write) are both answered, in order, and it parks again."""
+    from proxy import connections
+
+    monkeypatch.setattr(connections, "SHED_INTERVAL", 0.05)
+    stack = await stack_factory()
+    reader, writer = await _open(stack)
+    writer.write(PING)
+    assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+    (handler,) = await _parked_within(stack, 1)
+    assert handler._task_handler is None and handler._messages == () and handler._parser is None
+    tasks = {id(t) for t in asyncio.all_tasks()}
+    writer.write(PING + PING)
+    first, second = await _answer(reader), await _answer(reader)
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
+    assert handler._task_handler is not None and id(handler._task_handler) not in tasks
+    assert await _parked_within(stack, 1) == [handler]
+    writer.close()
+
+
+async def test_a_parked_connection_still_closes_at_its_keepalive_timeout(stack_factory, monkeypatch):
+    from proxy import connections
+
+    monkeypatch.setattr(connections, "SHED_INTERVAL", 0.05)
+    stack = await stack_factory(limits={"header_timeout": "5s", "keepalive_timeout": "1s"})
+    reader, writer = await _open(stack)
+    writer.write(PING)
+    assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+    await _parked_within(stack, 1)
+    closed, data = await _closed_within(reader, 3)
+    writer.close()
+    assert closed and data == b""
+    assert _handlers(stack) == []
+
+
+async def test_a_parked_connection_woken_in_the_same_tick_is_served_once(stack_factory, monkeypatch):
+    """Bytes that come between the park and the old ``start`` task's last step: that task ends, the new one
+    serves them, once."""
+    from proxy import connections
+
+    monkeypatch.setattr(connections, "SHED_INTERVAL", 3600)
+    stack = await stack_factory()
+    reader, writer = await _open(stack)
+    writer.write(PING)
+    assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(0.1)
+    (handler,) = _handlers(stack)
+    handler._park()
+    assert handler._parked
+    handler.data_received(PING)                  # before the old task has run again
+    assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+    writer.write(PING)
+    assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+    with pytest.raises(TimeoutError):            # nothing answered twice
+        await asyncio.wait_for(reader.read(1), 0.3)
+    assert not handler._parked and handler._task_handler is not None
+    writer.close()
+
+
+async def test_parked_connections_make_room_at_the_limit_and_close_at_shutdown(stack_factory, monkeypatch):
+    from proxy import connections
+
+    monkeypatch.setattr(connections, "SHED_INTERVAL", 0.05)
+    stack = await stack_factory(limits={"max_connections": 2, "header_timeout": "30s", "keepalive_timeout": "30s"})
+    idle = []
+    for _ in range(2):
+        reader, writer = await _open(stack)
+        writer.write(PING)
+        assert b" 200 " in await _answer(reader)
+        idle.append((reader, writer))
+    await _parked_within(stack, 2)
+    reader, writer = await _open(stack)                  # one parked connection is closed for it
+    writer.write(PING)
+    assert b" 200 " in await _answer(reader)
+    assert sum([(await _closed_within(r, 0.5))[0] for r, _ in idle]) == 1
+    await _parked_within(stack, 2)
+    started = asyncio.get_running_loop().time()
+    await stack.proxy.runner.cleanup()                   # type: ignore[union-attr]
+    for r in (reader, *[r for r, _ in idle]):
+        closed, _ = await _closed_within(r, 2)
+        assert closed
+    assert asyncio.get_running_loop().time() - started < 3
+    for _, w in [*idle, (reader, writer)]:
+        w.close()
