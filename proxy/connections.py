@@ -69,11 +69,14 @@ log = logging.getLogger("authproxy.connections")
 # the free pages back to the system; one call took a few milliseconds of a 200 MiB heap.
 TRIM_AFTER = 1000
 TRIM_DELAY = 2.0
-# Seconds between sweeps that take the request parser from connections idle since the previous sweep
-# (so after 10–20 s idle). The C parser keeps the last request's head fields — the cookie, twice — until
-# the next request begins: about 5 KiB of an idle keep-alive connection, given back; a new parser is
-# made when the next request's first bytes come (a few microseconds, once per idle spell, not per request).
-SHED_INTERVAL = 10.0
+# Seconds between sweeps that take the request parser from connections at rest between requests and park
+# them (``LimitedHandler._park``). The C parser keeps the last request's head fields — the cookie, twice —
+# until the next request begins (about 5 KiB), and the ``start`` task and message queue wait for it. Freed
+# 10–20 s after a burst of connections, that memory was already scattered among live objects and RSS stayed
+# at 9 KiB per idle connection; freed within a second it is reused by the next connections and RSS is
+# 3 KiB (``bench/idle.py``). A connection in use is parked at most once a sweep, and its next request pays a
+# new parser and task (a few microseconds); a sweep visits only connections not parked (``awake``).
+SHED_INTERVAL = 1.0
 # The message queue of every parked connection (``LimitedHandler._park``): empty, and immutable.
 PARKED_QUEUE: tuple[()] = ()
 
@@ -109,8 +112,7 @@ class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
     __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
-                 "_head_timeout", "_last_read", "_limited", "_max_head", "_parked", "_seen", "_send_mark",
-                 "_send_timer")
+                 "_head_timeout", "_last_read", "_limited", "_max_head", "_parked", "_send_mark", "_send_timer")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -127,7 +129,6 @@ class LimitedHandler(RequestHandler):
         self._send_mark = 0                           # bytes waiting to go out when last checked
         self._counted = True
         self._at_rest = False        # the parser is between requests, holding no byte of the next one
-        self._seen = -1              # the request count at the last sweep (``LimitedServer._sweep``)
         self._parked = False         # idle over a sweep: no ``start`` task, no queue, no parser (``_park``)
 
     @property
@@ -348,15 +349,14 @@ class LimitedHandler(RequestHandler):
         if self._counted:
             self._counted = False
             self._limited.released()
+        self._limited.awake.discard(self)
         super().connection_lost(exc)
 
     def shed_parser(self) -> bool:
-        """Let go of the request parser (and the last request's head it still holds) if this connection has
-        been idle since the previous sweep, its parser holding no byte of a next request; True if it did."""
-        shed = (self._seen == self._request_count and self._at_rest and self.idle and self._parser is not None
-                and self._payload_parser is None and not self._upgraded and not self._reading_paused
-                and not self._buffer_paused)
-        self._seen = self._request_count
+        """Let go of the request parser (and the last request's head it still holds) if this connection is
+        between requests, its parser holding no byte of a next one, and park it; True if it did."""
+        shed = (self._at_rest and self.idle and self._parser is not None and self._payload_parser is None
+                and not self._upgraded and not self._reading_paused and not self._buffer_paused)
         if shed:
             self._parser = None
             self._park()
@@ -373,6 +373,7 @@ class LimitedHandler(RequestHandler):
         if waiter is None or waiter.done() or self._messages:
             return
         self._parked = True
+        self._limited.awake.discard(self)
         self._messages = PARKED_QUEUE           # type: ignore[assignment]
         self._task_handler = None
         self._waiter = None
@@ -381,6 +382,7 @@ class LimitedHandler(RequestHandler):
     def _unpark(self) -> None:
         """Bytes came for a parked connection: a queue and a ``start`` task, as ``connection_made`` made."""
         self._parked = False
+        self._limited.awake.add(self)
         self._messages = deque()
         self._task_handler = self._loop.create_task(self.start())
 
@@ -430,6 +432,7 @@ class LimitedServer(web.Server):
         self._most = 0                                 # the most connections held since the last trim
         self._trim: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.awake: set[LimitedHandler] = set()        # connections not parked: what a sweep looks at
 
     def __call__(self) -> RequestHandler:
         if self.open >= self.limits.max_connections and not self._close_an_idle_one():
@@ -442,7 +445,9 @@ class LimitedServer(web.Server):
         self._most = max(self._most, self.open)
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(SHED_INTERVAL, self._sweep)
-        return LimitedHandler(self, loop=self._loop, **self._kwargs)
+        handler = LimitedHandler(self, loop=self._loop, **self._kwargs)
+        self.awake.add(handler)
+        return handler
 
     def new_parser(self, handler: LimitedHandler) -> HttpRequestParser:
         """A request parser for ``handler``, made as aiohttp's RequestHandler makes its own."""
@@ -453,10 +458,10 @@ class LimitedServer(web.Server):
                                  max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
 
     def _sweep(self) -> None:
-        """Take the parser from every connection idle since the last sweep (SHED_INTERVAL), and trim malloc's
-        arenas when that freed many (TRIM_AFTER); stop sweeping when no connection is open."""
+        """Park every connection at rest between requests (SHED_INTERVAL), and trim malloc's arenas when that
+        freed many (TRIM_AFTER); stop sweeping when no connection is open."""
         self._sweeper = None
-        shed = sum(handler.shed_parser() for handler in self._connections if isinstance(handler, LimitedHandler))
+        shed = sum(handler.shed_parser() for handler in list(self.awake))
         if shed >= TRIM_AFTER and self._trim is None and MALLOC_TRIM is not None:
             self._trim = self._loop.call_soon(self._trim_memory)     # what they held is free: give it back
         if self.open > 0:
