@@ -271,7 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate-seconds", type=float, default=3.0, help="seconds of each wrk run (default 3)")
     parser.add_argument("--idle-seconds", type=float, default=25.0,
                         help="seconds the connections stay idle before RSS is read (default 25: an idle connection "
-                             "gives back its request parser after 10-20 s, proxy/connections.py SHED_INTERVAL)")
+                             "is parked within 0.5-1 s, before 508b1f0 after 10-20 s; proxy/connections.py "
+                             "SHED_INTERVAL)")
     parser.add_argument("--trace", action="store_true", help="run the proxy under tracemalloc, print what grew")
     parser.add_argument("--top", type=int, default=15, help="allocation sites printed with --trace (default 15)")
     parser.add_argument("--authproxy-src", default=str(HERE.parent), metavar="DIR",

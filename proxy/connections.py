@@ -73,10 +73,11 @@ TRIM_DELAY = 2.0
 # them (``LimitedHandler._park``). The C parser keeps the last request's head fields — the cookie, twice —
 # until the next request begins (about 5 KiB), and the ``start`` task and message queue wait for it. Freed
 # 10–20 s after a burst of connections, that memory was already scattered among live objects and RSS stayed
-# at 9 KiB per idle connection; freed within a second it is reused by the next connections and RSS is
-# 3 KiB (``bench/idle.py``). A connection in use is parked at most once a sweep, and its next request pays a
-# new parser and task (a few microseconds); a sweep visits only connections not parked (``awake``).
-SHED_INTERVAL = 1.0
+# at 9 KiB per idle connection; freed within half a second it is reused by the next connections: 3.2 KiB
+# (4.1 KiB with 1 s between sweeps; ``bench/idle.py``, 9,000 connections). A connection in use is parked at
+# most once a sweep, and its next request pays a new parser and task (a few microseconds); a sweep visits
+# only connections not parked (``awake``).
+SHED_INTERVAL = 0.5
 # The message queue of every parked connection (``LimitedHandler._park``): empty, and immutable.
 PARKED_QUEUE: tuple[()] = ()
 
