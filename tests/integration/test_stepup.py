@@ -1,0 +1,143 @@
+"""Step-up per route (issue 20): routes that ask for an ``acr`` or a recent sign-in, against the real
+oidc-provider, whose ``acr_by_password`` option (tests/idp/server.mjs) signs a user in with
+``urn:example:mfa`` when they type the password "mfa" and with ``urn:example:pwd`` otherwise."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+
+from proxy.session import CODEC
+from tests.support.browserless import login_via_http
+from tests.support.timing import OffsetClock
+
+pytestmark = pytest.mark.integration
+
+MFA, PWD = "urn:example:mfa", "urn:example:pwd"
+IDP = {"acr_by_password": {"mfa": MFA, "*": PWD}}
+ROUTES = [{"path": "/admin", "authorization": {"acr": [MFA]}},
+          {"path": "/fresh", "authorization": {"max_auth_age": 300}}]
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+API = {"Accept": "application/json"}
+
+
+def new_browser() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def cookies_of(client: aiohttp.ClientSession) -> dict[str, str]:
+    return {c.key: c.value for c in client.cookie_jar if c.key.startswith("_authproxy") and "_login_" not in c.key}
+
+
+def session_of(stack, client: aiohttp.ClientSession):
+    return stack.proxy.app[CODEC].load(cookies_of(client))
+
+
+async def _get(client: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None,
+               cookies: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    extra = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+    async with client.get(url, headers={**HTML, **(headers or {}), **extra}, allow_redirects=False) as resp:
+        return resp.status, dict(resp.headers), await resp.text()
+
+
+def _query(location: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(location).query)
+
+
+async def test_a_browser_signs_in_again_with_the_routes_acr_and_the_old_session_ends(stack_factory):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES)
+    async with new_browser() as browser:
+        first = await login_via_http(browser, stack.url + "/app")
+        assert first.status == 200
+        old = cookies_of(browser)
+        assert session_of(stack, browser).acr == PWD
+        status, headers, _ = await _get(browser, stack.url + "/admin?x=1")
+        assert status == 302 and headers["Location"].startswith(stack.idp.issuer)
+        asked = _query(headers["Location"])
+        assert asked["acr_values"] == [MFA] and asked["prompt"][0].split(" ")[0] == "login"
+        assert json.loads((await login_via_http(browser, stack.url + "/app")).body_text)["path"] == "/app"
+
+        result = await login_via_http(browser, stack.url + "/admin?x=1", password="mfa")
+        assert result.status == 200 and json.loads(result.body_text)["raw_path"] == "/admin?x=1"
+        assert session_of(stack, browser).acr == MFA
+        assert (await _get(browser, stack.url + "/admin"))[0] == 200                 # no second trip
+    async with aiohttp.ClientSession() as replay:            # the replaced session's cookie no longer works
+        status, headers, _ = await _get(replay, stack.url + "/app", cookies=old)
+        assert status == 302 and headers["Location"].startswith(stack.idp.issuer)
+
+
+async def test_a_weaker_answer_gets_a_403_page_and_keeps_the_session(stack_factory):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES)
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        before = session_of(stack, browser)
+        result = await login_via_http(browser, stack.url + "/admin", password="pw")
+        assert result.status == 403 and "stronger sign-in" in result.body_text
+        assert sum(urlsplit(url).path == "/oauth2/callback" for url in result.visited) == 1            # one trip, no loop
+        assert urlsplit(result.url).path == "/oauth2/callback"
+        assert session_of(stack, browser).id == before.id
+        assert (await _get(browser, stack.url + "/app"))[0] == 200
+
+
+async def test_a_user_not_signed_in_is_asked_for_the_acr_at_once(stack_factory):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES)
+    async with new_browser() as browser:
+        status, headers, _ = await _get(browser, stack.url + "/admin")
+        assert status == 302 and _query(headers["Location"])["acr_values"] == [MFA]
+        result = await login_via_http(browser, stack.url + "/admin", password="mfa")
+        assert result.status == 200 and json.loads(result.body_text)["path"] == "/admin"
+        assert sum(urlsplit(url).path == "/oauth2/callback" for url in result.visited) == 1
+
+
+async def test_a_sign_in_older_than_max_auth_age_signs_in_again(stack_factory):
+    clock = OffsetClock()
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES, clock=clock)
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        signed_in = session_of(stack, browser)
+        assert signed_in.auth_time is not None
+        assert (await _get(browser, stack.url + "/fresh"))[0] == 200
+        clock.advance(400)                     # 400 s later to the proxy: more than 300 s and the 60 s leeway
+        assert (await _get(browser, stack.url + "/app"))[0] == 200             # the other routes do not mind
+        status, headers, _ = await _get(browser, stack.url + "/fresh")
+        assert status == 302
+        asked = _query(headers["Location"])
+        assert asked["max_age"] == ["300"] and asked["prompt"][0].split(" ")[0] == "login"
+        assert "acr_values" not in asked
+        clock.advance(-400)                    # the provider's clock did not move: the new sign-in is fresh to both
+        result = await login_via_http(browser, headers["Location"])
+        assert result.status == 200 and json.loads(result.body_text)["path"] == "/fresh"
+        renewed = session_of(stack, browser)
+        assert renewed.id != signed_in.id and renewed.auth_time is not None
+
+
+async def test_an_api_client_gets_rfc_9470s_401(stack_factory):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES)
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        status, headers, body = await _get(browser, stack.url + "/admin/api", headers=API)
+        assert status == 401
+        challenge = headers["WWW-Authenticate"]
+        assert challenge.startswith("Bearer ") and 'error="insufficient_user_authentication"' in challenge
+        assert f'acr_values="{MFA}"' in challenge and "error_description=" in challenge
+        answer = json.loads(body)
+        assert answer["error"] == "insufficient_user_authentication" and answer["acr_values"] == MFA
+        assert "step_up=" in answer["login_url"]
+        result = await login_via_http(browser, answer["login_url"], password="mfa")     # the link does the step-up
+        assert result.status == 200 and session_of(stack, browser).acr == MFA
+        status, headers, _ = await _get(browser, stack.url + "/fresh/api", headers=API)
+        assert status == 200
+
+
+async def test_a_max_auth_age_401_names_max_age(stack_factory):
+    clock = OffsetClock()
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES, clock=clock)
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        clock.advance(400)
+        status, headers, _ = await _get(browser, stack.url + "/fresh", headers=API)
+        assert status == 401 and "max_age=300" in headers["WWW-Authenticate"]
+        assert "acr_values" not in headers["WWW-Authenticate"]
