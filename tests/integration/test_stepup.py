@@ -76,7 +76,7 @@ async def test_a_weaker_answer_gets_a_403_page_and_keeps_the_session(stack_facto
         before = session_of(stack, browser)
         result = await login_via_http(browser, stack.url + "/admin", password="pw")
         assert result.status == 403 and "stronger sign-in" in result.body_text
-        assert sum(urlsplit(url).path == "/oauth2/callback" for url in result.visited) == 1            # one trip, no loop
+        assert sum(urlsplit(url).path == "/oauth2/callback" for url in result.visited) == 1      # one trip, no loop
         assert urlsplit(result.url).path == "/oauth2/callback"
         assert session_of(stack, browser).id == before.id
         assert (await _get(browser, stack.url + "/app"))[0] == 200
@@ -141,3 +141,134 @@ async def test_a_max_auth_age_401_names_max_age(stack_factory):
         status, headers, _ = await _get(browser, stack.url + "/fresh", headers=API)
         assert status == 401 and "max_age=300" in headers["WWW-Authenticate"]
         assert "acr_values" not in headers["WWW-Authenticate"]
+
+
+# -- refresh never raises (or lowers) what the sign-in established ----------------------------------
+
+
+@pytest.mark.parametrize(("password", "acr", "admin"), [("mfa", MFA, 200), ("pw", PWD, 302)])
+async def test_a_refresh_keeps_the_sign_ins_acr(stack_factory, password, acr, admin):
+    clock = OffsetClock()
+    stack = await stack_factory(idp_options={**IDP, "access_token_ttl": 60}, routes=ROUTES, clock=clock)
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app", password=password)
+        signed_in = session_of(stack, browser)
+        clock.advance(45)                                        # due: within half of the 60 s lifetime
+        assert (await _get(browser, stack.url + "/app"))[0] == 200
+        assert stack.idp.count_grants("refresh_token") == 1
+        refreshed = session_of(stack, browser)
+        assert refreshed.access_token != signed_in.access_token and refreshed.id == signed_in.id
+        assert (refreshed.acr, refreshed.auth_time) == (acr, signed_in.auth_time)
+        assert (await _get(browser, stack.url + "/admin"))[0] == admin
+
+
+# -- a client cannot claim a level it did not sign in with ------------------------------------------
+
+
+async def test_headers_query_and_start_parameters_do_not_raise_the_acr(stack_factory):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES,
+                                provider={"authorize_parameters": ["acr_values", "prompt"]})
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        forged = {"Acr": MFA, "X-Forwarded-Acr": MFA, "X-Auth-Request-Acr": MFA, "Auth-Time": "9999999999"}
+        status, headers, _ = await _get(browser, stack.url + f"/admin?acr={MFA}&acr_values={MFA}", headers=forged)
+        assert status == 302 and headers["Location"].startswith(stack.idp.issuer)
+        status, _, _ = await _get(browser, stack.url + "/admin", headers={**forged, **API})
+        assert status == 401
+        # A link asking for the level only asks: the weaker answer is refused, and nothing is recorded.
+        before = session_of(stack, browser)
+        result = await login_via_http(browser, stack.url + f"/oauth2/start?rd=/admin&acr_values={MFA}&prompt=login")
+        assert result.status == 502 and "security check" in result.body_text
+        assert session_of(stack, browser).id == before.id and before.acr == PWD
+        # A step_up value that we did not seal (or sealed for something else: the session cookie) is refused.
+        for bad in ("1.AAAA", cookies_of(browser)["_authproxy"]):
+            status, _, _ = await _get(browser, stack.url + "/oauth2/start?rd=/admin&step_up=" + bad)
+            assert status == 400
+        assert (await _get(browser, stack.url + "/admin"))[0] == 302
+
+
+async def test_the_step_up_link_asks_for_what_the_route_needs_whatever_authorize_parameters_allows(stack_factory):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES)          # authorize_parameters: none
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        _, _, body = await _get(browser, stack.url + "/admin", headers=API)
+        status, headers, _ = await _get(browser, json.loads(body)["login_url"])
+        assert status == 302 and _query(headers["Location"])["acr_values"] == [MFA]
+        status, headers, _ = await _get(browser, stack.url + f"/oauth2/start?rd=/admin&acr_values={MFA}")
+        assert status == 302 and "acr_values" not in _query(headers["Location"])     # a link's own: left out
+
+
+# -- Bearer tokens ------------------------------------------------------------------------------------
+
+API_AUDIENCE = "https://api.authproxy.test"
+
+
+async def test_a_bearer_token_is_judged_by_its_own_acr(stack_factory):
+    stack = await stack_factory(provider={"accept_bearer_tokens": True, "bearer_audiences": [API_AUDIENCE]},
+                                idp_options={**IDP, "jwt_access_token_audience": API_AUDIENCE}, routes=ROUTES,
+                                forward_auth={"rule_sets": [{"name": "mfa", "acr": [MFA]}]})
+    tokens = {}
+    for password in ("pw", "mfa"):
+        async with new_browser() as browser:
+            await login_via_http(browser, stack.url + "/app", password=password)
+            tokens[password] = session_of(stack, browser).access_token
+    async with aiohttp.ClientSession() as client:
+        for accept in (API, HTML):
+            status, headers, body = await _get(client, stack.url + "/admin",
+                                               headers={**accept, "Authorization": f"Bearer {tokens['pw']}"})
+            assert status == 401 and "Location" not in headers                   # a token cannot sign in again
+            assert 'error="insufficient_user_authentication"' in headers["WWW-Authenticate"]
+            assert f'acr_values="{MFA}"' in headers["WWW-Authenticate"]
+            assert "login_url" not in json.loads(body)
+        status, _, _ = await _get(client, stack.url + "/admin",
+                                  headers={**API, "Authorization": f"Bearer {tokens['mfa']}"})
+        assert status == 200
+        for token, expected in ((tokens["pw"], 401), (tokens["mfa"], 202)):
+            status, headers, _ = await _get(client, stack.url + "/oauth2/auth/mfa",
+                                            headers={"Authorization": f"Bearer {token}"})
+            assert status == expected
+
+
+# -- forward auth -------------------------------------------------------------------------------------
+
+
+async def test_forward_auth_steps_up_where_the_ingress_passes_the_answer_on(stack_factory):
+    stack = await stack_factory(idp_options=IDP, trusted_proxies=["127.0.0.1/32"],
+                                forward_auth={"rule_sets": [{"name": "mfa", "acr": [MFA]}]})
+    host = urlsplit(stack.url).netloc
+    original = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "http", "X-Forwarded-Host": host,
+                "X-Forwarded-Uri": "/secret?x=1"}
+    auth = stack.url + "/oauth2/auth"
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        assert (await _get(browser, auth, headers=original))[0] == 202                # the global rules ask nothing
+        status, headers, body = await _get(browser, auth + "/mfa", headers=original)   # nginx: a bare 401
+        assert status == 401 and body == ""
+        assert 'error="insufficient_user_authentication"' in headers["WWW-Authenticate"]
+        assert f'acr_values="{MFA}"' in headers["WWW-Authenticate"]
+        status, headers, body = await _get(browser, auth + "/mfa/redirect", headers={**original, **API})
+        assert status == 401 and 'error="insufficient_user_authentication"' in headers["WWW-Authenticate"]
+        assert "step_up=" in json.loads(body)["login_url"]
+        status, headers, _ = await _get(browser, auth + "/mfa/redirect", headers=original)
+        assert status == 302
+        start = headers["Location"]
+        assert start.startswith(stack.url + "/oauth2/start?") and "step_up=" in start
+        assert _query(start)["rd"] == [f"http://{host}/secret?x=1"]
+        result = await login_via_http(browser, start, password="mfa")
+        assert result.status == 200 and json.loads(result.body_text)["raw_path"] == "/secret?x=1"
+        assert (await _get(browser, auth + "/mfa", headers=original))[0] == 202
+        assert (await _get(browser, auth + "/mfa/redirect", headers=original))[0] == 202
+
+
+async def test_forward_auth_with_a_weaker_answer_ends_on_a_403_page(stack_factory):
+    stack = await stack_factory(idp_options=IDP, trusted_proxies=["127.0.0.1/32"],
+                                forward_auth={"rule_sets": [{"name": "mfa", "acr": [MFA]}]})
+    host = urlsplit(stack.url).netloc
+    original = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "http", "X-Forwarded-Host": host,
+                "X-Forwarded-Uri": "/secret"}
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        _, headers, _ = await _get(browser, stack.url + "/oauth2/auth/mfa/redirect", headers=original)
+        result = await login_via_http(browser, headers["Location"], password="pw")
+        assert result.status == 403 and "stronger sign-in" in result.body_text
+        assert (await _get(browser, stack.url + "/oauth2/auth/mfa", headers=original))[0] == 401
