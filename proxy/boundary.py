@@ -14,7 +14,8 @@ here, in one table:
   ``sign_out_url`` (JSON) — never a redirect, which would only bring them back here.
 - ``StepUpRequired`` (signed in, too weakly or too long ago for the route: ``stepup.py``): a browser
   navigation signs in again asking for the route's ``acr_values``/``max_age``; a Bearer or API client gets
-  RFC 9470's 401 ``insufficient_user_authentication`` with those in ``WWW-Authenticate``.
+  RFC 9470's 401 ``insufficient_user_authentication`` with those in ``WWW-Authenticate`` (at the bare
+  ``/oauth2/auth``, nginx's, a 403 with that header: nginx's ``error_page 401`` would skip the rule set).
 - ``StepUpRefused``: a 403 page (the step-up sign-in came back weaker), never another redirect.
 - ``BearerRejected``: 401 ``invalid_token`` (RFC 6750 §3.1); the check that failed goes to the log only.
 - ``WebSocketRefused``: its status, as a page or JSON.
@@ -313,7 +314,8 @@ async def step_up_required(request: web.Request, exc: StepUpRequired, config: Co
     """A session that signed in too weakly or too long ago for the route (``stepup.py``): a browser's page
     load signs in again asking for what the route needs (raised); a Bearer token, which cannot, and an API
     client get RFC 9470's 401 ``insufficient_user_authentication``. At ``/oauth2/auth``: the redirect
-    where the ingress passes the answer on, else the bare 401 (nginx) with the same challenge."""
+    where the ingress passes the answer on (or that 401 for an API client), else — nginx — a bare 403
+    with the same challenge (a 401 there would be handed to authproxy as the proxy, past the rule set)."""
     rid = request[REQUEST_ID]
     log.info("step-up needed: %s rid=%s", exc.reason, rid)
     headers = {"WWW-Authenticate": challenge(exc.parameters)}
@@ -321,7 +323,10 @@ async def step_up_required(request: web.Request, exc: StepUpRequired, config: Co
         if exc.redirect and exc.login_url:
             raise web.HTTPFound(exc.login_url, headers=NO_STORE)
         if not exc.login_url:
-            return web.Response(status=401, headers={**NO_STORE, **headers})
+            # nginx's form: a 403, not RFC 9470's 401. nginx hands a 401 to its ``error_page 401`` location,
+            # which (deployment.md) passes the original request to authproxy as the proxy — where this
+            # session is signed in and the rule set is unknown, so it would be forwarded: the step-up skipped.
+            return web.Response(status=403, headers={**NO_STORE, **headers})
     elif not exc.bearer and not wants_json(request, config, request_key(request) if exc.path is None else exc.path):
         raise await start_login(request, here(request, config), exc.parameters, step_up=True)
     body: dict[str, object] = {"error": "insufficient_user_authentication",

@@ -35,7 +35,9 @@ request see empty strings (and deny), and a sign-in returns to ``public_url``.
 A session that falls short is answered as one without a session is, with what to ask for: where the
 ingress passes the answer on, a browser's page load is redirected to ``/oauth2/start`` with the step-up
 sealed in the link, and anything else gets a 401 whose ``WWW-Authenticate`` is RFC 9470's
-``insufficient_user_authentication`` (and a JSON ``login_url``); for nginx, the bare 401 with that header.
+``insufficient_user_authentication`` (and a JSON ``login_url``). For nginx, a bare **403** with that
+header, not a 401: nginx hands a 401 to its ``error_page 401`` location, which passes the original request to
+authproxy as the proxy, where the session is signed in and the rule set unknown — the step-up would be skipped.
 
 On success the answer carries ``X-Forwarded-User``, ``-Email``, ``-Preferred-Username``, ``-Groups``
 (``headers.identity_headers``) and the same as oauth2-proxy names them, ``X-Auth-Request-User``,
@@ -216,7 +218,7 @@ def _login(request: web.Request, config: Config, original: Original | None,
 def _step_up(request: web.Request, config: Config, endpoint: Endpoint, original: Original | None,
              refusal: StepUpRequired) -> StepUpRequired:
     """A step-up as the endpoint's form answers it: for an ingress that passes the answer on, where to sign
-    in again (a redirect for a browser's page load); for nginx, the bare 401 with RFC 9470's challenge."""
+    in again (a redirect for a browser's page load); for nginx, a bare 403 with RFC 9470's challenge."""
     if endpoint.redirect:
         refusal.login_url, loads_page = _login(request, config, original, refusal.parameters)
         refusal.redirect = loads_page and not refusal.bearer

@@ -51,6 +51,9 @@ def _acr_list(values: list[str] | None) -> list[str] | None:
     if values is not None and not values:
         raise ValueError('is empty: list the acr values that may pass (any one will do), e.g. ["urn:example:mfa"], '
                          "or leave the key out")
+    if values is not None and len(" ".join(values)) > MAX_ACR_VALUES_CHARS:
+        raise ValueError(f"lists more than {MAX_ACR_VALUES_CHARS} characters of acr values; they travel in the "
+                         "sign-in's login cookie and URL: list only the values this route accepts")
     return values
 
 
@@ -61,6 +64,9 @@ def _auth_age(seconds: float | None) -> float | None:
     return seconds
 
 
+# Longest ``acr`` list, joined with spaces as ``acr_values``: what a sign-in link may pass too
+# (``authorize_params.MAX_PARAMETER_CHARS``), so the login cookie that keeps it always fits.
+MAX_ACR_VALUES_CHARS = 256
 # An acr value as it may appear in acr_values and in a WWW-Authenticate quoted string.
 _ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
 

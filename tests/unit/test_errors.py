@@ -154,7 +154,8 @@ async def test_each_class_gets_its_status_and_error_code(aiohttp_client, exc, st
     (errors.Unauthenticated(), 401, "Bearer"),
     (errors.BearerRejected("exp", "expired"), 401, invalid_token_header()),
     (errors.Forbidden(IDENT), 403, None),
-    (errors.StepUpRequired({"acr_values": "urn:gold urn:silver", "max_age": "300", "prompt": "login"}, "no acr"), 401,
+    # nginx's form: 403, as a 401 would be handed to its error_page location, authproxy as the proxy
+    (errors.StepUpRequired({"acr_values": "urn:gold urn:silver", "max_age": "300", "prompt": "login"}, "no acr"), 403,
      'Bearer realm="authproxy", error="insufficient_user_authentication", error_description="A stronger or more '
      'recent sign-in is required", acr_values="urn:gold urn:silver", max_age=300'),
     (errors.BadQueryRules("unknown parameter 'x'"), 400, None),
