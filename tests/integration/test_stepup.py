@@ -69,6 +69,22 @@ async def test_a_browser_signs_in_again_with_the_routes_acr_and_the_old_session_
         assert status == 302 and headers["Location"].startswith(stack.idp.issuer)
 
 
+async def test_with_redis_the_replaced_session_is_ended_in_the_store(stack_factory, redis_server):
+    stack = await stack_factory(idp_options=IDP, routes=ROUTES,
+                                session={"store": "redis", "redis": {"url": redis_server.url, "key_prefix": "su:"}})
+    async with new_browser() as browser:
+        await login_via_http(browser, stack.url + "/app")
+        old = cookies_of(browser)
+        assert (await _get(browser, stack.url + "/admin"))[0] == 302
+        result = await login_via_http(browser, stack.url + "/admin", password="mfa")
+        assert result.status == 200 and json.loads(result.body_text)["path"] == "/admin"
+        assert cookies_of(browser) != old
+        assert (await _get(browser, stack.url + "/admin"))[0] == 200
+    async with aiohttp.ClientSession() as replay:
+        status, headers, _ = await _get(replay, stack.url + "/app", cookies=old)
+        assert status == 302 and headers["Location"].startswith(stack.idp.issuer)
+
+
 async def test_a_weaker_answer_gets_a_403_page_and_keeps_the_session(stack_factory):
     stack = await stack_factory(idp_options=IDP, routes=ROUTES)
     async with new_browser() as browser:
