@@ -31,16 +31,18 @@ from aiohttp import web
 
 from .errors import BearerRejected, TokenValidationError
 from .session import Session
-from .stepup import BEARER_SESSION, authentication
+from .stepup import authentication
 
 if TYPE_CHECKING:
     from .provider import Provider
 
-__all__ = ["bearer_token", "invalid_token_header", "verify_bearer"]
+__all__ = ["BEARER_SESSION", "bearer_token", "invalid_token_header", "verify_bearer"]
 
 # RFC 6750 §2.1: "Bearer" 1*SP b64token. Longer tokens than this are refused before any parsing.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
 MAX_TOKEN_LENGTH = 8192
+# The id of the request-only session a token makes: it names no stored session, and cannot sign in again.
+BEARER_SESSION = "bearer"
 
 
 def bearer_token(request: web.Request) -> str | None:

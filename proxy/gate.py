@@ -35,7 +35,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from .authz import Asked, authorize, is_preflight, rules_for, skips_auth
-from .bearer import bearer_token, verify_bearer
+from .bearer import BEARER_SESSION, bearer_token, verify_bearer
 from .config import AuthorizationConfig, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
 from .ending import ENDS, Reason
@@ -43,7 +43,7 @@ from .errors import Forbidden, NotFound, SessionEnded, StepUpRequired, Unauthent
 from .metrics import METRICS
 from .pages import json_answer
 from .session import STORE, Session, get_session, set_session
-from .stepup import BEARER_SESSION, requirement, shortfall, sign_in_parameters
+from .stepup import requirement, shortfall, sign_in_parameters
 from .paths import is_own_path, request_key
 from .upstream import FORWARDER
 from .websocket import forward_websocket, is_websocket_upgrade

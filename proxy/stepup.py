@@ -46,8 +46,6 @@ from .model import Session
 STEP_UP_PURPOSE = b"authproxy step-up"
 # Longest sealed ``step_up`` value read from a link (a few acr URNs sealed fit many times).
 MAX_STEP_UP_CHARS = 2048
-# The id of the request-only session a Bearer token makes (``bearer.verify_bearer``).
-BEARER_SESSION = "bearer"
 
 
 @dataclass(frozen=True, slots=True)
