@@ -215,6 +215,7 @@ async def answer(request: web.Request, exc: AuthProxyError, config: Config, metr
         return await step_up_required(request, exc, config, bare)
     if isinstance(exc, StepUpRefused):
         log.info("step-up sign-in refused: %s rid=%s", exc.detail, rid)
+        metrics.login_failed("step_up_refused", rid)          # a sign-in that did not complete, as a failure's
         return html_page(403, exc.title, str(exc), rid, actions=[("Go to the start page", "/"),
                                                                ("Sign out", SIGN_OUT_PATH)],
                          templates_dir=config.templates_dir)

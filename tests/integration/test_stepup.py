@@ -9,7 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
+from proxy.metrics import METRICS
 from proxy.session import CODEC
 from tests.support.browserless import login_via_http
 from tests.support.timing import OffsetClock
@@ -96,6 +98,8 @@ async def test_a_weaker_answer_gets_a_403_page_and_keeps_the_session(stack_facto
         assert urlsplit(result.url).path == "/oauth2/callback"
         assert session_of(stack, browser).id == before.id
         assert (await _get(browser, stack.url + "/app"))[0] == 200
+    counted = generate_latest(stack.proxy.app[METRICS].registry).decode()
+    assert 'authproxy_logins_total{reason="step_up_refused",stage="failed"} 1.0' in counted
 
 
 async def test_a_user_not_signed_in_is_asked_for_the_acr_at_once(stack_factory):
