@@ -729,3 +729,15 @@ def test_config_schema_describes_the_step_up_keys() -> None:
     for wrong in ({"acr": "urn:example:mfa"}, {"acr": [1]}, {"max_auth_age": "soon"}, {"acr_values": ["x"]}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**base, "authorization": {**base["authorization"], **wrong}}, schema)
+
+
+def test_step_up_needs_an_openid_connect_provider() -> None:
+    """A plain OAuth 2.0 provider sends no ID token, so no acr: a route asking for one could never be met,
+    and every sign-in would send the user back to sign in again."""
+    data = minimal()
+    data["provider"] = {"type": "github", "client_id": "Iv1.x", "client_secret": "s"}
+    data["upstreams"] = [{**data["upstreams"][0], "authorization": {"acr": ["urn:example:mfa"]}}]
+    data["forward_auth"] = {"rule_sets": [{"name": "fresh", "max_auth_age": "5m"}]}
+    found = problems(data)
+    assert "OpenID Connect" in found["upstreams[0].authorization.acr"]
+    assert "remove max_auth_age" in found["forward_auth.rule_sets[0].max_auth_age"]
