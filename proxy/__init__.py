@@ -21,6 +21,7 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``forward_auth``  ``/oauth2/auth``: an ingress's check (nginx, Traefik, Caddy, Envoy, HAProxy) on the
   original request its trusted headers describe, with rule sets named in the path;
 - ``authz``, ``policy``  who may pass: allow-lists, CEL expressions with their tests; CORS for our answers;
+  ``stepup``  how recently and strongly the user must have signed in for a route (``acr``, ``auth_time``);
 - ``session``   the session on a request's path: loaded when asked, its cookie written as headers go out;
 - ``cookies``   the cookie format: sealed, chunked, cached on the way in; ``Set-Cookie`` values;
 - ``store``, ``redis_store``  where sessions live: the cookie (default) or Redis (ciphertext only);

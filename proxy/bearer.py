@@ -13,6 +13,9 @@ The token must be a JWT access token of the provider (RFC 9068): the provider's 
 ``provider.bearer_token_types``, and never an ID token (``nonce``) or a logout token (``events``,
 ``logout+jwt``). The identity comes from the claims at the configured claim paths, as for a session.
 
+Its ``acr`` and ``auth_time`` claims (RFC 9068 §2.2.1) are what a route's step-up rule judges it on
+(``stepup.py``): a token without them does not meet a rule that asks, and its client gets RFC 9470's 401.
+
 The result is a ``Session`` that lives for this request only (never written to a cookie), so the
 gate authorizes and forwards it like any other: upstream gets the same token as ``Bearer`` plus
 identity headers. With the option off, a client's ``Authorization`` header is ignored and
@@ -28,15 +31,18 @@ from aiohttp import web
 
 from .errors import BearerRejected, TokenValidationError
 from .session import Session
+from .stepup import authentication
 
 if TYPE_CHECKING:
     from .provider import Provider
 
-__all__ = ["bearer_token", "invalid_token_header", "verify_bearer"]
+__all__ = ["BEARER_SESSION", "bearer_token", "invalid_token_header", "verify_bearer"]
 
 # RFC 6750 §2.1: "Bearer" 1*SP b64token. Longer tokens than this are refused before any parsing.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
 MAX_TOKEN_LENGTH = 8192
+# The id of the request-only session a token makes: it names no stored session, and cannot sign in again.
+BEARER_SESSION = "bearer"
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -66,8 +72,9 @@ async def verify_bearer(provider: Provider, token: str, *, now: float) -> Sessio
         identity = provider.identity_from(claims)
     except TokenValidationError as exc:
         raise BearerRejected(exc.code, exc.detail) from None
+    acr, auth_time = authentication(claims)         # RFC 9068 §2.2.1: as the token says the user signed in
     return Session(identity=identity, access_token=token, created_at=now, issued_at=now,
-                   expires_at=float(claims["exp"]), id="bearer")
+                   expires_at=float(claims["exp"]), id=BEARER_SESSION, acr=acr, auth_time=auth_time)
 
 
 def invalid_token_header() -> str:

@@ -12,6 +12,11 @@ here, in one table:
   headers for an allowed origin, so a front end on another origin can read it.
 - ``Forbidden``: 403 naming the account the user is signed in as, with a sign-out link (a page) or
   ``sign_out_url`` (JSON) — never a redirect, which would only bring them back here.
+- ``StepUpRequired`` (signed in, too weakly or too long ago for the route: ``stepup.py``): a browser
+  navigation signs in again asking for the route's ``acr_values``/``max_age``; a Bearer or API client gets
+  RFC 9470's 401 ``insufficient_user_authentication`` with those in ``WWW-Authenticate`` (at the bare
+  ``/oauth2/auth``, nginx's, a 403 with that header: nginx's ``error_page 401`` would skip the rule set).
+- ``StepUpRefused``: a 403 page (the step-up sign-in came back weaker), never another redirect.
 - ``BearerRejected``: 401 ``invalid_token`` (RFC 6750 §3.1); the check that failed goes to the log only.
 - ``WebSocketRefused``: its status, as a page or JSON.
 - ``LogoutTokenRejected``: OAuth-style JSON (``invalid_request``, Back-Channel Logout 1.0 §2.8).
@@ -47,13 +52,14 @@ from .config import CALLBACK_PATH, Config
 from .context import REQUEST_ID
 from .crypto import random_token
 from .errors import (AuthProxyError, BadQueryRules, BearerRejected, Forbidden, LoginError, LogoutTokenRejected,
-                     NotFound, StateMismatch, Unauthenticated, WebSocketRefused)
+                     NotFound, StateMismatch, StepUpRefused, StepUpRequired, Unauthenticated, WebSocketRefused)
 from .login import is_navigation, login_url, start_login
 from .redirects import allowed_origin, here, safe_redirect
 from .logs import ACCESS_LOG
 from .pages import NO_STORE, html_page, json_answer
 from .paths import request_key
 from .session import SESSION_STATE
+from .stepup import challenge
 from .tracing import TRACE_ID
 from .upstream import UPSTREAM_LABEL
 from .websocket import SOCKET_LIFE, SocketLife, is_websocket_upgrade
@@ -205,6 +211,14 @@ async def answer(request: web.Request, exc: AuthProxyError, config: Config, metr
         if _endpoint(request) == USERINFO_PATH:
             return json_answer(401, {"error": "unauthenticated"}, headers={"WWW-Authenticate": "Bearer"})
         return await unauthenticated(request, exc, config)
+    if isinstance(exc, StepUpRequired):
+        return await step_up_required(request, exc, config, bare)
+    if isinstance(exc, StepUpRefused):
+        log.info("step-up sign-in refused: %s rid=%s", exc.detail, rid)
+        metrics.login_failed("step_up_refused", rid)          # a sign-in that did not complete, as a failure's
+        return html_page(403, exc.title, str(exc), rid, actions=[("Go to the start page", "/"),
+                                                               ("Sign out", SIGN_OUT_PATH)],
+                         templates_dir=config.templates_dir)
     if isinstance(exc, Forbidden):
         if bare:
             return web.Response(status=403, headers=NO_STORE)
@@ -266,10 +280,11 @@ async def unauthenticated(request: web.Request, exc: Unauthenticated, config: Co
     page back after signing in, not the API's JSON.
     """
     if not wants_json(request, config, request_key(request) if exc.path is None else exc.path):
-        raise await start_login(request, here(request, config))     # back to this host when allowed
+        # back to this host when allowed; asking for what the route's step-up rule needs, if it has one
+        raise await start_login(request, here(request, config), exc.parameters, step_up=exc.parameters is not None)
     rd = return_to(request, config)
     return json_answer(401, {"error": "unauthenticated", "message": "Sign in to continue.",
-                             "login_url": login_url(request, rd), "request_id": request[REQUEST_ID]},
+                             "login_url": login_url(request, rd, exc.parameters), "request_id": request[REQUEST_ID]},
                        headers={"WWW-Authenticate": 'Bearer realm="authproxy"', **cors_headers(config, request)})
 
 
@@ -293,6 +308,36 @@ def return_to(request: web.Request, config: Config) -> str:
             if origin is not None:
                 return origin + page
     return here(request, config)
+
+
+async def step_up_required(request: web.Request, exc: StepUpRequired, config: Config,
+                           bare: bool) -> web.StreamResponse:
+    """A session that signed in too weakly or too long ago for the route (``stepup.py``): a browser's page
+    load signs in again asking for what the route needs (raised); a Bearer token, which cannot, and an API
+    client get RFC 9470's 401 ``insufficient_user_authentication``. At ``/oauth2/auth``: the redirect
+    where the ingress passes the answer on (or that 401 for an API client), else — nginx — a bare 403
+    with the same challenge (a 401 there would be handed to authproxy as the proxy, past the rule set)."""
+    rid = request[REQUEST_ID]
+    log.info("step-up needed: %s rid=%s", exc.reason, rid)
+    headers = {"WWW-Authenticate": challenge(exc.parameters)}
+    if bare:
+        if exc.redirect and exc.login_url:
+            raise web.HTTPFound(exc.login_url, headers=NO_STORE)
+        if not exc.login_url:
+            # nginx's form: a 403, not RFC 9470's 401. nginx hands a 401 to its ``error_page 401`` location,
+            # which (deployment.md) passes the original request to authproxy as the proxy — where this
+            # session is signed in and the rule set is unknown, so it would be forwarded: the step-up skipped.
+            return web.Response(status=403, headers={**NO_STORE, **headers})
+    elif not exc.bearer and not wants_json(request, config, request_key(request) if exc.path is None else exc.path):
+        raise await start_login(request, here(request, config), exc.parameters, step_up=True)
+    body: dict[str, object] = {"error": "insufficient_user_authentication",
+                               "message": "Sign in again, more strongly or more recently.", "request_id": rid}
+    if not exc.bearer:
+        body["login_url"] = exc.login_url or login_url(request, return_to(request, config), exc.parameters)
+    for name in ("acr_values", "max_age"):
+        if name in exc.parameters:
+            body[name] = exc.parameters[name]
+    return json_answer(401, body, headers={**headers, **cors_headers(config, request)})
 
 
 def forbidden(request: web.Request, exc: Forbidden, config: Config) -> web.Response:

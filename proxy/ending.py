@@ -1,9 +1,9 @@
 """How a session ends: one event, one owner, honoured by every holder of the session.
 
 A session ends on sign-out, on back-channel logout (OpenID Connect Back-Channel Logout 1.0 §2.7), at
-its expiry, when the provider refuses its refresh (RFC 6749 §5.2 ``invalid_grant``) and when it no
-longer fits in cookies. Whatever the reason, the end is a ``SessionEnd`` and goes through
-``SessionEnds.end``, which
+its expiry, when the provider refuses its refresh (RFC 6749 §5.2 ``invalid_grant``), when it no
+longer fits in cookies and when a step-up sign-in replaces it (``stepup.py``). Whatever the reason,
+the end is a ``SessionEnd`` and goes through ``SessionEnds.end``, which
 
 1. applies it in this process: the in-memory record of recent ends (``MemoryDenylist``), which the
    session cookie writer consults so a request that began before the end cannot write the session
@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     EXPIRY = "expiry"
     REFRESH_REFUSED = "refresh_refused"
     COOKIE_LIMIT = "cookie_limit"
+    STEP_UP = "step_up"                   # replaced by a stronger or more recent sign-in (stepup.py)
 
 
 _FIELDS = {"r": "reason", "at": "at", "ttl": "ttl", "id": "session_id", "sid": "sid", "sub": "sub"}

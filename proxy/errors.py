@@ -28,6 +28,9 @@ value in its message::
     │   ├── NotFound                  a path nobody serves: under ``/oauth2/``, or no upstream (404)
     │   ├── Unauthenticated           nobody signed in: a browser goes to sign in, anything else gets 401
     │   ├── Forbidden                 signed in, but the rules do not let this user in (403)
+    │   ├── StepUpRequired            signed in, but not strongly or recently enough for this route: sign in
+    │   │                             again (browser), or 401 ``insufficient_user_authentication`` (RFC 9470)
+    │   ├── StepUpRefused             the step-up sign-in came back weaker than the route asks (403, no loop)
     │   ├── WebSocketRefused          a handshake that must not reach the app (400, 403, 429)
     │   └── LogoutTokenRejected       a back-channel logout request refused (400, 413; OAuth ``invalid_request``)
     ├── UpstreamError                 the app behind us is unreachable (502)
@@ -239,12 +242,15 @@ class Unauthenticated(Refusal):
     status = 401
     title = "Sign in to continue"
 
-    def __init__(self, path: str | None = None, *, login_url: str | None = None, redirect: bool = False) -> None:
+    def __init__(self, path: str | None = None, *, login_url: str | None = None, redirect: bool = False,
+                 parameters: dict[str, str] | None = None) -> None:
         self.path = path
         # At /oauth2/auth for an ingress that passes the answer on (forward_auth.py): where to sign in, and
         # whether to send the browser there (302) rather than answer 401 with it.
         self.login_url = login_url
         self.redirect = redirect
+        # A route with a step-up rule (stepup.py): the sign-in asks for what it needs at once.
+        self.parameters = parameters
         super().__init__("Sign in to continue.")
 
 
@@ -259,6 +265,41 @@ class Forbidden(Refusal):
         self.identity = identity
         self.path = path
         super().__init__("Signed in without access here.")
+
+
+class StepUpRequired(Refusal):
+    """Signed in, but the route asks for a sign-in with another ``acr`` or a more recent ``auth_time``
+    (``stepup.py``). A browser navigation is sent to sign in again asking for them; an API or Bearer client
+    gets RFC 9470's 401 ``insufficient_user_authentication``. ``parameters``: what the new sign-in asks for
+    (``acr_values``, ``max_age``); ``login_url``/``redirect``: as for ``Unauthenticated`` at ``/oauth2/auth``."""
+
+    status = 401
+    title = "Sign in again to continue"
+
+    def __init__(self, parameters: dict[str, str], reason: str, *, path: str | None = None, bearer: bool = False,
+                 login_url: str | None = None, redirect: bool = False) -> None:
+        self.parameters = parameters
+        self.reason = reason                # for the operator's log: what the session lacks
+        self.path = path
+        self.bearer = bearer                # the session is a Bearer token's: it cannot sign in again
+        self.login_url = login_url
+        self.redirect = redirect
+        super().__init__("This page asks for a stronger or more recent sign-in.")
+
+
+class StepUpRefused(Refusal):
+    """A step-up sign-in came back without what the route asks (the provider answered a lower ``acr``, or an
+    older ``auth_time``): a 403 page, never another redirect to the provider, which would loop. The session
+    the user had is kept."""
+
+    status = 403
+    title = "A stronger sign-in is needed"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail                # for the log: what the provider answered
+        super().__init__("This page asks for a stronger sign-in than the identity provider confirmed. Sign in "
+                         "again with the stronger method (for example a second factor), or ask the application's "
+                         "administrator which one it needs.")
 
 
 class WebSocketRefused(Refusal):

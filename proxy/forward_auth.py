@@ -31,6 +31,14 @@ from the path, method and ``Host`` of the check itself. They are believed only f
 (``paths.py``: an ambiguous one is a 400). From anyone else the original is unknown: expressions on the
 request see empty strings (and deny), and a sign-in returns to ``public_url``.
 
+**Step-up** (``stepup.py``): the global rules and the rule set may ask for an ``acr`` and a recent sign-in.
+A session that falls short is answered as one without a session is, with what to ask for: where the
+ingress passes the answer on, a browser's page load is redirected to ``/oauth2/start`` with the step-up
+sealed in the link, and anything else gets a 401 whose ``WWW-Authenticate`` is RFC 9470's
+``insufficient_user_authentication`` (and a JSON ``login_url``). For nginx, a bare **403** with that
+header, not a 401: nginx hands a 401 to its ``error_page 401`` location, which passes the original request to
+authproxy as the proxy, where the session is signed in and the rule set unknown — the step-up would be skipped.
+
 On success the answer carries ``X-Forwarded-User``, ``-Email``, ``-Preferred-Username``, ``-Groups``
 (``headers.identity_headers``) and the same as oauth2-proxy names them, ``X-Auth-Request-User``,
 ``-Email``, ``-Preferred-Username``, ``-Groups`` (always, empty when unknown, so a copied one always replaces
@@ -48,9 +56,9 @@ from aiohttp import web
 
 from .authz import QUERY_RULES, Asked, authorize_all, rules_for
 from .config import AuthorizationConfig, Config
-from .context import CONFIG, REQUEST_ID
-from .errors import BadQueryRules, BadRequest, Forbidden, NotFound, Unauthenticated
-from .gate import host_name, identify
+from .context import CONFIG, REQUEST_ID, SEALER
+from .errors import BadQueryRules, BadRequest, Forbidden, NotFound, StepUpRequired, Unauthenticated
+from .gate import host_name, identify, step_up_needed
 from .headers import identity_headers
 from .identity import safe
 from .login import is_navigation
@@ -58,6 +66,7 @@ from .metrics import METRICS
 from .model import Session
 from .pages import NO_STORE
 from .paths import match_key, normalize_path
+from .stepup import requirement, sign_in_parameters, step_up_query
 from .upstream import FORWARDER
 
 ENDPOINT = "/oauth2/auth"
@@ -182,15 +191,38 @@ def _rule_sets(request: web.Request, config: Config, endpoint: Endpoint,
     return (base,) if named is None else (base, named)
 
 
-def _sign_in(request: web.Request, config: Config, endpoint: Endpoint, original: Original | None) -> Unauthenticated:
+def _sign_in(request: web.Request, config: Config, endpoint: Endpoint, original: Original | None,
+             rule_sets: tuple[AuthorizationConfig, ...]) -> Unauthenticated:
     """Nobody signed in: a bare 401 for nginx; where the ingress passes the answer on, a redirect for a
-    browser's page load and a 401 with the ``login_url`` for anything else."""
+    browser's page load and a 401 with the ``login_url`` for anything else — asking at once for what the
+    rules' step-up needs, if they ask anything."""
     if not endpoint.redirect:
         return Unauthenticated()
-    rd = original.url if original is not None else "/"
-    url = config.public_url + "/oauth2/start?" + urlencode({"rd": rd})
-    loads_page = is_navigation(request) and (original is None or original.method in ("GET", "HEAD"))
+    needed = requirement(rule_sets)
+    parameters = sign_in_parameters(needed, config.provider.extra_authorize_params.get("prompt")) if needed else None
+    url, loads_page = _login(request, config, original, parameters)
     return Unauthenticated(login_url=url, redirect=loads_page)
+
+
+def _login(request: web.Request, config: Config, original: Original | None,
+           step_up: dict[str, str] | None) -> tuple[str, bool]:
+    """Where a sign-in starts for the original request (its URL to come back to), and whether this is a
+    browser's page load that may be sent there."""
+    query = {"rd": original.url if original is not None else "/"}
+    if step_up:
+        query["step_up"] = step_up_query(request.app[SEALER], step_up)
+    loads_page = is_navigation(request) and (original is None or original.method in ("GET", "HEAD"))
+    return config.public_url + "/oauth2/start?" + urlencode(query), loads_page
+
+
+def _step_up(request: web.Request, config: Config, endpoint: Endpoint, original: Original | None,
+             refusal: StepUpRequired) -> StepUpRequired:
+    """A step-up as the endpoint's form answers it: for an ingress that passes the answer on, where to sign
+    in again (a redirect for a browser's page load); for nginx, a bare 403 with RFC 9470's challenge."""
+    if endpoint.redirect:
+        refusal.login_url, loads_page = _login(request, config, original, refusal.parameters)
+        refusal.redirect = loads_page and not refusal.bearer
+    return refusal
 
 
 def answer_headers(session: Session, config: Config) -> dict[str, str]:
@@ -221,12 +253,18 @@ async def handle_auth(request: web.Request) -> web.Response:
                             "that passes its query); name a rule set in the path instead: /oauth2/auth/<name> "
                             "with forward_auth.rule_sets")
     session = await identify(request)
+    rule_sets = _rule_sets(request, config, endpoint, original)
     if session is None:
-        raise _sign_in(request, config, endpoint, original)
+        raise _sign_in(request, config, endpoint, original, rule_sets)
     asked = Asked(original.method, original.path, original.host) if original is not None else None
-    decision = authorize_all(session.identity, _rule_sets(request, config, endpoint, original), asked)
+    decision = authorize_all(session.identity, rule_sets, asked)
     if not decision.allowed:
         where = ENDPOINT + (f"/{endpoint.rule_set}" if endpoint.rule_set else "")
         request.app[METRICS].refused(session.identity.sub, f"{where}: {decision.reason}", request[REQUEST_ID])
         raise Forbidden(session.identity)
+    refusal = step_up_needed(request, session, rule_sets, None)
+    if isinstance(refusal, StepUpRequired):
+        raise _step_up(request, config, endpoint, original, refusal)
+    if refusal is not None:
+        raise refusal
     return web.Response(status=202, headers={**NO_STORE, **answer_headers(session, config)})

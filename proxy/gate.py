@@ -16,12 +16,14 @@ In order, for each request (``handle_proxy``):
    else (fetch, XHR, API clients, and every path under ``api_paths``) gets a 401 with the login URL.
 4. **Authorize** against the upstream's rules, or the global ones (``authz.py``). A signed-in user
    who does not match gets a 403 saying who they are signed in as, with a sign-out link — never a
-   redirect, which would only bring them back here.
+   redirect, which would only bring them back here. A user who matches but signed in too weakly or too
+   long ago for the rules' ``acr``/``max_auth_age`` is sent to sign in again asking for them (an API
+   or Bearer client gets RFC 9470's 401; ``stepup.py``).
 5. **Forward** (a WebSocket upgrade, or plain HTTP), only after all of the above.
 
 Every refusal is raised as a domain error (``NotFound``, ``BearerRejected``, ``Unauthenticated``,
-``Forbidden``, ``BadQueryRules``) and answered by the boundary (``boundary.py``): this module decides
-*whether* a request may go on, the boundary *how* a refusal reads. The proxy's own 401 and 403 carry
+``Forbidden``, ``StepUpRequired``, ``BadQueryRules``) and answered by the boundary (``boundary.py``): this
+module decides *whether* a request may go on, the boundary *how* a refusal reads. The proxy's own 401 and 403 carry
 CORS headers for allowed origins, so a front end on another origin can read them and send its user to
 ``login_url``.
 """
@@ -33,13 +35,15 @@ from dataclasses import replace
 from aiohttp import web
 
 from .authz import Asked, authorize, is_preflight, rules_for, skips_auth
-from .bearer import bearer_token, verify_bearer
+from .bearer import BEARER_SESSION, bearer_token, verify_bearer
+from .config import AuthorizationConfig, Config
 from .context import CLOCK, CONFIG, PROVIDER, REFRESHER, REQUEST_ID
 from .ending import ENDS, Reason
-from .errors import Forbidden, NotFound, SessionEnded, Unauthenticated
+from .errors import Forbidden, NotFound, SessionEnded, StepUpRequired, Unauthenticated
 from .metrics import METRICS
 from .pages import json_answer
 from .session import STORE, Session, get_session, set_session
+from .stepup import requirement, shortfall, sign_in_parameters
 from .paths import is_own_path, request_key
 from .upstream import FORWARDER
 from .websocket import forward_websocket, is_websocket_upgrade
@@ -124,21 +128,49 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
     session: Session | None = None
     if upstream is None or not (skips_auth(config, request, path) or is_preflight(config, request, path)):
         session = await identify(request)
+        rules = rules_for(config, upstream.config) if upstream is not None else config.authorization
         if session is None:
-            raise Unauthenticated(path)
+            needed = requirement((rules,))      # sign in as the route asks at once, not twice
+            raise Unauthenticated(path, parameters=sign_in_parameters(needed, _prompt(config)) if needed else None)
         if upstream is None:
             raise NotFound("No application is configured for this path.")
-        rules = rules_for(config, upstream.config)
         asked = Asked(request.method, path, request.host.lower()) if rules.rules else None
         decision = authorize(session.identity, rules, asked)
         if not decision.allowed:
             request.app[METRICS].refused(session.identity.sub, f"{upstream.config.path}: {decision.reason}",
                                          request[REQUEST_ID])
             raise Forbidden(session.identity, path)
+        step_up = step_up_needed(request, session, (rules,), path)
+        if step_up is not None:
+            raise step_up
     # Everything above is settled before anything reaches the app, WebSocket upgrades included.
     if is_websocket_upgrade(request):
         return await forward_websocket(request, upstream, session)
     return await forwarder.forward(request, upstream, session)
+
+
+def step_up_needed(request: web.Request, session: Session, rule_sets: tuple[AuthorizationConfig, ...],
+                   path: str | None) -> Forbidden | StepUpRequired | None:
+    """The refusal for a session whose sign-in falls short of the rules' ``acr``/``max_auth_age``
+    (``stepup.py``), or None if it meets them. Rule sets whose acr lists share no value: nobody can meet
+    them, a 403 (sending the user to sign in could only loop)."""
+    needed = requirement(rule_sets)
+    if needed is None:
+        return None
+    config = request.app[CONFIG]
+    if needed.acr == ():
+        request.app[METRICS].refused(session.identity.sub, "acr: the rules' acr lists have no value in common",
+                                     request[REQUEST_ID])
+        return Forbidden(session.identity, path)
+    reason = shortfall(session, needed, request.app[CLOCK](), config.provider.clock_skew)
+    if reason is None:
+        return None
+    return StepUpRequired(sign_in_parameters(needed, _prompt(config)), reason, path=path,
+                          bearer=session.id == BEARER_SESSION)
+
+
+def _prompt(config: Config) -> str | None:
+    return config.provider.extra_authorize_params.get("prompt")
 
 
 def host_name(host: str) -> str:

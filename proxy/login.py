@@ -32,7 +32,7 @@ from .context import CLOCK, CONFIG, PROVIDER, REQUEST_ID, SEALER
 from .cookies import MAX_COOKIE_BYTES, cookie_header, is_token, request_cookies
 from .crypto import pkce_pair, random_token
 from .ending import ENDS, Reason
-from .errors import (AuthorizationDenied, CookieError, LoginError, StateMismatch, StoreUnavailable,
+from .errors import (AuthorizationDenied, CookieError, LoginError, StateMismatch, StepUpRefused, StoreUnavailable,
                      TokenValidationError)
 from .metrics import METRICS
 from .model import Session
@@ -40,6 +40,7 @@ from .pages import NO_STORE, html_page
 from .provider import Provider, TokenSet
 from .redirects import safe_redirect
 from .session import commit_session, cookie_session_id, defer_cookie, get_session, set_session
+from .stepup import authentication, opened_step_up, step_up_query
 
 log = logging.getLogger("authproxy.login")
 
@@ -82,9 +83,13 @@ def is_navigation(request: web.Request) -> bool:
     return "text/html" in accept or "application/xhtml+xml" in accept or (mode == "navigate" and "*/*" in accept)
 
 
-def login_url(request: web.Request, rd: str) -> str:
-    """Where to send a user to sign in and come back to ``rd``: our own ``/oauth2/start``."""
-    return request.app[CONFIG].public_url + "/oauth2/start?" + urlencode({"rd": rd})
+def login_url(request: web.Request, rd: str, step_up: dict[str, str] | None = None) -> str:
+    """Where to send a user to sign in and come back to ``rd``: our own ``/oauth2/start`` — with a route's
+    step-up parameters sealed into it (``stepup.step_up_query``) when it asks for them."""
+    query = {"rd": rd}
+    if step_up:
+        query["step_up"] = step_up_query(request.app[SEALER], step_up)
+    return request.app[CONFIG].public_url + "/oauth2/start?" + urlencode(query)
 
 
 # -- the login cookie ----------------------------------------------------------------------------
@@ -99,6 +104,12 @@ class LoginState:
     created: float
     # The max_age / acr_values asked for, which the ID token must answer (authorize_params.check_asked).
     asked: dict[str, str] | None = None
+    # A step-up sign-in (stepup.py): an answer short of ``asked`` is a 403 page, and the session it
+    # completes replaces the browser's current one, which ends (Reason.STEP_UP).
+    step_up: bool = False
+    # The id of the session the step-up started from: it is ended even if the callback does not carry its
+    # cookie (``cookie.samesite: strict`` withholds it from the provider's cross-site redirect).
+    replaces: str | None = None
 
 
 def _login_prefix(config: Config) -> str:
@@ -152,9 +163,10 @@ def _login_cookie(config: Config, name: str, value: str, max_age: float) -> str:
                          secure=config.cookie.secure, samesite=samesite)
 
 
-async def start_login(request: web.Request, rd: str, params: dict[str, str] | None = None) -> web.HTTPFound:
+async def start_login(request: web.Request, rd: str, params: dict[str, str] | None = None, *,
+                      step_up: bool = False) -> web.HTTPFound:
     """A redirect to the provider's authorization endpoint, with a new login cookie set. ``params``:
-    sign-in parameters already checked by ``authorize_params.requested``."""
+    sign-in parameters already checked by ``authorize_params.requested``, or a step-up's (``step_up``)."""
     config, provider = request.app[CONFIG], request.app[PROVIDER]
     state, (verifier, challenge) = random_token(), pkce_pair()
     nonce = random_token() if provider.is_oidc else None
@@ -168,7 +180,8 @@ async def start_login(request: web.Request, rd: str, params: dict[str, str] | No
     name, now = _login_prefix(config) + state, request.app[CLOCK]()
     merged = {**config.provider.extra_authorize_params, **(params or {})}
     asked: dict[str, str] | None = {name: merged[name] for name in CHECKED if name in merged} or None
-    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now, asked=asked)
+    login = LoginState(state=state, verifier=verifier, nonce=nonce, rd=target, created=now, asked=asked,
+                       step_up=step_up, replaces=cookie_session_id(request) if step_up else None)
     response.headers.add("Set-Cookie", _login_cookie(config, name, _sealed_login(request, name, login), LOGIN_TTL))
     return response
 
@@ -186,8 +199,13 @@ def _sealed_login(request: web.Request, name: str, login: LoginState) -> str:
 
 
 async def handle_start(request: web.Request) -> web.StreamResponse:
+    """A sign-in from a link: its allowed parameters, and a step-up's when it carries one we sealed (a
+    route's rule asks for them, not the link: ``stepup.py``)."""
     params = requested(request.query, request.app[CONFIG].provider.authorize_parameters)
-    raise await start_login(request, request.query.get("rd") or "/", params)
+    step_up = request.query.get("step_up")
+    if step_up:
+        params.update(opened_step_up(request.app[SEALER], step_up))
+    raise await start_login(request, request.query.get("rd") or "/", params, step_up=bool(step_up))
 
 
 async def handle_callback(request: web.Request) -> web.StreamResponse:
@@ -200,10 +218,18 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     login = _spend_login(request, params)
     code = _authorization_code(params, provider, config)
     tokens = await provider.exchange_code(code, login.verifier)
-    claims = await _verified_claims(provider, config, tokens, login.nonce)
+    claims, id_claims = await _verified_claims(provider, config, tokens, login.nonce)
     if provider.is_oidc and login.asked:
-        check_asked(claims, login.asked, request.app[CLOCK](), config.provider.clock_skew)
-    await _establish_session(request, provider, tokens, claims)
+        try:
+            check_asked(id_claims, login.asked, request.app[CLOCK](), config.provider.clock_skew)
+        except TokenValidationError as exc:
+            if login.step_up:       # a page that says so, not another trip to the provider (a loop)
+                raise StepUpRefused(exc.detail) from None
+            raise
+    replaced = {login.replaces, cookie_session_id(request)} if login.step_up else set()
+    await _establish_session(request, provider, tokens, claims, id_claims)
+    for session_id in sorted(filter(None, replaced)):
+        await _end_replaced(request, session_id)
     target = safe_redirect(login.rd, config)
     if config.cookie.samesite == "strict":
         # After a cross-site redirect chain, browsers withhold Strict cookies from the next request;
@@ -272,33 +298,51 @@ def _authorization_code(query: MultiMapping[str], provider: Provider, config: Co
     return code
 
 
-async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet, nonce: str | None) -> dict[str, Any]:
+async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet,
+                           nonce: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Who signed in: the verified ID token's claims (OIDC Core §3.1.3.7) and, when configured or for
-    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2)."""
-    claims: dict[str, Any] = {}
+    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2) — merged; and the ID
+    token's alone, the only ones that say how the user signed in (``acr``, ``auth_time``: userinfo is no
+    signed statement about the sign-in, and a claim the ID token lacks must not be filled from it)."""
+    id_claims: dict[str, Any] = {}
     if provider.is_oidc:
         if not tokens.id_token:
             raise TokenValidationError("id_token", "the token response has no ID token")
-        claims = await provider.verify_id_token(tokens.id_token, nonce=nonce)
+        id_claims = await provider.verify_id_token(tokens.id_token, nonce=nonce)
+    claims = id_claims
     if config.provider.use_userinfo or not provider.is_oidc:
         info = await provider.userinfo(tokens.access_token)
-        if claims and info.get("sub") != claims["sub"]:
+        if id_claims and info.get("sub") != id_claims["sub"]:
             raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
-        claims = {**info, **claims}
-    return claims
+        claims = {**info, **id_claims}
+    return claims, id_claims
 
 
 async def _establish_session(request: web.Request, provider: Provider, tokens: TokenSet,
-                             claims: dict[str, Any]) -> None:
-    """A new session, with a new id, in place of whatever session cookie came in (no fixation), saved now."""
+                             claims: dict[str, Any], id_claims: dict[str, Any]) -> None:
+    """A new session, with a new id, in place of whatever session cookie came in (no fixation), saved now.
+    How the user signed in comes from the ID token alone (``stepup.authentication``)."""
     now = request.app[CLOCK]()
+    acr, auth_time = authentication(id_claims)
     session = Session(identity=provider.identity_from(claims), access_token=tokens.access_token, created_at=now,
                       issued_at=now, expires_at=tokens.expires_at, refresh_token=tokens.refresh_token,
                       id_token=tokens.id_token,
-                      sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16))
+                      sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None, id=random_token(16),
+                      acr=acr, auth_time=auth_time)
     set_session(request, session)
     await commit_session(request)
     request.app[METRICS].login_completed(session.identity.sub, request[REQUEST_ID])
+
+
+async def _end_replaced(request: web.Request, session_id: str) -> None:
+    """End the session a step-up sign-in replaced (``Reason.STEP_UP``), everywhere it is held: its cookie
+    copies, its sockets. A store that is down records it later (``SessionEnds``); the sign-in stands."""
+    ends = request.app[ENDS]
+    try:
+        await ends.end(ends.new(Reason.STEP_UP, session_id=session_id))
+    except StoreUnavailable as exc:
+        log.error("step-up: the replaced session ended on this host and is recorded in the store once it is "
+                  "back: %s rid=%s", exc, request[REQUEST_ID])
 
 
 def _check_issuer(iss: str | None, provider: Provider, config: Config) -> None:

@@ -139,6 +139,11 @@ class Session:
     sid: str | None = None                # OIDC session id, for back-channel logout
     id: str = ""                          # random per sign-in: names this session in logs and registries
     last_seen: float | None = None        # last recorded use, at touch_interval granularity (idle timeout only)
+    # How the user signed in, from the sign-in's verified ID token only (OIDC Core §2 ``acr``, ``auth_time``),
+    # never from a refresh's ID token or userinfo: what a route's step-up rule (``stepup.py``) is judged on.
+    # None: not said (or a session stored before these were kept) — no acr, no known age.
+    acr: str | None = None
+    auth_time: float | None = None
 
     def __repr__(self) -> str:
         return (f"Session(sub={self.identity.sub!r}, access_token=yes, "
@@ -168,6 +173,9 @@ class Session:
         data["identity"]["groups"] = list(self.identity.groups)
         if not self.identity.claims:
             del data["identity"]["claims"]      # the payload stays as it was for sessions without kept claims
+        for name in ("acr", "auth_time"):       # likewise for sessions whose sign-in said neither
+            if data[name] is None:
+                del data[name]
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -201,4 +209,5 @@ class Session:
                 and all(len(c) == 2 and text(c[0], False) and text(c[1], False) for c in ident.claims)
                 and text(self.access_token, False) and text(self.id, False) and text(self.refresh_token)
                 and text(self.id_token) and text(self.sid) and number(self.created_at, False)
-                and number(self.expires_at) and number(self.issued_at) and number(self.last_seen))
+                and number(self.expires_at) and number(self.issued_at) and number(self.last_seen)
+                and text(self.acr) and number(self.auth_time))

@@ -70,7 +70,7 @@ SESSION_ENDED = 4401
 CLOSE_REASONS = {Reason.SIGN_OUT: "signed out", Reason.BACKCHANNEL: "signed out at the provider",
                  Reason.FRONTCHANNEL: "signed out at the provider",
                  Reason.EXPIRY: "session expired", Reason.REFRESH_REFUSED: "session expired",
-                 Reason.COOKIE_LIMIT: "session ended"}
+                 Reason.COOKIE_LIMIT: "session ended", Reason.STEP_UP: "signed in again"}
 # The close reason (with 1013, "try again later") when the access token expired and could not be renewed
 # because the provider or the session store is unreachable: the session lives, and a client that
 # reconnects gets a new socket as soon as they are back (4401 would tell it to sign in, which is untrue).

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from .base import _Model
 from .values import (Duration, Loc, PositiveDuration, _absolute_path, _existing_file, _lower, _origin, _regex,
@@ -38,10 +38,47 @@ class PolicyCase(_Model):
     allow: bool
 
 
+def _acr_value(value: str) -> str:
+    """One ``acr`` value: it goes into ``acr_values``, a space-separated list (OIDC Core §3.1.2.1), and into
+    a ``WWW-Authenticate`` quoted string (RFC 9470 §3), so printable ASCII without spaces or quotes."""
+    if not _ACR_VALUE.fullmatch(value):
+        raise ValueError(f"must be one acr value without spaces, quotes or backslashes, as the provider names it, "
+                         f'e.g. "urn:example:mfa" or "2"; got {value[:80]!r}')
+    return value
+
+
+def _acr_list(values: list[str] | None) -> list[str] | None:
+    if values is not None and not values:
+        raise ValueError('is empty: list the acr values that may pass (any one will do), e.g. ["urn:example:mfa"], '
+                         "or leave the key out")
+    if values is not None and len(" ".join(values)) > MAX_ACR_VALUES_CHARS:
+        raise ValueError(f"lists more than {MAX_ACR_VALUES_CHARS} characters of acr values; they travel in the "
+                         "sign-in's login cookie and URL: list only the values this route accepts")
+    return values
+
+
+def _auth_age(seconds: float | None) -> float | None:
+    if seconds is not None and (seconds < 1 or seconds != int(seconds)):
+        raise ValueError('must be a whole number of seconds, at least 1 (max_age is sent in seconds); write e.g. '
+                         '"15m" or 900')
+    return seconds
+
+
+# Longest ``acr`` list, joined with spaces as ``acr_values``: what a sign-in link may pass too
+# (``authorize_params.MAX_PARAMETER_CHARS``), so the login cookie that keeps it always fits.
+MAX_ACR_VALUES_CHARS = 256
+# An acr value as it may appear in acr_values and in a WWW-Authenticate quoted string.
+_ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
+
+
 class AuthorizationConfig(_Model):
     """Who may pass once signed in. Every list that is not empty must be satisfied by one of its
     entries (for ``rules``: one expression true); all lists empty means any signed-in user. ``tests``
-    are run when the configuration loads: a section that does not decide as they say stops start-up."""
+    are run when the configuration loads: a section that does not decide as they say stops start-up.
+
+    ``acr`` and ``max_auth_age`` ask *how* the user signed in (step-up, ``stepup.py``): the session's
+    sign-in must have one of the ``acr`` values and be at most ``max_auth_age`` old, or the user is sent
+    to sign in again asking for them (an API client gets RFC 9470's 401)."""
 
     email_domains: list[Annotated[str, BeforeValidator(_lower)]] = []
     allowed_emails: list[Annotated[str, BeforeValidator(_lower)]] = []
@@ -49,6 +86,12 @@ class AuthorizationConfig(_Model):
     allowed_users: list[str] = []
     rules: list[Annotated[str, AfterValidator(_expression)]] = []
     tests: list[PolicyCase] = []
+    acr: Annotated[list[Annotated[str, AfterValidator(_acr_value)]] | None, AfterValidator(_acr_list),
+                   Field(description="acr values of which the sign-in must have one (OIDC acr claim); "
+                                     "else the user signs in again with acr_values")] = None
+    max_auth_age: Annotated[Duration | None, AfterValidator(_auth_age),
+                            Field(description="how long ago the user may have signed in (auth_time); "
+                                              "older: sign in again with max_age")] = None
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
         from ..policy import run_case

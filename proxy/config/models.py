@@ -133,6 +133,23 @@ class Config(_Model):
             yield ("metrics_on_listen",), ("metrics_listen already serves /metrics on its own port; set "
                                            "metrics_on_listen: false, or remove metrics_listen to serve them on listen")
         yield from self._tls_problems()
+        yield from self._step_up_problems()
+
+    def _step_up_problems(self) -> Iterator[tuple[Loc, str]]:
+        """Step-up judges the ID token's ``acr`` and ``auth_time``: a plain OAuth 2.0 provider (GitHub) gives
+        none, so a route asking for them could never be met — each sign-in would send the user back again."""
+        if self.provider.protocol == "oidc":
+            return
+        sections: list[tuple[Loc, AuthorizationConfig]] = [(("authorization",), self.authorization)]
+        sections += [(("upstreams", i, "authorization"), upstream.authorization)
+                     for i, upstream in enumerate(self.upstreams) if upstream.authorization is not None]
+        sections += [(("forward_auth", "rule_sets", i), rule_set)
+                     for i, rule_set in enumerate(self.forward_auth.rule_sets)]
+        for loc, rules in sections:
+            for key in ("acr", "max_auth_age"):
+                if getattr(rules, key) is not None:
+                    yield (*loc, key), (f"needs an OpenID Connect provider, whose ID token says how the user signed "
+                                        f"in; provider.type {self.provider.type} has no ID token: remove {key}")
 
     def _tls_problems(self) -> Iterator[tuple[Loc, str]]:
         if self.tls is None:

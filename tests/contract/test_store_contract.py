@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -68,6 +69,20 @@ async def test_round_trip(make_store):
     s = session()
     cookies = dict(await store.save(s, {}))
     assert await store.load(cookies) == s
+
+
+async def test_how_the_user_signed_in_survives_the_store_and_an_update(make_store):
+    """``acr`` and ``auth_time`` (step-up) are kept as the sign-in set them, through a save and a refresh's update."""
+    store = make_store()
+    s = session(acr="urn:example:mfa", auth_time=time.time() - 60)
+    cookies = dict(await store.save(s, {}))
+    loaded = await store.load(cookies)
+    assert loaded is not None and (loaded.acr, loaded.auth_time) == (s.acr, s.auth_time)
+    refreshed = replace(loaded, access_token="AT-secret-2", refresh_token="RT-2")
+    await store.update(refreshed)
+    cookies = dict(await store.save(refreshed, cookies))
+    again = await store.load(cookies)
+    assert again is not None and (again.acr, again.auth_time, again.access_token) == (s.acr, s.auth_time, "AT-secret-2")
 
 
 async def test_no_cookie_is_no_session(make_store):

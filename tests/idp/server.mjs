@@ -24,6 +24,12 @@
 //                            SIGTERM/SIGINT, so a restart (e.g. with a new jwks) keeps sessions and grants
 //   require_pushed_authorization_requests   default false: when true, the provider takes authorization
 //                            requests only through its PAR endpoint (RFC 9126 §5) and says so in discovery
+//   acr_by_password          opt-in step-up: {"<password>": "<acr>", ...}; a sign-in with that password at the
+//                            login form gets that acr in its ID token (and in JWT access tokens, with auth_time);
+//                            "*" names the acr of any other password (without it, other passwords get no acr).
+//                            The values become acr_values_supported and every client's default_acr_values, and
+//                            clients default to require_auth_time, so every ID token carries acr and auth_time.
+//                            Unset (the default): no acr anywhere, auth_time only when max_age is asked.
 //   events_file              each event line is also appended here, synchronously and before the HTTP
 //                            response that caused it goes out, so a test that got the response can read
 //                            the event at once (a reader of the stdout pipe may not have seen it yet)
@@ -48,6 +54,7 @@ const KNOWN_KEYS = new Set([
   'port', 'issuer', 'clients', 'jwks', 'access_token_ttl', 'id_token_ttl', 'refresh_token_ttl',
   'rotate_refresh_token', 'refresh_token_requires_offline_access', 'extra_claims', 'cookie_keys',
   'state_file', 'events_file', 'jwt_access_token_audience', 'require_pushed_authorization_requests',
+  'acr_by_password',
 ]);
 
 // Lifetimes we do not expose as options; set so oidc-provider does not warn about defaults.
@@ -83,6 +90,11 @@ function loadConfig(path) {
   if (!Number.isInteger(config.port)) problems.push(`port must be an integer, got ${JSON.stringify(config.port)}`);
   if (!Array.isArray(config.clients)) problems.push('clients must be a list of client metadata');
   if (config.jwks !== undefined && !Array.isArray(config.jwks?.keys)) problems.push('jwks must be {"keys": [...]}');
+  const acrs = config.acr_by_password;
+  if (acrs !== undefined && (typeof acrs !== 'object' || acrs === null || Array.isArray(acrs)
+      || !Object.values(acrs).every((acr) => typeof acr === 'string' && acr))) {
+    problems.push('acr_by_password must be {"<password>": "<acr>", ...}');
+  }
   if (problems.length) {
     throw new Error(`${path}: ${problems.join('; ')}`);
   }
@@ -239,6 +251,11 @@ function buildProvider(config, store) {
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: signingAlgFor(jwks.keys[0]),
+      // acr_by_password: every ID token says how the user signed in and when, as Keycloak's and Entra's do
+      // (oidc-provider releases acr and auth_time only when asked for; these ask on every client's behalf).
+      ...(config.acr_by_password ? {
+        default_acr_values: [...new Set(Object.values(config.acr_by_password))], require_auth_time: true,
+      } : {}),
     },
     jwks,
     cookies: { names: COOKIE_NAMES, keys: config.cookie_keys ?? ['authproxy-test-idp-cookie-key'] },
@@ -272,10 +289,11 @@ function buildProvider(config, store) {
         requirePushedAuthorizationRequests: config.require_pushed_authorization_requests ?? false,
       },
     },
+    ...(config.acr_by_password ? { acrValues: [...new Set(Object.values(config.acr_by_password))] } : {}),
     async extraTokenClaims(ctx, token) {
       if (!config.jwt_access_token_audience || !token.accountId) return undefined;
       const { email, preferred_username: username, groups } = claimsFor(token.accountId, extraClaims);
-      return { email, preferred_username: username, groups };
+      return { email, preferred_username: username, groups, ...signInOf(ctx, config) };
     },
     pkce: { required: () => true },
     // oidc-provider's outgoing requests (backchannel logout) refuse special-use addresses such as
@@ -299,6 +317,39 @@ function buildProvider(config, store) {
       Grant: GRANT_TTL,
     },
   });
+}
+
+// acr_by_password: how the grant's sign-in went (RFC 9068 §2.2.1 acr and auth_time), from the code or
+// refresh token being spent; nothing without the option, so default tokens are as they always were.
+function signInOf(ctx, config) {
+  if (!config.acr_by_password) return {};
+  const source = ctx.oidc.entities.AuthorizationCode ?? ctx.oidc.entities.RefreshToken;
+  if (!source) return {};
+  return {
+    ...(source.acr ? { acr: source.acr } : {}),
+    ...(source.authTime ? { auth_time: source.authTime } : {}),
+  };
+}
+
+// acr_by_password: the login form's answer, taken before devInteractions' own (which records no acr), so the
+// acr follows the password typed. Only a POST of the login prompt; everything else goes on as usual.
+function acrByPassword(provider, acrs) {
+  return async (ctx, next) => {
+    if (ctx.method !== 'POST' || !/^\/interaction\/[^/]+$/.test(ctx.path)) return next();
+    const chunks = [];
+    for await (const chunk of ctx.req) chunks.push(chunk);
+    const body = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+    if (body.get('prompt') !== 'login') {
+      ctx.request.body = Object.fromEntries(body);    // consent: read by devInteractions from here
+      return next();
+    }
+    const acr = acrs[body.get('password') ?? ''] ?? acrs['*'];
+    ctx.respond = false;
+    await provider.interactionFinished(ctx.req, ctx.res, {
+      login: { accountId: body.get('login'), ...(acr ? { acr } : {}) },
+    }, { mergeWithLastSubmission: false });
+    return undefined;
+  };
 }
 
 function grantType(ctx) {
@@ -359,6 +410,7 @@ function main() {
   const store = new Store();
   store.load(config.state_file);
   const provider = buildProvider(config, store);
+  if (config.acr_by_password) provider.use(acrByPassword(provider, config.acr_by_password));
   subscribe(provider);
 
   const server = provider.listen(config.port, '127.0.0.1', () => {

@@ -32,12 +32,15 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture
 async def stack_factory(idp_factory: IdPFactory) -> AsyncIterator[StackFactory]:
-    """``await stack_factory(idp_options={...}, client={...}, **config_sections)`` starts all three."""
+    """``await stack_factory(idp_options={...}, client={...}, **config_sections)`` starts all three.
+
+    ``routes``: upstreams before the catch-all ``/``, each a mapping of upstream keys (``path``,
+    ``authorization``…) whose ``url`` is the echo server's."""
     started: list[Stack] = []
 
     async def factory(*, idp_options: dict[str, Any] | None = None, client: dict[str, Any] | None = None,
                       clock: Callable[[], float] | None = None, backchannel: bool = False,
-                      **sections: Any) -> Stack:
+                      routes: list[dict[str, Any]] | None = None, **sections: Any) -> Stack:
         port = free_port()
         public = f"http://127.0.0.1:{port}"
         meta = client_metadata(public + "/oauth2/callback", post_logout_redirect_uri=public + "/oauth2/signed_out",
@@ -45,6 +48,8 @@ async def stack_factory(idp_factory: IdPFactory) -> AsyncIterator[StackFactory]:
                                **(client or {}))
         idp = await idp_factory(clients=[meta], **(idp_options or {}))
         echo = await start_echo(free_port())
+        if routes is not None:
+            sections["upstreams"] = [{**route, "url": echo.url} for route in routes] + [{"path": "/", "url": echo.url}]
         data = config_dict(port=port, issuer=idp.issuer, upstream_url=echo.url, client_id=CLIENT_ID,
                            client_secret=CLIENT_SECRET, **sections)
         kwargs = {"clock": clock} if clock else {}

@@ -673,3 +673,71 @@ def test_response_mode_is_not_an_extra_parameter() -> None:
 def test_a_discovery_url_pasted_as_issuer_says_what_to_set() -> None:
     assert_problem(with_(provider={"issuer": "https://idp.example.com/realms/x/.well-known/openid-configuration"}),
                    "provider.issuer", "set issuer: 'https://idp.example.com/realms/x'")
+
+
+# --- step-up: acr and max_auth_age in every authorization section --------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["authorization", "upstreams[0].authorization", "forward_auth.rule_sets[0]"])
+@pytest.mark.parametrize(("keys", "key", "fragment"), [
+    ({"acr": []}, "acr", "is empty: list the acr values"),
+    ({"acr": "urn:example:mfa"}, "acr", "expected a list"),
+    ({"acr": ["urn:example mfa"]}, "acr[0]", "without spaces"),
+    ({"acr": ['urn:"mfa"']}, "acr[0]", "quotes"),
+    ({"acr": [""]}, "acr[0]", "one acr value"),
+    ({"acr": ["urn:example:" + c * 90 for c in "xyz"]}, "acr", "more than 256 characters"),
+    ({"max_auth_age": -5}, "max_auth_age", "zero or more"),
+    ({"max_auth_age": "-5m"}, "max_auth_age", "invalid duration"),
+    ({"max_auth_age": 0}, "max_auth_age", "at least 1"),
+    ({"max_auth_age": "1.5"}, "max_auth_age", "whole number of seconds"),
+    ({"max_auth_age": "soon"}, "max_auth_age", "invalid duration"),
+])
+def test_step_up_keys_name_the_fix(where: str, keys: dict[str, object], key: str, fragment: str) -> None:
+    data = minimal()
+    if where == "authorization":
+        data["authorization"] = keys
+    elif where.startswith("upstreams"):
+        data["upstreams"] = [{**data["upstreams"][0], "authorization": keys}]
+    else:
+        data["forward_auth"] = {"rule_sets": [{"name": "mfa", **keys}]}
+    assert_problem(data, f"{where}.{key}", fragment)
+
+
+def test_step_up_keys_are_read_everywhere_rules_are() -> None:
+    data = minimal()
+    data["authorization"] = {"max_auth_age": "1h"}
+    data["upstreams"] = [{**data["upstreams"][0], "authorization": {"acr": ["urn:example:mfa", "2"]}}]
+    data["forward_auth"] = {"rule_sets": [{"name": "mfa", "acr": ["urn:example:mfa"], "max_auth_age": 300}]}
+    config = parse_config(data, source="test.yaml", environ={})
+    assert config.authorization.max_auth_age == 3600 and config.authorization.acr is None
+    assert config.upstreams[0].authorization is not None
+    assert config.upstreams[0].authorization.acr == ["urn:example:mfa", "2"]
+    rule_set = config.forward_auth.rule_set("mfa")
+    assert rule_set is not None and (rule_set.acr, rule_set.max_auth_age) == (["urn:example:mfa"], 300)
+
+
+def test_config_schema_describes_the_step_up_keys() -> None:
+    import jsonschema
+
+    schema = Config.model_json_schema()
+    keys = schema["$defs"]["AuthorizationConfig"]["properties"]
+    assert "acr_values" in keys["acr"]["description"] and "max_age" in keys["max_auth_age"]["description"]
+    assert {"acr", "max_auth_age"} <= set(schema["$defs"]["RuleSet"]["properties"])
+    base = yaml.safe_load(EXAMPLE.read_text())
+    for good in ({"acr": ["urn:example:mfa"]}, {"acr": None}, {"max_auth_age": "15m"}, {"max_auth_age": 900}):
+        jsonschema.validate({**base, "authorization": {**base["authorization"], **good}}, schema)
+    for wrong in ({"acr": "urn:example:mfa"}, {"acr": [1]}, {"max_auth_age": "soon"}, {"acr_values": ["x"]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**base, "authorization": {**base["authorization"], **wrong}}, schema)
+
+
+def test_step_up_needs_an_openid_connect_provider() -> None:
+    """A plain OAuth 2.0 provider sends no ID token, so no acr: a route asking for one could never be met,
+    and every sign-in would send the user back to sign in again."""
+    data = minimal()
+    data["provider"] = {"type": "github", "client_id": "Iv1.x", "client_secret": "s"}
+    data["upstreams"] = [{**data["upstreams"][0], "authorization": {"acr": ["urn:example:mfa"]}}]
+    data["forward_auth"] = {"rule_sets": [{"name": "fresh", "max_auth_age": "5m"}]}
+    found = problems(data)
+    assert "OpenID Connect" in found["upstreams[0].authorization.acr"]
+    assert "remove max_auth_age" in found["forward_auth.rule_sets[0].max_auth_age"]

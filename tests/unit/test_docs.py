@@ -109,7 +109,8 @@ COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.int
                  for section in ("authorization", "upstreams[].authorization")},
               # a rule set needs its name, and its test cases their claims and outcome
               **{f"forward_auth.rule_sets[].{key}": {"forward_auth.rule_sets[].name": "admins"}
-                 for key in ("email_domains", "allowed_emails", "allowed_groups", "allowed_users", "rules", "tests")},
+                 for key in ("email_domains", "allowed_emails", "allowed_groups", "allowed_users", "rules", "tests",
+                             "acr", "max_auth_age")},
               **{f"forward_auth.rule_sets[].tests[].{key}": {"forward_auth.rule_sets[].name": "admins",
                                                              "forward_auth.rule_sets[].tests[].claims": {"sub": "a"},
                                                              "forward_auth.rule_sets[].tests[].allow": True}

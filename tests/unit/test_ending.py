@@ -27,7 +27,8 @@ def end(**changes) -> SessionEnd:
 
 @pytest.mark.parametrize("one", [end(), end(session_id=None, sid="op-sid", reason=Reason.BACKCHANNEL),
                                  end(session_id=None, sub="alice", reason=Reason.BACKCHANNEL),
-                                 end(reason=Reason.COOKIE_LIMIT, sid="x", sub="y")])
+                                 end(reason=Reason.COOKIE_LIMIT, sid="x", sub="y"),
+                                 end(reason=Reason.STEP_UP)])
 def test_round_trip(one):
     raw = one.to_bytes()
     assert SessionEnd.from_bytes(raw) == one

@@ -109,6 +109,8 @@ ANSWERS: list[tuple[AuthProxyError, int, str]] = [
     (errors.NotFound("nothing"), 404, ""),            # always a page
     (errors.Unauthenticated("/x"), 401, "unauthenticated"),
     (errors.Forbidden(IDENT, "/x"), 403, "forbidden"),
+    (errors.StepUpRequired({"acr_values": "urn:gold"}, "no acr", bearer=True), 401, "insufficient_user_authentication"),
+    (errors.StepUpRefused("acr"), 403, ""),           # at the callback: always a page
     (errors.WebSocketRefused(429, "too_many_websockets", "Too many", "close some"), 429, "too_many_websockets"),
     (errors.LogoutTokenRejected("the logout token was already used"), 400, "invalid_request"),
     (errors.UpstreamError("refused"), 502, "UpstreamError"),
@@ -152,6 +154,10 @@ async def test_each_class_gets_its_status_and_error_code(aiohttp_client, exc, st
     (errors.Unauthenticated(), 401, "Bearer"),
     (errors.BearerRejected("exp", "expired"), 401, invalid_token_header()),
     (errors.Forbidden(IDENT), 403, None),
+    # nginx's form: 403, as a 401 would be handed to its error_page location, authproxy as the proxy
+    (errors.StepUpRequired({"acr_values": "urn:gold urn:silver", "max_age": "300", "prompt": "login"}, "no acr"), 403,
+     'Bearer realm="authproxy", error="insufficient_user_authentication", error_description="A stronger or more '
+     'recent sign-in is required", acr_values="urn:gold urn:silver", max_age=300'),
     (errors.BadQueryRules("unknown parameter 'x'"), 400, None),
 ])
 async def test_the_forward_auth_endpoint_gets_bare_statuses(aiohttp_client, exc, status, header):

@@ -253,3 +253,34 @@ def test_identity_an_ingress_copies_is_never_a_header_injection():
     assert headers["X-Auth-Request-Email"] == "" and headers["X-Auth-Request-Preferred-Username"] == ""
     assert headers["X-Auth-Request-Groups"] == ""
     assert all("\n" not in v and "\r" not in v and "\u202e" not in v for v in headers.values())
+
+
+# -- step-up ---------------------------------------------------------------------------------------------------
+
+MFA = "urn:example:mfa"
+
+
+async def test_a_rule_sets_acr_is_asked_for_as_the_endpoints_form_answers(client):
+    app, c = await client(forward_auth={"rule_sets": [{"name": "mfa", "acr": [MFA]}]})
+    weak = cookie_for(app, make_session(acr="urn:example:pwd"))
+    assert (await c.get("/oauth2/auth", headers=weak)).status == 202
+    bare = await c.get("/oauth2/auth/mfa", headers=weak)                       # nginx: status and header only
+    assert bare.status == 403 and await bare.read() == b""       # a 401 would go to nginx's error_page: the proxy
+    assert 'error="insufficient_user_authentication"' in bare.headers["WWW-Authenticate"]
+    assert f'acr_values="{MFA}"' in bare.headers["WWW-Authenticate"]
+    page = await c.get("/oauth2/auth/mfa/redirect", allow_redirects=False,
+                       headers={**weak, "Accept": "text/html", "Sec-Fetch-Mode": "navigate"})
+    assert page.status == 302 and rd_of(page.headers["Location"]) == "/"
+    assert "step_up" in parse_qs(urlsplit(page.headers["Location"]).query)
+    api = await c.get("/oauth2/auth/mfa/redirect", headers={**weak, "Accept": "application/json"})
+    assert api.status == 401 and "step_up=" in (await api.json())["login_url"]
+    assert (await c.get("/oauth2/auth/mfa", headers=cookie_for(app, make_session(acr=MFA)))).status == 202
+
+
+async def test_rule_sets_whose_acr_lists_share_nothing_refuse_with_a_403_not_a_sign_in(client):
+    app, c = await client(authorization={"acr": ["urn:example:pwd"]},
+                          forward_auth={"rule_sets": [{"name": "mfa", "acr": [MFA]}]})
+    for acr in ("urn:example:pwd", MFA):
+        response = await c.get("/oauth2/auth/mfa/redirect", allow_redirects=False,
+                               headers={**cookie_for(app, make_session(acr=acr)), "Accept": "text/html"})
+        assert response.status == 403

@@ -13,7 +13,7 @@ import pytest
 from proxy.bearer import invalid_token_header
 from proxy.session import Identity
 from tests.support.unit_app import CLOSED, cookie_for, metadata_loaded, unit_app, unit_config
-from tests.unit.conftest import make_session
+from tests.unit.conftest import NOW, make_session
 
 API = {"Accept": "application/json"}
 PAGE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
@@ -161,3 +161,57 @@ async def test_on_an_allowed_host_the_login_url_comes_back_to_that_host(client):
         "https://wiki.example.com/data?x=1"
     assert await rd({**API, "Host": "evil.example"}) == "/data?x=1"          # not allowed: public_url's origin
     assert await rd(API) == "/data?x=1"
+
+
+# -- step-up (stepup.py) ------------------------------------------------------------------------------------
+
+MFA = "urn:example:mfa"
+STEP_UP_ROUTES = {"upstreams": [
+    {"path": "/admin", "url": CLOSED, "authorization": {"acr": [MFA], "max_auth_age": 300}},
+    {"path": "/", "url": CLOSED}]}
+
+
+async def test_a_session_that_meets_the_routes_acr_and_age_passes(client):
+    app, c = await client(**STEP_UP_ROUTES)
+    response = await c.get("/admin", headers={**PAGE, **cookie_for(app, make_session(acr=MFA, auth_time=NOW - 100))})
+    assert response.status == 502                     # through the gate, to the closed upstream port
+
+
+@pytest.mark.parametrize(("acr", "age"), [(None, 100), ("urn:example:pwd", 100), (MFA, None), (MFA, 400),
+                                          (MFA.upper(), 100)])
+async def test_a_page_load_short_of_the_route_signs_in_again_asking_for_it(client, acr, age):
+    app, c = await client(**STEP_UP_ROUTES)
+    session = make_session(acr=acr, auth_time=None if age is None else NOW - age)
+    response = await c.get("/admin/x?y=1", headers={**PAGE, **cookie_for(app, session)}, allow_redirects=False)
+    assert response.status == 302
+    location = urlsplit(response.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{CLOSED}/authorize"
+    query = parse_qs(location.query)
+    assert query["acr_values"] == [MFA] and query["max_age"] == ["300"] and query["prompt"] == ["login"]
+    response = await c.get("/", headers={**PAGE, **cookie_for(app, session)}, allow_redirects=False)
+    assert response.status == 502                     # the other routes ask nothing
+
+
+async def test_an_api_client_short_of_the_route_gets_rfc_9470s_401_with_a_step_up_link(client):
+    app, c = await client(**STEP_UP_ROUTES)
+    response = await c.get("/admin/api", headers={**API, **cookie_for(app, make_session(acr="urn:example:pwd"))})
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == (
+        'Bearer realm="authproxy", error="insufficient_user_authentication", error_description="A stronger or '
+        f'more recent sign-in is required", acr_values="{MFA}", max_age=300')
+    body = await response.json()
+    assert body["error"] == "insufficient_user_authentication" and body["acr_values"] == MFA
+    assert body["max_age"] == "300"
+    link = urlsplit(body["login_url"])
+    assert link.path == "/oauth2/start" and parse_qs(link.query)["rd"] == ["/admin/api"]
+    start = await c.get(link.path + "?" + link.query, allow_redirects=False)
+    assert start.status == 302 and parse_qs(urlsplit(start.headers["Location"]).query)["acr_values"] == [MFA]
+
+
+async def test_nobody_signed_in_is_asked_for_the_routes_acr_at_once(client):
+    _, c = await client(**STEP_UP_ROUTES)
+    response = await c.get("/admin", headers=PAGE, allow_redirects=False)
+    assert response.status == 302
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["acr_values"] == [MFA]
+    response = await c.get("/elsewhere", headers=PAGE, allow_redirects=False)
+    assert "acr_values" not in parse_qs(urlsplit(response.headers["Location"]).query)

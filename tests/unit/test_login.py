@@ -99,3 +99,40 @@ def _req(headers):
 ])
 def test_is_navigation(headers, expected):
     assert is_navigation(_req(headers)) is expected
+
+
+def test_a_step_up_login_cookie_for_the_longest_target_and_acr_list_fits_in_a_browser():
+    """A step-up's login cookie also keeps what was asked (at most 256 characters of acr values: the
+    config's limit) and the id of the session it replaces."""
+    config = make_config()
+    target = safe_redirect("/" + "a" * (MAX_REDIRECT_LENGTH - len(ORIGIN) - 1), config)
+    state, (verifier, _) = random_token(), pkce_pair()
+    login = LoginState(state=state, verifier=verifier, nonce=random_token(), rd=target, created=1.7e9,
+                       asked={"acr_values": "a" * 256, "max_age": "999999999"}, step_up=True,
+                       replaces=random_token(16))
+    name = config.cookie.name + "_login_" + state
+    sealed = Sealer(config.cookie.keys).seal(json.dumps(asdict(login)).encode(), name.encode())
+    assert len(name) + len(sealed) <= 4096 - 256
+
+
+async def test_how_the_user_signed_in_comes_from_the_id_token_never_from_userinfo():
+    """OIDC Core §5.3.2: userinfo is no signed statement about the sign-in. An ``acr`` or ``auth_time`` the ID
+    token lacks is not filled from it, though its other claims are merged."""
+    from proxy.login import _verified_claims
+    from proxy.provider import TokenSet
+    from proxy.stepup import authentication
+
+    class Provider:
+        is_oidc = True
+
+        async def verify_id_token(self, token, *, nonce):
+            return {"sub": "alice", "email": "a@x.test"}
+
+        async def userinfo(self, access_token):
+            return {"sub": "alice", "acr": "urn:example:mfa", "auth_time": 10**10, "groups": ["g"]}
+
+    config = make_config(provider={"use_userinfo": True})
+    tokens = TokenSet(access_token="AT", expires_at=None, refresh_token=None, id_token="ID")
+    claims, id_claims = await _verified_claims(Provider(), config, tokens, "nonce")   # type: ignore[arg-type]
+    assert claims["groups"] == ["g"] and claims["acr"] == "urn:example:mfa"
+    assert authentication(id_claims) == (None, None)

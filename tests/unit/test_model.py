@@ -117,6 +117,20 @@ def test_round_trip_through_bytes() -> None:
     assert Session.from_bytes(make_session(expires_at=None, refresh_token=None).to_bytes()).expires_at is None
 
 
+def test_the_sign_ins_acr_and_auth_time_round_trip_and_are_left_out_when_unknown() -> None:
+    stepped = make_session(acr="urn:example:mfa", auth_time=NOW - 30)
+    assert Session.from_bytes(stepped.to_bytes()) == stepped
+    plain = json.loads(make_session().to_bytes())
+    assert "acr" not in plain and "auth_time" not in plain          # the payload of such sessions stays as it was
+
+
+def test_a_session_stored_before_acr_was_kept_is_read_without_one() -> None:
+    old = json.loads(make_session(acr="urn:example:mfa", auth_time=NOW).to_bytes())
+    del old["acr"], old["auth_time"]
+    session = Session.from_bytes(json.dumps(old).encode())
+    assert session.acr is None and session.auth_time is None
+
+
 def _stored(**changes: object) -> bytes:
     data = json.loads(make_session().to_bytes())
     for key, value in changes.items():
@@ -140,6 +154,7 @@ def test_a_payload_of_another_shape_is_a_cookie_error(raw: bytes) -> None:
     {"created_at": "yesterday"}, {"created_at": None}, {"created_at": True}, {"expires_at": "soon"},
     {"issued_at": [1]}, {"access_token": None}, {"access_token": 5}, {"refresh_token": 5}, {"id": None},
     {"sid": {}}, {"identity.sub": ""}, {"identity.sub": 42}, {"identity.email": 1}, {"identity.groups": [1]},
+    {"acr": 2}, {"acr": ["urn:example:mfa"]}, {"auth_time": "1700000000"}, {"auth_time": True},
 ])
 def test_a_payload_with_a_field_of_the_wrong_type_is_a_cookie_error(changes: dict[str, object]) -> None:
     with pytest.raises(CookieError):

@@ -315,3 +315,27 @@ def test_expired_results_are_swept_though_a_longer_one_came_first():
     clock.now += RECENT_TTL + SWEEP_EVERY
     refresher._remember("new", s, clock(), RECENT_TTL)
     assert list(refresher._recent) == ["websocket's", "new"]
+
+
+class RaisingLevelProvider(FakeProvider):
+    """A refresh answer that claims a stronger, newer sign-in: in its ID token and in userinfo (a provider
+    that changed, or one an attacker answers for)."""
+
+    async def refresh(self, refresh_token: str, *, timeout: float | None = None) -> TokenSet:
+        tokens = await super().refresh(refresh_token, timeout=timeout)
+        return TokenSet(access_token=tokens.access_token, expires_at=tokens.expires_at,
+                        refresh_token=tokens.refresh_token, id_token="new.id.token")
+
+    async def verify_id_token(self, token: str, *, nonce: str | None, expected_sub: str | None = None) -> dict:
+        return {"sub": "alice", "acr": "urn:example:mfa", "auth_time": self.clock(), "amr": ["hwk"]}
+
+
+@pytest.mark.parametrize("userinfo", [None, {"sub": "alice", "acr": "urn:example:mfa", "auth_time": 10**10}])
+async def test_a_refresh_never_changes_how_the_session_signed_in(userinfo):
+    clock = Clock()
+    provider = RaisingLevelProvider(clock, userinfo=userinfo)
+    for acr, auth_time in ((None, None), ("urn:example:pwd", clock() - 500)):
+        stale = replace(session(clock, left=10), acr=acr, auth_time=auth_time)
+        fresh = await Refresher(provider, 60, clock).ensure_fresh(stale)
+        assert fresh.access_token != stale.access_token and fresh.id_token == "new.id.token"
+        assert (fresh.acr, fresh.auth_time) == (acr, auth_time)

@@ -258,3 +258,12 @@ def test_a_page_on_an_allowed_host_may_open_a_socket_to_that_same_host_only():
     assert not allowed([("Origin", "http://wiki.example.com"), ("Host", "wiki.example.com")], **hosts)
     assert not allowed([("Origin", "https://other.example.com"), ("Host", "other.example.com")], **hosts)
     assert not allowed([("Origin", "https://wiki.example.com"), ("Host", "wiki.example.com")])   # none allowed
+
+
+def test_every_reason_a_session_ends_for_has_a_close_reason():
+    """A socket of a session ended for a reason without one would fail to close (KeyError in let_go)."""
+    from proxy.websocket import CLOSE_REASONS
+
+    assert set(CLOSE_REASONS) == set(Reason)
+    assert CLOSE_REASONS[Reason.STEP_UP] == "signed in again"
+    assert all(len(text.encode()) <= 123 for text in CLOSE_REASONS.values())      # RFC 6455 §5.5: a control frame
