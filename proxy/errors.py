@@ -18,7 +18,8 @@ value in its message::
     ├── SessionTooLarge               the session does not fit in browser cookies (413)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
-    │   └── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
+    │   ├── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
+    │   └── AccountRefused            the provider signed in an account this site does not take (403)
     ├── ProviderError                 the provider failed a step: unreachable, 5xx, bad JSON (502)
     │   ├── ProviderUnavailable       needed the provider, could not reach it, no fallback (503)
     │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
@@ -155,6 +156,19 @@ class AuthorizationDenied(LoginError):
         if description:
             text += f": {description[:200]}"
         super().__init__(text + ".")
+
+
+class AccountRefused(LoginError):
+    """The provider signed the user in, but with an account the configuration does not accept before
+    any rule is asked: a Google account outside ``provider.google_hosted_domains``. The page names the
+    accounts that are taken, so the user can sign in again with the right one; ``code`` is logged."""
+
+    status = 403
+    title = "This account cannot sign in here"
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class ProviderError(AuthProxyError):

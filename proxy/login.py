@@ -274,7 +274,8 @@ def _authorization_code(query: MultiMapping[str], provider: Provider, config: Co
 
 async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet, nonce: str | None) -> dict[str, Any]:
     """Who signed in: the verified ID token's claims (OIDC Core §3.1.3.7) and, when configured or for
-    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2)."""
+    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2); for an Entra ID
+    user whose groups overflowed the token, the groups Graph lists (any failure there fails the sign-in)."""
     claims: dict[str, Any] = {}
     if provider.is_oidc:
         if not tokens.id_token:
@@ -285,6 +286,8 @@ async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet,
         if claims and info.get("sub") != claims["sub"]:
             raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
         claims = {**info, **claims}
+    if provider.groups_overflowed(claims):      # Entra ID: more groups than a token holds (provider/graph.py)
+        claims = {**claims, "groups": await provider.overflowed_groups(tokens.access_token)}
     return claims
 
 
