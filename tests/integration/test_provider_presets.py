@@ -188,3 +188,20 @@ async def test_any_other_account_gets_a_403_page_whatever_userinfo_says(started,
     [authorize] = [r for r in stack.idp.requests if r.path == "/authorize"]
     assert "hd" not in authorize.params                        # two domains: no single hint to give
 
+
+
+async def test_the_real_provider_s_distributed_groups_claim_is_read_from_graph(started, stack_factory):
+    """oidc-provider releasing groups as a distributed claim (OIDC Core §5.6.2), as Entra ID does on overage:
+    its ID token, verified as any other, leads to Graph and only Graph."""
+    graph = await started(start_graph(free_port()))
+    decoy = await started(start_graph(free_port()))
+    graph.groups = GROUPS[:2]
+    stack = await stack_factory(idp_options={"groups_overage_source": decoy.url + GROUPS_PATH},
+                                provider={"type": "microsoft", "tenant": TENANT, "microsoft_graph_url": graph.url},
+                                authorization={"allowed_groups": [GROUPS[1]]})
+    async with browser() as session:
+        result = await login_via_http(session, stack.url + "/in")
+        assert result.status == 200, result.body_text[:500]
+        record = json.loads(result.body_text)
+    assert header_values(record, "X-Forwarded-Groups") == [",".join(GROUPS[:2])]
+    assert len(graph.seen) == 1 and decoy.seen == []
