@@ -175,16 +175,19 @@ class ProviderError(AuthProxyError):
     """The identity provider failed at ``step`` (discovery, jwks, token, refresh, userinfo).
 
     ``transient`` is true when trying again later may work (unreachable, timed out, 5xx); the
-    refresh logic uses it to keep a still-valid session going instead of ending it.
+    refresh logic uses it to keep a still-valid session going instead of ending it. ``http_status``
+    is the provider's HTTP status when its answer was an HTTP error, so a caller can tell a refusal
+    (401, 403) from a broken answer without reading the message.
     """
 
     status = 502
     title = "The identity provider failed"
 
-    def __init__(self, step: str, detail: str, *, transient: bool = False) -> None:
+    def __init__(self, step: str, detail: str, *, transient: bool = False, http_status: int | None = None) -> None:
         self.step = step
         self.detail = detail
         self.transient = transient
+        self.http_status = http_status
         super().__init__(f"The identity provider failed during {step}: {detail}.")
 
 

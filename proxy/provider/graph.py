@@ -72,7 +72,7 @@ async def _page(client: ProviderClient, url: str, auth: Mapping[str, str]) -> di
     try:
         return await client.get_json(STEP, url, headers=auth)
     except ProviderError as exc:
-        if exc.transient:
+        if exc.http_status not in (401, 403):
             raise
         raise ProviderError(STEP, f"Graph refused to list the user's groups ({exc.detail}); the access token must "
                             "be one for Microsoft Graph with User.Read: keep provider.scopes to openid, email, "

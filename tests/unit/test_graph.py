@@ -153,15 +153,23 @@ async def test_an_answer_that_is_not_a_list_of_groups_fails(fake, client, body):
     fake.pages = [(200, body)]
     with pytest.raises(ProviderError) as info:
         await graph.member_groups(client, fake.base, TOKEN)
-    assert not info.value.transient
+    assert not info.value.transient and "User.Read" not in info.value.detail
 
 
-async def test_a_refusal_names_the_permission_and_the_scopes(fake, client):
-    fake.pages = [(403, {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}})]
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refusal_names_the_permission_and_the_scopes(fake, client, status):
+    fake.pages = [(status, {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}})]
     with pytest.raises(ProviderError) as info:
         await graph.member_groups(client, fake.base, TOKEN)
     assert not info.value.transient
     assert "User.Read" in info.value.detail and "provider.scopes" in info.value.detail
+
+
+async def test_another_http_error_is_not_called_a_refusal(fake, client):
+    fake.pages = [(404, {"error": {"code": "Request_ResourceNotFound"}})]
+    with pytest.raises(ProviderError) as info:
+        await graph.member_groups(client, fake.base, TOKEN)
+    assert info.value.http_status == 404 and "User.Read" not in info.value.detail
 
 
 async def test_a_failing_graph_is_transient(fake, client):
@@ -194,3 +202,10 @@ def test_under_a_base_with_a_path():
     assert graph.under("https://g.example/graph/v1.0/me", "https://g.example/graph")
     assert not graph.under("https://g.example/graphs/v1.0/me", "https://g.example/graph")
     assert not graph.under("https://g.example/v1.0/me", "https://g.example/graph")
+
+
+async def test_a_huge_page_is_refused_unread(fake, client):
+    fake.pages = [page([gid(n) for n in range(40_000)])]           # ~2.6 MB of JSON in one answer
+    with pytest.raises(ProviderError) as info:
+        await graph.member_groups(client, fake.base, TOKEN)
+    assert not info.value.transient and "User.Read" not in info.value.detail
