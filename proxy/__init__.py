@@ -35,7 +35,9 @@ The modules each own one boundary, listed in the order a request meets them:
   ``authorize_params`` the sign-in parameters a link may pass, and the ID token's answer to them;
 - ``provider/`` the only code that talks to the identity provider: ``client`` (the one HTTP call),
   ``metadata`` (discovery), ``keys`` (JWKS), ``clientauth`` (how we authenticate), ``grants``,
-  ``userinfo``, ``online`` (``--check-config --online``); ``presets`` per-provider defaults;
+  ``userinfo``, ``online`` (``--check-config --online``), and what single providers do their own way:
+  ``graph`` (Entra ID groups that overflow the token), ``google`` (the Workspace domain ``hd``),
+  ``zitadel`` (its role claim as groups); ``presets`` per-provider defaults;
 - ``tokens``    the one JWT validator (ID, access, logout tokens); ``bearer`` API clients' own bearer JWTs;
 - ``headers``   the header policy: what the client may send on, what the proxy sets, what comes back;
   ``identity``  per upstream, what the app is told about the user: header templates, tokens, assertion;

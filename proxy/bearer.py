@@ -69,6 +69,11 @@ async def verify_bearer(provider: Provider, token: str, *, now: float) -> Sessio
     """
     try:
         claims = await provider.verify_access_token(token)
+        if provider.groups_overflowed(claims):
+            # An access token for our API cannot read Graph; without its groups, rules on groups would
+            # be decided on none: refused, so the client learns it rather than being judged wrongly.
+            raise TokenValidationError("groups_overage", "the token's groups overflowed it (Entra ID), and a "
+                                       "bearer token's groups cannot be read from Microsoft Graph")
         identity = provider.identity_from(claims)
     except TokenValidationError as exc:
         raise BearerRejected(exc.code, exc.detail) from None

@@ -18,7 +18,8 @@ value in its message::
     ├── SessionTooLarge               the session does not fit in browser cookies (413)
     ├── LoginError                    the browser's login attempt cannot go on (4xx, offers a retry)
     │   ├── StateMismatch             callback ``state`` matches no login cookie (403)
-    │   └── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
+    │   ├── AuthorizationDenied       the provider answered ``error=…`` (e.g. access_denied) (403)
+    │   └── AccountRefused            the provider signed in an account this site does not take (403)
     ├── ProviderError                 the provider failed a step: unreachable, 5xx, bad JSON (502)
     │   ├── ProviderUnavailable       needed the provider, could not reach it, no fallback (503)
     │   └── TokenRejected             the provider answered an OAuth ``error`` (``code`` = that error)
@@ -160,20 +161,36 @@ class AuthorizationDenied(LoginError):
         super().__init__(text + ".")
 
 
+class AccountRefused(LoginError):
+    """The provider signed the user in, but with an account the configuration does not accept before
+    any rule is asked: a Google account outside ``provider.google_hosted_domains``. The page names the
+    accounts that are taken, so the user can sign in again with the right one; ``code`` is logged."""
+
+    status = 403
+    title = "This account cannot sign in here"
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
 class ProviderError(AuthProxyError):
     """The identity provider failed at ``step`` (discovery, jwks, token, refresh, userinfo).
 
     ``transient`` is true when trying again later may work (unreachable, timed out, 5xx); the
-    refresh logic uses it to keep a still-valid session going instead of ending it.
+    refresh logic uses it to keep a still-valid session going instead of ending it. ``http_status``
+    is the provider's HTTP status when its answer was an HTTP error, so a caller can tell a refusal
+    (401, 403) from a broken answer without reading the message.
     """
 
     status = 502
     title = "The identity provider failed"
 
-    def __init__(self, step: str, detail: str, *, transient: bool = False) -> None:
+    def __init__(self, step: str, detail: str, *, transient: bool = False, http_status: int | None = None) -> None:
         self.step = step
         self.detail = detail
         self.transient = transient
+        self.http_status = http_status
         super().__init__(f"The identity provider failed during {step}: {detail}.")
 
 

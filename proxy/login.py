@@ -301,9 +301,11 @@ def _authorization_code(query: MultiMapping[str], provider: Provider, config: Co
 async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet,
                            nonce: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Who signed in: the verified ID token's claims (OIDC Core §3.1.3.7) and, when configured or for
-    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2) — merged; and the ID
-    token's alone, the only ones that say how the user signed in (``acr``, ``auth_time``: userinfo is no
-    signed statement about the sign-in, and a claim the ID token lacks must not be filled from it)."""
+    plain OAuth 2.0, userinfo's — which must name the same ``sub`` (OIDC Core §5.3.2) — merged, with, for an
+    Entra ID user whose groups overflowed the token, the groups Graph lists (any failure there fails the
+    sign-in); and the ID token's alone, the only ones that say how the user signed in (``acr``, ``auth_time``:
+    userinfo is no signed statement about the sign-in, and a claim the ID token lacks must not be filled
+    from it)."""
     id_claims: dict[str, Any] = {}
     if provider.is_oidc:
         if not tokens.id_token:
@@ -315,6 +317,8 @@ async def _verified_claims(provider: Provider, config: Config, tokens: TokenSet,
         if id_claims and info.get("sub") != id_claims["sub"]:
             raise TokenValidationError("userinfo_sub", "the userinfo subject differs from the ID token's")
         claims = {**info, **id_claims}
+    if provider.groups_overflowed(claims):      # Entra ID: more groups than a token holds (provider/graph.py)
+        claims = {**claims, "groups": await provider.overflowed_groups(tokens.access_token)}
     return claims, id_claims
 
 

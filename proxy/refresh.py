@@ -40,7 +40,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .crypto import fingerprint
-from .errors import ProviderError, ProviderUnavailable, SessionEnded, TokenValidationError
+from .errors import AccountRefused, ProviderError, ProviderUnavailable, SessionEnded, TokenValidationError
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class Refresher:
                 return session
             self._metrics.refreshed("unavailable", sub, exc.detail)
             raise ProviderUnavailable("refresh", exc.detail) from exc
-        except TokenValidationError as exc:
+        except (TokenValidationError, AccountRefused) as exc:
             self._metrics.refreshed("ended", session.identity.sub, exc.code)
             raise SessionEnded(str(exc)) from exc
 
@@ -232,7 +232,11 @@ class Refresher:
         sub, no nonce needed) and, where claims come from userinfo (GitLab's groups, plain OAuth 2.0),
         userinfo again — which must answer for the same ``sub`` (OIDC Core §5.3.2), as at sign-in, or
         another account's claims (its groups) would be merged into this user's. A userinfo that cannot
-        be reached keeps the identity as it was."""
+        be reached keeps the identity as it was.
+
+        An Entra ID token whose groups overflow again has them read from Graph again, so a group the user
+        left is gone at the next refresh; a Graph that cannot be reached keeps the groups the session had
+        (never none), one that refuses ends the session like a refused grant."""
         provider, sub = self._provider, current.identity.sub
         claims: dict[str, Any] = {}
         if tokens.id_token:
@@ -249,10 +253,18 @@ class Refresher:
             claims = {**info, **claims}
         if not claims:
             return current.identity
+        keep_groups = False
+        if provider.groups_overflowed(claims):
+            try:
+                claims = {**claims, "groups": await provider.overflowed_groups(tokens.access_token)}
+            except ProviderError as exc:
+                if not exc.transient:
+                    raise
+                keep_groups = True
         identity = provider.identity_from(claims)
         if identity.sub != sub:
             raise TokenValidationError("sub", "the refreshed tokens name another user")
-        return identity
+        return replace(identity, groups=current.identity.groups) if keep_groups else identity
 
     async def newest(self, session: Session) -> Session:
         """``session`` with the newest tokens a refresh of it gave — in this process (within ``RECENT_TTL``)

@@ -15,7 +15,7 @@ from .. import presets
 from .base import _Model
 from .keyfiles import ClientCertificate, ClientKey, read_secret_file
 from .values import (DEFAULT_ID_TOKEN_ALGORITHMS, Duration, Loc, PositiveDuration, Secret, _algorithm, _at_least_one,
-                     _authorize_params, _existing_file, _http_url, _non_empty, _scope, _token_type)
+                     _authorize_params, _domain, _existing_file, _http_url, _non_empty, _scope, _token_type)
 
 Url = Annotated[str, _http_url("https://idp.example.com")]
 
@@ -44,7 +44,8 @@ class ProviderConfig(_Model):
     """The identity provider: OpenID Connect with discovery, plain OAuth 2.0 with explicit endpoints,
     or a preset (``presets.py``) that fills either in."""
 
-    type: Literal["oidc", "oauth2", "github", "google", "microsoft", "gitlab", "keycloak"] = "oidc"
+    type: Literal["oidc", "oauth2", "github", "google", "microsoft", "gitlab", "keycloak", "dex", "authentik",
+                  "zitadel", "django-oauth-toolkit"] = "oidc"
     tenant: str | None = None
     base_url: Url | None = None
     claims: ClaimsConfig = ClaimsConfig()
@@ -70,6 +71,11 @@ class ProviderConfig(_Model):
     use_userinfo: bool = False
     # type github: the user's organisations ("org") and teams ("org/team-slug") become groups.
     github_groups: bool = False
+    # type microsoft: where Microsoft Graph is, asked for the user's groups when the ID token says they
+    # overflowed it (proxy/provider/graph.py); another cloud's Graph, or a test double.
+    microsoft_graph_url: Url | None = None
+    # type google: the Workspace domains whose accounts may sign in (the ID token's hd claim).
+    google_hosted_domains: list[Annotated[str, AfterValidator(_domain)]] = []
     clock_skew: Duration = 60.0
     timeout: PositiveDuration = 10.0
     ca_file: Annotated[str, AfterValidator(_existing_file)] | None = None
@@ -103,11 +109,18 @@ class ProviderConfig(_Model):
         return "oauth2" if presets.protocol_of(self.type) == "oauth2" else "oidc"
 
     def _cross_field_problems(self) -> Iterator[tuple[Loc, str]]:
-        preset_problems = list(presets.problems(self.type, self.tenant, self.issuer))
+        preset_problems = list(presets.problems(self.type, self.tenant, self.issuer,
+                                                   discovers=self.needs_discovery))
         for key, message in preset_problems:
             yield (key,), message
         if self.github_groups and self.type != "github":
             yield ("github_groups",), "reads GitHub organisations and teams: only with type: github; remove it"
+        if self.microsoft_graph_url is not None and self.type != "microsoft":
+            yield ("microsoft_graph_url",), ("is where Entra ID group memberships are read: only with type: "
+                                             "microsoft; remove it")
+        if self.google_hosted_domains and self.type != "google":
+            yield ("google_hosted_domains",), ("checks the hd claim of Google ID tokens: only with type: google; "
+                                               "remove it")
         if self.protocol == "oidc" and not preset_problems:
             yield from self._oidc_problems()
         else:

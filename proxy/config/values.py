@@ -297,6 +297,18 @@ def _scope(value: str) -> str:
     return value
 
 
+# A DNS name as Google writes a Workspace domain in ``hd``: lower-case labels, at least two of them.
+_HOSTED_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _domain(value: str) -> str:
+    """A domain name, lower-cased; not a URL, an address or a wildcard (``hd`` is compared as it is)."""
+    lowered = value.strip().lower()
+    if not _HOSTED_DOMAIN.fullmatch(lowered):
+        raise ValueError(f"{value!r} is not a domain name; write the domain alone, e.g. example.com")
+    return lowered
+
+
 def _algorithm(value: str) -> str:
     if value.lower() == "none":
         raise ValueError("'none' would accept unsigned ID tokens; remove it")

@@ -14,6 +14,9 @@ exceptions. Its parts, one concern each:
                    (``private_key_jwt``, ``client_secret_jwt``) or none (a public client with PKCE);
 - ``grants.py``    the token endpoint's answer as a ``TokenSet``;
 - ``userinfo.py``  the userinfo endpoint, and GitHub's second call for an email;
+- ``graph.py``     Entra ID groups from Microsoft Graph when they overflow the ID token;
+- ``google.py``    the Workspace domain (``hd``) of a Google ID token;
+- ``zitadel.py``   ZITADEL's role claim (an object keyed by role) read as groups;
 - ``online.py``    ``--check-config --online``: the configuration tried against the provider.
 
 Every token it signs — ID token, JWT access token (Bearer), back-channel logout token — is checked by
@@ -32,11 +35,13 @@ from urllib.parse import urlencode
 import aiohttp
 
 from ..config import ProviderConfig
+from ..presets import MICROSOFT_GRAPH
 from ..errors import ProviderError
 from ..metrics import Metrics
 from ..session import Identity
 from ..tracing import span
 from ..tokens import BACKCHANNEL_EVENT, LOGOUT_TOKEN_MAX_AGE, Expectations, TokenValidator, media_type
+from . import graph, zitadel
 from .client import MAX_RESPONSE_BYTES, USER_AGENT, ProviderClient
 from .clientauth import ClientAuthentication, check_method
 from .grants import MAX_EXPIRES_IN, TokenSet, token_set
@@ -48,6 +53,7 @@ from .keys import (
     JWKS_UNKNOWN_KID_TTL,
     SigningKeys,
 )
+from .google import check_hosted_domain
 from .metadata import Metadata, discover
 from .userinfo import fetch_userinfo
 
@@ -189,14 +195,34 @@ class Provider:
 
     def identity_from(self, claims: Mapping[str, Any]) -> Identity:
         user_path = "sub" if self.is_oidc else self.config.claims.user
+        if zitadel.is_roles_claim(self.config.claims.groups):
+            claims = zitadel.roles_as_groups(claims, self.config.claims.groups)
         return Identity.from_claims(claims, self.config.claims, user_path=user_path, kept=self.kept_claims)
+
+    # -- Entra ID groups overage (graph.py) ----------------------------------------------------
+
+    def groups_overflowed(self, claims: Mapping[str, Any]) -> bool:
+        """Whether these Entra ID claims say the user's groups did not fit, where groups are read from
+        the ``groups`` claim (with another claim configured as groups, the overflow does not matter)."""
+        return self.config.type == "microsoft" and self.config.claims.groups == "groups" \
+            and graph.groups_overflowed(claims)
+
+    async def overflowed_groups(self, access_token: str) -> list[str]:
+        """The user's group ids from Microsoft Graph; ``ProviderError`` when they cannot all be read."""
+        with span("provider graph groups", client=True):
+            return await graph.member_groups(self._client, self.config.microsoft_graph_url or MICROSOFT_GRAPH,
+                                             access_token)
 
     # -- token verification: one validator for every kind (proxy/tokens.py) --------------------
 
     async def verify_id_token(self, id_token: str, *, nonce: str | None,
                               expected_sub: str | None = None) -> dict[str, Any]:
-        """OIDC Core §3.1.3.7; ``nonce=None`` is for refreshed tokens (§12.2), which must keep ``sub``."""
-        return await self._validator.id_token(id_token, nonce=nonce, expected_sub=expected_sub)
+        """OIDC Core §3.1.3.7; ``nonce=None`` is for refreshed tokens (§12.2), which must keep ``sub``.
+        With ``google_hosted_domains``, an account of another domain is refused here (``AccountRefused``):
+        the verified ID token is the one place its ``hd`` can be trusted (google.py)."""
+        claims = await self._validator.id_token(id_token, nonce=nonce, expected_sub=expected_sub)
+        check_hosted_domain(claims, self.config.google_hosted_domains)
+        return claims
 
     async def verify_access_token(self, token: str) -> dict[str, Any]:
         """A JWT access token sent as ``Authorization: Bearer`` (RFC 9068 §4)."""

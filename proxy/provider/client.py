@@ -90,13 +90,14 @@ def _answer(step: str, status: int, content_type: str, raw: bytes, *, as_list: b
     if as_list and status == 200 and isinstance(body, list):
         return body
     if not isinstance(body, dict):
-        raise ProviderError(step, f"it answered HTTP {status} with something that is not a JSON object")
+        raise ProviderError(step, f"it answered HTTP {status} with something that is not a JSON object",
+                            http_status=status if status != 200 else None)
     # RFC 6749 §5.2 errors come with 400/401 — and from GitHub with 200.
     if isinstance(body.get("error"), str) and (status >= 400 or "access_token" not in body):
         desc = body.get("error_description")
         raise TokenRejected(step, body["error"][:80], desc if isinstance(desc, str) else None)
     if status != 200:
-        raise ProviderError(step, f"it answered HTTP {status}")
+        raise ProviderError(step, f"it answered HTTP {status}", http_status=status)
     return body
 
 

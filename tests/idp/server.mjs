@@ -15,6 +15,8 @@
 //   refresh_token_requires_offline_access   default false: a client allowed the refresh_token grant
 //                            gets a refresh token whether or not offline_access was granted
 //   extra_claims             merged into every account's claims and released in the ID token
+//   groups_overage_source    when set, accounts have no groups claim but a distributed one (OIDC Core §5.6.2)
+//                            naming this endpoint, as Entra ID does for users in more than 200 groups
 //   jwt_access_token_audience  when set, access tokens are RFC 9068 JWTs (header typ "at+jwt") for this
 //                            audience (resource indicators with a default resource), carrying the account's
 //                            email, preferred_username and groups as Keycloak's and Azure AD's do. oidc-provider
@@ -54,7 +56,7 @@ const KNOWN_KEYS = new Set([
   'port', 'issuer', 'clients', 'jwks', 'access_token_ttl', 'id_token_ttl', 'refresh_token_ttl',
   'rotate_refresh_token', 'refresh_token_requires_offline_access', 'extra_claims', 'cookie_keys',
   'state_file', 'events_file', 'jwt_access_token_audience', 'require_pushed_authorization_requests',
-  'acr_by_password',
+  'acr_by_password', 'groups_overage_source',
 ]);
 
 // Lifetimes we do not expose as options; set so oidc-provider does not warn about defaults.
@@ -213,8 +215,8 @@ function adapterFor(store) {
   };
 }
 
-function claimsFor(sub, extraClaims) {
-  return {
+function claimsFor(sub, extraClaims, overageSource) {
+  const claims = {
     sub,
     email: `${sub}@example.test`,
     email_verified: true,
@@ -223,6 +225,12 @@ function claimsFor(sub, extraClaims) {
     groups: ['staff', `${sub}-group`],
     ...extraClaims,
   };
+  if (overageSource) {
+    delete claims.groups;
+    claims._claim_names = { groups: 'src1' };
+    claims._claim_sources = { src1: { endpoint: overageSource } };
+  }
+  return claims;
 }
 
 // RFC 9068 access tokens for one audience, or oidc-provider's default opaque tokens (see jwt_access_token_audience).
@@ -274,7 +282,7 @@ function buildProvider(config, store) {
     },
     scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
     async findAccount(ctx, sub) {
-      return { accountId: sub, async claims() { return claimsFor(sub, extraClaims); } };
+      return { accountId: sub, async claims() { return claimsFor(sub, extraClaims, config.groups_overage_source); } };
     },
     features: {
       devInteractions: { enabled: true },

@@ -164,7 +164,8 @@ class EvilIdP:
         self.expires_in = ACCESS_TOKEN_TTL
         self.refresh_id_token = False          # whether refresh answers carry a new ID token
         self.extra_claims: dict[str, Any] = {}
-        self.claims_of: dict[str, dict[str, Any]] = {}   # more claims for one account (by sub)
+        self.claims_of: dict[str, dict[str, Any]] = {}   # more claims for one account (by sub); None drops one
+        self.userinfo_extra: dict[str, Any] = {}          # claims only userinfo carries (not the ID token)
         self.clock = clock
         self.requests: list[SeenRequest] = []
         self.grants: list[Grant] = []
@@ -374,7 +375,7 @@ class EvilIdP:
         if (nested := self._nested_json("userinfo")) is not None:
             return nested
         sub = "mallory" if self._mode == "userinfo_sub_mismatch" else token.sub
-        return web.json_response(self.profile(sub))
+        return web.json_response({**self.profile(sub), **self.userinfo_extra})
 
     async def _end_session(self, request: web.Request) -> web.Response:
         q = dict(request.query)
@@ -389,9 +390,10 @@ class EvilIdP:
     # -- the ID token -------------------------------------------------------------------------------------
 
     def profile(self, sub: str) -> dict[str, Any]:
-        return {"sub": sub, "email": f"{sub}@example.test", "email_verified": True,
-                "preferred_username": sub, "name": sub.title(), "groups": ["staff"], **self.extra_claims,
-                **self.claims_of.get(sub, {})}
+        claims = {"sub": sub, "email": f"{sub}@example.test", "email_verified": True,
+                  "preferred_username": sub, "name": sub.title(), "groups": ["staff"], **self.extra_claims,
+                  **self.claims_of.get(sub, {})}
+        return {name: value for name, value in claims.items() if value is not None}
 
     def id_token(self, sub: str, nonce: str | None) -> str:
         """An ID token for ``sub``, wrong in the way the current mode says."""

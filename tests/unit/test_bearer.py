@@ -375,3 +375,19 @@ async def test_claims_of_the_wrong_type_or_range_are_refused(make_provider, chan
 async def test_float_exp_and_extra_audiences_with_azp_are_fine(make_provider):
     session = await verify_bearer(make_provider(), sign(exp=NOW + 299.5, aud=["other", "cid"], azp="other"), now=NOW)
     assert session.expires_at == NOW + 299.5
+
+
+@pytest.mark.parametrize("overage", [{"_claim_names": {"groups": "src1"},
+                                      "_claim_sources": {"src1": {"endpoint": "https://graph.windows.net/x"}}},
+                                     {"hasgroups": True}])
+async def test_an_entra_token_whose_groups_overflowed_is_refused(make_provider, overage):
+    """Its groups cannot be read from Graph with a token for our API: judged on no groups, a rule refusing
+    a group would let it through."""
+    entra = make_provider(type="microsoft", tenant="t-1", claims={"groups": "groups"})
+    with pytest.raises(BearerRejected) as info:
+        await verify_bearer(entra, sign(**overage), now=NOW)
+    assert info.value.code == "groups_overage"
+    session = await verify_bearer(entra, sign(groups=["g1"]), now=NOW)
+    assert session.identity.groups == ("g1",)
+    other = make_provider(claims={"groups": "groups"})              # not Entra: the markers mean nothing
+    assert (await verify_bearer(other, sign(**overage), now=NOW)).identity.groups == ()

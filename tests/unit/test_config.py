@@ -139,7 +139,7 @@ RULES = [
     ({"public_url": "ftp://app.example.com"}, "public_url", "http or https URL"),
     ({"public_url": "https://app.example.com/?a=b"}, "public_url", "query or fragment"),
     ({"public_url": "https://user:pw@app.example.com"}, "public_url", "user name or password"),
-    ({"provider": {"type": "saml"}}, "provider.type", "'gitlab' or 'keycloak', got 'saml'"),
+    ({"provider": {"type": "saml"}}, "provider.type", "'zitadel' or 'django-oauth-toolkit', got 'saml'"),
     ({"provider": {"issuer": "idp.example.com"}}, "provider.issuer", "http or https URL"),
     ({"provider": {"issuer": None}}, "provider.issuer", "required for type oidc"),
     ({"provider": {"issuer": None, "token_endpoint": "https://i/t"}}, "provider.issuer",

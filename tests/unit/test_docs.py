@@ -98,6 +98,8 @@ COMPANIONS = {"session.redis.ca_file": {"session.redis.url": "rediss://redis.int
               "upstreams[].host": {"cookie.domain": "example.com", "allowed_hosts": ["wiki.example.com"]},
               "cors.allow_preflight": {"cors.preflight_paths": ["^/api/"]},
               "provider.github_groups": {"provider.type": "github"},
+              "provider.microsoft_graph_url": {"provider.type": "microsoft", "provider.tenant": "t-1"},
+              "provider.google_hosted_domains": {"provider.type": "google"},
               # a test case needs its claims and its expected outcome (all lists empty: allowed)
               **{f"{section}.tests[].{key}": {f"{section}.tests[].claims": {"sub": "alice"},
                                               f"{section}.tests[].allow": True}

@@ -100,6 +100,7 @@ ANSWERS: list[tuple[AuthProxyError, int, str]] = [
     (errors.LoginError("no"), 400, "LoginError"),
     (errors.StateMismatch("state"), 403, "StateMismatch"),
     (errors.AuthorizationDenied("access_denied"), 403, "AuthorizationDenied"),
+    (errors.AccountRefused("hd_missing", "This is a personal Google account."), 403, "AccountRefused"),
     (errors.ProviderError("token", "HTTP 500"), 502, "ProviderError"),
     (errors.ProviderUnavailable("refresh", "down"), 503, "ProviderUnavailable"),
     (errors.TokenRejected("refresh", "invalid_grant"), 502, "TokenRejected"),

@@ -36,6 +36,9 @@ class FakeProvider:
     def identity_from(self, claims: dict) -> Identity:
         return Identity.from_claims(claims)
 
+    def groups_overflowed(self, claims: dict) -> bool:
+        return False
+
     async def refresh(self, refresh_token: str, *, timeout: float | None = None) -> TokenSet:
         self.calls.append(refresh_token)
         self.timeouts.append(timeout)
