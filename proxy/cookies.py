@@ -302,12 +302,6 @@ def request_cookies(request: web.Request) -> RequestCookies:
     return cookies
 
 
-def forget_request_cookies(request: web.Request) -> None:
-    """Let go of the parsed cookies of a request that outlives its handshake (a WebSocket's, held for the
-    socket's life): a copy of every cookie value, the session's included, read by nothing after."""
-    request.pop(_REQUEST_COOKIES, None)
-
-
 def own_cookies(request: web.Request, name: str) -> Mapping[str, str]:
     """The session cookies (``name`` and its chunks ``name_N``) of a request. A request without
     ``name`` anywhere in its ``Cookie`` header is not parsed at all; one of these names sent twice

@@ -54,7 +54,6 @@ from multidict import MultiMapping
 
 from .config import Config
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
-from .cookies import forget_request_cookies
 from .ending import ENDS, Holds, Reason, SessionEnd, SessionEnds
 from .errors import ProviderError, SessionEnded, StoreUnavailable, WebSocketRefused
 from .metrics import METRICS
@@ -197,7 +196,6 @@ async def forward_websocket(request: web.Request, upstream: Upstream,
             await upstream_ws.close(code=WSCloseCode.GOING_AWAY)
             raise
         request[SOCKET_LIFE] = SocketLife(time.perf_counter())
-        forget_request_cookies(request)     # the request lives as long as the socket
     finally:
         if registry is not None and place is not None:
             registry.discard(place)         # _relay registers the socket itself, with no await in between
@@ -333,6 +331,12 @@ class SessionTimer:
     def scheduled(self) -> bool:
         """Whether a wake-up or a refresh is pending."""
         return self._handle is not None or self._task is not None
+
+    @property
+    def wakes_at(self) -> float | None:
+        """The event loop's time of the next check, when one is timed (not during a refresh, not the first)."""
+        handle = self._handle
+        return handle.when() if isinstance(handle, asyncio.TimerHandle) else None
 
     def _check(self) -> None:
         self._handle = None
