@@ -128,8 +128,9 @@ def _shed_handshake(ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
     """Let go of what the upstream handshake left that a socket never reads again, though it keeps the
     handshake's response for its life (aiohttp closes the connection through it): the connection's HTTP
     response parser, which holds the 101's head (frames go through the WebSocket parser only), and the
-    request's headers as sent (the access token and the cookies among them). About 3 KB of every idle
-    socket (``bench/idle.py --trace``). aiohttp has no public way to either; both are its 3.14 attributes."""
+    request's headers as sent (the access token and the cookies among them; aiohttp 3.14's client holds
+    them elsewhere too). The parser and its head were about 1.6 KB of every idle socket (``bench/idle.py
+    --trace``). aiohttp has no public way to either; both are its 3.14 attributes."""
     response = ws._response
     connection = response.connection
     if connection is not None and connection.protocol is not None:
