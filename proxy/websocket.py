@@ -26,9 +26,10 @@ later") when its access token expired and could not be renewed because the provi
 unreachable: the session lives, and the client may reconnect. Every end goes through
 ``ending.SessionEnds``, which tells this module's ``SocketRegistry`` (``session_ended``): on sign-out,
 back-channel logout, a refused refresh — in this worker, or in another one through the fan-out — the
-registry ends the session's sockets, which also stops their watchers. Each socket's watcher
-(``watch_session``) wakes at each access-token expiry and at the session's hard end
-(``created_at + cookie.expire``); a session it cannot refresh past ends, through ``SessionEnds`` too.
+registry ends the session's sockets, which also stops their timers. Each socket's ``SessionTimer`` (a
+timer handle on the event loop, not a task: an idle socket is cheap) wakes at each access-token expiry
+and at the session's hard end (``created_at + cookie.expire``); a session it cannot refresh past ends,
+through ``SessionEnds`` too.
 The refresh goes through the Refresher, so it is shared with the session's HTTP requests: the new
 tokens cannot reach the browser's cookie over the socket, but the browser's next request with the old
 cookie gets the same result from the Refresher's recent-results cache instead of spending the refresh
@@ -43,6 +44,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -227,10 +229,11 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
         # socket was registered, so that end could not reach it. (Which end it was is not kept.)
         live.end(SESSION_ENDED, "session ended")
     relaying = pumps(client_ws, upstream_ws)
-    tasks: list[asyncio.Task[Any]] = list(relaying)
+    timer = None
     if session is not None:
         hard_end = session.created_at + app[CONFIG].cookie.expire
-        tasks.append(asyncio.create_task(_watch(session, live, app[REFRESHER], app[CLOCK], hard_end, ends)))
+        timer = SessionTimer(session, live, app[REFRESHER], app[CLOCK], hard_end, partial(_record_end, ends, session))
+        timer.start()
     log.info("websocket open: sub=%s path=%s rid=%s", sub, request.path, rid)
     life, active = request[SOCKET_LIFE], app[METRICS].websockets
     active.inc()
@@ -244,6 +247,10 @@ async def _relay(request: web.Request, client_ws: web.WebSocketResponse[bool],
     finally:
         active.dec()
         close = life.end or _cancelled(request, relaying, live)
+        tasks: list[asyncio.Task[Any]] = [*relaying]
+        refreshing = timer.cancel() if timer is not None else None
+        if refreshing is not None:
+            tasks.append(refreshing)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -281,33 +288,113 @@ def _cancelled(request: web.Request, pumps: tuple[asyncio.Task[Close], ...], liv
 # -- the session behind a live socket ----------------------------------------------------------------
 
 
-async def watch_session(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
-                        hard_end: float) -> Reason | None:
-    """End ``live`` with ``SESSION_ENDED`` when the session ends; return only then, with why it ended.
-    None: only this socket ends, with 1013 (``NOT_RENEWED``) — the provider or the store could not be
-    reached to refresh, and the session itself lives on.
+class SessionTimer:
+    """Ends ``live`` with ``SESSION_ENDED`` when its session ends, then calls ``on_end`` with why it ended;
+    ``on_end(None)``: only this socket ended — with 1013 (``NOT_RENEWED``: the provider or the store could
+    not be reached to refresh, and the session itself lives on), or 1011 if the check itself failed.
 
     Wakes at each access-token expiry and refreshes through the Refresher (once per expiry, shared
-    with the session's HTTP requests); a session that cannot be refreshed ends. At ``hard_end``
-    (``created_at + cookie.expire``) it ends whatever the tokens say.
+    with the session's HTTP requests); a session that cannot be refreshed ends. A refresh moves the next
+    wake-up to the new expiry. At ``hard_end`` (``created_at + cookie.expire``) it ends whatever the
+    tokens say.
+
+    A timer, not a task: an idle socket waits as one handle on the event loop (``loop.call_at``); a task
+    exists only while a refresh is under way. ``cancel`` (the relay's, when the socket closes) drops both.
     """
-    while True:
-        now = clock()
-        if now >= hard_end:
-            live.end(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY])
-            return Reason.EXPIRY
-        if session.access_expired(now):
-            renewed = await _renewed(session, refresher, clock, hard_end)
-            if renewed is None:                 # the session lives; this socket cannot carry on for now
-                live.end(WSCloseCode.TRY_AGAIN_LATER, NOT_RENEWED)
-                return None
-            if not isinstance(renewed, Session):
-                live.end(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY])
-                return renewed
-            session = renewed
-            continue
-        deadline = min(hard_end, session.expires_at if session.expires_at is not None else math.inf)
-        await asyncio.sleep(deadline - now + EXPIRY_SLACK)
+
+    __slots__ = ("_clock", "_handle", "_hard_end", "_live", "_loop", "_on_end", "_refresher", "_session", "_task")
+
+    def __init__(self, session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
+                 hard_end: float, on_end: Callable[[Reason | None], object]) -> None:
+        self._session, self._live, self._refresher, self._clock = session, live, refresher, clock
+        self._hard_end, self._on_end = hard_end, on_end
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """The first check, as soon as the loop gets to it (the relay has started by then)."""
+        self._handle = self._loop.call_soon(self._check)
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Stop watching: the socket closed. Nothing is left scheduled; a refresh under way is cancelled
+        and returned, for the caller to await."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a wake-up or a refresh is pending."""
+        return self._handle is not None or self._task is not None
+
+    @property
+    def wakes_at(self) -> float | None:
+        """The event loop's time of the next check, when one is timed (not during a refresh, not the first)."""
+        handle = self._handle
+        return handle.when() if isinstance(handle, asyncio.TimerHandle) else None
+
+    def _check(self) -> None:
+        self._handle = None
+        try:
+            now = self._clock()
+            if now >= self._hard_end:
+                self._finish(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY], Reason.EXPIRY)
+            elif self._session.access_expired(now):
+                self._task = self._loop.create_task(self._refresh())
+            else:
+                expires_at = self._session.expires_at
+                deadline = min(self._hard_end, expires_at if expires_at is not None else math.inf)
+                self._handle = self._loop.call_later(deadline - now + EXPIRY_SLACK, self._check)
+        except Exception:
+            self._failed()
+
+    async def _refresh(self) -> None:
+        try:
+            renewed = await _renewed(self._session, self._refresher, self._clock, self._hard_end)
+        except Exception:
+            self._task = None
+            self._failed()
+            return
+        self._task = None
+        if renewed is None:                     # the session lives; this socket cannot carry on for now
+            self._finish(WSCloseCode.TRY_AGAIN_LATER, NOT_RENEWED, None)
+        elif not isinstance(renewed, Session):
+            self._finish(SESSION_ENDED, CLOSE_REASONS[Reason.EXPIRY], renewed)
+        else:
+            self._session = renewed
+            self._check()
+
+    def _finish(self, code: int, reason: str, why: Reason | None) -> None:
+        self._live.end(code, reason)
+        self._on_end(why)
+
+    def _failed(self) -> None:
+        log.exception("websocket session watch failed: sub=%s", self._session.identity.sub)
+        self._finish(WSCloseCode.INTERNAL_ERROR, "internal error", None)
+
+
+async def watch_session(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
+                        hard_end: float) -> Reason | None:
+    """``SessionTimer`` as a coroutine: returns once ``live`` is ended, with why the session ended (None:
+    only the socket did)."""
+    done: asyncio.Future[Reason | None] = asyncio.get_running_loop().create_future()
+
+    def ended(why: Reason | None) -> None:
+        if not done.done():
+            done.set_result(why)
+    timer = SessionTimer(session, live, refresher, clock, hard_end, ended)
+    timer.start()
+    try:
+        return await done
+    finally:
+        refreshing = timer.cancel()
+        if refreshing is not None:
+            await asyncio.gather(refreshing, return_exceptions=True)
 
 
 async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], float],
@@ -331,15 +418,11 @@ async def _renewed(session: Session, refresher: Refresher, clock: Callable[[], f
     return Reason.EXPIRY if fresh.access_expired(clock()) else fresh
 
 
-async def _watch(session: Session, live: LiveSocket, refresher: Refresher, clock: Callable[[], float],
-                 hard_end: float, ends: SessionEnds | None) -> None:
-    try:
-        reason = await watch_session(session, live, refresher, clock, hard_end)
-        if reason is not None and ends is not None:
-            ends.end_soon(ends.new(reason, session_id=session.id))    # this task is cancelled next
-    except Exception:
-        log.exception("websocket session watch failed: sub=%s", session.identity.sub)
-        live.end(WSCloseCode.INTERNAL_ERROR, "internal error")
+def _record_end(ends: SessionEnds | None, session: Session, why: Reason | None) -> None:
+    """A ``SessionTimer``'s ``on_end`` in the relay: an end of the session itself goes through ``SessionEnds``
+    (in a task of its own: the relay, woken by the socket's end, cancels the timer next)."""
+    if why is not None and ends is not None:
+        ends.end_soon(ends.new(why, session_id=session.id))
 
 
 # -- live sockets by session -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..context import CONFIG
@@ -50,6 +51,8 @@ DEFLATE_WINDOW_BITS = 15
 HANDSHAKE_FIELDS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                     "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Connection", "Upgrade")
 _WS_SCHEMES = {"http": "ws", "https": "wss"}
+# What a handshake's request info keeps of the headers sent, once the socket is open (``_shed_handshake``).
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 # RFC 6455 §7.1.5: the close code of a connection that ended without a close frame (reported, never sent).
 ABNORMAL_CLOSURE = 1006
 
@@ -104,7 +107,7 @@ async def connect(request: web.Request, upstream: Upstream,
     request[UPSTREAM_LABEL] = where
     try:
         async with asyncio.timeout(upstream.config.connect_timeout + upstream.config.timeout):
-            return await upstream.client.ws_connect(
+            ws = await upstream.client.ws_connect(
                 upstream_ws_url(upstream, request), headers=headers, protocols=requested_protocols(request),
                 autoclose=False, autoping=False, max_msg_size=request.app[CONFIG].limits.websocket_max_message,
                 decode_text=False, compress=DEFLATE_WINDOW_BITS if offers_deflate(request) else 0,
@@ -117,6 +120,23 @@ async def connect(request: web.Request, upstream: Upstream,
     except aiohttp.ClientError as exc:
         log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)
         raise UpstreamError(f"The application at {where} could not be reached.") from None
+    _shed_handshake(ws)
+    return ws
+
+
+def _shed_handshake(ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+    """Let go of what the upstream handshake left that a socket never reads again, though it keeps the
+    handshake's response for its life (aiohttp closes the connection through it): the connection's HTTP
+    response parser, which holds the 101's head (frames go through the WebSocket parser only), and the
+    request's headers as sent (the access token and the cookies among them; aiohttp 3.14's client holds
+    them elsewhere too). The parser and its head were about 1.6 KB of every idle socket (``bench/idle.py
+    --trace``). aiohttp has no public way to either; both are its 3.14 attributes."""
+    response = ws._response
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol._parser = None
+    sent = response.request_info
+    response._request_info = aiohttp.RequestInfo(sent.url, sent.method, _NO_HEADERS, sent.real_url)
 
 
 # -- frames, both ways -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from proxy.session import CODEC
-from proxy.websocket import SESSION_ENDED, SOCKETS
+from proxy.websocket import SESSION_ENDED, SOCKETS, SessionTimer
 from tests.support.browserless import login_via_http
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET
 from tests.support.ports import free_port
@@ -305,3 +305,30 @@ async def test_an_app_on_a_unix_socket(stack_factory, client, browser_session, t
         assert ws_app.plain == ["/"] and ws_app.paths == ["/ws"]      # normalised, prefix stripped, as for HTTP
     finally:
         await ws_app.runner.cleanup()
+
+
+def session_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.Handle]:
+    """The proxy's SessionTimer callbacks the loop (asyncio's own) still holds, cancelled ones left out."""
+    pending = [*loop._scheduled, *loop._ready]  # type: ignore[attr-defined]
+    return [h for h in pending
+            if not h.cancelled() and isinstance(getattr(h._callback, "__self__", None), SessionTimer)]
+
+
+async def test_closed_sockets_leave_no_timer_task_or_registration(stack_factory, ws_app, browser_session):
+    """Issue 15: while a socket lives its session is watched by one timer handle (no task); once the
+    sockets close, no handle, no relay task and no registration is left."""
+    count = 200
+    stack = await stack_factory(upstreams=[{"path": "/", "url": ws_app.url}],
+                                limits={"websockets_per_session": count})
+    cookie = await signed_in(stack, browser_session)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:     # 100 by default
+        sockets = await asyncio.gather(*(client.ws_connect(ws_url(stack), headers={"Cookie": cookie})
+                                         for _ in range(count)))
+        await wait_until(lambda: len(session_timers(loop)) == count)
+        assert len(stack.proxy.app[SOCKETS]) == count
+        assert not [t for t in asyncio.all_tasks() if "SessionTimer" in t.get_coro().__qualname__]
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    await wait_until(lambda: len(stack.proxy.app[SOCKETS]) == 0)
+    assert session_timers(loop) == []
+    assert not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ in ("pump", "SessionTimer._refresh")]

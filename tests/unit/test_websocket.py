@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from proxy.errors import ProviderUnavailable, SessionEnded, StoreUnavailable
 from proxy.session import Identity, Session
 from proxy.ending import Reason, SessionEnd
-from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SocketRegistry, is_websocket_upgrade,
+from proxy.websocket import (SESSION_ENDED, Close, LiveSocket, SessionTimer, SocketRegistry, is_websocket_upgrade,
                              normalize_origin, origin_allowed, watch_session)
 from tests.unit.conftest import make_config
 
@@ -267,3 +267,61 @@ def test_every_reason_a_session_ends_for_has_a_close_reason():
     assert set(CLOSE_REASONS) == set(Reason)
     assert CLOSE_REASONS[Reason.STEP_UP] == "signed in again"
     assert all(len(text.encode()) <= 123 for text in CLOSE_REASONS.values())      # RFC 6455 §5.5: a control frame
+
+
+# -- the session timer: one handle per socket, rescheduled by a refresh, gone when the socket closes ------
+
+
+def timer_handles(loop: asyncio.AbstractEventLoop) -> list[asyncio.Handle]:
+    """The SessionTimer callbacks the loop (asyncio's own) still holds, cancelled ones left out."""
+    pending = [*loop._scheduled, *loop._ready]  # type: ignore[attr-defined]
+    return [h for h in pending
+            if not h.cancelled() and isinstance(getattr(h._callback, "__self__", None), SessionTimer)]
+
+
+async def test_a_refresh_moves_the_timer_to_the_new_expiry():
+    loop = asyncio.get_running_loop()
+    s = session(0.1)
+    refresher = FakeRefresher(replace(s, expires_at=time.time() + 60))
+    live, ends = LiveSocket("s1"), []
+    timer = SessionTimer(s, live, refresher, time.time, time.time() + 3600, ends.append)
+    timer.start()
+    await asyncio.sleep(0)
+    assert timer.wakes_at is not None and timer.wakes_at < loop.time() + 1       # the first expiry
+    await wait_until(lambda: refresher.calls == 1 and timer.wakes_at is not None)
+    assert loop.time() + 58 < timer.wakes_at < loop.time() + 61                  # the refreshed one
+    assert not live.ended.done() and ends == [] and len(timer_handles(loop)) == 1
+    assert timer.cancel() is None and not timer.scheduled and timer_handles(loop) == []
+
+
+async def test_5000_closed_sockets_leave_no_timer_and_no_task():
+    """Every socket's timer is cancelled when the socket closes (``_relay``), waiting or refreshing."""
+    loop = asyncio.get_running_loop()
+    stalled = asyncio.Event()
+
+    class StalledRefresher:
+        async def ensure_fresh(self, session: Session, *, remember_for: float = 0.0) -> Session:
+            await stalled.wait()
+            raise AssertionError("never answers")
+
+    timers = []
+    for i in range(5000):
+        s = session(-1 if i % 10 == 0 else 30 + i % 600)          # one in ten refreshing when it closes
+        timer = SessionTimer(s, LiveSocket("s1"), StalledRefresher(), time.time, time.time() + 3600,  # type: ignore[arg-type]
+                             lambda why: None)
+        timer.start()
+        timers.append(timer)
+    await asyncio.sleep(0.01)
+    assert len(timer_handles(loop)) == 4500 and all(t.scheduled for t in timers)
+    refreshing = [task for t in timers if (task := t.cancel()) is not None]
+    assert len(refreshing) == 500
+    await asyncio.gather(*refreshing, return_exceptions=True)
+    assert timer_handles(loop) == [] and not any(t.scheduled for t in timers)
+    assert all(task.cancelled() for task in refreshing)
+    assert not [t for t in asyncio.all_tasks() if "SessionTimer" in t.get_coro().__qualname__]
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
