@@ -131,6 +131,9 @@ async def test_how_the_user_signed_in_comes_from_the_id_token_never_from_userinf
         async def userinfo(self, access_token):
             return {"sub": "alice", "acr": "urn:example:mfa", "auth_time": 10**10, "groups": ["g"]}
 
+        def groups_overflowed(self, claims):
+            return False
+
     config = make_config(provider={"use_userinfo": True})
     tokens = TokenSet(access_token="AT", expires_at=None, refresh_token=None, id_token="ID")
     claims, id_claims = await _verified_claims(Provider(), config, tokens, "nonce")   # type: ignore[arg-type]
