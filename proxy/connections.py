@@ -183,9 +183,11 @@ class LimitedHandler(RequestHandler):
     def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
         """A WebSocket takes the connection over (``WebSocketResponse.prepare``): frames follow, never another
         request head, so the HTTP parser goes, with the handshake's head fields it still holds (the
-        cookie, as bytes and as text: about 4 KB of every idle socket, ``bench/idle.py --trace``)."""
+        cookie, as bytes and as text: about 4 KB of every idle socket, ``bench/idle.py --trace``). It will
+        never be parked either: sweeps pass it by from now on."""
         super().set_parser(parser, data_received_cb)
         self._parser = None
+        self._limited.awake.discard(self)
 
     def _watch_body(self, message: Any, payload: StreamReader) -> None:
         """Start watching a request body that has not all come yet (none for an upgrade: its bytes are frames)."""
