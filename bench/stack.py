@@ -341,8 +341,12 @@ class Stack:
         return proc, url
 
     async def apache(self, port: int, issuer: str, upstream_url: str, *,
-                     refresh_before_expiry: int | None = None) -> tuple[Proc, str]:
-        """Apache httpd (mpm_event, Debian's default thread counts) with mod_auth_openidc in front of the upstream."""
+                     refresh_before_expiry: int | None = None, extra_conf: str = "") -> tuple[Proc, str]:
+        """Apache httpd (mpm_event, Debian's default thread counts) with mod_auth_openidc in front of the upstream.
+
+        ``extra_conf`` is appended to the configuration: a directive given again there overrides the one
+        above (e.g. the MPM's numbers), and a ``<Location>`` with its own ``ProxyPass`` goes before the
+        ``ProxyPass /`` (mod_proxy tries a location's first)."""
         root = self.root / f"apache-{port}"
         (root / "run").mkdir(parents=True)
         client_id, client_secret = APACHE_CLIENT
@@ -352,7 +356,7 @@ class Stack:
                                   client_id=client_id, client_secret=client_secret, upstream=upstream_url,
                                   scopes=" ".join(OIDC_SCOPES), refresh=refresh,
                                   passphrase=os.urandom(16).hex())
-        (root / "apache.conf").write_text(conf)
+        (root / "apache.conf").write_text(conf + extra_conf)
         proc = await self.spawn(f"apache-{port}", [APACHE, "-f", str(root / "apache.conf"), "-DFOREGROUND"],
                                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"})
         await wait_port(port, proc, "apache2")
