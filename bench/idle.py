@@ -389,10 +389,12 @@ async def main(args: argparse.Namespace) -> int:
                   f"{'; traced' if trace_dir else ''}", flush=True)
         if "apache" in args.targets:
             extra, summary = apache_extra(ws_port, args.connections, args.websockets)
-            proc, url = await stack.apache(apache_port, idp.issuer, nginx_url, extra_conf=extra)
+            proc, url = await stack.apache(apache_port, idp.issuer, nginx_url,
+                                           extra_conf=extra + "".join(line + "\n" for line in args.apache_conf))
             cookie = await login(url + "/tiny", lambda name: name == "mod_auth_openidc_session")
             targets.append(("apache", proc, url, apache_port, cookie))
-            print(f"Apache + mod_auth_openidc (pid {proc.pid}): {summary}", flush=True)
+            print(f"Apache + mod_auth_openidc (pid {proc.pid}): {summary}"
+                  + "".join(f"; {line}" for line in args.apache_conf), flush=True)
         phases = []
         for target, proc, url, target_port, cookie in targets:
             host = f"127.0.0.1:{target_port}"
@@ -437,6 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds the connections stay idle before RSS is read (default 25: an idle connection "
                              "is parked within 0.5-1 s, before 508b1f0 after 10-20 s; proxy/connections.py "
                              "SHED_INTERVAL)")
+    parser.add_argument("--apache-conf", action="append", default=[], metavar="LINE",
+                        help="one more line of Apache configuration (repeatable), e.g. 'MaxMemFree 64'")
     parser.add_argument("--trace", action="store_true", help="run the proxy under tracemalloc, print what grew")
     parser.add_argument("--top", type=int, default=15, help="allocation sites printed with --trace (default 15)")
     parser.add_argument("--authproxy-src", default=str(HERE.parent), metavar="DIR",
