@@ -42,7 +42,7 @@ def escape_controls(text: str) -> str:
     Every character ``_UNSAFE`` matches but ``\\`` is unprintable (C0/C1 controls are category Cc, the
     separators Zl/Zp, the marks and overrides Cf), so a printable text without a backslash is returned as it is
     without running the regex: most lines, and a third cheaper than a search."""
-    if text.isprintable() and "\\" not in text or not _UNSAFE.search(text):
+    if (text.isprintable() and "\\" not in text) or not _UNSAFE.search(text):
         return text
     return _UNSAFE.sub(_escaped, text)
 
