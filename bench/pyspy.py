@@ -42,8 +42,8 @@ def _name(frame: str) -> str:
     for marker in ("site-packages/", "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
-    if "/main/proxy/" in path or path.startswith("proxy/"):
-        path = "proxy/" + path.split("proxy/", 1)[1]
+    if "/proxy/" in path:                      # authproxy's package, in whichever checkout it ran from
+        path = "proxy/" + path.split("/proxy/", 1)[1]
     return f"{match['func']} ({path})"
 
 

@@ -7,7 +7,7 @@ order rotating every round — for each scenario (tiny at 1 and 32 connections, 
 requests/s, p50 and p99 per target and scenario, the CPU each front server spent per request, the ratios
 authproxy/nginx and authproxy/Apache computed per round with their median, and authproxy's peak RSS.
 
-    python bench/run.py [--duration 5] [--rounds 3] [--quick] [--profile [FILE]]
+    python bench/run.py [--duration 5] [--rounds 3] [--quick] [--profile [FILE]] [--profile-row NAME ...]
 
 Every process is stopped on exit, Ctrl-C and SIGTERM included, and the whole run has a hard time limit.
 """
@@ -141,7 +141,7 @@ async def measure(target: Target, scenario: Scenario, duration: float, round_: i
 
 async def profile_authproxy(target: Target, scenario: Scenario, duration: float, output: Path) -> None:
     """One extra run (not in the table) with py-spy sampling authproxy; prints the hot spots."""
-    print(f"\nprofiling authproxy with py-spy during one more {scenario.label} run ({duration:.0f}s) …")
+    print(f"\nprofiling {target.name} with py-spy during one more {scenario.label} run ({duration:.0f}s) …")
     spy = await pyspy.record(target.front.pid, duration, output)
     await asyncio.sleep(0.3)                                   # py-spy attaches before the load starts
     await run_wrk(target.url + scenario.path, connections=scenario.connections, duration=duration + 1,
@@ -329,6 +329,14 @@ async def main(args: argparse.Namespace) -> int:
         rss_kib = {pid: peak_rss_kib(pid) for pid in group_pids(authproxy_proc.pid)}
         if args.profile:
             await profile_authproxy(targets[1], SCENARIOS[1], args.duration, Path(args.profile))
+        for name in args.profile_row:
+            # Each named row profiled the same way, to its own file: e.g. authproxy-log next to authproxy-wauto
+            # shows where the access log's CPU goes (the frames the logged row has and the other lacks).
+            named = [t for t in targets if t.name == name]
+            if not named:
+                problems.append(f"--profile-row {name}: no such row (rows: {', '.join(t.name for t in targets)})")
+                continue
+            await profile_authproxy(named[0], SCENARIOS[1], args.duration, OUT / f"profile-{name}-tiny-32.txt")
         rows = print_table(runs, [t.name for t in targets], args.rounds)
         if log_of:
             rows += print_before_after(runs, LOGGED, args.rounds, log_of)
@@ -372,6 +380,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also profile authproxy with py-spy during one extra 32-connection tiny run; FILE "
                              "ending .svg = flame graph, .json = speedscope, else collapsed stacks "
                              f"(default {DEFAULT_PROFILE})")
+    parser.add_argument("--profile-row", action="append", default=[], metavar="NAME",
+                        help="also profile this row (e.g. authproxy-log, authproxy-wauto) like --profile, after the "
+                             "rounds, to bench/out/profile-NAME-tiny-32.txt; repeatable")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="hard limit for the whole run in seconds (default: twice the planned time + 2 min)")
     parser.add_argument("--workers", type=int, default=1,
@@ -395,7 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.rounds = 2.0, 1
     if args.time_limit is None:
         rows = 3 + bool(args.workers_row) + bool(args.before_src) + args.log_row
-        planned = args.rounds * len(SCENARIOS) * rows * (args.duration + 1) + (args.duration + 5) * bool(args.profile)
+        profiles = bool(args.profile) + len(args.profile_row)
+        planned = args.rounds * len(SCENARIOS) * rows * (args.duration + 1) + (args.duration + 5) * profiles
         args.time_limit = 2 * planned + 120
     return args
 

@@ -168,18 +168,13 @@ def _log_socket(request: web.Request, life: SocketLife, started: float, metrics:
 
 def _write_line(request: web.Request, status: int, elapsed: float, upstream: str, suffix: str,
                 fields: dict[str, object]) -> None:
+    """The access line, as its parts: the writer formats them (logs.AccessLog.request) without a
+    ``%``-format or the JSON fields' dict on the text format's path."""
     state = request.get(SESSION_STATE)
     session = state.peek() if state is not None else None
-    user = session.identity.sub if session is not None else "-"
-    trace = request.get(TRACE_ID)                   # tracing on: find the slow request's trace
-    if trace is not None:
-        suffix, fields = f"{suffix} trace={trace}", {**fields, "trace_id": trace}
-    access_log.info("%s %s %d %.1fms user=%s rid=%s%s", request.method, request.path, status, elapsed * 1000,
-                    user, request[REQUEST_ID], suffix,
-                    extra={"fields": {"event": "request", "request_id": request[REQUEST_ID],
-                                      "client": request.remote, "user": user, "method": request.method,
-                                      "path": request.path, "status": status, "upstream": upstream,
-                                      "duration_ms": round(elapsed * 1000, 2), **fields}})
+    access_log.request(request.method, request.path, status, elapsed,
+                       session.identity.sub if session is not None else "-", request[REQUEST_ID], request.remote,
+                       upstream, suffix, fields, request.get(TRACE_ID))   # tracing on: find the slow request's trace
 
 
 # -- the table: domain error → response ---------------------------------------------------------

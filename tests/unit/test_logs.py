@@ -173,6 +173,72 @@ async def test_the_writer_writes_the_formatters_line(pipe, fmt):
         assert "\\x0a" in line and "\n" not in line
 
 
+REQUEST_LINES = [  # AccessLog.request's arguments after the request: client, upstream, suffix, fields, trace
+    ("127.0.0.1", "/", "", {}, None),
+    (None, "/api", " ws_close=1000 by=client", {"ws_close": 1000, "ws_closed_by": "client"},
+     "0af7651916cd43dd8448eb211c80319c"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("client, upstream, suffix, fields, trace", REQUEST_LINES)
+async def test_a_request_line_from_its_parts_is_the_stdlib_line(pipe, caplog, fmt, client, upstream, suffix, fields,
+                                                                trace):
+    """``AccessLog.request`` builds the line itself on the writer's path: the same bytes (time aside) as the
+    message and ``fields`` it gives the stdlib logger, through the formatter — hostile path and user escaped."""
+    access = AccessLog()
+    caplog.set_level(logging.INFO, logger="authproxy.access")
+    parts = ("GET", HOSTILE, 200, 0.00125, "bob\x1b]0;", "r1", client, upstream, suffix, fields, trace)
+    access.request(*parts)
+    [rec] = [r for r in caplog.records if r.name == "authproxy.access"]
+    access.writer = AccessWriter(fmt, pipe[1])
+    access.request(*parts)
+    access.stop_writer()
+    [line] = read_lines(pipe[0])
+    expected = (JsonFormatter() if fmt == "json" else TextFormatter()).format(rec)
+    if fmt == "json":
+        written, wanted = json.loads(line), json.loads(expected)
+        assert written.pop("time")[:16] == wanted.pop("time")[:16] and written == wanted
+        assert list(written) == list(wanted) and wanted["path"] == ESCAPED
+        assert wanted.get("trace_id") == trace and line.endswith("}")
+    else:
+        assert TIME.match(line) and TIME.sub("", line) == TIME.sub("", expected)
+        assert ESCAPED in line and "user=bob\\x1b]0;" in line
+        assert line.endswith(suffix + (f" trace={trace}" if trace else ""))
+
+
+async def test_a_full_batch_goes_to_the_writer_without_waiting_for_the_timer(pipe, monkeypatch):
+    monkeypatch.setattr(logs, "FLUSH_INTERVAL", 60.0)
+    monkeypatch.setattr(logs, "FLUSH_BYTES", 4096)
+    writer = AccessWriter("text", pipe[1])
+    for n in range(100):                               # ~60 bytes a line: a batch every ~68 lines
+        writer.request("GET", f"/{n}", 200, 0.001, "-", f"r{n}", None, "/", "", None, None)
+    for _ in range(100):
+        if writer._written == writer._handed:
+            break
+        await asyncio.sleep(0.01)
+    lines = read_lines(pipe[0])
+    assert 0 < len(lines) < 100 and lines == [line for line in lines if " GET /" in line]
+    assert writer._size < 4096
+    writer.close()
+    assert len(lines) + len(read_lines(pipe[0])) == 100
+
+
+async def test_a_reload_writes_the_old_writers_lines_at_once(pipe, monkeypatch):
+    """SIGHUP replaces the writer (server._reloaded → start_writer): what the old one held is written then."""
+    monkeypatch.setattr(logs, "FLUSH_INTERVAL", 60.0)
+    monkeypatch.setattr(logs.sys, "stderr", os.fdopen(os.dup(pipe[1]), "w"))
+    access = AccessLog()
+    monkeypatch.setattr(access.logger, "isEnabledFor", lambda level: True)
+    access.start_writer(LoggingConfig(level="info"))
+    access.request("GET", "/before", 200, 0.001, "-", "r1", None, "/", "", None, None)
+    assert read_lines(pipe[0]) == []
+    access.start_writer(LoggingConfig(level="info"))
+    assert [line.split(": ", 1)[1] for line in read_lines(pipe[0])] == ["GET /before 200 1.0ms user=- rid=r1"]
+    access.stop_writer()
+    logs.sys.stderr.close()
+
+
 async def test_lines_are_written_in_a_batch_after_the_interval_not_one_write_each(pipe, monkeypatch):
     monkeypatch.setattr(logs, "FLUSH_INTERVAL", 0.05)
     writer = AccessWriter("text", pipe[1])
