@@ -7,19 +7,18 @@ the subprotocol the app chose. A refusal or an unreachable app is a 502 the clie
 app does not answer in time), never a socket that opens and dies at once.
 
 The upstream handshake carries the HTTP header policy (``Forwarder.request_headers``: Bearer token
-and identity headers set, spoofed ones stripped) minus the handshake fields aiohttp sets itself
-(``HANDSHAKE_FIELDS``). The app is offered the client's subprotocols, in the client's order.
-Compression (permessage-deflate, RFC 7692) is offered to the app only when the client offered it,
-and accepted from the client only when the app accepted it. Accepting it from the client alone made
-the proxy the inflating end: 160 KiB on the client's wire reached the app as 160 MiB. Each hop still
-agrees its own parameters.
+and identity headers set, spoofed ones stripped) minus the handshake fields of the client's
+(``HANDSHAKE_FIELDS``), which the proxy sets itself: its own key, the client's subprotocols in the
+client's order, and the client's permessage-deflate offers (RFC 7692), only when it made some. The
+app's answer is checked (101, ``Upgrade``, ``Connection``, the key's ``Sec-WebSocket-Accept``, an
+extension answer the client could have asked for); what it agreed to goes to the client as it is, so
+compression is agreed end to end: the proxy neither compresses nor inflates for either side (it
+inflates what the client sends only to measure it, ``frames.py``). Before, each hop agreed its own
+parameters and the proxy held a compressor and a decompressor for each.
 
-Frames are relayed as they come, each way in its own task (``pumps``): text and binary unchanged
-(text is not even decoded), ping and pong passed through — autoping is off on both ends, so the app
-answers a client's ping and the pong proves the whole path alive; the proxy sends no pings of its
-own — and a close frame's code and reason go to the other side, if it is one an endpoint may send
-(``relayable_code``). A message is held in memory once, at most ``limits.websocket_max_message``
-bytes after decompression; a bigger one ends the socket (1009).
+Once the app has answered, the connection is taken from aiohttp's client (``_take_over``): its
+transport reads into an ``AppSide``, one side of the ``frames.FrameRelay`` that passes frames both
+ways with no task; the response, its head and the request's headers as sent go at once.
 """
 
 from __future__ import annotations
@@ -100,8 +99,8 @@ async def connect(request: web.Request, upstream: Upstream, session: Session | N
     request[UPSTREAM_LABEL] = where
     try:
         async with asyncio.timeout(config.connect_timeout + config.timeout):
-            response = await upstream.client.get(
-                upstream_ws_url(upstream, request), headers=headers, read_until_eof=False, allow_redirects=False,
+            response = await upstream.client.request(
+                "GET", upstream_ws_url(upstream, request), headers=headers, read_until_eof=False, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout))
     except TimeoutError:
         raise UpstreamTimeout(f"The application at {where} did not answer the WebSocket handshake in time.") from None
