@@ -45,7 +45,8 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``websocket`` the client's side of an authenticated WebSocket: checks, the session's holds and watch;
 - ``upstream/`` the only code that talks to the app: ``forward`` (routing, forwarding), ``http1*``
   (the lean HTTP/1.1 client), ``relay`` (the answer back: whole, streamed, batched or spliced),
-  ``splice`` (in-kernel copies), ``websocket`` (the app's side of a WebSocket);
+  ``splice`` (in-kernel copies), ``websocket`` (the app's side of a WebSocket), ``frames`` (WebSocket
+  frames relayed between the two connections, with no task);
 - ``config/``   reads YAML and the environment, validates everything once, freezes it;
 - ``metrics``, ``logs``, ``pages``  Prometheus metrics; auth events and the log format; our own HTML/JSON;
 - ``tracing``   OpenTelemetry spans (off unless configured): request, upstream call, grants; ``traceparent``.

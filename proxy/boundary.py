@@ -40,7 +40,7 @@ import itertools
 import logging
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -153,28 +153,57 @@ def _log_access(request: web.Request, status: int, elapsed: float, metrics: Metr
 
 
 def _log_socket(request: web.Request, life: SocketLife, started: float, metrics: Metrics) -> None:
-    """An upgraded request: a 101 however its handler ended (it is cancelled when the client's connection
-    closes, which is no error), with the close code and the side that closed in the line and the metrics.
-    The request's duration in the histogram is the time to the 101; the line's is the socket's whole life."""
+    """An upgraded request: a 101, with the close code and the side that closed in the line and the metrics.
+    The request's duration in the histogram is the time to the 101; the line's is the socket's whole life,
+    so it is written when the socket ends (``SocketLife.closed``), from what it needs of the request —
+    not the request, which goes when its handler returns, long before."""
     upstream = request.get(UPSTREAM_LABEL, "proxy")
     metrics.answered(upstream, 101, life.opened - started)
-    end = life.end
-    code, by = (end.reported_code, end.by) if end is not None else (0, "proxy")
-    metrics.websocket_closed(by, code)
-    if access_log.isEnabledFor(logging.INFO):
-        _write_line(request, 101, time.perf_counter() - started, upstream, f" ws_close={code} by={by}",
-                    {"ws_close": code, "ws_closed_by": by})
+    line = _line_context(request) if access_log.isEnabledFor(logging.INFO) else None
+
+    def closed(life: SocketLife) -> None:
+        end = life.end
+        code, by = (end.reported_code, end.by) if end is not None else (0, "proxy")
+        metrics.websocket_closed(by, code)
+        if line is not None:
+            _emit_line(line, 101, time.perf_counter() - started, upstream, f" ws_close={code} by={by}",
+                       {"ws_close": code, "ws_closed_by": by})
+    if life.end is not None:
+        closed(life)
+    else:
+        life.on_close = closed
+
+
+class _LineContext(NamedTuple):
+    """What an access-log line says of its request, taken while the request is at hand."""
+
+    method: str
+    path: str
+    remote: str | None
+    user: str
+    request_id: str
+    trace: str | None
+
+
+def _line_context(request: web.Request) -> _LineContext:
+    state = request.get(SESSION_STATE)
+    session = state.peek() if state is not None else None
+    user = session.identity.sub if session is not None else "-"
+    return _LineContext(request.method, request.path, request.remote, user, request[REQUEST_ID],
+                        request.get(TRACE_ID))          # tracing on: find the slow request's trace
 
 
 def _write_line(request: web.Request, status: int, elapsed: float, upstream: str, suffix: str,
                 fields: dict[str, object]) -> None:
+    _emit_line(_line_context(request), status, elapsed, upstream, suffix, fields)
+
+
+def _emit_line(line: _LineContext, status: int, elapsed: float, upstream: str, suffix: str,
+               fields: dict[str, object]) -> None:
     """The access line, as its parts: the writer formats them (logs.AccessLog.request) without a
     ``%``-format or the JSON fields' dict on the text format's path."""
-    state = request.get(SESSION_STATE)
-    session = state.peek() if state is not None else None
-    access_log.request(request.method, request.path, status, elapsed,
-                       session.identity.sub if session is not None else "-", request[REQUEST_ID], request.remote,
-                       upstream, suffix, fields, request.get(TRACE_ID))   # tracing on: find the slow request's trace
+    access_log.request(line.method, line.path, status, elapsed, line.user, line.request_id, line.remote,
+                       upstream, suffix, fields, line.trace)
 
 
 # -- the table: domain error → response ---------------------------------------------------------

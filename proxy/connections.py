@@ -278,6 +278,9 @@ class LimitedHandler(RequestHandler):
                     return                   # parked by a sweep (``_park``): the next bytes start another loop
             if not await self._serve(*self._messages.popleft()):
                 break
+            if getattr(self._payload_parser, "owns_connection", False):
+                self._task_handler = None        # a WebSocket relay has the connection now (websocket.py)
+                return
             if self._keepalive and not self._close and not self._force_close:
                 self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
                 if self._keepalive_handle is None:

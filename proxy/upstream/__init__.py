@@ -22,15 +22,17 @@ unix-socket upstream when the request allows it, else the upstream's pooled ``ai
 - ``relay``             the app's response on to the client: whole, streamed, batched or spliced, and
                         cut short when the user's session ends (``STREAMS``);
 - ``websocket``         the app's side of a WebSocket: the upstream handshake (``connect``) and the
-                        frames relayed both ways (``pumps``). ``proxy/websocket.py`` keeps the client's
-                        side: the upgrade's checks and refusals, and the socket's life with its session.
+                        connection taken from aiohttp's client (``AppSide``). ``proxy/websocket.py`` keeps
+                        the client's side: the upgrade's checks and refusals, and the socket's life with
+                        its session;
+- ``frames``            WebSocket frames relayed between the two connections, with no task (``FrameRelay``).
 
 The names other modules import are re-exported here: ``Forwarder`` and its app key ``FORWARDER``,
 ``Upstream`` and ``make_client`` (built by ``app``), ``UPSTREAM_LABEL`` (the request key naming the
 upstream a request went to, for metrics and logs), and ``STREAMS``/``LiveStream`` (the responses
 streaming to a signed-in user, which a session's end cuts short). ``proxy/websocket.py`` imports the
-WebSocket names from ``upstream.websocket`` itself: ``connect``, ``pumps``, ``Close``, ``CLOSE_TIMEOUT``
-and ``requested_protocols``.
+WebSocket names from ``upstream.websocket`` (``connect``, ``AppSocket``, ``requested_protocols``) and
+``upstream.frames`` (``FrameRelay``, ``Side``, ``Close``, ``close_frame``) itself.
 """
 
 from .forward import FORWARDER, UPSTREAM_LABEL, Forwarder, Upstream, make_client

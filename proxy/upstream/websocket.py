@@ -7,71 +7,51 @@ the subprotocol the app chose. A refusal or an unreachable app is a 502 the clie
 app does not answer in time), never a socket that opens and dies at once.
 
 The upstream handshake carries the HTTP header policy (``Forwarder.request_headers``: Bearer token
-and identity headers set, spoofed ones stripped) minus the handshake fields aiohttp sets itself
-(``HANDSHAKE_FIELDS``). The app is offered the client's subprotocols, in the client's order.
-Compression (permessage-deflate, RFC 7692) is offered to the app only when the client offered it,
-and accepted from the client only when the app accepted it. Accepting it from the client alone made
-the proxy the inflating end: 160 KiB on the client's wire reached the app as 160 MiB. Each hop still
-agrees its own parameters.
+and identity headers set, spoofed ones stripped) minus the handshake fields of the client's
+(``HANDSHAKE_FIELDS``), which the proxy sets itself: its own key, the client's subprotocols in the
+client's order, and the client's permessage-deflate offers (RFC 7692), only when it made some. The
+app's answer is checked (101, ``Upgrade``, ``Connection``, the key's ``Sec-WebSocket-Accept``, an
+extension answer the client could have asked for); what it agreed to goes to the client as it is, so
+compression is agreed end to end: the proxy neither compresses nor inflates for either side (it
+inflates what the client sends only to measure it, ``frames.py``). Before, each hop agreed its own
+parameters and the proxy held a compressor and a decompressor for each.
 
-Frames are relayed as they come, each way in its own task (``pumps``): text and binary unchanged
-(text is not even decoded), ping and pong passed through — autoping is off on both ends, so the app
-answers a client's ping and the pong proves the whole path alive; the proxy sends no pings of its
-own — and a close frame's code and reason go to the other side, if it is one an endpoint may send
-(``relayable_code``). A message is held in memory once, at most ``limits.websocket_max_message``
-bytes after decompression; a bigger one ends the socket (1009).
+Once the app has answered, the connection is taken from aiohttp's client (``_take_over``): its
+transport reads into an ``AppSide``, one side of the ``frames.FrameRelay`` that passes frames both
+ways with no task; the response, its head and the request's headers as sent go at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
-from typing import NamedTuple
+import os
+from typing import Any, NamedTuple
 
 import aiohttp
-from aiohttp import WSCloseCode, WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WS_KEY
 from yarl import URL
 
-from ..context import CONFIG
 from ..errors import UpstreamError, UpstreamTimeout
 from ..model import Session
 from ..paths import normalized_path
 from .forward import FORWARDER, UPSTREAM_LABEL, Upstream
+from .frames import CLOSE_TIMEOUT, Close, Deflate, Side, deflate_answer, deflate_offers, relayable_code, vanished
+
+__all__ = ["CLOSE_TIMEOUT", "AppSide", "AppSocket", "Close", "connect", "pump", "relayable_code", "requested_protocols",
+           "upstream_ws_url", "vanished"]
 
 # The client side's logger: an operator reads a socket's whole story, both sides, under one name.
 log = logging.getLogger("authproxy.websocket")
 
-# Seconds to wait for the peer's close frame after sending ours (RFC 6455 §7.1.1), per side.
-CLOSE_TIMEOUT = 5.0
-# The window bits offered to the app when the client offered compression (RFC 7692 §7.1.2: 15 is zlib's default).
-DEFLATE_WINDOW_BITS = 15
-# Handshake fields aiohttp's client sets itself (RFC 6455 §4.1); the client's would clash with them.
-# Sec-WebSocket-Protocol goes as ``protocols=``; extensions are negotiated per hop.
+# Handshake fields the proxy sets itself (RFC 6455 §4.1); the client's would clash with them.
+# Sec-WebSocket-Protocol is the client's list, Sec-WebSocket-Extensions its permessage-deflate offers only.
 HANDSHAKE_FIELDS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                     "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept", "Connection", "Upgrade")
 _WS_SCHEMES = {"http": "ws", "https": "wss"}
-# What a handshake's request info keeps of the headers sent, once the socket is open (``_shed_handshake``).
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-# RFC 6455 §7.1.5: the close code of a connection that ended without a close frame (reported, never sent).
-ABNORMAL_CLOSURE = 1006
-
-
-class Close(NamedTuple):
-    """A close frame to send: code and reason (at most 123 bytes, RFC 6455 §5.5); and, for the access
-    log and the metrics, who ended the socket (``client``, ``upstream`` or ``proxy``) and whether that
-    side went without a close frame of its own (``vanished``)."""
-
-    code: int
-    reason: str
-    by: str = "proxy"
-    vanished: bool = False
-
-    @property
-    def reported_code(self) -> int:
-        """The code as an operator should read it: the one sent, or 1006 for a side that vanished (RFC 6455
-        §7.1.5: a connection closed without a close frame has the close code 1006, which is never sent)."""
-        return ABNORMAL_CLOSURE if self.vanished else self.code
 
 
 # -- the handshake with the app ----------------------------------------------------------------------
@@ -83,12 +63,6 @@ def requested_protocols(request: web.Request) -> tuple[str, ...]:
                  if p.strip())
 
 
-def offers_deflate(request: web.Request) -> bool:
-    """Whether the client's handshake offers permessage-deflate (RFC 7692 §5)."""
-    return any(offer.split(";", 1)[0].strip().lower() == "permessage-deflate"
-               for value in request.headers.getall("Sec-WebSocket-Extensions", ()) for offer in value.split(","))
-
-
 def upstream_ws_url(upstream: Upstream, request: web.Request) -> URL:
     """The upstream URL as ``Forwarder.forward`` builds it (normalised path, ``strip_prefix``, raw
     query), with ws/wss for http/https; a unix socket's ``http://localhost`` becomes ``ws://localhost``."""
@@ -96,62 +70,170 @@ def upstream_ws_url(upstream: Upstream, request: web.Request) -> URL:
     return url.with_scheme(_WS_SCHEMES.get(url.scheme, url.scheme))
 
 
-async def connect(request: web.Request, upstream: Upstream,
-                  session: Session | None) -> aiohttp.ClientWebSocketResponse[bool]:
+class AppSocket(NamedTuple):
+    """The app's side of an open socket: its connection, and what the app agreed to, to tell the client."""
+
+    side: AppSide
+    protocol: str | None          # the subprotocol the app chose among the client's
+    extensions: str | None        # the app's Sec-WebSocket-Extensions answer, for the client as it is
+    deflate: Deflate | None       # that answer read
+
+
+async def connect(request: web.Request, upstream: Upstream, session: Session | None) -> AppSocket:
     """Open the WebSocket to the app for the client's handshake ``request``; an UpstreamError (502) when
     the app refuses or cannot be reached, an UpstreamTimeout (504) when it does not answer in time."""
     headers = request.app[FORWARDER].request_headers(request, session, upstream)
     for name in HANDSHAKE_FIELDS:
         headers.popall(name, None)
-    where = upstream.config.path
+    key = base64.b64encode(os.urandom(16)).decode()
+    protocols = requested_protocols(request)
+    offers = deflate_offers(request.headers.getall("Sec-WebSocket-Extensions", []))
+    headers.extend({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": key})
+    if protocols:
+        headers["Sec-WebSocket-Protocol"] = ",".join(protocols)
+    if offers:
+        headers["Sec-WebSocket-Extensions"] = offers
+    config = upstream.config
+    where = config.path
     request[UPSTREAM_LABEL] = where
     try:
-        async with asyncio.timeout(upstream.config.connect_timeout + upstream.config.timeout):
-            ws = await upstream.client.ws_connect(
-                upstream_ws_url(upstream, request), headers=headers, protocols=requested_protocols(request),
-                autoclose=False, autoping=False, max_msg_size=request.app[CONFIG].limits.websocket_max_message,
-                decode_text=False, compress=DEFLATE_WINDOW_BITS if offers_deflate(request) else 0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
-    except aiohttp.WSServerHandshakeError as exc:
-        log.warning("upstream %s refused the websocket: %s %s", upstream.config.url, exc.status, exc.message)
-        raise UpstreamError(f"The application at {where} refused the WebSocket connection.") from None
+        async with asyncio.timeout(config.connect_timeout + config.timeout):
+            response = await upstream.client.request(
+                "GET", upstream_ws_url(upstream, request), headers=headers, read_until_eof=False, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout))
     except TimeoutError:
         raise UpstreamTimeout(f"The application at {where} did not answer the WebSocket handshake in time.") from None
     except aiohttp.ClientError as exc:
-        log.warning("upstream %s failed: %s", upstream.config.url, type(exc).__name__)
+        log.warning("upstream %s failed: %s", config.url, type(exc).__name__)
         raise UpstreamError(f"The application at {where} could not be reached.") from None
-    _shed_handshake(ws)
-    return ws
+    try:
+        protocol, deflate = _accepted(response, key, protocols, offers is not None)
+        answer = response.headers.get("Sec-WebSocket-Extensions") if deflate is not None else None
+        return AppSocket(_take_over(response), protocol, answer, deflate)
+    except ValueError as exc:
+        response.close()
+        log.warning("upstream %s refused the websocket: %s", config.url, exc)
+        raise UpstreamError(f"The application at {where} refused the WebSocket connection.") from None
+    except BaseException:
+        response.close()
+        raise
 
 
-def _shed_handshake(ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-    """Let go of what the upstream handshake left that a socket never reads again, though it keeps the
-    handshake's response for its life (aiohttp closes the connection through it): the connection's HTTP
-    response parser, which holds the 101's head (frames go through the WebSocket parser only), and the
-    request's headers as sent (the access token and the cookies among them; aiohttp 3.14's client holds
-    them elsewhere too). The parser and its head were about 1.6 KB of every idle socket (``bench/idle.py
-    --trace``). aiohttp has no public way to either; both are its 3.14 attributes."""
-    response = ws._response
+def _accepted(response: aiohttp.ClientResponse, key: str, protocols: tuple[str, ...],
+              offered: bool) -> tuple[str | None, Deflate | None]:
+    """The subprotocol and compression the app's answer agreed to; ValueError when it is no WebSocket
+    handshake's answer to ours (RFC 6455 §4.1: 101, Upgrade, Connection, the key's Sec-WebSocket-Accept)."""
+    headers = response.headers
+    if response.status != 101:
+        raise ValueError(f"{response.status} {response.reason}")
+    expected = base64.b64encode(hashlib.sha1(key.encode() + WS_KEY).digest()).decode()
+    if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in headers.get("Connection", "").lower() \
+            or headers.get("Sec-WebSocket-Accept", "") != expected:
+        raise ValueError("no valid WebSocket answer")
+    chosen = headers.get("Sec-WebSocket-Protocol", "").strip()
+    protocol = chosen if chosen in protocols else None
+    return protocol, deflate_answer(headers.get("Sec-WebSocket-Extensions"), offered)
+
+
+def _take_over(response: aiohttp.ClientResponse) -> AppSide:
+    """Take the upgraded connection from aiohttp's client: the connector forgets it (it is never pooled
+    again; the relay closes it), its transport reads into an ``AppSide``, and the response with its head
+    and the request's headers as sent goes. Frames the app sent right after its 101 (aiohttp's protocol
+    kept them as its ``_tail``) are the side's first bytes (``AppSide.start``). aiohttp has no public way
+    to any of this; these are its 3.14 attributes."""
     connection = response.connection
-    if connection is not None and connection.protocol is not None:
-        connection.protocol._parser = None
-    sent = response.request_info
-    response._request_info = aiohttp.RequestInfo(sent.url, sent.method, _NO_HEADERS, sent.real_url)
+    protocol = connection.protocol if connection is not None else None
+    transport = protocol.transport if protocol is not None else None
+    if connection is None or protocol is None or transport is None or transport.is_closing():
+        raise UpstreamError("The application closed the WebSocket connection at once.")
+    connection._connector._release_acquired(connection._key, protocol)
+    connection._protocol = None
+    response._connection = None
+    response.close()
+    early, protocol._tail = protocol._tail, b""
+    side = AppSide(transport)
+    transport.set_protocol(side)
+    if protocol._reading_paused or protocol._buffer_paused:
+        side.resume_reading()
+    side.first_bytes = bytes(early)
+    return side
 
 
-# -- frames, both ways -------------------------------------------------------------------------------
+class AppSide(Side, asyncio.Protocol):
+    """The connection to the app, as a relay's side: the proxy is the client here, so what the app sends
+    must not be masked (RFC 6455 §5.1), and a close frame of the proxy's own is."""
+
+    __slots__ = ("first_bytes", "transport")
+    masked = False
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__("upstream")
+        self.transport: asyncio.Transport | None = transport
+        self.first_bytes = b""
+
+    def start(self) -> None:
+        """The relay is set: what came before it is relayed now."""
+        early, self.first_bytes = self.first_bytes, b""
+        if early:
+            self.feed_data(early)
+
+    def data_received(self, data: bytes) -> None:
+        self.feed_data(data)
+
+    def eof_received(self) -> bool | None:
+        return None                       # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self.feed_eof()
+
+    def pause_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.peer(self).pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.peer(self).resume_reading()
+
+    def write(self, data: bytes | bytearray) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def pause_reading(self) -> None:
+        _call(self.transport, "pause_reading")
+
+    def resume_reading(self) -> None:
+        _call(self.transport, "resume_reading")
+
+    def disconnect(self, abort: bool = False) -> None:
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
-def pumps(client_ws: web.WebSocketResponse[bool],
-          upstream_ws: aiohttp.ClientWebSocketResponse[bool]) -> tuple[asyncio.Task[Close], asyncio.Task[Close]]:
-    """Start relaying both ways, one task per direction; each ends with the close frame both sides then get."""
-    return (asyncio.create_task(pump(client_ws, upstream_ws, "client")),
-            asyncio.create_task(pump(upstream_ws, client_ws, "upstream")))
+def _call(transport: Any, method: str) -> None:
+    """Pause or resume reading, where the transport still can (a closing one cannot)."""
+    if transport is not None and not transport.is_closing():
+        try:
+            getattr(transport, method)()
+        except (AttributeError, NotImplementedError, RuntimeError):
+            pass
+
+
+# -- aiohttp's sockets, message by message -------------------------------------------------------------
 
 
 async def pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool],
                sink: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool], side: str) -> Close:
-    """Relay ``source``'s messages to ``sink`` until ``source`` closes; the close frame both sides then get."""
+    """Relay ``source``'s messages to ``sink`` until ``source`` closes; the close frame both sides then get.
+
+    The relay between two of aiohttp's WebSocket objects, a task per direction, as the proxy relayed
+    before ``frames.py``, with the same close codes (``relayable_code``) and vanishing sides (``vanished``);
+    the proxy no longer uses it."""
     while True:
         msg = await source.receive()
         try:
@@ -167,25 +249,3 @@ async def pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResp
                 return vanished(side)
         except (ConnectionError, aiohttp.ClientError):
             return vanished("upstream" if side == "client" else "client")
-
-
-def relayable_code(code: int, side: str) -> int:
-    """The close code to send on for one ``side`` received: only codes an endpoint may send.
-
-    RFC 6455 §7.4.1–7.4.2: 1005, 1006 and 1015 must never be sent in a close frame, 1004 and
-    1016–2999 are reserved, and nothing outside 1000–4999 is a code. aiohttp's reader lets 1006 and
-    any code from 3000 up through. No code at all (read as 0) is a normal closure; any other code we
-    may not send is told as that side vanishing (1001 from the client, 1014 from the upstream).
-    """
-    if code == 0:
-        return WSCloseCode.OK
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return vanished(side).code
-
-
-def vanished(side: str) -> Close:
-    """What the other side is sent when ``side`` is gone without a close frame."""
-    if side == "client":
-        return Close(WSCloseCode.GOING_AWAY, "client went away", "client", vanished=True)
-    return Close(WSCloseCode.BAD_GATEWAY, "upstream went away", "upstream", vanished=True)  # 1014: bad upstream
