@@ -60,6 +60,7 @@ SCENARIOS = (Scenario("tiny, 1 conn", "/tiny", 1), Scenario("tiny, 32 conn", "/t
 NGINX, AUTHPROXY, APACHE = "nginx-direct", "authproxy", "mod_auth_openidc"
 BEFORE = "authproxy-before"          # --before-src: the same authproxy row, from another checkout
 LOGGED = "authproxy-log"             # --log-row: the last authproxy row's settings with default logging (info)
+APACHE_LOGGED = "mod_auth_openidc-log"   # --log-row: Apache with an access log (combined format), its peer
 
 
 def is_authproxy(name: str) -> bool:
@@ -232,6 +233,17 @@ def ratio_cells(runs: dict[tuple[str, str, int], Run], scenario: Scenario, num: 
     return cells
 
 
+def print_logged_pair(runs: dict[tuple[str, str, int], Run], rounds: int) -> list[dict]:
+    """authproxy with its default access log against Apache with one: the pair issue 15's first goal compares."""
+    rows: list[dict] = []
+    print(f"\n{LOGGED} / {APACHE_LOGGED} (both writing an access log), median of per-round ratios [each round]")
+    print(f"{'scenario':<16} {'req/s':<30} {'CPU per request':<30}")
+    for scenario in SCENARIOS:
+        cells = ratio_cells(runs, scenario, LOGGED, ((APACHE_LOGGED, "rps"), (APACHE_LOGGED, "cpu")), rounds, rows)
+        print(f"{scenario.label:<16} {cells[0]:<30} {cells[1]}")
+    return rows
+
+
 def print_before_after(runs: dict[tuple[str, str, int], Run], after: str, rounds: int,
                        before: str = BEFORE) -> list[dict]:
     """``after`` against ``before``: the change's own effect, as a ratio of figures measured in the same rounds."""
@@ -256,7 +268,11 @@ async def main(args: argparse.Namespace) -> int:
     async with Stack(keep=args.keep) as stack:
         nginx_proc, nginx_url = await stack.nginx({"100k.bin": FILE_SIZE})
         authproxy_port, apache_port = free_port(), free_port()
-        idp = await stack.idp(clients=clients_for(authproxy_port, apache_port))
+        clients = clients_for(authproxy_port, apache_port)
+        apache_log_port = free_port() if args.log_row else None
+        if apache_log_port is not None:        # the logged Apache signs in as the same client, at its own port
+            clients[1]["redirect_uris"].append(f"http://127.0.0.1:{apache_log_port}/redirect_uri")
+        idp = await stack.idp(clients=clients)
         # One cookie secret for every authproxy instance: the session signed in on the first opens on the
         # second (``--workers-row``), which needs no login of its own.
         cookie = {"secret": base64.urlsafe_b64encode(os.urandom(32)).decode(), "secure": False}
@@ -284,6 +300,11 @@ async def main(args: argparse.Namespace) -> int:
                                               source=Path(args.authproxy_src).resolve(), cookie=cookie, **logged)
             log_of, settings = [t for t in targets if is_authproxy(t.name)][-1].name, logged
             targets.append(Target(LOGGED, url, targets[1].cookie, proc))
+            # Its peer: Apache with an access log, one line per request in the combined format, to a file.
+            assert apache_log_port is not None
+            logged_conf = f'CustomLog "{stack.root}/apache-{apache_log_port}/access.log" combined\n'
+            proc, url = await stack.apache(apache_log_port, idp.issuer, nginx_url, extra_conf=logged_conf)
+            targets.append(Target(APACHE_LOGGED, url, await login(url + "/tiny", is_apache_cookie), proc))
         if args.before_src is not None:
             # The same settings as the last authproxy row, from another checkout: "before" and "after" measured
             # in one run, against the same baselines, in interleaved order.
@@ -340,6 +361,7 @@ async def main(args: argparse.Namespace) -> int:
         rows = print_table(runs, [t.name for t in targets], args.rounds)
         if log_of:
             rows += print_before_after(runs, LOGGED, args.rounds, log_of)
+            rows += print_logged_pair(runs, args.rounds)
         if before_of:
             rows += print_before_after(runs, before_of, args.rounds)
         print("\nauthproxy peak RSS (VmHWM): " + ", ".join(f"{kib / 1024:.1f} MiB (pid {pid})"
