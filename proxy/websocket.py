@@ -269,7 +269,7 @@ class ClientSide(Side):
     limits, its count, its ``send_timeout`` for a client that takes nothing); this is its payload parser
     (``set_parser``), which ``connections.LimitedHandler.start`` recognises by ``owns_connection``."""
 
-    __slots__ = ("_draining", "handler")
+    __slots__ = ("_draining", "_transport", "handler")
     masked = True
     owns_connection = True
 
@@ -277,6 +277,9 @@ class ClientSide(Side):
         super().__init__("client")
         self.handler = handler
         self._draining = False
+        # Kept: aiohttp's ``force_close`` forgets the handler's transport while a gentle close still waits
+        # for a client that reads nothing; an abort after that (the close timeout) must still reach it.
+        self._transport = handler.transport
 
     def write(self, data: bytes | bytearray) -> None:
         handler = self.handler
@@ -307,7 +310,7 @@ class ClientSide(Side):
         self.handler.resume_reading(resume_parser=False)
 
     def disconnect(self, abort: bool = False) -> None:
-        transport = self.handler.transport
+        transport = self.handler.transport or self._transport
         if abort and transport is not None:
             transport.abort()
         self.handler.force_close()
@@ -335,6 +338,8 @@ def _relay(request: web.Request, app_socket: AppSocket, session: Session | None)
     client = ClientSide(request.protocol)
     relay = FrameRelay(client, app_socket.side, app[CONFIG].limits.websocket_max_message, app_socket.deflate,
                        partial(_closed, request[SOCKET_LIFE], live, registry, timer, active, sub, rid))
+    if live.ended.done():
+        _end_relay(relay, live.ended)     # ended already: nothing buffered on either side is relayed
     request.protocol.set_parser(client)   # type: ignore[arg-type]   # what came after the head, first
     app_socket.side.start()
     live.ended.add_done_callback(partial(_end_relay, relay))

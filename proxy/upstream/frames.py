@@ -303,17 +303,20 @@ class FrameRelay:
         if opcode == CLOSE:
             self._close_frame(side, _payload(buf, pos, start, stop))
             return
-        if self.ending is not None:
-            return                                  # waiting for the close frame: nothing more is relayed
         if opcode in _DATA:
             if opcode != CONTINUATION:
                 side.size, side.inflated = 0, 0
                 side.inflating = bool(buf[pos] & 0x40) and side is self.client
             side.size += stop - start
             side.fragmented = not buf[pos] & 0x80
-            if side.inflating and not self._measure(side, _payload(buf, pos, start, stop), not side.fragmented):
-                self.fail(side, WSCloseCode.MESSAGE_TOO_BIG, "message too big")
-                return
+        if self.ending is not None:
+            # Waiting for the close frame: nothing more is relayed, but the fragment state above stays true, so
+            # a message the side finished or sent before it saw our close is not taken for a protocol error.
+            return
+        if (opcode in _DATA and side.inflating
+                and not self._measure(side, _payload(buf, pos, start, stop), not side.fragmented)):
+            self.fail(side, WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
         self.peer(side).write(buf[pos:stop])
 
     def _measure(self, side: Side, payload: bytearray, last: bool) -> bool:
@@ -327,6 +330,11 @@ class FrameRelay:
                 if side.inflated > self.limit:
                     return False
                 data = inflater.unconsumed_tail
+                if inflater.eof:
+                    # A block with BFINAL set ended the deflate stream: what follows is inflated and counted by a
+                    # new decompressor, else it would land in unused_data, uncounted, and the limit be gone.
+                    data = inflater.unused_data + data
+                    inflater = side.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         except zlib.error:
             return False
         if last and self.deflate is not None and self.deflate.client_no_context_takeover:
@@ -369,7 +377,7 @@ class FrameRelay:
             return
         self.ending = close
         for side in (self.client, self.upstream):
-            side.pending = side.inflater = None
+            side.inflater = None              # ``pending`` stays: a half-read frame must still be read whole
             if side.gone:
                 continue
             frame = close if offender is None or side is offender else vanished(offender.name)

@@ -160,25 +160,40 @@ def _take_over(response: aiohttp.ClientResponse) -> AppSide:
     return side
 
 
+# What the app may send before the relay is set (after its 101, before the client's has gone out).
+EARLY_LIMIT = 64 * 1024
+
+
 class AppSide(Side, asyncio.Protocol):
     """The connection to the app, as a relay's side: the proxy is the client here, so what the app sends
     must not be masked (RFC 6455 §5.1), and a close frame of the proxy's own is."""
 
-    __slots__ = ("first_bytes", "transport")
+    __slots__ = ("first_bytes", "lost_early", "transport")
     masked = False
 
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__("upstream")
         self.transport: asyncio.Transport | None = transport
         self.first_bytes = b""
+        self.lost_early = False
 
     def start(self) -> None:
-        """The relay is set: what came before it is relayed now."""
+        """The relay is set: what came before it (bytes, or the app hanging up) is relayed now."""
         early, self.first_bytes = self.first_bytes, b""
+        _call(self.transport, "resume_reading")
         if early:
             self.feed_data(early)
+        if self.lost_early:
+            self.feed_eof()
 
     def data_received(self, data: bytes) -> None:
+        if self.relay is None:
+            # The 101 is still going out to the client (its cookie hook may wait for the store): kept for
+            # ``start``, and reading paused beyond EARLY_LIMIT so the app cannot make us hold more.
+            self.first_bytes += data
+            if len(self.first_bytes) > EARLY_LIMIT:
+                _call(self.transport, "pause_reading")
+            return
         self.feed_data(data)
 
     def eof_received(self) -> bool | None:
@@ -186,6 +201,9 @@ class AppSide(Side, asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
+        if self.relay is None:
+            self.lost_early = True            # told to the relay by ``start``
+            return
         self.feed_eof()
 
     def pause_writing(self) -> None:

@@ -267,3 +267,114 @@ def test_deflate_offers_and_answers():
             deflate_answer(bad, True)
     with pytest.raises(ValueError):
         deflate_answer("permessage-deflate", False)                      # never offered
+
+
+def _deflated(data: bytes, final: bool = False) -> bytes:
+    """A message's compressed payload as RFC 7692 §7.2.1 sends it (the sync flush's tail removed), or one
+    ending in a block with BFINAL set."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = compressor.compress(data) + compressor.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+    return out if final else out[:-4]
+
+
+@pytest.mark.parametrize("no_takeover", [False, True])
+async def test_a_final_deflate_block_does_not_switch_the_limit_off(no_takeover):
+    """Review finding: after a block with BFINAL set, the inflater was at its stream's end and what followed
+    went to its unused_data, counted as nothing: a 64 MiB bomb then passed a 64 KiB limit."""
+    pair = Pair(Deflate(no_takeover))
+    pair.client.feed_data(frame(TEXT, _deflated(b"hi", final=True), masked=True, rsv1=True))
+    assert pair.relay.ending is None and len(pair.app.written) == 1
+    bomb = _deflated(b"A" * (8 << 20))
+    pair.client.feed_data(frame(BINARY, bomb, masked=True, rsv1=True))
+    assert pair.relay.ending is not None and pair.relay.ending.code == WSCloseCode.MESSAGE_TOO_BIG
+    assert len(pair.app.written) == 2 and close_payload(pair.app.written[-1])[0] == WSCloseCode.GOING_AWAY
+
+
+async def test_a_bomb_after_a_final_block_in_the_same_message_is_counted():
+    pair = Pair(Deflate(True))
+    payload = _deflated(b"x", final=True) + _deflated(b"A" * (8 << 20))
+    pair.client.feed_data(frame(BINARY, payload, masked=True, rsv1=True))
+    assert pair.relay.ending is not None and pair.relay.ending.code == WSCloseCode.MESSAGE_TOO_BIG
+
+
+async def test_an_end_while_a_frame_is_half_read_waits_for_the_clients_close():
+    """Review finding: ``end`` dropped a half-read frame, so its rest was read as frame headers and the client,
+    failed for it, was aborted before our close frame (4401) could reach it."""
+    pair = Pair()
+    big = frame(BINARY, b"\x88\x82" * 5000, masked=True)
+    pair.client.feed_data(big[:5000])
+    pair.relay.end(Close(4401, "signed out"))
+    assert close_payload(pair.client.written[-1]) == (4401, "signed out")
+    pair.client.feed_data(big[5000:] + frame(CLOSE, (1000).to_bytes(2, "big"), masked=True))
+    assert pair.client.got_close and pair.client.disconnected and not pair.client.aborted
+    assert len(pair.app.written) == 1                   # only our close: nothing after the end was relayed
+
+
+async def test_a_message_finished_after_an_end_is_no_protocol_error():
+    pair = Pair()
+    pair.client.feed_data(frame(TEXT, b"he", fin=False, masked=True))
+    pair.relay.end(Close(4401, "signed out"))
+    pair.client.feed_data(frame(CONTINUATION, b"llo", masked=True) + frame(TEXT, b"next", masked=True)
+                          + frame(CLOSE, (1000).to_bytes(2, "big"), masked=True))
+    assert pair.client.got_close and not pair.client.aborted
+    assert pair.relay.ending is not None and pair.relay.ending.code == 4401
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        if name in ("pause_reading", "resume_reading", "close", "abort"):
+            return lambda: self.calls.append(name)
+        raise AttributeError(name)
+
+
+async def test_what_the_app_sends_before_the_relay_is_set_is_relayed_by_start():
+    """Review finding: bytes the app sent after its 101, while the client's 101 was still going out (its cookie
+    hook may wait for the store), were dropped, and a hang-up then never reached the relay."""
+    from proxy.upstream.websocket import EARLY_LIMIT, AppSide
+    transport = FakeTransport()
+    app = AppSide(transport)                              # type: ignore[arg-type]
+    greeting = frame(TEXT, b"hello")
+    app.data_received(greeting[:3])
+    app.data_received(greeting[3:])
+    app.data_received(b"\x00" * EARLY_LIMIT)              # more than it may send early: reading paused
+    assert "pause_reading" in transport.calls
+    app.connection_lost(None)
+    client = MaskedFakeSide("client")
+    done: list[Close] = []
+    relay = FrameRelay(client, app, LIMIT, None, done.append)
+    app.start()
+    assert client.written[0] == greeting
+    assert relay.ending is not None                       # the hang-up (or the garbage after it) reached the relay
+
+
+async def test_a_client_side_closed_gently_can_still_be_aborted():
+    """Review finding: aiohttp's ``force_close`` forgets the handler's transport, so the abort after the close
+    timeout reached nothing and a client that read nothing held its connection and socket for ever."""
+    from proxy.websocket import ClientSide
+
+    class Handler:
+        def __init__(self) -> None:
+            self.transport: FakeTransport | None = FakeTransport()
+
+        def force_close(self) -> None:
+            if self.transport is not None:
+                self.transport.close()
+            self.transport = None
+
+    handler = Handler()
+    transport = handler.transport
+    assert transport is not None
+    side = ClientSide(handler)                            # type: ignore[arg-type]
+    side.disconnect()
+    side.disconnect(abort=True)
+    assert transport.calls == ["close", "abort"]
