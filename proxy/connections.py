@@ -48,8 +48,8 @@ import logging
 import resource
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.helpers import ceil_timeout
@@ -60,6 +60,9 @@ from aiohttp.web_protocol import (_PAYLOAD_ACCESS_ERROR, ERROR, MAX_MSG_QUEUE_SI
                                   RequestPayloadError, _ErrInfo)
 
 from .config import LimitsConfig
+
+if TYPE_CHECKING:
+    from .express import ExpressLane
 
 log = logging.getLogger("authproxy.connections")
 
@@ -112,8 +115,9 @@ TOO_MANY = _answer(b"503 Service Unavailable", b"Too many connections; try again
 class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
-    __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_head_bytes", "_head_started",
-                 "_head_timeout", "_last_read", "_limited", "_max_head", "_parked", "_send_mark", "_send_timer")
+    __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_express", "_head_bytes",
+                 "_head_started", "_head_timeout", "_last_read", "_limited", "_max_head", "_parked", "_send_mark",
+                 "_send_timer", "_stash", "peer")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -131,10 +135,15 @@ class LimitedHandler(RequestHandler):
         self._counted = True
         self._at_rest = False        # the parser is between requests, holding no byte of the next one
         self._parked = False         # idle over a sweep: no ``start`` task, no queue, no parser (``_park``)
+        self._express: asyncio.Task[None] | None = None    # a request the express lane serves (express.py)
+        self._stash: list[bytes] = []        # bytes that came while it was served, for after it
+        self.peer: str | None = None         # the client's address, as aiohttp's ``request.remote`` reads it
 
     @property
     def idle(self) -> bool:
         """Waiting for a request head of which not a byte has come: safe to close for another client."""
+        if self._express is not None:
+            return False
         if self._parked:
             return True
         waiter = self._waiter
@@ -142,9 +151,71 @@ class LimitedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = None if peer is None else str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer)
         self._set_deadline(self._loop.time() + self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._express is not None:            # an express request under way: its bytes wait for its end
+            self._stash.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        lane = self._limited.lane
+        if lane is not None and self._quiet() and lane.take(self, data):
+            return
+        self._aiohttp_received(data)
+
+    def _quiet(self) -> bool:
+        """Whether aiohttp has no request of this connection under way and its parser holds no byte of one:
+        then the next read may go to the express lane (``express.py``)."""
+        if self._force_close or self._close or self._upgraded or self._payload_parser is not None:
+            return False
+        if self._parked:
+            return True
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages and self._head_bytes == 0
+
+    def express_started(self, serve: Coroutine[Any, Any, None]) -> None:
+        """The express lane took the request in the last read: serve it; the connection is busy meanwhile."""
+        self._request_in_progress = True
+        self._express = self._loop.create_task(serve)
+
+    def express_declined(self, data: bytes) -> None:
+        """The lane let the request go before sending anything anywhere: aiohttp reads it, and what came after."""
+        self._express_over()
+        stash, self._stash = self._stash, []
+        if self.transport is not None:
+            self.transport.resume_reading()
+            self._aiohttp_received(b"".join([data, *stash]))
+
+    def express_done(self, keep_alive: bool) -> None:
+        """The lane answered: wait for the next head as after any answer (or close), then read what came meanwhile."""
+        self._express_over()
+        transport = self.transport
+        if transport is None:
+            return
+        if not keep_alive or self._force_close or self._close:
+            self.force_close()
+            return
+        self._at_rest = True                   # the parser never saw the request: nothing of it held
+        self._head_started = False
+        self._set_deadline(self._loop.time() + self._keepalive_timeout)
+        if self._stash:
+            stash, self._stash = self._stash, []
+            transport.resume_reading()
+            self.data_received(b"".join(stash))
+        else:
+            transport.resume_reading()
+
+    def _express_over(self) -> None:
+        self._express = None
+        self._request_in_progress = False
+        if self._handler_waiter is not None:          # a shutdown waits for the request under way
+            self._handler_waiter.set_result(None)
+            self._handler_waiter = None
+
+    def _aiohttp_received(self, data: bytes) -> None:
         if self._force_close or self._close:
             # aiohttp drops what comes on a connection it is closing (a reload's graceful shutdown): no
             # head is parsed from it, so none may be counted either — an upload's body was taken for a
@@ -356,6 +427,8 @@ class LimitedHandler(RequestHandler):
             self.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._express is not None:
+            self._express.cancel()             # handler_cancellation, as for aiohttp's requests: a 499
         for timer in (self._body_timer, self._send_timer):
             if timer is not None:
                 timer.cancel()
@@ -402,6 +475,9 @@ class LimitedHandler(RequestHandler):
     def _process_keepalive(self) -> None:
         """aiohttp's keep-alive timer closes only a connection whose ``start`` waits for a head; a parked
         one has no ``start``, and is idle by definition."""
+        if self._express is not None:               # re-armed when the express request ends
+            self._keepalive_handle = None
+            return
         if self._parked and not self._force_close and self._loop.time() >= self._next_keepalive_close_time:
             self._keepalive_handle = None
             self.force_close()
@@ -446,6 +522,7 @@ class LimitedServer(web.Server):
         self._trim: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.awake: set[LimitedHandler] = set()        # connections not parked: what a sweep looks at
+        self.lane: ExpressLane | None = None           # the express lane (express.py), set by LimitedRunner
 
     def __call__(self) -> RequestHandler:
         if self.open >= self.limits.max_connections and not self._close_an_idle_one():
@@ -530,5 +607,9 @@ class LimitedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()          # starts the app and freezes it
-        return LimitedServer(self._limits, server.request_handler, request_factory=server.request_factory,
-                             handler_cancellation=server.handler_cancellation, **server._kwargs)
+        limited = LimitedServer(self._limits, server.request_handler, request_factory=server.request_factory,
+                                handler_cancellation=server.handler_cancellation, **server._kwargs)
+        if isinstance(self._app, web.Application):
+            from .express import ExpressLane       # it imports the gate, which imports the app's modules
+            limited.lane = ExpressLane.for_app(self._app)
+        return limited

@@ -66,6 +66,8 @@ class LimitsConfig(_Model):
     max_header_size: Annotated[int, _count(8192, 16 << 20, 65536)] = 64 * 1024
     websocket_max_message: Annotated[int, _count(1024, 1 << 30, 1048576)] = 4 * 1024 * 1024
     websockets_per_session: Annotated[int, _count(1, 10000, 32)] = 32
+    # The express lane (express.py): common signed-in GETs served without aiohttp's request machinery.
+    express: bool = True
 
 
 class LoggingConfig(_Model):

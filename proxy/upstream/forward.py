@@ -184,6 +184,20 @@ class Forwarder:
         """``forward`` through the lean client (``http1*.py``): the same exchange without aiohttp's
         ``ClientRequest``/``ClientResponse`` machinery, which was 29 % of a tiny proxied GET. With
         ``body_length``, the request's large body goes from socket to socket in the kernel."""
+        resp = await self.lean_exchange(request, upstream, pool, session, body_length)
+        try:
+            return await relay(request, resp.status, resp.reason, self.headers.response_headers(resp.headers), resp,
+                               resp, upstream.config.flush_interval, close=body_length is not None, session=session)
+        finally:
+            if resp.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+    async def lean_exchange(self, request: web.Request, upstream: Upstream, pool: Http1Pool, session: Session | None,
+                            body_length: int | None = None) -> Http1Response:
+        """Send the request through the lean client and wait for the response's head: the part of
+        ``_forward_lean`` the express lane (``express.py``) shares. Raises UpstreamError/UpstreamTimeout."""
         target = upstream.base_path + upstream.request_target(normalized_path(request),
                                                               request.rel_url.raw_query_string)
         with span("upstream", client=True, **{"server.address": upstream.config.url}) as current:
@@ -205,14 +219,7 @@ class Forwarder:
                 raise UpstreamError(f"The application at {upstream.config.path} could not be reached.") from None
             current.set_attribute("http.response.status_code", resp.status)
         request.app[METRICS].upstream_answered(upstream.config.path, time.perf_counter() - started)
-        try:
-            return await relay(request, resp.status, resp.reason, self.headers.response_headers(resp.headers), resp,
-                               resp, upstream.config.flush_interval, close=body_length is not None, session=session)
-        finally:
-            if resp.at_eof():
-                resp.release()
-            else:
-                resp.close()
+        return resp
 
 
 def is_lean(request: web.Request) -> bool:

@@ -1,0 +1,392 @@
+"""The express lane: a signed-in ``GET`` served without aiohttp's request, router, middleware and response.
+
+Why: a tiny proxied GET cost about 135 µs of CPU through aiohttp's server (its request object and URL,
+the router, the middleware chain, ``StreamResponse`` and its writer, a task per request), as much as
+Apache + mod_auth_openidc spends; a bare relay written on ``httptools`` with the same four system calls
+cost 19 µs on the same machine (``bench/run.py``, 2026-12-06). Most requests a proxy sees are the same
+boring thing: a browser or API client with a valid session asking for a page. This module serves those
+from the bytes of their head, and everything else exactly as before.
+
+How a request goes (``LimitedHandler.data_received`` hands it here first):
+
+1. ``ExpressLane.take`` (no I/O, no side effect): the read holds exactly one whole head and nothing
+   else; it parses (``httptools``, llhttp as aiohttp's own parser) as an HTTP/1.1 ``GET`` with no body,
+   framing, upgrade, ``Expect`` or ``Connection`` option, one ``Host``, ASCII only, an origin-form path
+   with no ``%``, dot segment or backslash (so aiohttp's router could only have sent it to the gate), and
+   not one of the proxy's own paths; an upstream with the lean client takes it; no ``skip_auth`` rule,
+   Bearer token, login cookie or tracing is involved. Anything else: declined.
+2. ``_serve`` (a task): the session from the cookie (the store's cache), fresh (no refresh or idle
+   touch due), authorised, no step-up asked. Anything else: declined, still with nothing sent.
+3. From here on the request is the lane's: it goes upstream through the lean client
+   (``Forwarder.lean_exchange``, the same head as the gate's path builds), and an answer whose body came
+   with its head is written in one ``write``. A streamed answer, and every error page, are the usual
+   aiohttp ``relay``/boundary code on a request object made for the occasion (``_promoted``).
+
+A declined request goes to aiohttp with every byte as it came (``LimitedHandler.express_declined``), so
+whatever aiohttp and the gate would answer — a sign-in redirect, a 400, a 404 — is answered by them.
+What the boundary does for every request is done here too: the request id (the client's when it looks
+like one), the access-log line, the metrics, 499 when the client goes away, ``X-Request-Id`` on the
+answer, the response's ``Date``/``Server`` as aiohttp sets them, streams held for a session's end.
+
+``limits.express: false`` turns the lane off (every request through aiohttp), to compare or to rule it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
+from aiohttp.http_writer import StreamWriter, _serialize_headers
+from aiohttp.streams import EMPTY_PAYLOAD
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .authz import Asked, authorize, rules_for, skips_auth
+from .boundary import CLIENT_CLOSED_REQUEST, _REQUEST_ID_OK, RequestIds, error_response, failure
+from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
+from .errors import AuthProxyError, BadRequest
+from .gate import host_name
+from .logs import ACCESS_LOG
+from .metrics import METRICS
+from .paths import is_own_path, request_key
+from .session import STORE, session_state
+from .stepup import requirement
+from .upstream import FORWARDER, UPSTREAM_LABEL
+from .upstream.http1 import Http1Response
+from .upstream.relay import _check_head, relay
+
+if TYPE_CHECKING:
+    from .connections import LimitedHandler
+    from .model import Session
+    from .upstream.forward import Upstream
+
+log = logging.getLogger("authproxy")
+
+# Request fields that take a request off the lane: framing and upgrades (aiohttp's parser and the gate
+# decide those), and the proxy's own answers that depend on them.
+_DECLINED_FIELDS = frozenset({"content-length", "transfer-encoding", "upgrade", "expect", "te", "http2-settings"})
+# Paths aiohttp's router gives to a handler of its own (health.py, metrics); /oauth2… is checked by prefix.
+_OWN_ROUTES = frozenset({"/ping", "/ready", "/metrics"})
+_HEAD_END = b"\r\n\r\n"
+_AMBIGUOUS_PATH = re.compile(r"%|\\|/\.\.?(?:/|$)")
+
+
+class _Head:
+    """What httptools reports of one request head (its callbacks)."""
+
+    __slots__ = ("complete", "fields", "messages", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.messages = 0
+        self.complete = False
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class ExpressRequest:
+    """The slice of ``web.Request`` the gate's helpers, the header policy and the boundary's error pages
+    read, made from the parsed head: no URL object, no payload, no writer. Passed to them as a
+    ``web.Request`` (``as_request``); ``_promoted`` makes a real one when aiohttp must write the answer."""
+
+    __slots__ = ("_state", "app", "fields", "headers", "host", "method", "path", "query_string", "raw_path", "remote",
+                 "transport")
+
+    def __init__(self, app: web.Application, raw_path: str, path: str, query: str, fields: list[tuple[str, str]],
+                 host: str, remote: str | None, transport: asyncio.Transport | None) -> None:
+        self.app = app
+        self.method = "GET"
+        self.raw_path = raw_path
+        self.path = path
+        self.query_string = query
+        self.fields = fields
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(fields))
+        self.host = host
+        self.remote = remote
+        self.transport = transport
+        self._state: dict[Any, Any] = {}
+
+    @property
+    def rel_url(self) -> ExpressRequest:
+        return self            # for ``rel_url.raw_query_string``
+
+    @property
+    def raw_query_string(self) -> str:
+        return self.query_string
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._state[key] = value
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._state
+
+    def as_request(self) -> web.Request:
+        """This view, typed as what the helpers it is passed to were written for (they read only its slice)."""
+        return cast(web.Request, self)
+
+
+class _Promoted(web.BaseRequest):
+    """A real aiohttp request for an express request whose answer aiohttp writes (``relay``, error pages)."""
+
+    ATTRS = web.BaseRequest.ATTRS | frozenset({"app"})
+    app: web.Application
+
+
+class ExpressLane:
+    """The lane for one app (one worker's): what ``take`` checks is read from its config once."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        config = self.config = app[CONFIG]
+        self.forwarder = app[FORWARDER]
+        self.store = app[STORE]
+        self.refresher = app[REFRESHER]
+        self.metrics = app[METRICS]
+        self.clock: Callable[[], float] = app[CLOCK]
+        self.max_head = config.limits.max_header_size
+        self.cookie_name = config.cookie.name
+        self.bearer = config.provider.accept_bearer_tokens
+        self.idle_timeout = config.cookie.idle_timeout
+        self.metrics_route = config.metrics_on_listen
+        self.ids = RequestIds()
+
+    @classmethod
+    def for_app(cls, app: web.Application) -> ExpressLane | None:
+        """The lane for ``app``, or None where it would never take a request (off, tracing on, no skip-free
+        config) — then nothing on the server path changes at all."""
+        config = app.get(CONFIG)
+        if config is None or not config.limits.express or config.tracing.enabled or FORWARDER not in app:
+            return None
+        if not any(u.lean is not None and u.config.flush_interval == 0 for u in app[FORWARDER].upstreams):
+            return None
+        return cls(app)
+
+    # -- 1. the head ------------------------------------------------------------------------------------
+
+    def take(self, handler: LimitedHandler, data: bytes) -> bool:
+        """Start serving ``data`` (one read) on the lane if it is a request the lane serves; False: aiohttp's."""
+        if not data.startswith(b"GET /") or data.find(_HEAD_END) != len(data) - 4 or len(data) > self.max_head \
+                or not data.isascii():
+            return False
+        head = _Head()
+        parser = httptools.HttpRequestParser(head)
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return False
+        if not head.complete or head.messages != 1 or parser.get_http_version() != "1.1" \
+                or not parser.should_keep_alive():
+            return False
+        request = self._request(handler, head)
+        if request is None:
+            return False
+        handler.express_started(self._serve(handler, request, data))
+        return True
+
+    def _request(self, handler: LimitedHandler, head: _Head) -> tuple[ExpressRequest, Upstream] | None:
+        """The request view and its upstream, if everything the head says keeps it on the lane."""
+        fields: list[tuple[str, str]] = []
+        host: str | None = None
+        cookies = 0
+        for raw_name, raw_value in head.fields:
+            name, value = raw_name.decode(), raw_value.decode()
+            lower = name.lower()
+            if lower in _DECLINED_FIELDS:
+                return None
+            if lower == "host":
+                if host is not None:
+                    return None
+                host = value
+            elif lower == "connection":
+                if value.lower() != "keep-alive":
+                    return None
+            elif lower == "cookie":
+                cookies += 1
+                if "_login_" in value:         # login cookies to trim: login.trim_login_cookies' business
+                    return None
+            elif lower == "authorization" and self.bearer:
+                return None
+            fields.append((name, value))
+        if not host or cookies > 1:
+            return None
+        url = head.url.decode()
+        path, _, query = url.partition("?")
+        if "#" in url or _AMBIGUOUS_PATH.search(path) or path in _OWN_ROUTES or path.startswith("/oauth2"):
+            return None
+        request = ExpressRequest(self.app, url, path, query, fields, host, handler.peer, handler.transport)
+        view = request.as_request()
+        try:
+            key = request_key(view)
+        except BadRequest:
+            return None
+        if is_own_path(key) or skips_auth(self.config, view, key):
+            return None
+        upstream = self.forwarder.route(key, host_name(host))
+        if upstream is None or upstream.lean is None or upstream.config.flush_interval:
+            return None
+        rules = rules_for(self.config, upstream.config)
+        if requirement((rules,)) is not None:        # step-up: stepup.py's, with its redirects
+            return None
+        return request, upstream
+
+    # -- 2. the session, 3. the exchange ----------------------------------------------------------------
+
+    async def _serve(self, handler: LimitedHandler, taken: tuple[ExpressRequest, Upstream], data: bytes) -> None:
+        request, upstream = taken
+        view = request.as_request()
+        session = await self._session(view, upstream)
+        if session is None:
+            handler.express_declined(data)
+            return
+        incoming = request.headers.get("X-Request-Id", "")
+        rid = request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else self.ids()
+        request[UPSTREAM_LABEL] = upstream.config.path
+        started = time.perf_counter()
+        status, keep_alive = 500, False
+        try:
+            status, keep_alive = await self._exchange(handler, request, upstream, session, rid)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            self._log(request, upstream, session, status, time.perf_counter() - started)
+            handler.express_done(keep_alive)
+
+    async def _session(self, view: web.Request, upstream: Upstream) -> Session | None:
+        """The request's session if the gate would let it through as it is, with nothing to write back."""
+        state = session_state(view)
+        if state.loaded:                          # no cookie of ours
+            return None
+        try:
+            session = await state.load(self.store)
+        except AuthProxyError:                    # the store is down: the gate's 503
+            return None
+        if session is None or state.changed:
+            return None
+        now = self.clock()
+        if self.refresher.due(session, now) or session.access_expired(now) or session.seen_due(self.idle_timeout, now):
+            return None
+        rules = rules_for(self.config, upstream.config)
+        asked = Asked("GET", request_key(view), view.host.lower()) if rules.rules else None
+        if not authorize(session.identity, rules, asked).allowed:
+            return None                           # the gate's 403, with its metrics and page
+        return session
+
+    async def _exchange(self, handler: LimitedHandler, request: ExpressRequest, upstream: Upstream,
+                        session: Session, rid: str) -> tuple[int, bool]:
+        """Send the request upstream and its answer to the client: (status, keep the connection)."""
+        view = request.as_request()
+        pool = upstream.lean
+        assert pool is not None
+        try:
+            resp = await self.forwarder.lean_exchange(view, upstream, pool, session)
+        except AuthProxyError as exc:
+            return await self._answer(handler, request, failure(self._promoted(handler, request), exc, self.config,
+                                                                 self.metrics))
+        except Exception:
+            log.exception("unexpected error on GET %s rid=%s", request.path, rid)
+            return await self._error(handler, request)
+        try:
+            headers = self.forwarder.headers.response_headers(resp.headers)
+            if resp.status not in (204, 304) and "Content-Length" in headers:
+                body = resp.complete_body()
+                if body is not None:
+                    return self._write_whole(handler, resp, headers, body, rid), True
+            if "X-Request-Id" not in headers:
+                headers["X-Request-Id"] = rid
+            promoted = self._promoted(handler, request)
+            try:
+                out = await relay(promoted, resp.status, resp.reason, headers, resp, resp,
+                                  upstream.config.flush_interval, session=session)
+            except AuthProxyError as exc:
+                return await self._answer(handler, request, failure(promoted, exc, self.config, self.metrics))
+            return out.status, bool(out.keep_alive)
+        finally:
+            if resp.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+    def _write_whole(self, handler: LimitedHandler, resp: Http1Response, headers: CIMultiDict[str], body: bytes,
+                     rid: str) -> int:
+        """An answer whose body came with its head: one write, with the fields aiohttp's ``Response`` would
+        write (the body's ``Content-Length``, then ``X-Request-Id``, ``Date`` and ``Server`` where missing)."""
+        _check_head(resp.status, resp.reason, headers, resp)
+        del headers["Content-Length"]
+        headers["Content-Length"] = str(len(body))
+        if "X-Request-Id" not in headers:
+            headers["X-Request-Id"] = rid
+        if "Date" not in headers:
+            headers["Date"] = rfc822_formatted_time()
+        if "Server" not in headers:
+            headers["Server"] = SERVER_SOFTWARE
+        status_line = f"HTTP/1.1 {resp.status} {resp.reason}"
+        transport = handler.transport
+        if transport is not None:
+            transport.write(_serialize_headers(status_line, headers) + body)
+        return resp.status
+
+    async def _answer(self, handler: LimitedHandler, request: ExpressRequest, response: web.StreamResponse
+                      ) -> tuple[int, bool]:
+        """Write an answer the boundary built (an error page) through aiohttp, as any other would be."""
+        if "X-Request-Id" not in response.headers:
+            response.headers["X-Request-Id"] = request[REQUEST_ID]
+        promoted = self._promoted(handler, request)
+        await response.prepare(promoted)
+        await response.write_eof()
+        return response.status, bool(response.keep_alive)
+
+    async def _error(self, handler: LimitedHandler, request: ExpressRequest) -> tuple[int, bool]:
+        problem = AuthProxyError("An unexpected error happened in the proxy.")
+        return await self._answer(handler, request, error_response(request.as_request(), problem, self.config))
+
+    def _promoted(self, handler: LimitedHandler, request: ExpressRequest) -> web.Request:
+        """A real aiohttp request for ``request`` (made once), for code that writes through aiohttp."""
+        promoted = request.get(_PROMOTED)
+        if promoted is None:
+            loop = asyncio.get_running_loop()
+            raw = tuple((name.encode(), value.encode()) for name, value in request.fields)
+            message = RawRequestMessage("GET", request.raw_path, HttpVersion11, request.headers, raw, False, None,
+                                        False, False,
+                                        URL.build(path=request.path, query_string=request.query_string, encoded=True))
+            promoted = _Promoted(message, EMPTY_PAYLOAD, handler, StreamWriter(handler, loop),
+                                 cast(asyncio.Task[None], asyncio.current_task()), loop, state=request._state)
+            promoted.app = self.app
+            request[_PROMOTED] = promoted
+        return cast(web.Request, promoted)
+
+    def _log(self, request: ExpressRequest, upstream: Upstream, session: Session, status: int, elapsed: float) -> None:
+        """The boundary's accounting (``boundary._log_access``) for a request the lane served."""
+        label = upstream.config.path
+        self.metrics.answered(label, status, elapsed)
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            ACCESS_LOG.request("GET", request.path, status, elapsed, session.identity.sub, request[REQUEST_ID],
+                               request.remote, label, "", {}, None)
+
+
+_PROMOTED = web.RequestKey("authproxy_express_promoted", web.BaseRequest)
