@@ -11,6 +11,8 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``__main__``, ``server``, ``supervisor``  the command line; one process (signals, reloads, uvloop);
   ``workers: N`` (forking, replacing, resizing) and the host coordinator process;
 - ``connections``  per-connection limits on aiohttp's server (timeouts, max connections);
+  ``express``   the express lane: a signed-in GET served from its head's bytes, past aiohttp's request
+  machinery (everything it declines goes on to aiohttp unchanged);
   ``tls``  https on the listener: the certificate, reloaded while serving; the plain-HTTP redirect;
 - ``app``       wiring only: middleware order, routes; ``resources`` the long-lived clients and stores
   (``cleanup_ctx``); ``context`` the typed app keys; ``health`` ``/ping`` and ``/ready``;
@@ -51,7 +53,8 @@ The modules each own one boundary, listed in the order a request meets them:
 - ``metrics``, ``logs``, ``pages``  Prometheus metrics; auth events and the log format; our own HTML/JSON;
 - ``tracing``   OpenTelemetry spans (off unless configured): request, upstream call, grants; ``traceparent``.
 
-A request flows: connection limits → ``boundary`` (request id; errors to HTTP; access log) → router →
+A request flows: connection limits → the express lane, which serves the common signed-in GET on the same
+rules and declines the rest → ``boundary`` (request id; errors to HTTP; access log) → router →
 an ``/oauth2/*`` handler, or ``gate.handle_proxy``: path decoded once → skip rules → the session, loaded
 only now (no session: 302 to sign in for a browser, 401 for an API client) → refreshed if due →
 authorized → ``upstream.forward`` (or the WebSocket relay) → the answer relayed back → the session

@@ -174,6 +174,7 @@ class ExpressLane:
         self.idle_timeout = config.cookie.idle_timeout
         self.metrics_route = config.metrics_on_listen
         self.ids = RequestIds()
+        self.served = 0                  # requests answered here (the rest were declined), for tests and bench
 
     @classmethod
     def for_app(cls, app: web.Application) -> ExpressLane | None:
@@ -263,6 +264,7 @@ class ExpressLane:
         if session is None:
             handler.express_declined(data)
             return
+        self.served += 1
         incoming = request.headers.get("X-Request-Id", "")
         rid = request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else self.ids()
         request[UPSTREAM_LABEL] = upstream.config.path

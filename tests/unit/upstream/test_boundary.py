@@ -12,7 +12,8 @@ TALKING = frozenset({"ws_connect", "request_spliced", "create_connection", "crea
 
 
 def _talks(path: Path) -> set[str]:
-    """What in ``path`` reaches an upstream: the calls above, ``<upstream>.client.request``, importing httptools."""
+    """What in ``path`` reaches an upstream: the calls above, ``<upstream>.client.request``, httptools' response
+    parser (its request parser reads clients: the express lane's, ``proxy/express.py``)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Attribute) and node.attr in TALKING:
@@ -20,11 +21,17 @@ def _talks(path: Path) -> set[str]:
         elif isinstance(node, ast.Attribute) and node.attr == "request" and isinstance(node.value, ast.Attribute) \
                 and node.value.attr in ("client", "lean"):
             found.add(f"{node.value.attr}.request")
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-            if "httptools" in names:
-                found.add("httptools")
+        elif _response_parser(node):
+            found.add("httptools")
     return found
+
+
+def _response_parser(node: ast.AST) -> bool:
+    """``httptools.HttpResponseParser``, used or imported: what reads the app's answers."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "HttpResponseParser"
+    return isinstance(node, ast.ImportFrom) and node.module == "httptools" \
+        and any(a.name == "HttpResponseParser" for a in node.names)
 
 
 def test_only_the_upstream_package_talks_to_the_app():
