@@ -81,6 +81,8 @@ TRIM_DELAY = 2.0
 # most once a sweep, and its next request pays a new parser and task (a few microseconds); a sweep visits
 # only connections not parked (``awake``).
 SHED_INTERVAL = 0.5
+# Bytes a connection holds while a request finishes (``LimitedHandler._hold``) before it stops reading.
+HOLD_LIMIT = 64 * 1024
 # The message queue of every parked connection (``LimitedHandler._park``): empty, and immutable.
 PARKED_QUEUE: tuple[()] = ()
 
@@ -115,9 +117,9 @@ TOO_MANY = _answer(b"503 Service Unavailable", b"Too many connections; try again
 class LimitedHandler(RequestHandler):
     """aiohttp's request handler with a deadline for each request head (see the module docstring)."""
 
-    __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_express", "_head_bytes",
+    __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_express", "_fed", "_head_bytes",
                  "_head_started", "_head_timeout", "_last_read", "_limited", "_max_head", "_parked", "_send_mark",
-                 "_send_timer", "_stash", "peer")
+                 "_send_timer", "_stash", "_stashed", "peer")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -136,7 +138,9 @@ class LimitedHandler(RequestHandler):
         self._at_rest = False        # the parser is between requests, holding no byte of the next one
         self._parked = False         # idle over a sweep: no ``start`` task, no queue, no parser (``_park``)
         self._express: asyncio.Task[None] | None = None    # a request the express lane serves (express.py)
-        self._stash: list[bytes] = []        # bytes that came while it was served, for after it
+        self._stash: list[bytes] = []        # bytes that came while a request finished, for after it
+        self._stashed = 0                    # their size (reading pauses beyond HOLD_LIMIT)
+        self._fed = False                    # aiohttp's parser has been given bytes
         self.peer: str | None = None         # the client's address, as aiohttp's ``request.remote`` reads it
 
     @property
@@ -156,15 +160,42 @@ class LimitedHandler(RequestHandler):
         self._set_deadline(self._loop.time() + self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._express is not None:            # an express request under way: its bytes wait for its end
-            self._stash.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
+        if self._express is not None or self._stash:    # a request under way: the bytes wait for its end
+            self._hold(data)
             return
         lane = self._limited.lane
-        if lane is not None and self._quiet() and lane.take(self, data):
-            return
+        if lane is not None:
+            if self._quiet():
+                if lane.take(self, data):
+                    return
+            elif self._finishing():
+                self._hold(data)
+                return
         self._aiohttp_received(data)
+
+    def _finishing(self) -> bool:
+        """Whether aiohttp is finishing a bodiless request (its answer may be out already, the client's next
+        head on its way) or this connection's ``start`` has not run yet, its parser between requests: the
+        next read then waits for ``start`` to wait again (``_release``) and may take the express lane. Else a
+        client that sent its next request as soon as it had an answer stayed on aiohttp's path for good."""
+        return (self._waiter is None and self._task_handler is not None and not self._parked and not self._messages
+                and (self._at_rest or not self._fed) and self._payload_parser is None
+                and not (self._force_close or self._close or self._upgraded))
+
+    def _hold(self, data: bytes) -> None:
+        self._stash.append(data)
+        self._stashed += len(data)
+        if self._stashed > HOLD_LIMIT and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _release(self) -> None:
+        """Pass on the bytes held while a request finished (``_hold``), in order."""
+        data, stashed = b"".join(self._stash), self._stashed
+        self._stash, self._stashed = [], 0
+        if self.transport is not None:
+            if stashed > HOLD_LIMIT:
+                self.transport.resume_reading()
+            self.data_received(data)
 
     def _quiet(self) -> bool:
         """Whether aiohttp has no request of this connection under way and its parser holds no byte of one:
@@ -184,9 +215,10 @@ class LimitedHandler(RequestHandler):
     def express_declined(self, data: bytes) -> None:
         """The lane let the request go before sending anything anywhere: aiohttp reads it, and what came after."""
         self._express_over()
-        stash, self._stash = self._stash, []
+        stash, stashed, self._stash, self._stashed = self._stash, self._stashed, [], 0
         if self.transport is not None:
-            self.transport.resume_reading()
+            if stashed > HOLD_LIMIT:
+                self.transport.resume_reading()
             self._aiohttp_received(b"".join([data, *stash]))
 
     def express_done(self, keep_alive: bool) -> None:
@@ -202,11 +234,7 @@ class LimitedHandler(RequestHandler):
         self._head_started = False
         self._set_deadline(self._loop.time() + self._keepalive_timeout)
         if self._stash:
-            stash, self._stash = self._stash, []
-            transport.resume_reading()
-            self.data_received(b"".join(stash))
-        else:
-            transport.resume_reading()
+            self._release()
 
     def _express_over(self) -> None:
         self._express = None
@@ -216,6 +244,7 @@ class LimitedHandler(RequestHandler):
             self._handler_waiter = None
 
     def _aiohttp_received(self, data: bytes) -> None:
+        self._fed = True
         if self._force_close or self._close:
             # aiohttp drops what comes on a connection it is closing (a reload's graceful shutdown): no
             # head is parsed from it, so none may be counted either — an upload's body was taken for a
@@ -340,6 +369,8 @@ class LimitedHandler(RequestHandler):
         while not self._force_close:
             if not self._messages:
                 waiter = self._waiter = self._loop.create_future()
+                if self._stash:
+                    self._release()              # held while the last request finished (``_finishing``)
                 try:
                     await waiter
                 finally:

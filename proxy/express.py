@@ -37,7 +37,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -57,7 +57,8 @@ from .gate import host_name
 from .logs import ACCESS_LOG
 from .metrics import METRICS
 from .paths import is_own_path, request_key
-from .session import STORE, session_state
+from .cookies import own_cookies
+from .session import SESSION_STATE, STORE, SessionState
 from .stepup import requirement
 from .upstream import FORWARDER, UPSTREAM_LABEL
 from .upstream.http1 import Http1Response
@@ -76,43 +77,40 @@ _DECLINED_FIELDS = frozenset({"content-length", "transfer-encoding", "upgrade", 
 # Paths aiohttp's router gives to a handler of its own (health.py, metrics); /oauth2… is checked by prefix.
 _OWN_ROUTES = frozenset({"/ping", "/ready", "/metrics"})
 _HEAD_END = b"\r\n\r\n"
+# Cookie headers whose parse is kept (``ExpressLane._cookies``).
+COOKIE_CACHE = 256
 _AMBIGUOUS_PATH = re.compile(r"%|\\|/\.\.?(?:/|$)")
 
 
 class _Head:
-    """What httptools reports of one request head (its callbacks)."""
+    """What httptools reports of the request it parses: one message begun, and ended (no other callback:
+    the fields are cut out of the text once llhttp has found it well formed)."""
 
-    __slots__ = ("complete", "fields", "messages", "url")
+    __slots__ = ("complete", "messages")
 
     def __init__(self) -> None:
-        self.url = b""
-        self.fields: list[tuple[bytes, bytes]] = []
         self.messages = 0
         self.complete = False
 
     def on_message_begin(self) -> None:
         self.messages += 1
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
-
     def on_message_complete(self) -> None:
         self.complete = True
 
 
-class ExpressRequest:
+class ExpressRequest(dict[Any, Any]):
     """The slice of ``web.Request`` the gate's helpers, the header policy and the boundary's error pages
-    read, made from the parsed head: no URL object, no payload, no writer. Passed to them as a
-    ``web.Request`` (``as_request``); ``_promoted`` makes a real one when aiohttp must write the answer."""
+    read, made from the parsed head: no URL object, no payload, no writer. It is the request's state
+    (``request[KEY]``) itself, a dict. Passed to those helpers as a ``web.Request`` (``as_request``);
+    ``_promoted`` makes a real one when aiohttp must write the answer."""
 
-    __slots__ = ("_state", "app", "fields", "headers", "host", "method", "path", "query_string", "raw_path", "remote",
+    __slots__ = ("app", "fields", "headers", "host", "method", "path", "query_string", "raw_path", "remote",
                  "transport")
 
     def __init__(self, app: web.Application, raw_path: str, path: str, query: str, fields: list[tuple[str, str]],
                  host: str, remote: str | None, transport: asyncio.Transport | None) -> None:
+        super().__init__()
         self.app = app
         self.method = "GET"
         self.raw_path = raw_path
@@ -123,7 +121,6 @@ class ExpressRequest:
         self.host = host
         self.remote = remote
         self.transport = transport
-        self._state: dict[Any, Any] = {}
 
     @property
     def rel_url(self) -> ExpressRequest:
@@ -132,18 +129,6 @@ class ExpressRequest:
     @property
     def raw_query_string(self) -> str:
         return self.query_string
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._state.get(key, default)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._state[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._state[key] = value
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._state
 
     def as_request(self) -> web.Request:
         """This view, typed as what the helpers it is passed to were written for (they read only its slice)."""
@@ -175,6 +160,11 @@ class ExpressLane:
         self.metrics_route = config.metrics_on_listen
         self.ids = RequestIds()
         self.served = 0                  # requests answered here (the rest were declined), for tests and bench
+        self._head = _Head()
+        self._parser = httptools.HttpRequestParser(self._head)
+        # The proxy's cookies and their names per Cookie header seen (a browser sends the same one for a
+        # while): parsed once, not on every request. Bounded; cleared when full.
+        self._cookies: dict[str, tuple[list[str], Mapping[str, str]]] = {}
 
     @classmethod
     def for_app(cls, app: web.Application) -> ExpressLane | None:
@@ -194,28 +184,41 @@ class ExpressLane:
         if not data.startswith(b"GET /") or data.find(_HEAD_END) != len(data) - 4 or len(data) > self.max_head \
                 or not data.isascii():
             return False
-        head = _Head()
-        parser = httptools.HttpRequestParser(head)
+        head = self._head
+        head.messages, head.complete = 0, False
+        parser = self._parser
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            head.complete = False
+        if not head.complete or head.messages != 1:
+            # The one parser is shared by every connection of this worker (``take`` never awaits): one left
+            # mid-message (a body announced, a parse error) must not read the next connection's head.
+            self._parser = httptools.HttpRequestParser(head)
             return False
-        if not head.complete or head.messages != 1 or parser.get_http_version() != "1.1" \
-                or not parser.should_keep_alive():
+        if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
             return False
-        request = self._request(handler, head)
-        if request is None:
+        taken = self._request(handler, data.decode("ascii"))
+        if taken is None:
             return False
-        handler.express_started(self._serve(handler, request, data))
+        handler.express_started(self._serve(handler, *taken, data))
         return True
 
-    def _request(self, handler: LimitedHandler, head: _Head) -> tuple[ExpressRequest, Upstream] | None:
-        """The request view and its upstream, if everything the head says keeps it on the lane."""
+    def _request(self, handler: LimitedHandler, text: str) -> tuple[ExpressRequest, Upstream] | None:
+        """The request view and its upstream, if everything the head says keeps it on the lane. llhttp
+        found the head well formed; its lines are cut out of the text here (a callback per field cost more)."""
+        request_line, *lines = text[:-4].split("\r\n")
+        parts = request_line.split(" ")
+        if len(parts) != 3:
+            return None
         fields: list[tuple[str, str]] = []
         host: str | None = None
         cookies = 0
-        for raw_name, raw_value in head.fields:
-            name, value = raw_name.decode(), raw_value.decode()
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or line[0] in " \t":          # obs-fold: aiohttp's to refuse
+                return None
+            value = value.strip(" \t")
             lower = name.lower()
             if lower in _DECLINED_FIELDS:
                 return None
@@ -235,7 +238,7 @@ class ExpressLane:
             fields.append((name, value))
         if not host or cookies > 1:
             return None
-        url = head.url.decode()
+        url = parts[1]
         path, _, query = url.partition("?")
         if "#" in url or _AMBIGUOUS_PATH.search(path) or path in _OWN_ROUTES or path.startswith("/oauth2"):
             return None
@@ -257,10 +260,9 @@ class ExpressLane:
 
     # -- 2. the session, 3. the exchange ----------------------------------------------------------------
 
-    async def _serve(self, handler: LimitedHandler, taken: tuple[ExpressRequest, Upstream], data: bytes) -> None:
-        request, upstream = taken
+    async def _serve(self, handler: LimitedHandler, request: ExpressRequest, upstream: Upstream, data: bytes) -> None:
         view = request.as_request()
-        session = await self._session(view, upstream)
+        session = await self._session(view, request, upstream)
         if session is None:
             handler.express_declined(data)
             return
@@ -279,10 +281,20 @@ class ExpressLane:
             self._log(request, upstream, session, status, time.perf_counter() - started)
             handler.express_done(keep_alive)
 
-    async def _session(self, view: web.Request, upstream: Upstream) -> Session | None:
+    async def _session(self, view: web.Request, request: ExpressRequest, upstream: Upstream) -> Session | None:
         """The request's session if the gate would let it through as it is, with nothing to write back."""
-        state = session_state(view)
-        if state.loaded:                          # no cookie of ours
+        raw = request.headers.get("Cookie")
+        if raw is None or self.cookie_name not in raw:       # no cookie of ours: the gate's sign-in
+            return None
+        known = self._cookies.get(raw)
+        if known is None:
+            cookies = own_cookies(view, self.cookie_name)
+            known = (self.store.owned_names(cookies), cookies)
+            if len(self._cookies) >= COOKIE_CACHE:
+                self._cookies.clear()
+            self._cookies[raw] = known
+        state = request[SESSION_STATE] = SessionState(list(known[0]), known[1])
+        if state.loaded:
             return None
         try:
             session = await state.load(self.store)
@@ -377,7 +389,7 @@ class ExpressLane:
                                         False, False,
                                         URL.build(path=request.path, query_string=request.query_string, encoded=True))
             promoted = _Promoted(message, EMPTY_PAYLOAD, handler, StreamWriter(handler, loop),
-                                 cast(asyncio.Task[None], asyncio.current_task()), loop, state=request._state)
+                                 cast(asyncio.Task[None], asyncio.current_task()), loop, state=request)
             promoted.app = self.app
             request[_PROMOTED] = promoted
         return cast(web.Request, promoted)

@@ -108,6 +108,8 @@ class HeaderPolicy:
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
         self._trust_cache: dict[str, bool] = {}
         self._drop_cache: dict[str, bool] = {}
+        # A browser sends the same Cookie header for a while: what is left of it without ours, per header.
+        self._strip_cache: dict[str, str] = {}
         self._own_cookie_prefixes = (name + "_",)
         self._own_cookies = frozenset({name})
         self._own_cookie_lower = name.lower()
@@ -173,7 +175,12 @@ class HeaderPolicy:
             headers = [(name, value) for name, value in headers if not _overrides_method(name)]
         cookie = incoming.get("Cookie")
         if cookie:
-            kept = strip_cookies(cookie, self._own_cookies, self._own_cookie_prefixes)
+            kept = self._strip_cache.get(cookie)
+            if kept is None:
+                kept = strip_cookies(cookie, self._own_cookies, self._own_cookie_prefixes)
+                if len(self._strip_cache) >= 256:
+                    self._strip_cache.clear()
+                self._strip_cache[cookie] = kept
             if kept:
                 headers.append(("Cookie", kept))
         length = incoming.get("Content-Length")
