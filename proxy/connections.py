@@ -460,6 +460,7 @@ class LimitedHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._express is not None:
             self._express.cancel()             # handler_cancellation, as for aiohttp's requests: a 499
+            self._express_over()
         for timer in (self._body_timer, self._send_timer):
             if timer is not None:
                 timer.cancel()

@@ -277,6 +277,8 @@ class ExpressLane:
         except asyncio.CancelledError:
             status = CLIENT_CLOSED_REQUEST
             raise
+        except Exception:                         # a bug: the connection is closed, whatever went out
+            log.exception("unexpected error on GET %s rid=%s", request.path, rid)
         finally:
             self._log(request, upstream, session, status, time.perf_counter() - started)
             handler.express_done(keep_alive)
@@ -327,6 +329,11 @@ class ExpressLane:
             return await self._error(handler, request)
         try:
             headers = self.forwarder.headers.response_headers(resp.headers)
+            try:
+                _check_head(resp.status, resp.reason, headers, resp)
+            except AuthProxyError as exc:
+                return await self._answer(handler, request, failure(self._promoted(handler, request), exc,
+                                                                     self.config, self.metrics))
             if resp.status not in (204, 304) and "Content-Length" in headers:
                 body = resp.complete_body()
                 if body is not None:
@@ -350,7 +357,6 @@ class ExpressLane:
                      rid: str) -> int:
         """An answer whose body came with its head: one write, with the fields aiohttp's ``Response`` would
         write (the body's ``Content-Length``, then ``X-Request-Id``, ``Date`` and ``Server`` where missing)."""
-        _check_head(resp.status, resp.reason, headers, resp)
         del headers["Content-Length"]
         headers["Content-Length"] = str(len(body))
         if "X-Request-Id" not in headers:
