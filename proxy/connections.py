@@ -205,7 +205,15 @@ class LimitedHandler(RequestHandler):
         if self._parked:
             return True
         waiter = self._waiter
-        return waiter is not None and not waiter.done() and not self._messages and self._head_bytes == 0
+        # At rest: the last read aiohttp parsed ended exactly with a whole bodiless head, so its parser holds no
+        # byte of another (a read that ended inside a second head left them there: those are aiohttp's).
+        return (waiter is not None and not waiter.done() and not self._messages and self._head_bytes == 0
+                and (self._at_rest or not self._fed))
+
+    @property
+    def closing(self) -> bool:
+        """A shutdown or reload has begun closing this connection: aiohttp's parser takes no more bytes."""
+        return self._force_close or self._close
 
     def express_started(self, serve: Coroutine[Any, Any, None]) -> None:
         """The express lane took the request in the last read: serve it; the connection is busy meanwhile."""
@@ -520,7 +528,7 @@ class LimitedHandler(RequestHandler):
         """aiohttp's ``close`` lets ``start`` finish the request under way and then close; a parked
         connection has none under way and no ``start`` to do it."""
         super().close()
-        if self._parked:
+        if self._parked and self._express is None:      # an express request under way closes it when done
             self.force_close()
 
     def _set_deadline(self, when: float) -> None:

@@ -44,6 +44,7 @@ import httptools
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
+from aiohttp.http_parser import SINGLETON_HEADERS
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -73,12 +74,17 @@ log = logging.getLogger("authproxy")
 
 # Request fields that take a request off the lane: framing and upgrades (aiohttp's parser and the gate
 # decide those), and the proxy's own answers that depend on them.
-_DECLINED_FIELDS = frozenset({"content-length", "transfer-encoding", "upgrade", "expect", "te", "http2-settings"})
+_DECLINED_FIELDS = frozenset({"content-length", "transfer-encoding", "upgrade", "expect", "te", "http2-settings",
+                              "proxy-connection"})
+# Fields aiohttp's parser refuses to see twice (a 400): the lane declines a request that repeats one.
+_SINGLETONS = frozenset(name.lower() for name in SINGLETON_HEADERS)
 # Paths aiohttp's router gives to a handler of its own (health.py, metrics); /oauth2… is checked by prefix.
 _OWN_ROUTES = frozenset({"/ping", "/ready", "/metrics"})
 _HEAD_END = b"\r\n\r\n"
 # Cookie headers whose parse is kept (``ExpressLane._cookies``).
-COOKIE_CACHE = 256
+COOKIE_CACHE = 128
+# Longer Cookie headers are parsed each time, not kept (128 of them at most 4 MiB).
+COOKIE_CACHE_LONGEST = 32 * 1024
 _AMBIGUOUS_PATH = re.compile(r"%|\\|/\.\.?(?:/|$)")
 
 
@@ -141,6 +147,13 @@ class _Promoted(web.BaseRequest):
     ATTRS = web.BaseRequest.ATTRS | frozenset({"app"})
     app: web.Application
 
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        """What the app's ``on_response_prepare`` hooks do to a lane request's answer: only
+        ``boundary.stamp_response``'s request id (the lane declined every request whose cookies change,
+        and no ``/oauth2/`` path reaches it), at the same point of ``prepare``."""
+        if "X-Request-Id" not in response.headers:
+            response.headers["X-Request-Id"] = self[REQUEST_ID]
+
 
 class ExpressLane:
     """The lane for one app (one worker's): what ``take`` checks is read from its config once."""
@@ -164,7 +177,8 @@ class ExpressLane:
         self._parser = httptools.HttpRequestParser(self._head)
         # The proxy's cookies and their names per Cookie header seen (a browser sends the same one for a
         # while): parsed once, not on every request. Bounded; cleared when full.
-        self._cookies: dict[str, tuple[list[str], Mapping[str, str]]] = {}
+        self._cookies: dict[str, tuple[list[str], Mapping[str, str], bool]] = {}
+        self.login_prefix = config.cookie.name + "_login_"       # login.py's login cookies
 
     @classmethod
     def for_app(cls, app: web.Application) -> ExpressLane | None:
@@ -181,7 +195,8 @@ class ExpressLane:
 
     def take(self, handler: LimitedHandler, data: bytes) -> bool:
         """Start serving ``data`` (one read) on the lane if it is a request the lane serves; False: aiohttp's."""
-        if not data.startswith(b"GET /") or data.find(_HEAD_END) != len(data) - 4 or len(data) > self.max_head \
+        # One whole head and nothing after it: it ends the read, and llhttp counts one message in it.
+        if not data.startswith(b"GET /") or not data.endswith(_HEAD_END) or len(data) > self.max_head \
                 or not data.isascii():
             return False
         head = self._head
@@ -191,15 +206,14 @@ class ExpressLane:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             head.complete = False
-        if not head.complete or head.messages != 1:
-            # The one parser is shared by every connection of this worker (``take`` never awaits): one left
-            # mid-message (a body announced, a parse error) must not read the next connection's head.
-            self._parser = httptools.HttpRequestParser(head)
-            return False
-        if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
-            return False
-        taken = self._request(handler, data.decode("ascii"))
+        taken = None
+        if head.complete and head.messages == 1 and parser.get_http_version() == "1.1":
+            taken = self._request(handler, data.decode("ascii"))
         if taken is None:
+            # The one parser is shared by every connection of this worker (``take`` never awaits): one left
+            # mid-message (a body announced, a parse error) or after a head that ends its connection (llhttp
+            # refuses what follows ``Connection: close``) must not read the next connection's head.
+            self._parser = httptools.HttpRequestParser(head)
             return False
         handler.express_started(self._serve(handler, *taken, data))
         return True
@@ -207,32 +221,37 @@ class ExpressLane:
     def _request(self, handler: LimitedHandler, text: str) -> tuple[ExpressRequest, Upstream] | None:
         """The request view and its upstream, if everything the head says keeps it on the lane. llhttp
         found the head well formed; its lines are cut out of the text here (a callback per field cost more)."""
-        request_line, *lines = text[:-4].split("\r\n")
-        parts = request_line.split(" ")
-        if len(parts) != 3:
+        # Split at LF, one character (CPython searches for it faster than for CRLF); llhttp has checked that
+        # each line ends with CRLF, so each line's last character is the CR.
+        request_line, *lines = text[:-4].split("\n")
+        parts = request_line[:-1].split(" ")
+        # aiohttp's own limits on top of llhttp's (its 400s): the request line, each field, their number.
+        if len(parts) != 3 or len(request_line) > handler.max_line_size or len(lines) > handler.max_headers:
             return None
+        max_field = handler.max_field_size
         fields: list[tuple[str, str]] = []
         host: str | None = None
         cookies = 0
+        seen: set[str] = set()
         for line in lines:
             name, sep, value = line.partition(":")
-            if not sep or line[0] in " \t":          # obs-fold: aiohttp's to refuse
+            if not sep or line[0] in " \t" or len(line) > max_field:       # obs-fold: aiohttp's to refuse
                 return None
-            value = value.strip(" \t")
+            value = value.strip(" \t\r")
             lower = name.lower()
             if lower in _DECLINED_FIELDS:
                 return None
-            if lower == "host":
-                if host is not None:
+            if lower in _SINGLETONS:
+                if lower in seen:
                     return None
+                seen.add(lower)
+            if lower == "host":
                 host = value
             elif lower == "connection":
                 if value.lower() != "keep-alive":
                     return None
             elif lower == "cookie":
                 cookies += 1
-                if "_login_" in value:         # login cookies to trim: login.trim_login_cookies' business
-                    return None
             elif lower == "authorization" and self.bearer:
                 return None
             fields.append((name, value))
@@ -262,15 +281,22 @@ class ExpressLane:
 
     async def _serve(self, handler: LimitedHandler, request: ExpressRequest, upstream: Upstream, data: bytes) -> None:
         view = request.as_request()
-        session = await self._session(view, request, upstream)
+        started = time.perf_counter()
+        try:
+            session = await self._session(view, request, upstream)
+        except asyncio.CancelledError:            # the client left while its session loaded (Redis): the 499
+            self._log(request, "proxy", None, CLIENT_CLOSED_REQUEST, time.perf_counter() - started)
+            raise
         if session is None:
-            handler.express_declined(data)
+            if handler.closing:
+                await self._serve_on_aiohttp(handler, request)
+            else:
+                handler.express_declined(data)
             return
         self.served += 1
         incoming = request.headers.get("X-Request-Id", "")
         rid = request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else self.ids()
         request[UPSTREAM_LABEL] = upstream.config.path
-        started = time.perf_counter()
         status, keep_alive = 500, False
         try:
             status, keep_alive = await self._exchange(handler, request, upstream, session, rid)
@@ -280,8 +306,29 @@ class ExpressLane:
         except Exception:                         # a bug: the connection is closed, whatever went out
             log.exception("unexpected error on GET %s rid=%s", request.path, rid)
         finally:
-            self._log(request, upstream, session, status, time.perf_counter() - started)
+            self._log(request, upstream.config.path, session, status, time.perf_counter() - started)
             handler.express_done(keep_alive)
+
+    async def _serve_on_aiohttp(self, handler: LimitedHandler, request: ExpressRequest) -> None:
+        """A request declined after a shutdown or reload began: aiohttp's parser takes no more bytes then,
+        so the app's handler chain (boundary, router, gate) serves it here as aiohttp's ``_handle_request``
+        would have, had it read the request; then the connection closes."""
+        try:
+            factory, handle = handler._request_factory, handler._request_handler
+            if factory is None or handle is None or handler.transport is None:
+                return
+            loop = asyncio.get_running_loop()
+            web_request = factory(self._message(request), EMPTY_PAYLOAD, handler, StreamWriter(handler, loop),
+                                  cast(asyncio.Task[None], asyncio.current_task()))
+            response = await handle(web_request)
+            await response.prepare(web_request)
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("unexpected error on GET %s during shutdown", request.path)
+        finally:
+            handler.express_done(False)
 
     async def _session(self, view: web.Request, request: ExpressRequest, upstream: Upstream) -> Session | None:
         """The request's session if the gate would let it through as it is, with nothing to write back."""
@@ -291,19 +338,25 @@ class ExpressLane:
         known = self._cookies.get(raw)
         if known is None:
             cookies = own_cookies(view, self.cookie_name)
-            known = (self.store.owned_names(cookies), cookies)
-            if len(self._cookies) >= COOKIE_CACHE:
-                self._cookies.clear()
-            self._cookies[raw] = known
-        state = request[SESSION_STATE] = SessionState(list(known[0]), known[1])
-        if state.loaded:
+            # Login cookies to trim go to aiohttp's path (login.trim_login_cookies); so does a repeated one.
+            usable = self.login_prefix not in raw
+            known = (self.store.owned_names(cookies), cookies, usable)
+            if len(raw) <= COOKIE_CACHE_LONGEST:
+                if len(self._cookies) >= COOKIE_CACHE:
+                    self._cookies.clear()
+                self._cookies[raw] = known
+        names, cookies, usable = known
+        if not usable:
+            return None
+        if not names:
             return None
         try:
-            session = await state.load(self.store)
-        except AuthProxyError:                    # the store is down: the gate's 503
+            session = await self.store.load(cookies)
+        except AuthProxyError:     # a bad or ended cookie, the store down: the gate's, which logs it once
             return None
-        if session is None or state.changed:
+        if session is None:
             return None
+        request[SESSION_STATE] = SessionState.loaded_with(list(names), cookies, session)
         now = self.clock()
         if self.refresher.due(session, now) or session.access_expired(now) or session.seen_due(self.idle_timeout, now):
             return None
@@ -338,8 +391,6 @@ class ExpressLane:
                 body = resp.complete_body()
                 if body is not None:
                     return self._write_whole(handler, resp, headers, body, rid), True
-            if "X-Request-Id" not in headers:
-                headers["X-Request-Id"] = rid
             promoted = self._promoted(handler, request)
             try:
                 out = await relay(promoted, resp.status, resp.reason, headers, resp, resp,
@@ -356,15 +407,18 @@ class ExpressLane:
     def _write_whole(self, handler: LimitedHandler, resp: Http1Response, headers: CIMultiDict[str], body: bytes,
                      rid: str) -> int:
         """An answer whose body came with its head: one write, with the fields aiohttp's ``Response`` would
-        write (the body's ``Content-Length``, then ``X-Request-Id``, ``Date`` and ``Server`` where missing)."""
+        write, in its order: the body's ``Content-Length`` (and ``Content-Type`` for a body without one), then
+        ``Date``, ``Server`` and ``X-Request-Id`` where missing."""
         del headers["Content-Length"]
         headers["Content-Length"] = str(len(body))
-        if "X-Request-Id" not in headers:
-            headers["X-Request-Id"] = rid
+        if body and "Content-Type" not in headers:          # as aiohttp's Response: never left to sniffing
+            headers["Content-Type"] = "application/octet-stream"
         if "Date" not in headers:
             headers["Date"] = rfc822_formatted_time()
         if "Server" not in headers:
             headers["Server"] = SERVER_SOFTWARE
+        if "X-Request-Id" not in headers:
+            headers["X-Request-Id"] = rid
         status_line = f"HTTP/1.1 {resp.status} {resp.reason}"
         transport = handler.transport
         if transport is not None:
@@ -374,8 +428,6 @@ class ExpressLane:
     async def _answer(self, handler: LimitedHandler, request: ExpressRequest, response: web.StreamResponse
                       ) -> tuple[int, bool]:
         """Write an answer the boundary built (an error page) through aiohttp, as any other would be."""
-        if "X-Request-Id" not in response.headers:
-            response.headers["X-Request-Id"] = request[REQUEST_ID]
         promoted = self._promoted(handler, request)
         await response.prepare(promoted)
         await response.write_eof()
@@ -390,22 +442,25 @@ class ExpressLane:
         promoted = request.get(_PROMOTED)
         if promoted is None:
             loop = asyncio.get_running_loop()
-            raw = tuple((name.encode(), value.encode()) for name, value in request.fields)
-            message = RawRequestMessage("GET", request.raw_path, HttpVersion11, request.headers, raw, False, None,
-                                        False, False,
-                                        URL.build(path=request.path, query_string=request.query_string, encoded=True))
-            promoted = _Promoted(message, EMPTY_PAYLOAD, handler, StreamWriter(handler, loop),
+            promoted = _Promoted(self._message(request), EMPTY_PAYLOAD, handler, StreamWriter(handler, loop),
                                  cast(asyncio.Task[None], asyncio.current_task()), loop, state=request)
             promoted.app = self.app
             request[_PROMOTED] = promoted
         return cast(web.Request, promoted)
 
-    def _log(self, request: ExpressRequest, upstream: Upstream, session: Session, status: int, elapsed: float) -> None:
+    @staticmethod
+    def _message(request: ExpressRequest) -> RawRequestMessage:
+        """aiohttp's parsed head for ``request``, as its parser would have made it."""
+        raw = tuple((name.encode(), value.encode()) for name, value in request.fields)
+        return RawRequestMessage("GET", request.raw_path, HttpVersion11, request.headers, raw, False, None, False,
+                                 False, URL.build(path=request.path, query_string=request.query_string, encoded=True))
+
+    def _log(self, request: ExpressRequest, label: str, session: Session | None, status: int, elapsed: float) -> None:
         """The boundary's accounting (``boundary._log_access``) for a request the lane served."""
-        label = upstream.config.path
         self.metrics.answered(label, status, elapsed)
         if ACCESS_LOG.isEnabledFor(logging.INFO):
-            ACCESS_LOG.request("GET", request.path, status, elapsed, session.identity.sub, request[REQUEST_ID],
+            rid = request.get(REQUEST_ID) or "-"
+            ACCESS_LOG.request("GET", request.path, status, elapsed, session.identity.sub if session else "-", rid,
                                request.remote, label, "", {}, None)
 
 

@@ -178,9 +178,10 @@ class HeaderPolicy:
             kept = self._strip_cache.get(cookie)
             if kept is None:
                 kept = strip_cookies(cookie, self._own_cookies, self._own_cookie_prefixes)
-                if len(self._strip_cache) >= 256:
-                    self._strip_cache.clear()
-                self._strip_cache[cookie] = kept
+                if len(cookie) <= 32 * 1024:               # 128 of them: at most 4 MiB
+                    if len(self._strip_cache) >= 128:
+                        self._strip_cache.clear()
+                    self._strip_cache[cookie] = kept
             if kept:
                 headers.append(("Cookie", kept))
         length = incoming.get("Content-Length")

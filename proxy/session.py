@@ -54,6 +54,13 @@ class SessionState:
         self.saved: list[tuple[str, str]] | None = None
         self.touch_only = False                   # changed only to record a use (idle timeout)
 
+    @classmethod
+    def loaded_with(cls, present: list[str], cookies: Mapping[str, str], session: Session) -> SessionState:
+        """The state of a request whose session was loaded already (the express lane loads it itself)."""
+        state = cls(present, cookies)
+        state._session, state.loaded = session, True
+        return state
+
     async def load(self, store: SessionStore) -> Session | None:
         """The session in the request's cookies, read from the store on the first call only.
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import aiohttp
 import pytest
 
 from proxy.connections import LimitedServer
+from proxy.session import STORE
 from tests.support.browserless import login_via_http
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET
 from tests.support.ports import free_port
@@ -104,7 +106,7 @@ def get(path: str, cookie: str, *extra: str) -> bytes:
 def comparable(answer: tuple[str, list, bytes], url: str) -> tuple[str, list, bytes]:
     """An answer without what differs between two proxies anyway: the date, the request id, their own URLs."""
     status, fields, body = answer
-    kept = sorted((k.lower(), v.replace(url, "PROXY")) for k, v in fields if k.lower() not in VOLATILE)
+    kept = [(k, "" if k.lower() in VOLATILE else v.replace(url, "PROXY")) for k, v in fields]   # in order
     body = body.replace(url.encode(), b"PROXY")
     if body.startswith(b"{") and b"request_id" in body:
         data = json.loads(body)
@@ -172,6 +174,13 @@ async def test_client_headers_the_proxy_owns_never_reach_the_app(pair, rich):
     pytest.param(lambda c: get("/echo", "other=1"), id="no-session"),
     pytest.param(lambda c: get("/echo", c, "Host: second.example"), id="two-hosts"),
     pytest.param(lambda c: get("/echo", c, "Upgrade: h2c", "Connection: Upgrade"), id="upgrade"),
+    # aiohttp's own 400s on top of llhttp's (review F1): a repeated singleton field, too many fields, a too
+    # long request line.
+    pytest.param(lambda c: get("/echo", c, "User-Agent: a", "User-Agent: b"), id="two-user-agents"),
+    pytest.param(lambda c: get("/echo", c, "Content-Type: a", "Content-Type: b"), id="two-content-types"),
+    pytest.param(lambda c: get("/echo", c, *(f"X-F{i}: {i}" for i in range(130))), id="130-fields"),
+    pytest.param(lambda c: get("/" + "a" * 9000, c), id="long-request-line"),
+    pytest.param(lambda c: get("/echo", c, "Proxy-Connection: close"), id="proxy-connection"),
 ])
 async def test_what_the_lane_declines_aiohttp_answers_unchanged(pair, raw):
     express, plain, cookie = pair
@@ -264,3 +273,148 @@ async def test_a_streamed_answer_is_cut_when_the_session_is_signed_out(pair, ric
     await asyncio.wait_for(drained(), 10)           # the connection ends: the stream was cut
     await asyncio.wait_for(rich.events.setdefault("endless-gone", asyncio.Event()).wait(), 10)
     writer.close()
+
+
+async def test_bytes_aiohttps_parser_holds_keep_the_connection_off_the_lane(pair, rich):
+    """A read that ends inside a second head leaves its start in aiohttp's parser: the next read completes
+    that head there (as with the lane off), never starts a request of its own on the lane (review F2)."""
+    express, plain, cookie = pair
+    answers = {}
+    for proxy in (express, plain):
+        rich.seen.clear()
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /from-prefix HTTP/1.1\r\nX-J: ")
+        assert (await asyncio.wait_for(read_response(reader), 10))[0].startswith("HTTP/1.1 200")
+        await asyncio.sleep(0.2)
+        writer.write(get("/from-read2", cookie))
+        await asyncio.wait_for(read_response(reader), 10)
+        writer.close()
+        answers[proxy.url] = [seen["raw_path"] for seen in rich.seen]
+    assert answers[express.url] == answers[plain.url] == ["/from-prefix"]
+
+
+async def test_a_head_that_ends_its_connection_leaves_the_lane_usable_for_the_next(pair):
+    """llhttp refuses what follows ``Connection: close``: the lane's one parser must not carry that state
+    to the next connection's request (review F4)."""
+    express, _, cookie = pair
+    lane = lane_of(express)
+    for closing in ("Connection: close", "Proxy-Connection: close"):
+        await exchange(express.url, get("/echo", cookie, closing))
+        before = lane.served
+        [(status, _, _)] = await exchange(express.url, get("/echo", cookie))
+        assert status.startswith("HTTP/1.1 200") and lane.served == before + 1, closing
+
+
+async def test_a_request_declined_during_a_shutdown_is_still_answered(stack_factory, rich, browser_session,
+                                                                     monkeypatch):
+    """The lane loads the session (a Redis round trip, here a slow load) and declines it; a shutdown began
+    meanwhile, so aiohttp's parser takes no more bytes: the app's handlers answer it all the same (review F5)."""
+    stack = await stack_factory(upstreams=[{"path": "/", "url": rich.url}])
+    store = stack.proxy.app[STORE]
+    loading = asyncio.Event()
+    original = store.load
+
+    async def slow_load(cookies):
+        loading.set()
+        await asyncio.sleep(0.5)
+        return await original(cookies)
+    monkeypatch.setattr(store, "load", slow_load)
+    name = stack.proxy.config.cookie.name
+    reply = asyncio.ensure_future(exchange(stack.url, get("/echo", f"{name}=garbage")))
+    await asyncio.wait_for(loading.wait(), 10)
+    closing = asyncio.ensure_future(stack.proxy.close())
+    [(status, _, body)] = await asyncio.wait_for(reply, 15)
+    assert status.startswith("HTTP/1.1 401") and b"login_url" in body
+    await asyncio.wait_for(closing, 20)
+
+
+async def test_a_bad_cookie_is_logged_once(pair, caplog):
+    """The lane declines a cookie it cannot open without a word; the gate says why, once (review F8)."""
+    express, _, _ = pair
+    caplog.set_level(logging.INFO, logger="authproxy")
+    name = express.config.cookie.name
+    [(status, _, _)] = await exchange(express.url, get("/echo", f"{name}=garbage"))
+    assert status.startswith("HTTP/1.1 401")
+    assert len([r for r in caplog.records if "session cookie ignored" in r.getMessage()]) == 1
+
+
+async def test_a_client_that_leaves_while_its_session_loads_is_a_499(stack_factory, rich, browser_session,
+                                                                     monkeypatch, caplog):
+    stack = await stack_factory(upstreams=[{"path": "/", "url": rich.url}], logging={"level": "info"})
+    await login_via_http(browser_session, stack.url + "/")
+    cookie = "; ".join(f"{c.key}={c.value}" for c in browser_session.cookie_jar)
+    caplog.set_level(logging.INFO, logger="authproxy.access")
+    store = stack.proxy.app[STORE]
+    loading = asyncio.Event()
+    original = store.load
+
+    async def slow_load(cookies):
+        loading.set()
+        await asyncio.sleep(1)
+        return await original(cookies)
+    monkeypatch.setattr(store, "load", slow_load)
+    host, port = stack.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(get("/leaving", cookie))
+    await asyncio.wait_for(loading.wait(), 10)
+    writer.close()
+    for _ in range(100):
+        lines = [r for r in caplog.records if r.name == "authproxy.access" and "/leaving" in r.getMessage()]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    assert [line.fields["status"] for line in lines] == [499]
+
+
+RAW_ANSWERS = {
+    "/no-type": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    "/odd-order": b"HTTP/1.1 200 Fine\r\nB: 1\r\nContent-Length: 2\r\nA: 2\r\nContent-Type: text/plain\r\n\r\nhi",
+    "/app-id": b"HTTP/1.1 200 OK\r\nServer: app/1\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\n"
+               b"X-Request-Id: up-id\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    "/chunked": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nhi\r\n0\r\n\r\n",
+}
+
+
+@pytest.fixture
+async def raw_app():
+    """An app that answers with exactly the bytes of RAW_ANSWERS (what aiohttp's server would tidy up)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(RAW_ANSWERS[head.split(b" ", 2)[1].decode()])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+
+
+@pytest.mark.parametrize("path", sorted(RAW_ANSWERS))
+async def test_an_answer_aiohttp_would_tidy_is_tidied_the_same(stack_factory, raw_app, browser_session, path):
+    """No Content-Type (aiohttp adds application/octet-stream: no sniffing, review F6), the app's own Date,
+    Server and X-Request-Id, its field order, chunked framing: the same bytes either way (review F7)."""
+    stack = await stack_factory(routes=[{"path": "/raw", "strip_prefix": True}])
+    await login_via_http(browser_session, stack.url + "/")
+    cookie = "; ".join(f"{c.key}={c.value}" for c in browser_session.cookie_jar)
+    data = config_dict(port=free_port(), issuer=stack.proxy.config.provider.issuer, upstream_url=raw_app,
+                       client_id=CLIENT_ID, client_secret=CLIENT_SECRET, limits={"express": False})
+    express_data = config_dict(port=free_port(), issuer=stack.proxy.config.provider.issuer, upstream_url=raw_app,
+                               client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    plain, express = await start_proxy(data), await start_proxy(express_data)
+    try:
+        before = lane_of(express).served
+        fast = await exchange(express.url, get(path, cookie))
+        slow = await exchange(plain.url, get(path, cookie))
+        assert lane_of(express).served == before + 1
+        assert comparable(fast[0], express.url) == comparable(slow[0], plain.url)
+        if path == "/no-type":
+            assert ("Content-Type", "application/octet-stream") in fast[0][1]
+    finally:
+        await plain.close()
+        await express.close()
