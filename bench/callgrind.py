@@ -15,7 +15,7 @@ the kernel's work for its system calls. Each ``--src`` is measured in turn with 
 
     python bench/callgrind.py                              # this checkout
     python bench/callgrind.py --src /tmp/before --src .    # before/after: git archive C proxy | tar -x -C /tmp/before
-    python bench/callgrind.py --set limits.express=false --set logging.level=info
+    python bench/callgrind.py --set limits.express=false --set logging.level=info --path /100k.bin
 
 About a minute per source (callgrind runs the proxy ~50× slower).
 """
@@ -40,9 +40,9 @@ from stack import Stack, clients_for, free_port, login, run_bounded, wait_port
 CONNECTIONS = 8
 
 
-async def load(port: int, cookie: str, count: int) -> None:
-    """``count`` tiny GETs over CONNECTIONS keep-alive connections, each waiting for its answer."""
-    request = (f"GET /tiny HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nAccept: */*\r\n\r\n").encode()
+async def load(port: int, cookie: str, count: int, path: str = "/tiny") -> None:
+    """``count`` GETs of ``path`` over CONNECTIONS keep-alive connections, each waiting for its answer."""
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nAccept: */*\r\n\r\n").encode()
 
     async def one(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -70,7 +70,7 @@ def control(*args: str) -> None:
 
 
 async def measure(stack: Stack, issuer: str, upstream: str, src: Path, port: int, settings: dict[str, Any],
-                  counts: tuple[int, int]) -> float:
+                  counts: tuple[int, int], path: str) -> float:
     proc, url = await stack.authproxy(port, issuer, upstream, source=src, **settings)
     cookie = await login(url + "/tiny", is_authproxy_cookie)
     await stack.stop(proc)
@@ -81,12 +81,12 @@ async def measure(stack: Stack, issuer: str, upstream: str, src: Path, port: int
         sys.executable, "-m", "proxy", "--config", str(config)],
         cwd=src, env={**os.environ, "PYTHONPATH": str(src)})
     await wait_port(port, traced, "authproxy under callgrind", timeout=300)
-    await load(port, cookie, 200)                         # warm: caches, pooled connections
+    await load(port, cookie, 200, path)                   # warm: caches, pooled connections
     counted = []
     for count in counts:
         control("-i", "on", str(traced.pid))
         control("-z", str(traced.pid))
-        await load(port, cookie, count)
+        await load(port, cookie, count, path)
         control("-d", str(traced.pid))
         control("-i", "off", str(traced.pid))
         await asyncio.sleep(0.5)
@@ -112,14 +112,15 @@ async def main(args: argparse.Namespace) -> int:
         node[path[-1]] = value
     sources = [Path(s).resolve() for s in (args.src or ["."])]
     async with Stack() as stack:
-        _, upstream = await stack.nginx()
+        _, upstream = await stack.nginx({"100k.bin": 100 * 1024})
         ports = [free_port() for _ in sources]
         clients = clients_for(ports[0], free_port())
         clients[0]["redirect_uris"] = [f"http://127.0.0.1:{p}/oauth2/callback" for p in ports]
         idp = await stack.idp(clients=clients)
         figures = []
         for src, port in zip(sources, ports, strict=True):
-            figure = await measure(stack, idp.issuer, upstream, src, port, settings, (args.requests, 3 * args.requests))
+            figure = await measure(stack, idp.issuer, upstream, src, port, settings,
+                                   (args.requests, 3 * args.requests), args.path)
             figures.append(figure)
             print(f"{src}: {figure / 1000:.1f}k instructions per request", flush=True)
         if len(figures) > 1:
@@ -131,6 +132,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", action="append", help="a checkout whose proxy/ runs (repeatable; default: .)")
     parser.add_argument("--requests", type=int, default=400, help="N1; N2 is three times it (default 400)")
+    parser.add_argument("--path", default="/tiny", help="what to GET: /tiny (3 bytes) or /100k.bin (default /tiny)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config setting for every authproxy, e.g. logging.level=info (repeatable)")
     sys.exit(run_bounded(lambda: main(parser.parse_args()), time_limit=900))
