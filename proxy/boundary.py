@@ -96,14 +96,18 @@ class RequestIds:
         return f"{self._prefix}{self._next():x}"
 
 
+def request_id(incoming: str, ids: RequestIds) -> str:
+    """The client's ``X-Request-Id`` when it looks like an id, else a new one."""
+    return incoming if incoming and _REQUEST_ID_OK.match(incoming) else ids()
+
+
 def error_boundary(config: Config, metrics: Metrics) -> Middleware:
     """The middleware: an id for each request, one access-log line, and domain errors → responses."""
     ids = RequestIds()
 
     @web.middleware
     async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
-        incoming = request.headers.get("X-Request-Id", "")
-        request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else ids()
+        request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id", ""), ids)
         started = time.perf_counter()
         status = 500
         try:

@@ -3,20 +3,23 @@
 Why: a tiny proxied GET cost about 135 µs of CPU through aiohttp's server (its request object and URL,
 the router, the middleware chain, ``StreamResponse`` and its writer, a task per request), as much as
 Apache + mod_auth_openidc spends; a bare relay written on ``httptools`` with the same four system calls
-cost 19 µs on the same machine (``bench/run.py``, 2026-12-06). Most requests a proxy sees are the same
+cost 19 µs on the same machine (``bench/bare_relay.py``, 2026-12-06). Most requests a proxy sees are the same
 boring thing: a browser or API client with a valid session asking for a page. This module serves those
 from the bytes of their head, and everything else exactly as before.
 
 How a request goes (``LimitedHandler.data_received`` hands it here first):
 
-1. ``ExpressLane.take`` (no I/O, no side effect): the read holds exactly one whole head and nothing
-   else; it parses (``httptools``, llhttp as aiohttp's own parser) as an HTTP/1.1 ``GET`` with no body,
-   framing, upgrade, ``Expect`` or ``Connection`` option, one ``Host``, ASCII only, an origin-form path
-   with no ``%``, dot segment or backslash (so aiohttp's router could only have sent it to the gate), and
-   not one of the proxy's own paths; an upstream with the lean client takes it; no ``skip_auth`` rule,
-   Bearer token, login cookie or tracing is involved. Anything else: declined.
-2. ``_serve`` (a task): the session from the cookie (the store's cache), fresh (no refresh or idle
-   touch due), authorised, no step-up asked. Anything else: declined, still with nothing sent.
+1. ``ExpressLane.take`` (no I/O, no side effect), offered a read only while aiohttp's parser holds no byte
+   of this connection (``LimitedHandler._quiet``): the read holds exactly one whole head and nothing else;
+   it parses (``httptools``, llhttp as aiohttp's own parser) as an HTTP/1.1 ``GET`` with no body, framing,
+   upgrade, ``Expect`` or ``Connection`` option, ASCII only, nothing aiohttp's parser would refuse on top
+   of llhttp (a repeated singleton field such as ``Host``, a line or a field count beyond its limits), an
+   origin-form path with no ``%``, dot segment or backslash (so aiohttp's router could only have sent it
+   to the gate), and not one of the proxy's own paths; an upstream with the lean client takes it; no
+   ``skip_auth`` rule, step-up, Bearer token or tracing is involved. Anything else: declined.
+2. ``_serve`` (a task): the session from the cookie (the store's cache; loaded without a word, so the gate
+   logs a bad cookie once), no login cookie to trim, fresh (no refresh or idle touch due), authorised.
+   Anything else: declined, still with nothing sent.
 3. From here on the request is the lane's: it goes upstream through the lean client
    (``Forwarder.lean_exchange``, the same head as the gate's path builds), and an answer whose body came
    with its head is written in one ``write``. A streamed answer, and every error page, are the usual
@@ -26,7 +29,9 @@ A declined request goes to aiohttp with every byte as it came (``LimitedHandler.
 whatever aiohttp and the gate would answer — a sign-in redirect, a 400, a 404 — is answered by them.
 What the boundary does for every request is done here too: the request id (the client's when it looks
 like one), the access-log line, the metrics, 499 when the client goes away, ``X-Request-Id`` on the
-answer, the response's ``Date``/``Server`` as aiohttp sets them, streams held for a session's end.
+answer; ``Date``, ``Server`` and ``Content-Type`` where aiohttp's ``Response`` adds them, in its order;
+streams held for a session's end; a shutdown waits for the request (one declined after a shutdown began
+is served by the app's handlers directly: aiohttp's parser takes no more bytes then).
 
 ``limits.express: false`` turns the lane off (every request through aiohttp), to compare or to rule it out.
 """
@@ -51,19 +56,19 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .authz import Asked, authorize, rules_for, skips_auth
-from .boundary import CLIENT_CLOSED_REQUEST, _REQUEST_ID_OK, RequestIds, error_response, failure
+from .boundary import CLIENT_CLOSED_REQUEST, RequestIds, error_response, failure, request_id
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
+from .cookies import own_cookies
 from .errors import AuthProxyError, BadRequest
 from .gate import host_name
 from .logs import ACCESS_LOG
 from .metrics import METRICS
 from .paths import is_own_path, request_key
-from .cookies import own_cookies
 from .session import SESSION_STATE, STORE, SessionState
 from .stepup import requirement
 from .upstream import FORWARDER, UPSTREAM_LABEL
 from .upstream.http1 import Http1Response
-from .upstream.relay import _check_head, relay
+from .upstream.relay import check_head, relay
 
 if TYPE_CHECKING:
     from .connections import LimitedHandler
@@ -294,8 +299,7 @@ class ExpressLane:
                 handler.express_declined(data)
             return
         self.served += 1
-        incoming = request.headers.get("X-Request-Id", "")
-        rid = request[REQUEST_ID] = incoming if incoming and _REQUEST_ID_OK.match(incoming) else self.ids()
+        rid = request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id", ""), self.ids)
         request[UPSTREAM_LABEL] = upstream.config.path
         status, keep_alive = 500, False
         try:
@@ -383,7 +387,7 @@ class ExpressLane:
         try:
             headers = self.forwarder.headers.response_headers(resp.headers)
             try:
-                _check_head(resp.status, resp.reason, headers, resp)
+                check_head(resp.status, resp.reason, headers, resp)
             except AuthProxyError as exc:
                 return await self._answer(handler, request, failure(self._promoted(handler, request), exc,
                                                                      self.config, self.metrics))

@@ -67,7 +67,7 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
     A head too big to relay (``http1.MAX_HEAD_BYTES``) is an UpstreamError (502): the lean client checks
     it while parsing, aiohttp's client caps its fields but not their total. So is a 1xx status as the
     final answer."""
-    _check_head(status, reason, headers, lean)
+    check_head(status, reason, headers, lean)
     if lean is not None and status not in (204, 304) and request.method != "HEAD" and "Content-Length" in headers:
         complete = lean.complete_body()
         if complete is not None:
@@ -90,7 +90,7 @@ async def relay(request: web.Request, status: int, reason: str | None, headers: 
     return out
 
 
-def _check_head(status: int, reason: str | None, headers: CIMultiDict[str], lean: Http1Response | None) -> None:
+def check_head(status: int, reason: str | None, headers: CIMultiDict[str], lean: Http1Response | None) -> None:
     """Raise UpstreamError (502) for a head that must not be relayed: too big, or a 1xx as the final answer."""
     if lean is None and (problem := headers_problem(reason, headers.items())) is not None:
         log.warning("upstream sent too big header: %s", problem)
