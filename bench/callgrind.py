@@ -75,7 +75,7 @@ async def measure(stack: Stack, issuer: str, upstream: str, src: Path, port: int
     cookie = await login(url + "/tiny", is_authproxy_cookie)
     await stack.stop(proc)
     config = stack.root / f"authproxy-{port}.yaml"
-    prefix = stack.root / f"callgrind-{port}"
+    prefix = stack.root / f"callgrind-out-{port}"
     traced = await stack.spawn(f"callgrind-{port}", [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p",
         sys.executable, "-m", "proxy", "--config", str(config)],
