@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, IdPFactory, client_
 from tests.support.idp import IdP
 from tests.support.ports import free_port
 from tests.support.proxyrun import RunningProxy, config_dict, start_proxy
+from tests.support.rich_upstream import RichUpstream, start_rich_upstream
 
 
 @dataclass
@@ -62,6 +64,15 @@ async def stack_factory(idp_factory: IdPFactory) -> AsyncIterator[StackFactory]:
     for stack in started:
         await stack.proxy.close()
         await stack.echo.close()
+
+
+@pytest.fixture
+async def rich() -> AsyncIterator[RichUpstream]:
+    """The rich upstream (tests/support/rich_upstream.py): streams, slow and held answers, downloads, cookies."""
+    upstream = await start_rich_upstream(free_port())
+    yield upstream
+    upstream.events.setdefault("sse-release", asyncio.Event()).set()      # a test's SSE answer may still wait
+    await upstream.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.proxyrun import config_dict
-from tests.support.rich_upstream import start_rich_upstream
 from tests.support.subproc import start_proxy_process
 
 pytestmark = pytest.mark.integration
@@ -30,13 +29,6 @@ def logged_config(upstream_url: str, **sections) -> dict:
 
 def access_lines(stderr: str, marker: str) -> list[str]:
     return [line for line in stderr.splitlines() if " authproxy.access: GET /blob" in line and marker in line]
-
-
-@pytest.fixture
-async def rich():
-    up = await start_rich_upstream(free_port())
-    yield up
-    await up.close()
 
 
 async def get_many(url: str, count: int, marker: str) -> None:

@@ -22,7 +22,6 @@ from tests.support.browserless import login_via_http
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET
 from tests.support.ports import free_port
 from tests.support.proxyrun import RunningProxy, config_dict, start_proxy
-from tests.support.rich_upstream import start_rich_upstream
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +32,6 @@ def lane_of(proxy: RunningProxy):
     server = proxy.runner.server
     assert isinstance(server, LimitedServer)
     return server.lane
-
-
-@pytest.fixture
-async def rich():
-    up = await start_rich_upstream(free_port())
-    yield up
-    await up.close()
 
 
 @pytest.fixture
@@ -306,20 +298,27 @@ async def test_a_head_that_ends_its_connection_leaves_the_lane_usable_for_the_ne
         assert status.startswith("HTTP/1.1 200") and lane.served == before + 1, closing
 
 
-async def test_a_request_declined_during_a_shutdown_is_still_answered(stack_factory, rich, browser_session,
-                                                                     monkeypatch):
-    """The lane loads the session (a Redis round trip, here a slow load) and declines it; a shutdown began
-    meanwhile, so aiohttp's parser takes no more bytes: the app's handlers answer it all the same (review F5)."""
-    stack = await stack_factory(upstreams=[{"path": "/", "url": rich.url}])
-    store = stack.proxy.app[STORE]
+def slow_session_loads(proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch, seconds: float) -> asyncio.Event:
+    """Make the session store take ``seconds`` to load a session (a Redis round trip, drawn out); the event
+    is set when a load begins."""
+    store = proxy.app[STORE]
     loading = asyncio.Event()
     original = store.load
 
     async def slow_load(cookies):
         loading.set()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(seconds)
         return await original(cookies)
     monkeypatch.setattr(store, "load", slow_load)
+    return loading
+
+
+async def test_a_request_declined_during_a_shutdown_is_still_answered(stack_factory, rich, browser_session,
+                                                                     monkeypatch):
+    """The lane loads the session (a Redis round trip, here a slow load) and declines it; a shutdown began
+    meanwhile, so aiohttp's parser takes no more bytes: the app's handlers answer it all the same (review F5)."""
+    stack = await stack_factory(upstreams=[{"path": "/", "url": rich.url}])
+    loading = slow_session_loads(stack.proxy, monkeypatch, 0.5)
     name = stack.proxy.config.cookie.name
     reply = asyncio.ensure_future(exchange(stack.url, get("/echo", f"{name}=garbage")))
     await asyncio.wait_for(loading.wait(), 10)
@@ -345,15 +344,7 @@ async def test_a_client_that_leaves_while_its_session_loads_is_a_499(stack_facto
     await login_via_http(browser_session, stack.url + "/")
     cookie = "; ".join(f"{c.key}={c.value}" for c in browser_session.cookie_jar)
     caplog.set_level(logging.INFO, logger="authproxy.access")
-    store = stack.proxy.app[STORE]
-    loading = asyncio.Event()
-    original = store.load
-
-    async def slow_load(cookies):
-        loading.set()
-        await asyncio.sleep(1)
-        return await original(cookies)
-    monkeypatch.setattr(store, "load", slow_load)
+    loading = slow_session_loads(stack.proxy, monkeypatch, 1.0)
     host, port = stack.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(get("/leaving", cookie))

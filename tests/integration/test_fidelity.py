@@ -20,13 +20,6 @@ API = {"Accept": "application/json"}
 
 
 @pytest.fixture
-async def rich():
-    up = await start_rich_upstream(free_port())
-    yield up
-    await up.close()
-
-
-@pytest.fixture
 async def signed_in(stack_factory, rich, browser_session):
     """A proxy in front of the rich upstream (plus a prefix-stripped and a slow route), signed in."""
     stack = await stack_factory(upstreams=[

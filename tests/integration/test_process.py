@@ -13,7 +13,6 @@ import yaml
 
 from tests.support.ports import free_port
 from tests.support.proxyrun import config_dict
-from tests.support.rich_upstream import start_rich_upstream
 from tests.support.subproc import start_proxy_process
 
 pytestmark = pytest.mark.integration
@@ -24,13 +23,6 @@ def public_config(upstream_url: str, **sections) -> dict:
     the provider URL points nowhere and the proxy must stay up regardless."""
     return config_dict(port=free_port(), issuer=f"http://127.0.0.1:{free_port()}", upstream_url=upstream_url,
                        client_id="c", client_secret="s", skip_auth=[{"path": "^/(slow|blob)"}], **sections)
-
-
-@pytest.fixture
-async def rich():
-    up = await start_rich_upstream(free_port())
-    yield up
-    await up.close()
 
 
 async def test_sigterm_finishes_in_flight_requests(rich):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -19,7 +18,6 @@ from tests.support.browserless import login_via_http, logout_via_http
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET
 from tests.support.ports import free_port
 from tests.support.redis_server import start_redis
-from tests.support.rich_upstream import RichUpstream, start_rich_upstream
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +43,6 @@ def store_section(kind: str, redis_url: str) -> dict:
     if kind == "cookie":
         return {"store": "cookie"}                       # single instance: the denylist in memory
     return {"store": "cookie" if kind == "cookie+redis" else "redis", "redis": {"url": redis_url}}
-
-
-@pytest.fixture
-async def rich() -> AsyncIterator[RichUpstream]:
-    upstream = await start_rich_upstream(free_port())
-    yield upstream
-    await upstream.close()
 
 
 async def get(url: str, cookie: str, headers: dict | None = None) -> tuple[int, aiohttp.ClientResponse, str]:

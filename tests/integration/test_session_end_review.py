@@ -22,7 +22,6 @@ from tests.support.browserless import login_via_http
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, client_metadata
 from tests.support.ports import free_port
 from tests.support.proxyrun import config_dict
-from tests.support.rich_upstream import RichUpstream, start_rich_upstream
 from tests.support.subproc import start_proxy_process
 
 pytestmark = pytest.mark.integration
@@ -49,14 +48,6 @@ class GatedWsApp:
             if msg.type is aiohttp.WSMsgType.TEXT:
                 await ws.send_str(msg.data)
         return ws
-
-
-@pytest.fixture
-async def rich() -> AsyncIterator[RichUpstream]:
-    upstream = await start_rich_upstream(free_port())
-    yield upstream
-    upstream.events.setdefault("sse-release", asyncio.Event()).set()
-    await upstream.close()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from tests.support.echo import header_values, start_echo
 from tests.support.fixtures import CLIENT_ID, CLIENT_SECRET, client_metadata
 from tests.support.ports import free_port
 from tests.support.proxyrun import config_dict
-from tests.support.rich_upstream import start_rich_upstream
 from tests.support.subproc import REPO, ProxyProcess, start_proxy_process
 from tests.support.timing import eventually
 from tests.support.tls import LocalCA, replace, serial_of
@@ -40,13 +39,6 @@ def pki(tmp_path: Path) -> tuple[LocalCA, Path, Path]:
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     ca.issue(cert, key, serial=1001)
     return ca, cert, key
-
-
-@pytest.fixture
-async def rich():
-    up = await start_rich_upstream(free_port())
-    yield up
-    await up.close()
 
 
 def tls_config(upstream_url: str, cert: Path, key: Path, *, issuer: str | None = None, port: int | None = None,
