@@ -31,7 +31,7 @@ import os
 from typing import Any, NamedTuple
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiohttp.http_websocket import WS_KEY
 from yarl import URL
 
@@ -41,7 +41,7 @@ from ..paths import normalized_path
 from .forward import FORWARDER, UPSTREAM_LABEL, Upstream
 from .frames import CLOSE_TIMEOUT, Close, Deflate, Side, deflate_answer, deflate_offers, relayable_code, vanished
 
-__all__ = ["CLOSE_TIMEOUT", "AppSide", "AppSocket", "Close", "connect", "pump", "relayable_code", "requested_protocols",
+__all__ = ["CLOSE_TIMEOUT", "AppSide", "AppSocket", "Close", "connect", "relayable_code", "requested_protocols",
            "upstream_ws_url", "vanished"]
 
 # The client side's logger: an operator reads a socket's whole story, both sides, under one name.
@@ -240,30 +240,3 @@ def _call(transport: Any, method: str) -> None:
             getattr(transport, method)()
         except (AttributeError, NotImplementedError, RuntimeError):
             pass
-
-
-# -- aiohttp's sockets, message by message -------------------------------------------------------------
-
-
-async def pump(source: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool],
-               sink: web.WebSocketResponse[bool] | aiohttp.ClientWebSocketResponse[bool], side: str) -> Close:
-    """Relay ``source``'s messages to ``sink`` until ``source`` closes; the close frame both sides then get.
-
-    The relay between two of aiohttp's WebSocket objects, a task per direction, as the proxy relayed
-    before ``frames.py``, with the same close codes (``relayable_code``) and vanishing sides (``vanished``);
-    the proxy no longer uses it."""
-    while True:
-        msg = await source.receive()
-        try:
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                await sink.send_frame(msg.data, msg.type)
-            elif msg.type is WSMsgType.PING:
-                await sink.ping(msg.data)
-            elif msg.type is WSMsgType.PONG:
-                await sink.pong(msg.data)
-            elif msg.type is WSMsgType.CLOSE:
-                return Close(relayable_code(msg.data, side), msg.extra or "", side)
-            else:                                   # CLOSED, ERROR: gone without a close handshake
-                return vanished(side)
-        except (ConnectionError, aiohttp.ClientError):
-            return vanished("upstream" if side == "client" else "client")

@@ -4,13 +4,13 @@ the URL it is reached at, and relaying frames both ways with only the close code
 from __future__ import annotations
 
 import pytest
-from aiohttp import WSCloseCode, WSMsgType
-from aiohttp.http_websocket import WSMessage
+from aiohttp import WSCloseCode
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from proxy.upstream import Upstream
-from proxy.upstream.websocket import Close, pump, requested_protocols, upstream_ws_url
+from proxy.upstream.frames import relayable_code, vanished
+from proxy.upstream.websocket import requested_protocols, upstream_ws_url
 from tests.unit.conftest import make_config
 
 UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
@@ -46,62 +46,21 @@ def test_upstream_url_is_the_http_one_with_a_ws_scheme(upstream, expected):
 # -- relaying -----------------------------------------------------------------------------------------
 
 
-class FakeSocket:
-    """Plays a list of messages as ``receive()``; records what is sent."""
-
-    def __init__(self, messages=(), fail_send: bool = False) -> None:
-        self.messages = list(messages)
-        self.sent: list[tuple[str, object]] = []
-        self.fail_send = fail_send
-
-    async def receive(self):
-        return self.messages.pop(0)
-
-    async def send_frame(self, data, opcode):
-        if self.fail_send:
-            raise ConnectionResetError("gone")
-        self.sent.append((opcode.name, data))
-
-    async def ping(self, data):
-        self.sent.append(("PING", data))
-
-    async def pong(self, data):
-        self.sent.append(("PONG", data))
-
-
-async def test_pump_relays_every_kind_and_returns_the_close_frame():
-    source = FakeSocket([WSMessage(WSMsgType.TEXT, b"t", None), WSMessage(WSMsgType.BINARY, b"\x00", None),
-                         WSMessage(WSMsgType.PING, b"p", None), WSMessage(WSMsgType.PONG, b"q", None),
-                         WSMessage(WSMsgType.CLOSE, 4000, "bye")])
-    sink = FakeSocket()
-    assert await pump(source, sink, "upstream") == Close(4000, "bye", "upstream")
-    assert sink.sent == [("TEXT", b"t"), ("BINARY", b"\x00"), ("PING", b"p"), ("PONG", b"q")]
-
-
-async def test_pump_maps_a_close_without_status_and_vanishing_sides():
-    no_status = FakeSocket([WSMessage(WSMsgType.CLOSE, 0, "")])
-    assert await pump(no_status, FakeSocket(), "client") == Close(1000, "", "client")
-    gone = WSMessage(WSMsgType.CLOSED, None, None)
-    upstream_gone = await pump(FakeSocket([gone]), FakeSocket(), "upstream")
-    assert (upstream_gone.code, upstream_gone.by, upstream_gone.reported_code) == \
-        (WSCloseCode.BAD_GATEWAY, "upstream", 1006)
-    client_gone = await pump(FakeSocket([gone]), FakeSocket(), "client")
+def test_a_close_without_status_is_a_normal_closure_and_vanishing_sides_are_told_apart():
+    assert relayable_code(0, "client") == WSCloseCode.OK
+    upstream_gone, client_gone = vanished("upstream"), vanished("client")
+    assert (upstream_gone.code, upstream_gone.by, upstream_gone.reported_code, upstream_gone.vanished) == \
+        (WSCloseCode.BAD_GATEWAY, "upstream", 1006, True)
     assert (client_gone.code, client_gone.by, client_gone.reported_code) == (WSCloseCode.GOING_AWAY, "client", 1006)
-    # A send that fails means the *other* side is gone.
-    text = WSMessage(WSMsgType.TEXT, b"t", None)
-    other_gone = await pump(FakeSocket([text]), FakeSocket(fail_send=True), "client")
-    assert (other_gone.code, other_gone.by, other_gone.vanished) == (WSCloseCode.BAD_GATEWAY, "upstream", True)
 
 
 @pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535, 999, 1])
 @pytest.mark.parametrize("side, instead", [("client", WSCloseCode.GOING_AWAY), ("upstream", WSCloseCode.BAD_GATEWAY)])
-async def test_a_close_code_that_may_not_be_sent_is_never_relayed(code, side, instead):
+def test_a_close_code_that_may_not_be_sent_is_never_relayed(code, side, instead):
     """RFC 6455 §7.4.1: 1005, 1006 and 1015 are never sent; 1004 and 1016-2999 are reserved; 1000-4999 only."""
-    source = FakeSocket([WSMessage(WSMsgType.CLOSE, code, "why")])
-    assert await pump(source, FakeSocket(), side) == Close(instead, "why", side)
+    assert relayable_code(code, side) == instead
 
 
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
-async def test_every_code_an_endpoint_may_send_is_relayed(code):
-    source = FakeSocket([WSMessage(WSMsgType.CLOSE, code, "")])
-    assert await pump(source, FakeSocket(), "client") == Close(code, "", "client")
+def test_every_code_an_endpoint_may_send_is_relayed(code):
+    assert relayable_code(code, "client") == code
