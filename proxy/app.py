@@ -21,7 +21,7 @@ from aiohttp import web
 from .assertion import handle_jwks
 from .backchannel import handle_backchannel_logout
 from .frontchannel import handle_frontchannel_logout
-from .boundary import error_boundary, stamp_response
+from .boundary import REQUEST_IDS, RequestIds, error_boundary, stamp_response
 from .config import Config
 from .context import CLOCK, CONFIG, SEALER
 from .cookies import CookieCodec, private_when_setting_own
@@ -53,11 +53,13 @@ MAX_FIELD_SIZE = 64 * 1024
 def create_app(config: Config, *, clock: Callable[[], float] = time.time,
                lasting: Lasting | None = None, fanout: Fanout | None = None) -> web.Application:
     lasting = lasting or Lasting()
-    middlewares = [error_boundary(config, lasting.metrics)]
+    ids = RequestIds()
+    middlewares = [error_boundary(config, lasting.metrics, ids)]
     if config.tracing.enabled:                 # off: not even a middleware on the path
         middlewares.insert(0, tracing.middleware(config))
     app = web.Application(middlewares=middlewares, handler_args={"max_field_size": MAX_FIELD_SIZE})
     app[CONFIG] = config
+    app[REQUEST_IDS] = ids
     app[CLOCK] = clock
     app[SEALER] = sealer = Sealer(config.cookie.keys)
     app[CODEC] = CookieCodec(config.cookie, sealer, clock)

@@ -101,9 +101,13 @@ def request_id(incoming: str, ids: RequestIds) -> str:
     return incoming if incoming and _REQUEST_ID_OK.match(incoming) else ids()
 
 
-def error_boundary(config: Config, metrics: Metrics) -> Middleware:
-    """The middleware: an id for each request, one access-log line, and domain errors → responses."""
-    ids = RequestIds()
+REQUEST_IDS = web.AppKey("authproxy_request_ids", RequestIds)
+
+
+def error_boundary(config: Config, metrics: Metrics, ids: RequestIds | None = None) -> Middleware:
+    """The middleware: an id for each request, one access-log line, and domain errors → responses.
+    ``ids``: the app's (``REQUEST_IDS``), which the express lane draws from too: one prefix per worker."""
+    ids = ids or RequestIds()
 
     @web.middleware
     async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -56,7 +56,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .authz import Asked, authorize, rules_for, skips_auth
-from .boundary import CLIENT_CLOSED_REQUEST, RequestIds, error_response, failure, request_id
+from .boundary import CLIENT_CLOSED_REQUEST, REQUEST_IDS, RequestIds, error_response, failure, request_id
 from .context import CLOCK, CONFIG, REFRESHER, REQUEST_ID
 from .cookies import own_cookies
 from .errors import AuthProxyError, BadRequest
@@ -80,7 +80,7 @@ log = logging.getLogger("authproxy")
 # Request fields that take a request off the lane: framing and upgrades (aiohttp's parser and the gate
 # decide those), and the proxy's own answers that depend on them.
 _DECLINED_FIELDS = frozenset({"content-length", "transfer-encoding", "upgrade", "expect", "te", "http2-settings",
-                              "proxy-connection"})
+                              "proxy-connection", "sec-websocket-key1"})      # the last: aiohttp's parser's 400
 # Fields aiohttp's parser refuses to see twice (a 400): the lane declines a request that repeats one.
 _SINGLETONS = frozenset(name.lower() for name in SINGLETON_HEADERS)
 # Paths aiohttp's router gives to a handler of its own (health.py, metrics); /oauth2… is checked by prefix.
@@ -176,7 +176,7 @@ class ExpressLane:
         self.bearer = config.provider.accept_bearer_tokens
         self.idle_timeout = config.cookie.idle_timeout
         self.metrics_route = config.metrics_on_listen
-        self.ids = RequestIds()
+        self.ids = app.get(REQUEST_IDS) or RequestIds()      # the boundary's: one id prefix per worker
         self.served = 0                  # requests answered here (the rest were declined), for tests and bench
         self._head = _Head()
         self._parser = httptools.HttpRequestParser(self._head)

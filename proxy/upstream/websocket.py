@@ -128,12 +128,16 @@ def _accepted(response: aiohttp.ClientResponse, key: str, protocols: tuple[str, 
     if response.status != 101:
         raise ValueError(f"{response.status} {response.reason}")
     expected = base64.b64encode(hashlib.sha1(key.encode() + WS_KEY).digest()).decode()
-    if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in headers.get("Connection", "").lower() \
+    connection = {token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")}
+    if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection \
             or headers.get("Sec-WebSocket-Accept", "") != expected:
         raise ValueError("no valid WebSocket answer")
+    # RFC 6455 §4.1: a subprotocol the client did not ask for fails the connection (the client would refuse
+    # the answer; relaying it would give the client a socket speaking a protocol it never agreed to).
     chosen = headers.get("Sec-WebSocket-Protocol", "").strip()
-    protocol = chosen if chosen in protocols else None
-    return protocol, deflate_answer(headers.get("Sec-WebSocket-Extensions"), offered)
+    if chosen and chosen not in protocols:
+        raise ValueError(f"a subprotocol the client did not offer: {chosen!r}")
+    return chosen or None, deflate_answer(headers.get("Sec-WebSocket-Extensions"), offered)
 
 
 def _take_over(response: aiohttp.ClientResponse) -> AppSide:

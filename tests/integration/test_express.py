@@ -173,6 +173,7 @@ async def test_client_headers_the_proxy_owns_never_reach_the_app(pair, rich):
     pytest.param(lambda c: get("/echo", c, *(f"X-F{i}: {i}" for i in range(130))), id="130-fields"),
     pytest.param(lambda c: get("/" + "a" * 9000, c), id="long-request-line"),
     pytest.param(lambda c: get("/echo", c, "Proxy-Connection: close"), id="proxy-connection"),
+    pytest.param(lambda c: get("/echo", c, "Sec-WebSocket-Key1: 1"), id="old-websocket-key"),
 ])
 async def test_what_the_lane_declines_aiohttp_answers_unchanged(pair, raw):
     express, plain, cookie = pair
@@ -409,3 +410,12 @@ async def test_an_answer_aiohttp_would_tidy_is_tidied_the_same(stack_factory, ra
     finally:
         await plain.close()
         await express.close()
+
+
+async def test_the_lane_and_the_boundary_draw_request_ids_from_one_counter(pair, rich):
+    """One id prefix per worker, whichever path answered."""
+    express, _, cookie = pair
+    [(_, served, _)] = await exchange(express.url, get("/echo", cookie))
+    [(_, declined, _)] = await exchange(express.url, get("/echo", "other=1"))
+    prefix = dict(served)["X-Request-Id"].rsplit("-", 1)[0]
+    assert dict(declined)["X-Request-Id"].rsplit("-", 1)[0] == prefix

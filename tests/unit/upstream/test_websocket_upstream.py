@@ -3,14 +3,18 @@ the URL it is reached at, and relaying frames both ways with only the close code
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 from aiohttp import WSCloseCode
+from aiohttp.http_websocket import WS_KEY
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from proxy.upstream import Upstream
 from proxy.upstream.frames import relayable_code, vanished
-from proxy.upstream.websocket import requested_protocols, upstream_ws_url
+from proxy.upstream.websocket import _accepted, requested_protocols, upstream_ws_url
 from tests.unit.conftest import make_config
 
 UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
@@ -64,3 +68,37 @@ def test_a_close_code_that_may_not_be_sent_is_never_relayed(code, side, instead)
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
 def test_every_code_an_endpoint_may_send_is_relayed(code):
     assert relayable_code(code, "client") == code
+
+
+class _Answer:
+    """The parts of aiohttp's ClientResponse ``_accepted`` reads."""
+
+    def __init__(self, key: str, **fields: str) -> None:
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_KEY).digest()).decode()
+        self.status, self.reason = 101, "Switching Protocols"
+        self.headers = CIMultiDict({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept})
+        for name, value in fields.items():
+            self.headers[name.replace("_", "-")] = value
+
+
+def test_the_apps_answer_must_pick_a_subprotocol_the_client_offered():
+    """RFC 6455 §4.1: relayed, an unoffered subprotocol gives the client a socket it never agreed to."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    assert _accepted(_Answer(key, Sec_WebSocket_Protocol="chat"), key, ("chat", "v2"), False)[0] == "chat"
+    assert _accepted(_Answer(key), key, ("chat",), False)[0] is None
+    with pytest.raises(ValueError, match="did not offer"):
+        _accepted(_Answer(key, Sec_WebSocket_Protocol="admin"), key, ("chat",), False)
+    with pytest.raises(ValueError, match="did not offer"):
+        _accepted(_Answer(key, Sec_WebSocket_Protocol="chat"), key, (), False)
+
+
+@pytest.mark.parametrize("connection, ok", [("Upgrade", True), ("keep-alive, Upgrade", True), ("upgrade", True),
+                                            ("X-Upgraded", False), ("no-upgrade-here", False), ("keep-alive", False)])
+def test_the_apps_connection_field_must_name_upgrade_as_a_token(connection, ok):
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    answer = _Answer(key, Connection=connection)
+    if ok:
+        assert _accepted(answer, key, (), False) == (None, None)
+    else:
+        with pytest.raises(ValueError, match="no valid WebSocket answer"):
+            _accepted(answer, key, (), False)
