@@ -462,10 +462,13 @@ class ExpressLane:
     def _log(self, request: ExpressRequest, label: str, session: Session | None, status: int, elapsed: float) -> None:
         """The boundary's accounting (``boundary._log_access``) for a request the lane served."""
         self.metrics.answered(label, status, elapsed)
-        if ACCESS_LOG.isEnabledFor(logging.INFO):
-            rid = request.get(REQUEST_ID) or "-"
-            ACCESS_LOG.request("GET", request.path, status, elapsed, session.identity.sub if session else "-", rid,
-                               request.remote, label, "", {}, None)
+        writer = ACCESS_LOG.writer                  # serving: the batched writer (logs.py), called directly
+        if writer is not None:
+            writer.request("GET", request.path, status, elapsed, session.identity.sub if session else "-",
+                           request.get(REQUEST_ID) or "-", request.remote, label, "", None, None)
+        elif ACCESS_LOG.isEnabledFor(logging.INFO):
+            ACCESS_LOG.request("GET", request.path, status, elapsed, session.identity.sub if session else "-",
+                               request.get(REQUEST_ID) or "-", request.remote, label, "", {}, None)
 
 
 _PROMOTED = web.RequestKey("authproxy_express_promoted", web.BaseRequest)

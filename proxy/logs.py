@@ -220,14 +220,14 @@ class AccessWriter:
             self.dropped += 1
             return
         if not self._json:
-            self._append(f"{self._time(',')} INFO authproxy.access: {escape_controls(message)}\n")
+            self._append(f"{self._time(',')} INFO authproxy.access: {escape_controls(message)}")
             return
         entry: dict[str, Any] = {"time": self._time("."), "level": "info", "logger": "authproxy.access",
                                  "message": escape_controls(message)}
         if fields:
             entry.update({name: escape_controls(value) if isinstance(value, str) else value
                           for name, value in fields.items()})
-        self._append(_JSON.encode(entry) + "\n")
+        self._append(_JSON.encode(entry))
 
     def request(self, method: str, path: str, status: int, elapsed: float, user: str, rid: str,
                 client: str | None, upstream: str, suffix: str, fields: dict[str, object] | None,
@@ -239,16 +239,19 @@ class AccessWriter:
             return
         if trace is not None:
             suffix = f"{suffix} trace={trace}"
-        message = f"{method} {path} {status} {elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}"
-        if not message.isprintable() or "\\" in message:
-            message = escape_controls(message)
         now = time.time()
         second = int(now)
         if second != self._second:
             self._new_second(now, second)
         if not self._json:
-            line = f"{self._stamp},{int((now - second) * 1000):03d} INFO authproxy.access: {message}\n"
+            # The whole line in one f-string; the time and the fixed words are safe, so the line is clean when
+            # the message is (the common case, checked on the line itself); else it is made again, escaped.
+            stamp = f"{self._stamp},{int((now - second) * 1000):03d} INFO authproxy.access: "
+            line = f"{stamp}{method} {path} {status} {elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}"
+            if not line.isprintable() or "\\" in line:
+                line = stamp + escape_controls(line[len(stamp):])
         else:
+            message = escape_controls(f"{method} {path} {status} {elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}")
             esc = escape_controls
             entry: dict[str, Any] = {
                 "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
@@ -260,9 +263,9 @@ class AccessWriter:
                 entry.update({name: esc(value) if isinstance(value, str) else value for name, value in fields.items()})
             if trace is not None:
                 entry["trace_id"] = esc(trace)
-            line = _JSON.encode(entry) + "\n"
+            line = _JSON.encode(entry)
         self._lines.append(line)
-        self._size += len(line)
+        self._size += len(line) + 1              # and its end
         if self._size >= FLUSH_BYTES or self._flush is None:
             self._schedule()
 
@@ -284,7 +287,7 @@ class AccessWriter:
 
     def _append(self, line: str) -> None:
         self._lines.append(line)
-        self._size += len(line)
+        self._size += len(line) + 1              # and its end
         if self._size >= FLUSH_BYTES or self._flush is None:
             self._schedule()
 
@@ -309,7 +312,8 @@ class AccessWriter:
             self.dropped = 0
         if not self._lines:
             return
-        data = "".join(self._lines).encode("utf-8", "backslashreplace")
+        self._lines.append("")                   # lines are kept without their ends: one join puts them in
+        data = "\n".join(self._lines).encode("utf-8", "backslashreplace")
         self._lines.clear()
         self._size = 0
         self._handed += len(data)
