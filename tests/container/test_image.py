@@ -14,7 +14,7 @@ Nothing here skips: without buildah the tests fail and say what to install (``.c
 The image's size is asserted too: at most ``MAX_ADDED_BYTES`` on top of its base, the uncompressed size of the
 layers it adds as containers/storage records it (what ``podman images`` shows, read here with ``podman image
 inspect``). That figure is a function of the files alone, so it is the same on every rebuild of the same sources;
-the test prints what takes the space (``pytest -s``), and the Dockerfile's slimming is checked where it could
+the test prints what takes the space (``pytest -s -n 0``), and the Dockerfile's slimming is checked where it could
 silently stop working: stripped extension modules, valid byte code, the standard library the proxy needs.
 """
 
@@ -141,7 +141,7 @@ def build_image() -> str:
         pytest.fail(f"build-image failed (exit status {proc.returncode}):\n{err[-4000:]}", pytrace=False)
     for line in err.splitlines():
         if line.startswith("build-image:"):
-            print(line)                     # which image, its size, and whether it was reused (pytest -s)
+            print(line)                     # which image, its size, and whether it was reused (pytest -s -n 0)
     return out.split()[-1]
 
 

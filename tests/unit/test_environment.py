@@ -49,7 +49,7 @@ def test_a_variable_set_inside_a_test_still_counts(monkeypatch: pytest.MonkeyPat
 def _run_check(*extra: str) -> subprocess.CompletedProcess[str]:
     node = f"{Path(__file__).relative_to(ROOT)}::test_no_authproxy_variable_reaches_a_test"
     env = {**os.environ, **EXPORTED, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, node],
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *extra, node],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -102,11 +102,16 @@ async def test_a_reload_starts_the_new_listener_before_the_old_one_drains(monkey
 
     monkeypatch.setattr(server, "start_runner", start_runner)
     monkeypatch.setattr(server, "configure_logging", lambda settings: None)
+    # The process's one access log is not this test's to start: it would outlive the test and take the access
+    # lines of every later test in this process away from the stdlib logger (and caplog).
+    writers: list[Any] = []
+    monkeypatch.setattr(server.ACCESS_LOG, "start_writer", writers.append)
     caplog.set_level(logging.INFO, logger="authproxy")
     config, new = make_config(), make_config(workers=2)
     old = FakeRunner(config)
     runner, running = await server._reloaded(old, config, lambda: new, server.Lasting(), supervisor=os.getpid())
     assert (runner, running) == (started[0], new)
+    assert writers == [new.logging]                     # the new configuration's access log
     assert old.cleaned
     # A change of workers in a single process waits for a restart (our parent is not a supervisor).
     assert "workers: 2 takes effect when authproxy is restarted" in caplog.text
