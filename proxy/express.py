@@ -63,7 +63,7 @@ from .errors import AuthProxyError, BadRequest
 from .gate import host_name
 from .logs import ACCESS_LOG
 from .metrics import METRICS
-from .paths import is_own_path, request_key
+from .paths import MATCH_KEY, NORMALISED_PATH, is_own_path, request_key
 from .session import SESSION_STATE, STORE, SessionState
 from .stepup import requirement
 from .upstream import FORWARDER, UPSTREAM_LABEL
@@ -90,6 +90,9 @@ _HEAD_END = b"\r\n\r\n"
 COOKIE_CACHE = 128
 # Longer Cookie headers are parsed each time, not kept (128 of them at most 4 MiB).
 COOKIE_CACHE_LONGEST = 32 * 1024
+# (path, Host) pairs whose route is kept, and the longest kept (256 of them at most 256 KiB).
+ROUTE_CACHE = 256
+ROUTE_CACHE_LONGEST = 1024
 _AMBIGUOUS_PATH = re.compile(r"%|\\|/\.\.?(?:/|$)")
 
 
@@ -184,6 +187,9 @@ class ExpressLane:
         # while): parsed once, not on every request. Bounded; cleared when full.
         self._cookies: dict[str, tuple[list[str], Mapping[str, str], bool]] = {}
         self.login_prefix = config.cookie.name + "_login_"       # login.py's login cookies
+        # Where each (path, Host) goes (``_route``): the same few paths come again and again. Bounded; cleared
+        # when full.
+        self._routes: dict[tuple[str, str], tuple[str, str, Upstream] | tuple[()]] = {}
 
     @classmethod
     def for_app(cls, app: web.Application) -> ExpressLane | None:
@@ -267,20 +273,36 @@ class ExpressLane:
         if "#" in url or _AMBIGUOUS_PATH.search(path) or path in _OWN_ROUTES or path.startswith("/oauth2"):
             return None
         request = ExpressRequest(self.app, url, path, query, fields, host, handler.peer, handler.transport)
+        route = self._routes.get((path, host))
+        if route is None:
+            route = self._route(request, path, host)
+            if len(path) + len(host) <= ROUTE_CACHE_LONGEST:
+                if len(self._routes) >= ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[path, host] = route
+        if not route:
+            return None
+        request[NORMALISED_PATH], request[MATCH_KEY], upstream = route
+        return request, upstream
+
+    def _route(self, request: ExpressRequest, path: str, host: str) -> tuple[str, str, Upstream] | tuple[()]:
+        """Where a ``GET`` of ``path`` on ``host`` goes if the lane may take it: its normalised path, match key and
+        upstream; or ``()``. Nothing else of the request counts (``_request`` refused the rest), so ``_routes``
+        keeps the answer per path and Host: it was 3.5 % of a tiny GET's time."""
         view = request.as_request()
         try:
             key = request_key(view)
         except BadRequest:
-            return None
+            return ()
         if is_own_path(key) or skips_auth(self.config, view, key):
-            return None
+            return ()
         upstream = self.forwarder.route(key, host_name(host))
         if upstream is None or upstream.lean is None or upstream.config.flush_interval:
-            return None
+            return ()
         rules = rules_for(self.config, upstream.config)
         if requirement((rules,)) is not None:        # step-up: stepup.py's, with its redirects
-            return None
-        return request, upstream
+            return ()
+        return request[NORMALISED_PATH], key, upstream
 
     # -- 2. the session, 3. the exchange ----------------------------------------------------------------
 

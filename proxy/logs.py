@@ -246,9 +246,11 @@ class AccessWriter:
         if not self._json:
             # The whole line in one f-string; the time and the fixed words are safe, so the line is clean when
             # the message is (the common case, checked on the line itself); else it is made again, escaped.
-            stamp = f"{self._stamp},{int((now - second) * 1000):03d} INFO authproxy.access: "
-            line = f"{stamp}{method} {path} {status} {elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}"
+            millis = int((now - second) * 1000)
+            line = (f"{self._stamp},{millis:03d} INFO authproxy.access: {method} {path} {status} "
+                    f"{elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}")
             if not line.isprintable() or "\\" in line:
+                stamp = f"{self._stamp},{millis:03d} INFO authproxy.access: "
                 line = stamp + escape_controls(line[len(stamp):])
         else:
             message = escape_controls(f"{method} {path} {status} {elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}")

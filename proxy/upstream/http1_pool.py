@@ -75,13 +75,14 @@ class Http1Pool:
         conn = self._pooled()
         if conn is not None:
             try:
-                return await self._exchange(conn, head)
+                return await self._answer(conn, conn.send(head))
             except Http1Timeout:
                 raise
             except Http1Error as exc:
                 if not (idempotent and exc.before_response):
                     raise
-        return await self._exchange(await self._connect(), head)
+        conn = await self._connect()
+        return await self._answer(conn, conn.send(head))
 
     async def request_spliced(self, head: bytes, body_start: bytes, source: int, count: int) -> Http1Response:
         """Send a request whose body is ``body_start`` (already read from the client) and then ``count``
@@ -107,9 +108,6 @@ class Http1Pool:
                 waiter.exception()             # retrieved: a failure we report otherwise
             raise
         return await self._answer(conn, waiter)
-
-    async def _exchange(self, conn: Http1Connection, head: bytes) -> Http1Response:
-        return await self._answer(conn, conn.send(head))
 
     async def _answer(self, conn: Http1Connection, waiter: asyncio.Future[Http1Response]) -> Http1Response:
         timer = self.loop.call_later(self.read_timeout, _expire, waiter, conn)

@@ -419,3 +419,29 @@ async def test_the_lane_and_the_boundary_draw_request_ids_from_one_counter(pair,
     [(_, declined, _)] = await exchange(express.url, get("/echo", "other=1"))
     prefix = dict(served)["X-Request-Id"].rsplit("-", 1)[0]
     assert dict(declined)["X-Request-Id"].rsplit("-", 1)[0] == prefix
+
+
+async def test_where_a_path_goes_is_decided_once_per_path_and_host(stack_factory, browser_session):
+    """The lane keeps each (path, Host)'s route (``ExpressLane._routes``): a kept ``skip_auth`` or step-up
+    decision still sends the request to aiohttp, and no more than ROUTE_CACHE routes are kept (per Host:
+    tests/unit/test_express.py)."""
+    from proxy.express import ROUTE_CACHE
+
+    stack = await stack_factory(
+        routes=[{"path": "/admin", "authorization": {"acr": ["urn:example:mfa"]}}], skip_auth=[{"path": "^/public/"}])
+    await login_via_http(browser_session, stack.url + "/")
+    cookie = "; ".join(f"{c.key}={c.value}" for c in browser_session.cookie_jar)
+    lane = lane_of(stack.proxy)
+    for _ in range(2):                                   # the second time from the kept routes
+        before = lane.served
+        [(status, _, _)] = await exchange(stack.url, get("/public/x", cookie))
+        assert status.startswith("HTTP/1.1 200") and lane.served == before      # skip_auth: aiohttp's
+        assert "authorization" not in {k.lower() for k, _ in stack.echo.seen[-1]["headers"]}
+        [(status, _, _)] = await exchange(stack.url, get("/admin/x", cookie))
+        assert status.startswith("HTTP/1.1 401") and lane.served == before      # step-up: the gate's
+        [(status, _, _)] = await exchange(stack.url, get("/echo", cookie))
+        assert status.startswith("HTTP/1.1 200") and lane.served == before + 1
+        assert "authorization" in {k.lower() for k, _ in stack.echo.seen[-1]["headers"]}
+    for n in range(ROUTE_CACHE + 10):
+        await exchange(stack.url, get(f"/page/{n}", cookie))
+    assert 0 < len(lane._routes) <= ROUTE_CACHE

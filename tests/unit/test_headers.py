@@ -87,6 +87,21 @@ def test_upstream_set_cookie_naming_ours_anywhere_is_dropped(set_cookie, caplog)
     assert "dropped an upstream Set-Cookie" in caplog.text
 
 
+def test_response_headers_drop_hop_by_hop_and_listed_fields_and_keep_the_upstreams_order(caplog):
+    """Hop-by-hop fields, and those the first ``Connection`` names (in any case, with spaces), go; the rest
+    keep their order and spelling, repeated ones too — also when a Set-Cookie of ours is taken out."""
+    items = [("Server", "app"), ("X-Secret", "1"), ("Set-Cookie", "a=1"), ("Connection", "keep-alive, x-SECRET ,"),
+             ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"), ("Vary", "Accept"),
+             ("set-cookie", "b=2"), ("Trailer", "X"), ("Upgrade", "h2c"), ("Content-Type", "text/plain"),
+             ("Connection", "close, vary")]
+    expected = [("Server", "app"), ("Set-Cookie", "a=1"), ("Vary", "Accept"), ("set-cookie", "b=2"),
+                ("Content-Type", "text/plain")]
+    assert list(policy().response_headers(items).items()) == expected
+    ours = [*items[:7], ("SET-COOKIE", "__Host-authproxy=1.x"), *items[7:]]
+    assert list(policy().response_headers(ours).items()) == expected
+    assert caplog.text.count("dropped an upstream Set-Cookie") == 1
+
+
 def test_forwarded_host_is_public_urls_host_unless_from_a_trusted_proxy():
     """A client's Host never becomes X-Forwarded-Host: apps build absolute links from it."""
     req = make_mocked_request("GET", "/x", headers={"Host": "evil.example", "X-Forwarded-Host": "evil2.example"})

@@ -15,8 +15,8 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import (MAX_FAILURE_REASONS, METRICS, MULTIPROC_ENV, Metrics, SharedMetrics, close_code_label,
-                           handle_metrics, status_class, worker_value_class)
+from proxy.metrics import (MAX_FAILURE_REASONS, METRICS, MULTIPROC_ENV, LoopValue, Metrics, SharedMetrics,
+                           close_code_label, handle_metrics, status_class, worker_value_class)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -194,10 +194,25 @@ def test_the_supervisors_directory_is_private_named_for_the_workers_and_removed(
     assert MULTIPROC_ENV not in os.environ and not os.path.exists(shared.directory)
 
 
-def test_one_process_keeps_in_memory_values(monkeypatch) -> None:
+def test_one_process_keeps_in_memory_values_without_a_lock(monkeypatch) -> None:
+    """A process of its own (``workers: 1``, or a worker without the supervisor's directory) counts in plain
+    floats (``LoopValue``): every request's writes and the scrape that reads them run on its event loop."""
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)          # restored after the test
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     metrics = Metrics.for_worker()
-    assert metrics.shared_dir is None and values.ValueClass is values.MutexValue
+    assert metrics.shared_dir is None and values.ValueClass is LoopValue
+    for status in (200, 200, 503):
+        metrics.answered("/", status, 0.0007)
+    metrics.upstream_answered("/", 3.0)
+    text = metrics.exposition().decode()
+    assert metric_value(text, "authproxy_requests_total", status_class="2xx") == 2
+    assert metric_value(text, "authproxy_requests_total", status_class="5xx") == 1
+    assert metric_value(text, "authproxy_request_duration_seconds_bucket", le="0.0005") == 0
+    assert metric_value(text, "authproxy_request_duration_seconds_bucket", le="0.001") == 3
+    assert metric_value(text, "authproxy_request_duration_seconds_sum") == pytest.approx(0.0021)
+    assert metric_value(text, "authproxy_upstream_duration_seconds_bucket", le="2.5") == 0
+    assert metric_value(text, "authproxy_upstream_duration_seconds_bucket", le="5.0") == 1
+    assert Metrics.for_process().registry is not metrics.registry and values.ValueClass is LoopValue
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
