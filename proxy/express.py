@@ -90,6 +90,12 @@ _HEAD_END = b"\r\n\r\n"
 COOKIE_CACHE = 128
 # Longer Cookie headers are parsed each time, not kept (128 of them at most 4 MiB).
 COOKIE_CACHE_LONGEST = 32 * 1024
+# A head's fields as parsed, read-only and shared (``_Fields``): its fields as sent, a multidict, the Host.
+_Fields = tuple[tuple[tuple[str, str], ...], CIMultiDictProxy[str], str]
+# Blocks of fields whose parse is kept (``ExpressLane._fields``), and the longest kept (128 of them at most
+# 2 MiB of text).
+FIELDS_CACHE = 128
+FIELDS_CACHE_LONGEST = 16 * 1024
 # (path, Host) pairs whose route is kept, and the longest kept (256 of them at most 256 KiB).
 ROUTE_CACHE = 256
 ROUTE_CACHE_LONGEST = 1024
@@ -122,8 +128,9 @@ class ExpressRequest(dict[Any, Any]):
     __slots__ = ("app", "fields", "headers", "host", "method", "path", "query_string", "raw_path", "remote",
                  "transport")
 
-    def __init__(self, app: web.Application, raw_path: str, path: str, query: str, fields: list[tuple[str, str]],
-                 host: str, remote: str | None, transport: asyncio.Transport | None) -> None:
+    def __init__(self, app: web.Application, raw_path: str, path: str, query: str, fields: tuple[tuple[str, str], ...],
+                 headers: CIMultiDictProxy[str], host: str, remote: str | None,
+                 transport: asyncio.Transport | None) -> None:
         super().__init__()
         self.app = app
         self.method = "GET"
@@ -131,7 +138,7 @@ class ExpressRequest(dict[Any, Any]):
         self.path = path
         self.query_string = query
         self.fields = fields
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(fields))
+        self.headers = headers             # shared by every request with the same fields: read-only
         self.host = host
         self.remote = remote
         self.transport = transport
@@ -190,6 +197,7 @@ class ExpressLane:
         # Where each (path, Host) goes (``_route``): the same few paths come again and again. Bounded; cleared
         # when full.
         self._routes: dict[tuple[str, str], tuple[str, str, Upstream] | tuple[()]] = {}
+        self._blocks: dict[str, _Fields | tuple[()]] = {}
 
     @classmethod
     def for_app(cls, app: web.Application) -> ExpressLane | None:
@@ -232,47 +240,27 @@ class ExpressLane:
     def _request(self, handler: LimitedHandler, text: str) -> tuple[ExpressRequest, Upstream] | None:
         """The request view and its upstream, if everything the head says keeps it on the lane. llhttp
         found the head well formed; its lines are cut out of the text here (a callback per field cost more)."""
-        # Split at LF, one character (CPython searches for it faster than for CRLF); llhttp has checked that
-        # each line ends with CRLF, so each line's last character is the CR.
-        request_line, *lines = text[:-4].split("\n")
-        parts = request_line[:-1].split(" ")
-        # aiohttp's own limits on top of llhttp's (its 400s): the request line, each field, their number.
-        if len(parts) != 3 or len(request_line) > handler.max_line_size or len(lines) > handler.max_headers:
+        line_end = text.find("\n")                # llhttp has checked that every line ends with CRLF
+        parts = text[:line_end - 1].split(" ")
+        # aiohttp's own limit on the request line (its 400), on top of llhttp's.
+        if len(parts) != 3 or line_end > handler.max_line_size:
             return None
-        max_field = handler.max_field_size
-        fields: list[tuple[str, str]] = []
-        host: str | None = None
-        cookies = 0
-        seen: set[str] = set()
-        for line in lines:
-            name, sep, value = line.partition(":")
-            if not sep or line[0] in " \t" or len(line) > max_field:       # obs-fold: aiohttp's to refuse
-                return None
-            value = value.strip(" \t\r")
-            lower = name.lower()
-            if lower in _DECLINED_FIELDS:
-                return None
-            if lower in _SINGLETONS:
-                if lower in seen:
-                    return None
-                seen.add(lower)
-            if lower == "host":
-                host = value
-            elif lower == "connection":
-                if value.lower() != "keep-alive":
-                    return None
-            elif lower == "cookie":
-                cookies += 1
-            elif lower == "authorization" and self.bearer:
-                return None
-            fields.append((name, value))
-        if not host or cookies > 1:
+        block = text[line_end + 1:-4]
+        known = self._blocks.get(block)
+        if known is None:
+            known = self._fields(handler, block)
+            if len(block) <= FIELDS_CACHE_LONGEST:
+                if len(self._blocks) >= FIELDS_CACHE:
+                    self._blocks.clear()
+                self._blocks[block] = known
+        if not known:
             return None
+        fields, headers, host = known
         url = parts[1]
         path, _, query = url.partition("?")
         if "#" in url or _AMBIGUOUS_PATH.search(path) or path in _OWN_ROUTES or path.startswith("/oauth2"):
             return None
-        request = ExpressRequest(self.app, url, path, query, fields, host, handler.peer, handler.transport)
+        request = ExpressRequest(self.app, url, path, query, fields, headers, host, handler.peer, handler.transport)
         route = self._routes.get((path, host))
         if route is None:
             route = self._route(request, path, host)
@@ -284,6 +272,45 @@ class ExpressLane:
             return None
         request[NORMALISED_PATH], request[MATCH_KEY], upstream = route
         return request, upstream
+
+    def _fields(self, handler: LimitedHandler, block: str) -> _Fields | tuple[()]:
+        """A head's fields (everything after the request line) if they keep the request on the lane: as
+        sent, as a multidict, and the Host; else ``()``. Nothing but the fields and this server's limits
+        decide it, so ``_blocks`` keeps the answer per block of fields: a client sends the same ones again
+        and again (its cookie, its user agent), and this loop was the lane's largest piece of Python."""
+        lines = block.split("\n")                 # each line but the last ends with its CR
+        if len(lines) > handler.max_headers:        # aiohttp's limits on top of llhttp's (its 400s)
+            return ()
+        max_field = handler.max_field_size
+        fields: list[tuple[str, str]] = []
+        host: str | None = None
+        cookies = 0
+        seen: set[str] = set()
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or line[0] in " \t" or len(line) > max_field:       # obs-fold: aiohttp's to refuse
+                return ()
+            value = value.strip(" \t\r")
+            lower = name.lower()
+            if lower in _DECLINED_FIELDS:
+                return ()
+            if lower in _SINGLETONS:
+                if lower in seen:
+                    return ()
+                seen.add(lower)
+            if lower == "host":
+                host = value
+            elif lower == "connection":
+                if value.lower() != "keep-alive":
+                    return ()
+            elif lower == "cookie":
+                cookies += 1
+            elif lower == "authorization" and self.bearer:
+                return ()
+            fields.append((name, value))
+        if not host or cookies > 1:
+            return ()
+        return tuple(fields), CIMultiDictProxy(CIMultiDict(fields)), host
 
     def _route(self, request: ExpressRequest, path: str, host: str) -> tuple[str, str, Upstream] | tuple[()]:
         """Where a ``GET`` of ``path`` on ``host`` goes if the lane may take it: its normalised path, match key and

@@ -212,7 +212,8 @@ RENDERED_MAX = 4096
 class AppIdentity:
     """One upstream's template, compiled: ``items(session)`` is what the app is told about the user."""
 
-    __slots__ = ("_access", "_assertion", "_bearer", "_entries", "_id_bearer", "_id_token", "_rendered", "_signer")
+    __slots__ = ("_access", "_assertion", "_bearer", "_entries", "_id_bearer", "_id_token", "_last", "_rendered",
+                 "_signer")
 
     def __init__(self, cfg: IdentityHeadersConfig, assertion: IdentityAssertionConfig | None = None,
                  audience: str = "", signer: AssertionSigner | None = None) -> None:
@@ -227,6 +228,9 @@ class AppIdentity:
             entries.append((name, _CLAIM, path, basic) if field is None else (name, _FIELD, field, basic))
         self._entries = tuple(entries)
         self._rendered: dict[Identity, tuple[tuple[str, str], ...]] = {}
+        # The last identity rendered, by object: a session the store keeps is the same object on each of its
+        # requests, and hashing an Identity (every claim) was the dict look-up's cost.
+        self._last: tuple[Identity | None, tuple[tuple[str, str], ...]] = (None, ())
         self._access, self._id_token = token_headers(cfg)
         self._bearer = self._access is not None and self._access.lower() == "authorization"
         self._id_bearer = self._id_token is not None and self._id_token.lower() == "authorization"
@@ -237,17 +241,23 @@ class AppIdentity:
 
     def items(self, session: Session) -> list[tuple[str, str]]:
         ident = session.identity
-        try:
-            rendered = self._rendered.get(ident)
-            hashable = True
-        except TypeError:                       # an Identity built with a list somewhere: render, do not keep
-            rendered, hashable = None, False
-        if rendered is None:
-            rendered = self._render(ident)
-            if hashable:
-                if len(self._rendered) >= RENDERED_MAX:
-                    self._rendered.clear()
-                self._rendered[ident] = rendered
+        last = self._last
+        rendered: tuple[tuple[str, str], ...] | None
+        if last[0] is ident:                    # the same session object again (the store keeps it): no hash
+            rendered = last[1]
+        else:
+            try:
+                rendered = self._rendered.get(ident)
+                hashable = True
+            except TypeError:                   # an Identity built with a list somewhere: render, do not keep
+                rendered, hashable = None, False
+            if rendered is None:
+                rendered = self._render(ident)
+                if hashable:
+                    if len(self._rendered) >= RENDERED_MAX:
+                        self._rendered.clear()
+                    self._rendered[ident] = rendered
+            self._last = (ident, rendered)
         out = list(rendered)
         if self._access is not None:
             token = session.access_token

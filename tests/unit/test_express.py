@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pytest
 from aiohttp import web
 
 from proxy.assertion import AssertionSigner
 from proxy.context import CLOCK, CONFIG, REFRESHER
-from proxy.express import ROUTE_CACHE, ExpressLane
+from proxy.express import FIELDS_CACHE, ROUTE_CACHE, ExpressLane
 from proxy.metrics import METRICS, Metrics
 from proxy.paths import MATCH_KEY, NORMALISED_PATH
 from proxy.session import STORE
@@ -54,6 +55,38 @@ async def test_a_path_goes_to_its_hosts_upstream_every_time_and_the_kept_routes_
         assert 0 < len(lane._routes) <= ROUTE_CACHE
         lane._request(HANDLER, head("/" + "x" * 2000, "app.example.com"))                   # type: ignore[arg-type]
         assert all(len(path) < 2000 for path, _ in lane._routes)                            # too long to keep
+    finally:
+        for upstream in upstreams:
+            await upstream.client.close()
+
+
+async def test_a_block_of_fields_is_parsed_once_and_decides_the_same_every_time():
+    config = make_config()
+    upstreams = [Upstream(u, make_client(u)) for u in config.upstreams]
+    app = web.Application()
+    app[CONFIG], app[CLOCK], app[METRICS] = config, time.time, Metrics()
+    app[STORE], app[REFRESHER] = None, None                  # type: ignore[assignment]  # not read by routing
+    app[FORWARDER] = Forwarder(config, upstreams, AssertionSigner(config.cookie.keys, config.public_url))
+    try:
+        lane = ExpressLane(app)
+        twice = "GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: a\r\nUser-Agent: b\r\n\r\n"
+        closing = "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        for _ in range(2):                                   # the second time from the kept blocks
+            assert lane._request(HANDLER, twice) is None                                    # type: ignore[arg-type]
+            assert lane._request(HANDLER, closing) is None                                  # type: ignore[arg-type]
+        one = lane._request(HANDLER, head("/one?x=1", "app.example.com"))                   # type: ignore[arg-type]
+        two = lane._request(HANDLER, head("/two", "app.example.com"))                       # type: ignore[arg-type]
+        assert one is not None and two is not None
+        (first, _), (second, _) = one, two
+        assert (first.path, first.query_string, second.path) == ("/one", "x=1", "/two")
+        assert first.headers is second.headers and first.headers["Cookie"] == "a=1"       # shared, read-only
+        with pytest.raises(TypeError):
+            first.headers["Cookie"] = "b=2"                                                 # type: ignore[index]
+        assert first is not second and first[MATCH_KEY] == "/one" and second[MATCH_KEY] == "/two"
+        assert len(lane._blocks) == 3
+        for n in range(FIELDS_CACHE + 5):
+            lane._request(HANDLER, head("/p", f"h{n}.example.com"))                        # type: ignore[arg-type]
+        assert 0 < len(lane._blocks) <= FIELDS_CACHE
     finally:
         for upstream in upstreams:
             await upstream.client.close()

@@ -47,6 +47,20 @@ def test_presets():
     assert items({"preset": "none", "pass_access_token": False}) == {}
 
 
+def test_each_session_gets_its_own_users_headers_whatever_came_before():
+    """The last identity rendered is kept by object, the others by value: alternating users, an equal
+    identity in another object, and the same identity with new tokens each get their own headers."""
+    template = compiled()
+    bob = Session(identity=Identity(sub="bob", email="b@x.test", groups=("g3",)), access_token="BT", created_at=0.0)
+    twin = Session(identity=Identity(**{f: getattr(IDENT, f) for f in IDENT.__dataclass_fields__}),
+                   access_token="AT2", created_at=0.0)
+    for session, user, token in [(SESSION, "alice", "AT"), (bob, "bob", "BT"), (SESSION, "alice", "AT"),
+                                 (SESSION, "alice", "AT"), (twin, "alice", "AT2"), (bob, "bob", "BT")]:
+        got = dict(template.items(session))
+        assert (got["X-Forwarded-User"], got["Authorization"]) == (user, f"Bearer {token}")
+        assert got["X-Forwarded-Groups"] == ",".join(session.identity.groups)
+
+
 def test_basic_carries_the_user_and_moves_the_access_token():
     got = items({"preset": "basic"})
     assert got == {"Authorization": "Basic " + base64.b64encode(b"alice:").decode(), "X-Forwarded-Access-Token": "AT"}
