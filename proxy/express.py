@@ -92,10 +92,11 @@ COOKIE_CACHE = 128
 COOKIE_CACHE_LONGEST = 32 * 1024
 # A head's fields as parsed, read-only and shared (``_Fields``): its fields as sent, a multidict, the Host.
 _Fields = tuple[tuple[tuple[str, str], ...], CIMultiDictProxy[str], str]
-# Blocks of fields whose parse is kept (``ExpressLane._fields``), and the longest kept (128 of them at most
-# 2 MiB of text).
+# Blocks of fields whose parse is kept (``ExpressLane._blocks``), and the longest kept. A block is kept with its
+# fields as strings and as a multidict, about 4x its text: 128 of <= 4 KiB, at most about 2 MiB. The cache
+# fills before any session is checked, so anyone can churn it; it is cleared when full, which bounds it.
 FIELDS_CACHE = 128
-FIELDS_CACHE_LONGEST = 16 * 1024
+FIELDS_CACHE_LONGEST = 4 * 1024
 # (path, Host) pairs whose route is kept, and the longest kept (256 of them at most 256 KiB).
 ROUTE_CACHE = 256
 ROUTE_CACHE_LONGEST = 1024

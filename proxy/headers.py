@@ -167,7 +167,8 @@ class HeaderPolicy:
         ``host``: the ``Host`` the upstream wants (``Upstream.host_header``); None passes the client's.
         ``identity``: the upstream's compiled template (``Upstream.identity``); None, the global one."""
         incoming = request.headers
-        connection = incoming.get("Connection")
+        # Every Connection line counts: a list field's lines are one list (RFC 9110 §5.3).
+        connection = ",".join(incoming.getall("Connection", ()))
         listed = {t.strip().lower() for t in connection.split(",") if t.strip()} if connection else None
         dropped = self._dropped
         headers = [(name, value) for name, value in incoming.items()
@@ -215,7 +216,7 @@ class HeaderPolicy:
         the hop-by-hop names taken out by name (0.8 µs for a typical answer's five fields; a Python loop over
         the fields took 1.8). Only an answer that sets one of our cookies is rebuilt field by field."""
         headers: CIMultiDict[str] = CIMultiDict(items)
-        connection = headers.get("Connection")
+        connection = ",".join(headers.getall("Connection", ()))    # all its lines: one list (RFC 9110 §5.3)
         for name in _HOP_BY_HOP_NAMES:
             if name in headers:
                 headers.popall(name)

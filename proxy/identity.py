@@ -257,7 +257,8 @@ class AppIdentity:
                     if len(self._rendered) >= RENDERED_MAX:
                         self._rendered.clear()
                     self._rendered[ident] = rendered
-            self._last = (ident, rendered)
+            if hashable:                        # only a hashable (immutable) one: a list in it may change
+                self._last = (ident, rendered)
         out = list(rendered)
         if self._access is not None:
             token = session.access_token

@@ -219,3 +219,5 @@ def test_rendered_headers_are_kept_per_identity_and_follow_a_changed_one():
     assert "X-Forwarded-Groups" not in got
     unhashable = Session(identity=Identity(sub="bob", groups=["g"]), access_token="AT", created_at=0.0)  # type: ignore[arg-type]
     assert dict(template.items(unhashable))["X-Forwarded-Groups"] == "g"
+    unhashable.identity.groups.append("h")              # type: ignore[attr-defined]
+    assert dict(template.items(unhashable))["X-Forwarded-Groups"] == "g,h"   # rendered again, not kept
