@@ -62,7 +62,7 @@ from aiohttp.web_protocol import (_PAYLOAD_ACCESS_ERROR, ERROR, MAX_MSG_QUEUE_SI
 from .config import LimitsConfig
 
 if TYPE_CHECKING:
-    from .express import ExpressLane
+    from .express import ExpressLane, Taken
 
 log = logging.getLogger("authproxy.connections")
 
@@ -119,7 +119,7 @@ class LimitedHandler(RequestHandler):
 
     __slots__ = ("_at_rest", "_body", "_body_timeout", "_body_timer", "_counted", "_express", "_fed", "_head_bytes",
                  "_head_started", "_head_timeout", "_last_read", "_limited", "_max_head", "_parked", "_send_mark",
-                 "_send_timer", "_stash", "_stashed", "peer")
+                 "_send_timer", "_stash", "_stashed", "express_last", "peer")
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, keepalive_timeout=manager.limits.keepalive_timeout, **kwargs)
@@ -138,6 +138,7 @@ class LimitedHandler(RequestHandler):
         self._at_rest = False        # the parser is between requests, holding no byte of the next one
         self._parked = False         # idle over a sweep: no ``start`` task, no queue, no parser (``_park``)
         self._express: asyncio.Task[None] | None = None    # a request the express lane serves (express.py)
+        self.express_last: Taken | None = None    # the last head the lane took here, and its parse (express.py)
         self._stash: list[bytes] = []        # bytes that came while a request finished, for after it
         self._stashed = 0                    # their size (reading pauses beyond HOLD_LIMIT)
         self._fed = False                    # aiohttp's parser has been given bytes
@@ -485,6 +486,7 @@ class LimitedHandler(RequestHandler):
                 and not self._upgraded and not self._reading_paused and not self._buffer_paused)
         if shed:
             self._parser = None
+            self.express_last = None
             self._park()
         return shed
 

@@ -92,6 +92,11 @@ COOKIE_CACHE = 128
 COOKIE_CACHE_LONGEST = 32 * 1024
 # A head's fields as parsed, read-only and shared (``_Fields``): its fields as sent, a multidict, the Host.
 _Fields = tuple[tuple[tuple[str, str], ...], CIMultiDictProxy[str], str]
+# A head as ``take`` parsed it: raw path, path, query, fields as sent, headers, Host, normalised path, match key.
+_Parsed = tuple[str, str, str, tuple[tuple[str, str], ...], CIMultiDictProxy[str], str, str, str]
+# What a connection keeps of the last head the lane took (``LimitedHandler.express_last``): the lane, the
+# head's bytes, its parse and its upstream.
+Taken = tuple["ExpressLane", bytes, _Parsed, "Upstream"]
 # Blocks of fields whose parse is kept (``ExpressLane._blocks``), and the longest kept. A block is kept with its
 # fields as strings and as a multidict, about 4x its text: 128 of <= 4 KiB, at most about 2 MiB. The cache
 # fills before any session is checked, so anyone can churn it; it is cleared when full, which bounds it.
@@ -215,6 +220,13 @@ class ExpressLane:
 
     def take(self, handler: LimitedHandler, data: bytes) -> bool:
         """Start serving ``data`` (one read) on the lane if it is a request the lane serves; False: aiohttp's."""
+        again = handler.express_last
+        if again is not None and again[1] == data and again[0] is self:
+            # The same bytes as this connection's last head, which this lane took: llhttp and every check
+            # below would find what they found then (each depends on the bytes, this lane's config and the
+            # connection's limits only), so that parse is used again.
+            handler.express_started(self._serve(handler, self._again(handler, again[2]), again[3], data))
+            return True
         # One whole head and nothing after it: it ends the read, and llhttp counts one message in it.
         if not data.startswith(b"GET /") or not data.endswith(_HEAD_END) or len(data) > self.max_head \
                 or not data.isascii():
@@ -235,8 +247,22 @@ class ExpressLane:
             # refuses what follows ``Connection: close``) must not read the next connection's head.
             self._parser = httptools.HttpRequestParser(head)
             return False
-        handler.express_started(self._serve(handler, *taken, data))
+        request, upstream = taken
+        # Kept until the next head, or until the connection is parked (``LimitedHandler.shed_parser``): an idle
+        # connection does not hold its last head.
+        handler.express_last = (self, data, (request.raw_path, request.path, request.query_string, request.fields,
+                                             request.headers, request.host, request[NORMALISED_PATH],
+                                             request[MATCH_KEY]), upstream)
+        handler.express_started(self._serve(handler, request, upstream, data))
         return True
+
+    def _again(self, handler: LimitedHandler, parsed: _Parsed) -> ExpressRequest:
+        """A request view of a head parsed before (``take``), with state of its own."""
+        url, path, query, fields, headers, host, normalised, key = parsed
+        request = ExpressRequest(self.app, url, path, query, fields, headers, host, handler.peer, handler.transport)
+        request[NORMALISED_PATH] = normalised
+        request[MATCH_KEY] = key
+        return request
 
     def _request(self, handler: LimitedHandler, text: str) -> tuple[ExpressRequest, Upstream] | None:
         """The request view and its upstream, if everything the head says keeps it on the lane. llhttp

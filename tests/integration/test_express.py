@@ -445,3 +445,44 @@ async def test_where_a_path_goes_is_decided_once_per_path_and_host(stack_factory
     for n in range(ROUTE_CACHE + 10):
         await exchange(stack.url, get(f"/page/{n}", cookie))
     assert 0 < len(lane._routes) <= ROUTE_CACHE
+
+
+async def test_the_same_head_again_is_served_from_its_kept_parse_and_a_parked_connection_keeps_none(
+        stack_factory, browser_session, monkeypatch):
+    """Each of three identical heads on one connection reaches the app with its own request id and the
+    session's token; the connection keeps the last head's bytes only while it is in use: parked (idle over a
+    sweep) it holds none (bench/idle.py's memory per idle connection)."""
+    from proxy import connections
+
+    monkeypatch.setattr(connections, "SHED_INTERVAL", 0.05)
+    stack = await stack_factory()
+    await login_via_http(browser_session, stack.url + "/")
+    cookie = "; ".join(f"{c.key}={c.value}" for c in browser_session.cookie_jar)
+    lane = lane_of(stack.proxy)
+    host, port = stack.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        before = lane.served
+        ids = set()
+        for _ in range(3):
+            writer.write(get("/echo", cookie))
+            status, fields, _ = await asyncio.wait_for(read_response(reader), 10)
+            assert status.startswith("HTTP/1.1 200")
+            seen = {k.lower(): v for k, v in stack.echo.seen[-1]["headers"]}
+            own = stack.proxy.config.cookie.name
+            assert seen["authorization"].startswith("Bearer ") and own + "=" not in seen.get("cookie", "")
+            ids.add(dict(fields)["X-Request-Id"])
+        assert lane.served == before + 3 and len(ids) == 3
+        mine = writer.get_extra_info("sockname")
+        (handler,) = [h for h in stack.proxy.runner.server._connections   # type: ignore[union-attr]
+                      if h.transport is not None and h.transport.get_extra_info("peername") == mine]
+        assert handler.express_last is not None
+        async with asyncio.timeout(3):
+            while not handler._parked:
+                await asyncio.sleep(0.02)
+        assert handler.express_last is None
+        writer.write(get("/echo", cookie))                             # parked: parsed afresh, served the same
+        status, _, _ = await asyncio.wait_for(read_response(reader), 10)
+        assert status.startswith("HTTP/1.1 200") and lane.served == before + 4
+    finally:
+        writer.close()

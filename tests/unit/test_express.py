@@ -90,3 +90,61 @@ async def test_a_block_of_fields_is_parsed_once_and_decides_the_same_every_time(
     finally:
         for upstream in upstreams:
             await upstream.client.close()
+
+
+class _CountingParser:
+    """The lane's httptools parser, counting the heads it is given."""
+
+    def __init__(self, parser: object) -> None:
+        self.parser, self.fed = parser, 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += 1
+        self.parser.feed_data(data)                          # type: ignore[attr-defined]
+
+    def get_http_version(self) -> str:
+        return self.parser.get_http_version()                # type: ignore[attr-defined,no-any-return]
+
+
+async def test_the_same_head_again_on_a_connection_is_not_parsed_again_and_only_by_the_lane_that_took_it():
+    """wrk, an API client polling, a browser reloading: the next head on a connection is often the last
+    one's bytes. ``take`` keeps the last head it took per connection and its parse; only those exact bytes,
+    on the same lane, skip llhttp and the field checks — and each still gets a request of its own."""
+    config = make_config()
+    upstreams = [Upstream(u, make_client(u)) for u in config.upstreams]
+    app = web.Application()
+    app[CONFIG], app[CLOCK], app[METRICS] = config, time.time, Metrics()
+    app[STORE], app[REFRESHER] = None, None                  # type: ignore[assignment]  # not read by take
+    app[FORWARDER] = Forwarder(config, upstreams, AssertionSigner(config.cookie.keys, config.public_url))
+    served: list[object] = []
+
+    def started(serve):                                      # what the connection would run: its request
+        served.append(serve.cr_frame.f_locals["request"])
+        serve.close()
+
+    handler = SimpleNamespace(**vars(HANDLER), express_last=None, express_started=started)
+    try:
+        lane = ExpressLane(app)
+        lane._parser = counting = _CountingParser(lane._parser)        # type: ignore[assignment]
+        a, b = head("/a?x=1", "app.example.com").encode(), head("/b", "app.example.com").encode()
+        for data in (a, a, a):
+            assert lane.take(handler, data)                  # type: ignore[arg-type]
+        assert counting.fed == 1 and len(served) == 3
+        first, *again = served
+        for request in again:
+            assert request is not first and request.headers is first.headers        # type: ignore[attr-defined]
+            assert (request.path, request.query_string, request[MATCH_KEY]) == ("/a", "x=1", "/a")  # type: ignore
+            assert dict(request) == dict(first)              # type: ignore[call-overload]   # nothing carried over
+        assert lane.take(handler, b) and counting.fed == 2  # type: ignore[arg-type]
+        assert lane.take(handler, a) and counting.fed == 3  # type: ignore[arg-type]   # only the last is kept
+        a_byte_off = a.replace(b"x=1", b"x=2")
+        assert lane.take(handler, a_byte_off) and counting.fed == 4                    # type: ignore[arg-type]
+        assert served[-1].query_string == "x=2"             # type: ignore[attr-defined]
+        assert not lane.take(handler, b"GET /oauth2/sign_out HTTP/1.1\r\nHost: h\r\n\r\n")  # type: ignore[arg-type]
+        assert handler.express_last[1] == a_byte_off         # a declined head replaces nothing
+        reloaded = ExpressLane(app)                          # a reload's new lane parses for itself
+        reloaded._parser = other = _CountingParser(reloaded._parser)   # type: ignore[assignment]
+        assert reloaded.take(handler, a_byte_off) and other.fed == 1  # type: ignore[arg-type]
+    finally:
+        for upstream in upstreams:
+            await upstream.client.close()
