@@ -127,12 +127,25 @@ FLUSH_INTERVAL = 0.05
 # Bytes of lines beyond which the batch goes to the thread at once, without waiting for the timer: a burst
 # writes in pieces of this size instead of holding (and joining) one large batch.
 FLUSH_BYTES = 64 << 10
-# Bytes of access lines waiting to be written (in memory, and handed to the writing thread) beyond which
-# new lines are dropped and counted, rather than letting a stalled stderr grow the process or block it.
+# Bytes handed to the writing thread and not yet written beyond which the next batch is dropped (its lines
+# counted), rather than letting a stalled stderr grow the process or block it. Checked per batch, not per line:
+# a batch held in memory is at most FLUSH_BYTES (and a line) anyway.
 BUFFER_LIMIT = 4 << 20
 # json.dumps(entry, default=str) without building an encoder per call (dumps does, given any option).
 _JSON = json.JSONEncoder(default=str)
-_ACCESS_MESSAGE = "%s %s %d %.1fms user=%s rid=%s%s"
+_ACCESS_MESSAGE = "%s %s %d %sms user=%s rid=%s%s"
+# A request's duration in milliseconds with one decimal, for durations under 100 ms (most): "0.0" … "99.9".
+_TENTHS = tuple(f"{tenths // 10}.{tenths % 10}" for tenths in range(1000))
+# Methods whose names need no escaping (a request line's method is otherwise checked with the rest).
+_wall = time.time                      # one global lookup per line, not two
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+
+
+def duration_text(elapsed: float) -> str:
+    """``elapsed`` seconds as milliseconds with one decimal, rounded half up: ``0.000412`` → ``"0.4"``. A table
+    below 100 ms; formatting a float is a fifth of an access line's cost."""
+    tenths = int(elapsed * 10000 + 0.5)
+    return _TENTHS[tenths] if tenths < 1000 else f"{tenths // 10}.{tenths % 10}"
 
 
 class AccessLog:
@@ -172,7 +185,7 @@ class AccessLog:
             return
         if trace is not None:
             suffix, fields = f"{suffix} trace={trace}", {**(fields or {}), "trace_id": trace}
-        self.logger.info(_ACCESS_MESSAGE, method, path, status, elapsed * 1000, user, rid, suffix,
+        self.logger.info(_ACCESS_MESSAGE, method, path, status, duration_text(elapsed), user, rid, suffix,
                          extra={"fields": {"event": "request", "request_id": rid, "client": client, "user": user,
                                            "method": method, "path": path, "status": status, "upstream": upstream,
                                            "duration_ms": round(elapsed * 1000, 2), **(fields or {})}})
@@ -195,8 +208,8 @@ class AccessWriter:
 
     The event loop only formats a line and appends it; every FLUSH_INTERVAL (or once FLUSH_BYTES wait) the
     batch goes to a thread that writes it to ``fd`` — so a slow or stalled stderr (a full pipe to a log
-    collector) blocks that thread, never the loop. Beyond BUFFER_LIMIT bytes waiting, lines are dropped and
-    counted, and the count is logged as a warning once they can be written again. ``close`` (shutdown, and
+    collector) blocks that thread, never the loop. Beyond BUFFER_LIMIT bytes waiting, batches are dropped, their
+    lines counted, and the count is logged as a warning once lines can be written again. ``close`` (shutdown, and
     the reload that replaces the writer) writes every line still waiting before it returns.
     """
 
@@ -208,17 +221,17 @@ class AccessWriter:
         self._handed = self._written = 0          # bytes given to the thread / written by it (one writer each)
         self.dropped = 0
         self._flush: asyncio.TimerHandle | None = None
-        self._second = -1
-        self._stamp = ""
+        self._second = self._ms = -1
+        self._stamp = self._prefix = ""
+        # The path and user of the last text line found clean (``request``): the same objects need no check.
+        self._clean_path: str | None = None
+        self._clean_user: str | None = None
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain, name="authproxy-access-log", daemon=True)
         self._thread.start()
 
     def write(self, message: str, fields: dict[str, Any] | None) -> None:
         """A line from ``message`` (escaped here) and, in JSON, ``fields`` (their strings escaped here)."""
-        if self._size + self._handed - self._written > BUFFER_LIMIT:
-            self.dropped += 1
-            return
         if not self._json:
             self._append(f"{self._time(',')} INFO authproxy.access: {escape_controls(message)}")
             return
@@ -233,59 +246,76 @@ class AccessWriter:
                 client: str | None, upstream: str, suffix: str, fields: dict[str, object] | None,
                 trace: str | None) -> None:
         """``AccessLog.request``'s line. Once per request, so written flat: one f-string of the parts for the
-        text format (no dict, no ``%``), the escaping's fast path inline, the time's second made once a second."""
-        if self._size + self._handed - self._written > BUFFER_LIMIT:
-            self.dropped += 1
-            return
+        text format (no dict, no ``%``), the time's prefix made once a millisecond, the duration from a table.
+
+        Escaping, text format: the message is checked (``escape_controls``) unless its path and user are the
+        objects last found clean — a client sends the same head again (the lane keeps its parse) and a session
+        keeps its identity, so the check runs when either changes, not per request. The rest of the message is
+        the method (a name from _METHODS, else checked), the status, the duration, the request id (ours or a
+        client's that matched ``boundary._REQUEST_ID_OK``: letters, digits, ``._:-``) and a suffix (checked
+        when there is one)."""
         if trace is not None:
             suffix = f"{suffix} trace={trace}"
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._new_second(now, second)
-        if not self._json:
-            # The whole line in one f-string; the time and the fixed words are safe, so the line is clean when
-            # the message is (the common case, checked on the line itself); else it is made again, escaped.
-            millis = int((now - second) * 1000)
-            line = (f"{self._stamp},{millis:03d} INFO authproxy.access: {method} {path} {status} "
-                    f"{elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}")
-            if not line.isprintable() or "\\" in line:
-                stamp = f"{self._stamp},{millis:03d} INFO authproxy.access: "
-                line = stamp + escape_controls(line[len(stamp):])
-        else:
-            message = escape_controls(f"{method} {path} {status} {elapsed * 1000:.1f}ms user={user} rid={rid}{suffix}")
-            esc = escape_controls
-            entry: dict[str, Any] = {
-                "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
-                "logger": "authproxy.access", "message": message, "event": "request", "request_id": esc(rid),
-                "client": esc(client) if client is not None else None, "user": esc(user), "method": esc(method),
-                "path": esc(path), "status": status, "upstream": esc(upstream),
-                "duration_ms": round(elapsed * 1000, 2)}
-            if fields:
-                entry.update({name: esc(value) if isinstance(value, str) else value for name, value in fields.items()})
-            if trace is not None:
-                entry["trace_id"] = esc(trace)
-            line = _JSON.encode(entry)
+        if self._json:
+            self._append(self._json_line(method, path, status, elapsed, user, rid, client, upstream, suffix,
+                                         fields, trace))
+            return
+        ms = int(_wall() * 1000)
+        if ms != self._ms:
+            self._new_millisecond(ms)
+        tenths = int(elapsed * 10000 + 0.5)
+        line = (f"{self._prefix}{method} {path} {status} "
+                f"{_TENTHS[tenths] if tenths < 1000 else duration_text(elapsed)}ms user={user} rid={rid}{suffix}")
+        if path is not self._clean_path or user is not self._clean_user or method not in _METHODS or suffix:
+            prefix = self._prefix
+            message = line[len(prefix):]
+            escaped = escape_controls(message)
+            if escaped is message:                  # clean as it was: so are its path and user
+                self._clean_path, self._clean_user = path, user
+            else:
+                line = prefix + escaped
         self._lines.append(line)
-        self._size += len(line) + 1              # and its end
+        self._size += len(line) + 1                # and its end
         if self._size >= FLUSH_BYTES or self._flush is None:
             self._schedule()
+
+    def _json_line(self, method: str, path: str, status: int, elapsed: float, user: str, rid: str,
+                   client: str | None, upstream: str, suffix: str, fields: dict[str, object] | None,
+                   trace: str | None) -> str:
+        esc = escape_controls
+        entry: dict[str, Any] = {
+            "time": self._time("."), "level": "info", "logger": "authproxy.access",
+            "message": esc(f"{method} {path} {status} {duration_text(elapsed)}ms user={user} rid={rid}{suffix}"),
+            "event": "request", "request_id": esc(rid), "client": esc(client) if client is not None else None,
+            "user": esc(user), "method": esc(method), "path": esc(path), "status": status, "upstream": esc(upstream),
+            "duration_ms": round(elapsed * 1000, 2)}
+        if fields:
+            entry.update({name: esc(value) if isinstance(value, str) else value for name, value in fields.items()})
+        if trace is not None:
+            entry["trace_id"] = esc(trace)
+        return _JSON.encode(entry)
 
     def _time(self, point: str) -> str:
         """Now as the formatters write it: local ``2026-12-05 10:00:00,123`` (text), UTC ``…T10:00:00.123Z``
         (JSON)."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._new_second(now, second)
-        millis = int((now - second) * 1000)
-        return f"{self._stamp}{point}{millis:03d}Z" if self._json else f"{self._stamp}{point}{millis:03d}"
+        ms = int(time.time() * 1000)
+        if ms // 1000 != self._second:
+            self._new_second(ms // 1000)
+        return f"{self._stamp}{point}{ms % 1000:03d}Z" if self._json else f"{self._stamp}{point}{ms % 1000:03d}"
 
-    def _new_second(self, now: float, second: int) -> None:
+    def _new_millisecond(self, ms: int) -> None:
+        """The text line's start up to its message, made once a millisecond (a busy worker writes several lines
+        in one)."""
+        self._ms = ms
+        if ms // 1000 != self._second:
+            self._new_second(ms // 1000)
+        self._prefix = f"{self._stamp},{ms % 1000:03d} INFO authproxy.access: "
+
+    def _new_second(self, second: int) -> None:
         """The time up to the second, made once a second (``strftime`` is most of a timestamp's cost)."""
         self._second = second
-        self._stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) if self._json else
-                       time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
+        self._stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) if self._json else
+                       time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
 
     def _append(self, line: str) -> None:
         self._lines.append(line)
@@ -313,6 +343,11 @@ class AccessWriter:
                                                    self.dropped)
             self.dropped = 0
         if not self._lines:
+            return
+        if self._handed - self._written > BUFFER_LIMIT:    # the thread is that far behind: drop the batch
+            self.dropped += len(self._lines)
+            self._lines.clear()
+            self._size = 0
             return
         self._lines.append("")                   # lines are kept without their ends: one join puts them in
         data = "\n".join(self._lines).encode("utf-8", "backslashreplace")

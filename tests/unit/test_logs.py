@@ -7,12 +7,14 @@ import logging
 import os
 import re
 import sys
+import time
 
 import pytest
 
 from proxy import logs
 from proxy.config import LoggingConfig
-from proxy.logs import AccessLog, AccessWriter, JsonFormatter, TextFormatter, configure_logging, escape_controls
+from proxy.logs import (AccessLog, AccessWriter, JsonFormatter, TextFormatter, configure_logging, duration_text,
+                        escape_controls)
 
 
 def record(message: str, **fields) -> logging.LogRecord:
@@ -205,6 +207,48 @@ async def test_a_request_line_from_its_parts_is_the_stdlib_line(pipe, caplog, fm
         assert TIME.match(line) and TIME.sub("", line) == TIME.sub("", expected)
         assert ESCAPED in line and "user=bob\\x1b]0;" in line
         assert line.endswith(suffix + (f" trace={trace}" if trace else ""))
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.000412, "0.4"), (0.00005, "0.1"), (0.0000499, "0.0"), (0.00125, "1.3"), (0.0999, "99.9"),
+    (0.09996, "100.0"), (0.12345, "123.5"), (3600.0, "3600000.0"), (0.0, "0.0")])
+def test_a_duration_is_milliseconds_with_one_decimal_rounded_half_up(seconds, text):
+    """From a table below 100 ms, computed above: the same rule either way, for both log paths."""
+    assert duration_text(seconds) == text
+
+
+async def test_a_line_is_checked_unless_its_path_and_user_are_the_last_clean_ones(pipe):
+    """The writer skips the escaping check only for the path and user objects it last found clean: anything
+    else in the same place is checked, whichever part changed."""
+    writer = AccessWriter("text", pipe[1])
+    path, user = "/same", "alice"
+    parts = [("GET", path, user, ""), ("GET", path, user, ""), ("GET", path, "eve\x1b[2J", ""),
+             ("GET", path, user, ""), ("GET", HOSTILE, user, ""), ("GET", HOSTILE, user, ""),
+             ("G\x1bT", path, user, ""), ("GET", path, user, " by=\u202eclient"), ("GET", "/back\\slash", user, "")]
+    for method, p, u, suffix in parts:
+        writer.request(method, p, 200, 0.001, u, "r1", None, "/", suffix, None, None)
+    writer.close()
+    lines = [line.split(": ", 1)[1] for line in read_lines(pipe[0])]
+    assert lines == [
+        "GET /same 200 1.0ms user=alice rid=r1", "GET /same 200 1.0ms user=alice rid=r1",
+        "GET /same 200 1.0ms user=eve\\x1b[2J rid=r1", "GET /same 200 1.0ms user=alice rid=r1",
+        f"GET {ESCAPED} 200 1.0ms user=alice rid=r1", f"GET {ESCAPED} 200 1.0ms user=alice rid=r1",
+        "G\\x1bT /same 200 1.0ms user=alice rid=r1", "GET /same 200 1.0ms user=alice rid=r1 by=\\u202eclient",
+        "GET /back\\\\slash 200 1.0ms user=alice rid=r1"]
+
+
+async def test_the_time_is_made_once_a_millisecond_and_its_second_once_a_second(pipe, monkeypatch):
+    """A busy worker writes several lines in a millisecond: they share one prefix; the next millisecond, and
+    the next second, each get their own."""
+    writer = AccessWriter("text", pipe[1])
+    base = 1_800_000_000
+    for now in (base + 0.0004, base + 0.0009, base + 0.0012, base + 0.9995, base + 1.0001):
+        monkeypatch.setattr(logs, "_wall", lambda now=now: now)
+        writer.request("GET", "/", 200, 0.001, "-", "r1", None, "/", "", None, None)
+    writer.close()
+    first, second = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(base + n)) for n in (0, 1))
+    assert [line.split(" INFO ", 1)[0] for line in read_lines(pipe[0])] == [
+        f"{first},000", f"{first},000", f"{first},001", f"{first},999", f"{second},000"]
 
 
 async def test_a_full_batch_goes_to_the_writer_without_waiting_for_the_timer(pipe, monkeypatch):
