@@ -167,7 +167,9 @@ async def write_session_cookie(request: web.Request, response: web.StreamRespons
 
 async def _stored(request: web.Request, state: SessionState, session: Session) -> list[tuple[str, str]]:
     """The cookies of the saved session; none (so the browser's are cleared) when the session ended
-    while the request was in flight, does not fit in cookies, or the store is down."""
+    while the request was in flight or does not fit in cookies. When the store is down, the browser's
+    own, unchanged: they still name the session (a Redis ticket stays the same across refreshes, whose
+    tokens ``Refresher`` saved under its lock), and clearing them would sign the user out."""
     ends = request.app.get(ENDS)
     if ends is not None and state.saved is None and ends.ended(session):
         log.info("session ended while a request was in flight: not written back (sub=%s)", session.identity.sub)
@@ -184,7 +186,8 @@ async def _stored(request: web.Request, state: SessionState, session: Session) -
             except AuthProxyError as failure:
                 log.error("the session's end could not be recorded: %s", failure)
     except AuthProxyError as exc:              # the store is down
-        log.error("session not stored: %s", exc)
+        log.error("session not stored (the browser keeps its cookies): %s", exc)
+        return [(name, state.cookies[name]) for name in state.present]
     return []
 
 

@@ -256,7 +256,8 @@ async def test_deferred_cookies_go_out_even_when_the_session_is_unchanged():
     assert response.headers.getall("Set-Cookie") == ["_authproxy_login=; Max-Age=0; Path=/"]
 
 
-async def test_a_store_down_at_write_time_clears_instead_of_failing(caplog):
+async def test_a_store_down_at_write_time_leaves_the_cookies_as_they_are(caplog):
+    """Not a failure (the answer goes out), and not a sign-out either: the browser keeps its cookie."""
     app, store = app_with()
     request = request_with(app, store.codec.dump(make_session(created_at=time.time())))
     await get_session(request)
@@ -268,8 +269,28 @@ async def test_a_store_down_at_write_time_clears_instead_of_failing(caplog):
     store.save = down
     response = web.Response()
     await write_session_cookie(request, response)
-    (cleared,) = response.headers.getall("Set-Cookie")
-    assert "Max-Age=0" in cleared and "session not stored" in caplog.text
+    assert "Set-Cookie" not in response.headers and "session not stored" in caplog.text
+
+
+async def test_a_redis_restart_between_a_refresh_and_its_answer_keeps_the_ticket():
+    """Soak (issue 19): Redis was restarted after a refresh saved its tokens under the lock
+    (``Store.update``) and before the answer's own save. Clearing the ticket then signed the user out
+    (their next request: a 401), though Redis still held the session with the new tokens."""
+    app, store = ticket_app()
+    session = make_session(id="s1", created_at=time.time())
+    store.sessions["ticket"] = session.with_tokens(access_token="AT-2")       # the refresh's update
+    request = request_with(app, [("_authproxy", "ticket")])
+    await get_session(request)
+    set_session(request, store.sessions["ticket"])
+
+    async def restarting(session, cookies):
+        raise StoreUnavailable("Redis could not be reached (ConnectionError).")
+
+    store.save = restarting
+    response = web.Response()
+    await write_session_cookie(request, response)
+    assert "Set-Cookie" not in response.headers
+    assert (await store.load({"_authproxy": "ticket"})).access_token == "AT-2"   # the next request's session
 
 
 async def test_the_cookie_goes_out_with_a_raised_redirect_and_a_streamed_response(aiohttp_client):
