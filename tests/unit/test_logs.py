@@ -251,6 +251,27 @@ async def test_the_time_is_made_once_a_millisecond_and_its_second_once_a_second(
         f"{first},000", f"{first},000", f"{first},001", f"{first},999", f"{second},000"]
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_request_lines_made_at_the_flush_keep_their_order_and_their_own_time(pipe, monkeypatch, fmt):
+    """A request's line is kept as its parts until the batch is written: it comes out where it was logged,
+    between the lines written whole, with the time it was logged at, not the flush's."""
+    writer = AccessWriter(fmt, pipe[1])
+    monkeypatch.setattr(logs, "_wall", lambda: 1_800_000_000.25)
+    writer.write("first", None)
+    writer.request("GET", "/second", 200, 0.001, "-", "r2", None, "/", "", None, None)
+    writer.write("third", None)
+    monkeypatch.setattr(logs, "_wall", lambda: 1_800_000_007.5)
+    writer.close()
+    lines = read_lines(pipe[0])
+    if fmt == "json":
+        entries = [json.loads(line) for line in lines]
+        assert [e["message"] for e in entries] == ["first", "GET /second 200 1.0ms user=- rid=r2", "third"]
+        assert {e["time"] for e in entries} == {"2027-01-15T08:00:00.250Z"}
+    else:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_800_000_000)) + ",250 INFO authproxy.access: "
+        assert lines == [stamp + "first", stamp + "GET /second 200 1.0ms user=- rid=r2", stamp + "third"]
+
+
 async def test_a_full_batch_goes_to_the_writer_without_waiting_for_the_timer(pipe, monkeypatch):
     monkeypatch.setattr(logs, "FLUSH_INTERVAL", 60.0)
     monkeypatch.setattr(logs, "FLUSH_BYTES", 4096)
