@@ -228,7 +228,7 @@ class AccessWriter:
         self._flush: asyncio.TimerHandle | None = None
         self._second = self._ms = -1
         self._stamp = self._prefix = ""
-        # The path and user of the last text line found clean (``request``): the same objects need no check.
+        # The path and user of the last text line found clean (``_request_line``): equal ones need no check.
         self._clean_path: str | None = None
         self._clean_user: str | None = None
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -268,9 +268,10 @@ class AccessWriter:
         """A request's line from its parts (``flush``): one f-string in the text format, the time's prefix made
         once a millisecond, the duration from a table.
 
-        Escaping, text format: the message is checked (``escape_controls``) unless its path and user are the
-        objects last found clean — a client sends the same head again (the lane keeps its parse) and a session
-        keeps its identity, so the check runs when either changes, not per line. The rest of the message is
+        Escaping, text format: the message is checked (``escape_controls``) unless its path and user equal those
+        last found clean — clients send the same paths again and a session keeps its identity, so the check
+        runs when either changes, not per line (``!=`` is a pointer compare for the same object, a memcmp for
+        an equal one: each connection's kept parse has a path of its own). The rest of the message is
         the method (a name from _METHODS, else checked), the status, the duration, the request id (ours or a
         client's that matched ``boundary._REQUEST_ID_OK``: letters, digits, ``._:-``) and a suffix (checked
         when there is one)."""
@@ -285,7 +286,7 @@ class AccessWriter:
         tenths = int(elapsed * 10000 + 0.5)
         line = (f"{self._prefix}{method} {path} {status} "
                 f"{_TENTHS[tenths] if tenths < 1000 else duration_text(elapsed)}ms user={user} rid={rid}{suffix}")
-        if path is not self._clean_path or user is not self._clean_user or method not in _METHODS or suffix:
+        if path != self._clean_path or user != self._clean_user or method not in _METHODS or suffix:
             prefix = self._prefix
             message = line[len(prefix):]
             escaped = escape_controls(message)

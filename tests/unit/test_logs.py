@@ -217,12 +217,12 @@ def test_a_duration_is_milliseconds_with_one_decimal_rounded_half_up(seconds, te
     assert duration_text(seconds) == text
 
 
-async def test_a_line_is_checked_unless_its_path_and_user_are_the_last_clean_ones(pipe):
-    """The writer skips the escaping check only for the path and user objects it last found clean: anything
-    else in the same place is checked, whichever part changed."""
+async def test_a_line_is_checked_unless_its_path_and_user_equal_the_last_clean_ones(pipe):
+    """The writer skips the escaping check only for a path and user equal to those it last found clean (the
+    same objects or, from another connection, equal ones): anything else is checked, whichever part changed."""
     writer = AccessWriter("text", pipe[1])
     path, user = "/same", "alice"
-    parts = [("GET", path, user, ""), ("GET", path, user, ""), ("GET", path, "eve\x1b[2J", ""),
+    parts = [("GET", path, user, ""), ("GET", "".join(["/sa", "me"]), user, ""), ("GET", path, "eve\x1b[2J", ""),
              ("GET", path, user, ""), ("GET", HOSTILE, user, ""), ("GET", HOSTILE, user, ""),
              ("G\x1bT", path, user, ""), ("GET", path, user, " by=\u202eclient"), ("GET", "/back\\slash", user, "")]
     for method, p, u, suffix in parts:
