@@ -347,6 +347,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"round {round_ + 1}/{args.rounds} done ({time.monotonic() - started:.0f}s)", flush=True)
         others = ((machine_busy_seconds() - busy_before) - (stack.own_cpu_seconds() - ours_before)) / \
             ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
+        others = max(others, 0.0)       # /proc/stat and the processes' own counts differ by a percent or so
         rss_kib = {pid: peak_rss_kib(pid) for pid in group_pids(authproxy_proc.pid)}
         if args.profile:
             await profile_authproxy(targets[1], SCENARIOS[1], args.duration, Path(args.profile))
