@@ -128,8 +128,7 @@ FLUSH_INTERVAL = 0.05
 # writes in pieces of this size instead of holding (and joining) one large batch.
 FLUSH_BYTES = 64 << 10
 # Bytes handed to the writing thread and not yet written beyond which the next batch is dropped (its lines
-# counted), rather than letting a stalled stderr grow the process or block it. Checked per batch, not per line:
-# a batch held in memory is at most FLUSH_BYTES (and a line) anyway.
+# counted), rather than letting a stalled stderr grow the process or block it. Checked per batch, not per line.
 BUFFER_LIMIT = 4 << 20
 # json.dumps(entry, default=str) without building an encoder per call (dumps does, given any option).
 _JSON = json.JSONEncoder(default=str)
@@ -137,18 +136,21 @@ _ACCESS_MESSAGE = "%s %s %d %sms user=%s rid=%s%s"
 # A request's duration in milliseconds with one decimal, for durations under 100 ms (most): "0.0" … "99.9".
 _TENTHS = tuple(f"{tenths // 10}.{tenths % 10}" for tenths in range(1000))
 # Methods whose names need no escaping (a request line's method is otherwise checked with the rest).
-_wall = time.time                      # one global lookup per line, not two
-# Bytes of a request's text line besides its path and user (time, level, logger, status, duration, id): for
-# FLUSH_BYTES, counted before the line is made.
-_LINE_SIZE = 100
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+_wall = time.time                      # one global lookup per line, not two
+# A request's line is counted towards FLUSH_BYTES before it is made: its path, user, request id and suffix,
+# plus this for the rest of a text line (time, level, logger, method, status, duration). An estimate: escaping
+# (up to 6 bytes a character) and the JSON format (path and user twice, the other fields) make some lines a few
+# times longer, so a batch held in memory is FLUSH_BYTES of estimate — a few hundred KiB at worst, not more.
+_LINE_SIZE = 70
 
 
 def duration_text(elapsed: float) -> str:
-    """``elapsed`` seconds as milliseconds with one decimal, rounded half up: ``0.000412`` → ``"0.4"``. A table
-    below 100 ms; formatting a float is a fifth of an access line's cost."""
+    """``elapsed`` seconds as milliseconds with one decimal, rounded half up (as far as the float's binary value
+    says: 0.00015 s is a hair under 0.15 ms, so "0.1"): ``0.000412`` → ``"0.4"``. A table below 100 ms;
+    formatting a float is a fifth of an access line's cost. ``_request_line`` has the same two lines inline."""
     tenths = int(elapsed * 10000 + 0.5)
-    return _TENTHS[tenths] if tenths < 1000 else f"{tenths // 10}.{tenths % 10}"
+    return _TENTHS[tenths] if 0 <= tenths < 1000 else f"{elapsed * 1000:.1f}"
 
 
 class AccessLog:
@@ -225,6 +227,8 @@ class AccessWriter:
         self._size = 0
         self._handed = self._written = 0          # bytes given to the thread / written by it (one writer each)
         self.dropped = 0
+        self.unmade = 0                           # request lines whose parts could not be made into text
+        self._unmade_error = ""
         self._flush: asyncio.TimerHandle | None = None
         self._second = self._ms = -1
         self._stamp = self._prefix = ""
@@ -258,7 +262,7 @@ class AccessWriter:
         (a ``fields`` dict must not change after the call; none of the callers keeps one)."""
         self._lines.append((_wall(), method, path, status, elapsed, user, rid, client, upstream, suffix, fields,
                             trace))
-        self._size += len(path) + len(user) + _LINE_SIZE
+        self._size += len(path) + len(user) + len(rid) + len(suffix) + _LINE_SIZE
         if self._size >= FLUSH_BYTES or self._flush is None:
             self._schedule()
 
@@ -285,7 +289,7 @@ class AccessWriter:
             self._new_millisecond(ms)
         tenths = int(elapsed * 10000 + 0.5)
         line = (f"{self._prefix}{method} {path} {status} "
-                f"{_TENTHS[tenths] if tenths < 1000 else duration_text(elapsed)}ms user={user} rid={rid}{suffix}")
+                f"{_TENTHS[tenths] if 0 <= tenths < 1000 else duration_text(elapsed)}ms user={user} rid={rid}{suffix}")
         if path != self._clean_path or user != self._clean_user or method not in _METHODS or suffix:
             prefix = self._prefix
             message = line[len(prefix):]
@@ -366,12 +370,24 @@ class AccessWriter:
             self._lines.clear()
             self._size = 0
             return
+        entries, self._lines, self._size = self._lines, [], 0
+        lines: list[str] = []
         made = self._request_line
-        lines = [line if line.__class__ is str else made(*line) for line in self._lines]
+        for entry in entries:
+            if isinstance(entry, str):
+                lines.append(entry)
+                continue
+            try:
+                lines.append(made(*entry))
+            except Exception as exc:              # a caller's bug (a value of the wrong type): that line only
+                self.unmade += 1
+                self._unmade_error = type(exc).__name__
+        if self.unmade:
+            logging.getLogger("authproxy").error("%d access-log lines could not be written (%s)", self.unmade,
+                                                 self._unmade_error)
+            self.unmade = 0
         lines.append("")                         # lines are kept without their ends: one join puts them in
         data = "\n".join(lines).encode("utf-8", "backslashreplace")
-        self._lines.clear()
-        self._size = 0
         self._handed += len(data)
         self._queue.put(data)
 

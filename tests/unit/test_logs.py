@@ -211,7 +211,8 @@ async def test_a_request_line_from_its_parts_is_the_stdlib_line(pipe, caplog, fm
 
 @pytest.mark.parametrize("seconds, text", [
     (0.000412, "0.4"), (0.00005, "0.1"), (0.0000499, "0.0"), (0.00125, "1.3"), (0.0999, "99.9"),
-    (0.09996, "100.0"), (0.12345, "123.5"), (3600.0, "3600000.0"), (0.0, "0.0")])
+    (0.09996, "100.0"), (0.12345, "123.5"), (3600.0, "3600000.0"), (0.0, "0.0"), (-0.01, "-10.0"),
+    (-0.2, "-200.0")])
 def test_a_duration_is_milliseconds_with_one_decimal_rounded_half_up(seconds, text):
     """From a table below 100 ms, computed above: the same rule either way, for both log paths."""
     assert duration_text(seconds) == text
@@ -270,6 +271,23 @@ async def test_request_lines_made_at_the_flush_keep_their_order_and_their_own_ti
     else:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_800_000_000)) + ",250 INFO authproxy.access: "
         assert lines == [stamp + "first", stamp + "GET /second 200 1.0ms user=- rid=r2", stamp + "third"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_line_that_cannot_be_made_costs_only_itself(pipe, caplog, fmt):
+    """Lines are made at the flush: one whose parts a caller got wrong (here no number for
+    a duration) is counted and reported, and every other line — that batch's and the next ones' — is written."""
+    writer = AccessWriter(fmt, pipe[1])
+    good = ("GET", "/ok", 200, 0.001, "alice", "r1", "127.0.0.1", "/", "", None, None)
+    writer.request(*good)
+    writer.request("GET", "/bad", 200, None, "alice", "r2", None, "/", "", None, None)
+    writer.request(*good)
+    writer.flush()
+    writer.request(*good)
+    writer.close()
+    lines = read_lines(pipe[0])
+    assert len(lines) == 3 and all("/ok" in line for line in lines) and not writer._thread.is_alive()
+    assert "1 access-log lines could not be written (TypeError)" in caplog.text and writer.unmade == 0
 
 
 async def test_a_full_batch_goes_to_the_writer_without_waiting_for_the_timer(pipe, monkeypatch):
