@@ -148,7 +148,7 @@ _LINE_SIZE = 70
 def duration_text(elapsed: float) -> str:
     """``elapsed`` seconds as milliseconds with one decimal, rounded half up (as far as the float's binary value
     says: 0.00015 s is a hair under 0.15 ms, so "0.1"): ``0.000412`` → ``"0.4"``. A table below 100 ms;
-    formatting a float is a fifth of an access line's cost. ``_request_line`` has the same two lines inline."""
+    formatting a float is a fifth of an access line's cost."""
     tenths = int(elapsed * 10000 + 0.5)
     return _TENTHS[tenths] if 0 <= tenths < 1000 else f"{elapsed * 1000:.1f}"
 
@@ -287,9 +287,7 @@ class AccessWriter:
         ms = int(now * 1000)
         if ms != self._ms:
             self._new_millisecond(ms)
-        tenths = int(elapsed * 10000 + 0.5)
-        line = (f"{self._prefix}{method} {path} {status} "
-                f"{_TENTHS[tenths] if 0 <= tenths < 1000 else duration_text(elapsed)}ms user={user} rid={rid}{suffix}")
+        line = f"{self._prefix}{method} {path} {status} {duration_text(elapsed)}ms user={user} rid={rid}{suffix}"
         if path != self._clean_path or user != self._clean_user or method not in _METHODS or suffix:
             prefix = self._prefix
             message = line[len(prefix):]
@@ -365,12 +363,10 @@ class AccessWriter:
             self.dropped = 0
         if not self._lines:
             return
-        if self._handed - self._written > BUFFER_LIMIT:    # the thread is that far behind: drop the batch
-            self.dropped += len(self._lines)
-            self._lines.clear()
-            self._size = 0
-            return
         entries, self._lines, self._size = self._lines, [], 0
+        if self._handed - self._written > BUFFER_LIMIT:    # the thread is that far behind: drop the batch
+            self.dropped += len(entries)
+            return
         lines: list[str] = []
         made = self._request_line
         for entry in entries:
